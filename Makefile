@@ -1,0 +1,44 @@
+# One entry point for every task. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is a local CPU wheel here.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+CONFIG ?= pipelines/configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all bench lint compile images clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m repeatlab run --local --config $(CONFIG)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m benchmarks.run_all
+
+lint: install
+	$(PY) -m ruff check repeatlab components pipelines tests benchmarks
+
+compile: install
+	$(PY) -m repeatlab compile --output pipelines/repetition_grid.yaml
+
+images:
+	./images/build.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from repeatlab.cli import main
+
+sys.exit(main())

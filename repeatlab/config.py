@@ -1,0 +1,438 @@
+"""The study config: typed dataclasses, validated on load, saved beside every artifact.
+
+A study YAML maps one-to-one onto `StudyConfig`. Loading checks every field: unknown keys, wrong types and values out
+of range raise ConfigError with the dotted field path, the value and what is allowed, e.g.
+    grid.fractions[2]: 1.5 is not allowed: a repeated fraction must be in [0, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from repeatlab.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class CorpusConfig:
+    """Where the documents come from and how they become tokens."""
+
+    url: str = "default"  # "default": the embedded public-domain corpus; else a file/glob/fsspec URL
+    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    text_field: str = "text"  # JSONL key / Parquet column
+    split_on_blank_lines: bool = False  # plain text: one document per blank-line-separated paragraph
+    tokenizer: Literal["byte", "bpe"] = "byte"
+    vocab_size: int = 256  # byte: must be 256; bpe: size of the trained vocabulary
+    test_fraction: float = 0.05  # of documents, chosen by document hash
+    probe_fraction: float = 0.02  # held-out documents for the copying probe
+    split_salt: str = "repeatlab"  # changes which documents land in which split
+    ood_url: str | None = None  # optional out-of-distribution text for an OOD loss
+
+
+@dataclass
+class BudgetConfig:
+    """The same token budget T for every run: repeats replace unique tokens, they are not added."""
+
+    total_tokens: int = 1_000_000
+    context: int = 128
+    batch_tokens: int = 4096  # global batch per optimizer step, in tokens (a multiple of context)
+
+
+@dataclass
+class FamilyConfig:
+    """The shape family that target sizes are resolved in: width = depth * aspect_ratio, fixed head size."""
+
+    aspect_ratio: int = 32
+    head_dim: int = 16
+    mlp_ratio: int = 4
+
+
+@dataclass
+class ModelSpec:
+    """One model of the study: a named/explicit shape, or a target non-embedding size resolved in the family."""
+
+    name: str | None = None
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    target_params: float | None = None  # non-embedding parameters (Kaplan convention)
+    attention_only: bool = False
+    fractions: list[float] | None = None  # restrict this model to some of grid.fractions (e.g. attention-only runs)
+
+
+@dataclass
+class ExtraSeeds:
+    """More seeds at the key points (the paper's boundary fits were noisy)."""
+
+    seeds: list[int] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=list)  # empty: all
+    epochs: list[float] = field(default_factory=list)  # empty: all
+
+
+@dataclass
+class GridConfig:
+    fractions: list[float] = field(default_factory=lambda: [0.0, 0.5])  # f; 0 is the baseline
+    epochs: list[float] = field(default_factory=lambda: [2, 8, 32, 128, 512])  # E, repeated epochs
+    seeds: list[int] = field(default_factory=lambda: [0])
+    extra_seeds: ExtraSeeds = field(default_factory=ExtraSeeds)
+    controls: bool = False  # add per (N, f) a run on the (1-f)*T unique tokens alone
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decay to this fraction of the peak over the whole budget
+    warmup_fraction: float = 0.02
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    micro_batch_sequences: int = 0  # sequences per rank per micro-step; 0: the whole per-rank batch at once
+    eval_points: int = 12  # log-spaced evaluations of test / repeated-subset loss (the epoch-wise curves)
+    eval_sequences: int = 32  # fixed evaluation sequences per split for the curves
+    checkpoint_every: int = 0  # steps; 0: about 10 checkpoints per run
+    keep_checkpoints: int = 2
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    process_group_timeout_s: int = 600
+    threads_per_rank: int = 0  # torch.set_num_threads; 0: leave torch's default
+
+
+@dataclass
+class EvalConfig:
+    eval_tokens: int = 65_536  # test and repeated-subset loss, per split
+    copy_repeats: int = 11
+    prefix_samples: int = 10
+    prefix_random_tokens: int = 25
+    prefix_repeats: int = 4
+    top_k_heads: int = 3
+    icl_early: int = 50  # positions of the in-context-learning score, for a 512-token context;
+    icl_late: int = 500  # scaled to the study's context
+
+
+@dataclass
+class StorageConfig:
+    root: str = "file://./.repeatlab"
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol fsspec options (no secrets)
+
+
+@dataclass
+class ClusterConfig:
+    """Settings that only matter on a Kubernetes cluster (ignored by the local runner)."""
+
+    image: str = "ghcr.io/repeatlab/repeatlab:0.1.0"
+    train_image: str = "ghcr.io/repeatlab/repeatlab-cuda:0.1.0"
+    parallelism: int = 4  # grid points trained at once
+    accelerator_type: str | None = None  # e.g. nvidia.com/gpu node label value
+    accelerator_limit: int = 0
+    cpu: str = "2"
+    memory: str = "8Gi"
+    shm_size: str = "1Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, str]] = field(default_factory=list)
+    storage_secret: str | None = None  # Kubernetes secret whose keys become env vars of the storage-using steps
+    timeout_s: int = 86_400
+    retries: int = 1
+    multinode: bool = False  # train through a Kubeflow Trainer TrainJob instead of in the step's pod
+    trainer_runtime: str = "torch-distributed"
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    description: str = ""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    family: FamilyConfig = field(default_factory=FamilyConfig)
+    models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec(n_layer=2, n_embd=64, n_head=4)])
+    grid: GridConfig = field(default_factory=GridConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading: a small strict converter from plain data to the dataclasses above
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: {value!r} is not allowed: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected {_type_name(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected {_type_name(tp)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected a mapping")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected true or false")
+        return value
+    if tp is int:
+        # YAML has no separate int literal for 1e6; accept integral floats (and KFP's local runner's floats).
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and (not math.isfinite(value) or value != int(value))
+        ):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected an integer")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {value!r} is not allowed: expected a string")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {tp}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: {data!r} is not allowed: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - names)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown field; allowed fields here: {', '.join(sorted(names))}")
+    kwargs = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Semantic validation
+
+
+def _check(condition: bool, path: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{path}: {value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    """Check value ranges and cross-field rules; returns cfg for chaining."""
+    import re
+
+    _check(bool(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", cfg.name)), "name", cfg.name,
+           "lowercase letters, digits and '-', 1-63 characters, starting and ending alphanumeric (a Kubernetes name)")
+
+    c = cfg.corpus
+    _check(bool(c.url.strip()), "corpus.url", c.url, "a non-empty URL, path, glob, or 'default'")
+    _check(bool(c.text_field), "corpus.text_field", c.text_field, "a non-empty field name")
+    if c.tokenizer == "byte":
+        _check(c.vocab_size == 256, "corpus.vocab_size", c.vocab_size, "256 for the byte tokenizer")
+    else:
+        _check(512 <= c.vocab_size <= 1 << 20, "corpus.vocab_size", c.vocab_size,
+               "between 512 and 1048576 for the BPE tokenizer")
+    _check(0 < c.test_fraction < 0.5, "corpus.test_fraction", c.test_fraction, "a fraction in (0, 0.5)")
+    _check(0 < c.probe_fraction < 0.5, "corpus.probe_fraction", c.probe_fraction, "a fraction in (0, 0.5)")
+    _check(c.test_fraction + c.probe_fraction < 0.5, "corpus.probe_fraction", c.probe_fraction,
+           "test_fraction + probe_fraction must stay below 0.5")
+
+    b = cfg.budget
+    _check(8 <= b.context <= 1 << 17, "budget.context", b.context, "an integer in [8, 131072]")
+    _check(b.batch_tokens >= b.context and b.batch_tokens % b.context == 0, "budget.batch_tokens", b.batch_tokens,
+           f"a positive multiple of budget.context ({b.context})")
+    _check(b.total_tokens >= b.batch_tokens, "budget.total_tokens", b.total_tokens,
+           f"at least one batch (budget.batch_tokens = {b.batch_tokens})")
+
+    fam = cfg.family
+    _check(fam.aspect_ratio >= 1, "family.aspect_ratio", fam.aspect_ratio, "an integer >= 1")
+    _check(fam.head_dim >= 1, "family.head_dim", fam.head_dim, "an integer >= 1")
+    _check(fam.mlp_ratio >= 1, "family.mlp_ratio", fam.mlp_ratio, "an integer >= 1")
+
+    _check(len(cfg.models) >= 1, "models", cfg.models, "at least one model")
+    for i, m in enumerate(cfg.models):
+        p = f"models[{i}]"
+        explicit = [m.n_layer, m.n_embd, m.n_head]
+        if m.target_params is not None:
+            _check(all(x is None for x in explicit), f"{p}.target_params", m.target_params,
+                   "either target_params or an explicit shape (n_layer, n_embd, n_head), not both")
+            _check(m.target_params > 0, f"{p}.target_params", m.target_params, "a positive parameter count")
+        elif any(x is not None for x in explicit) or m.name is None:
+            _check(all(x is not None for x in explicit), p, {k: getattr(m, k) for k in ("n_layer", "n_embd", "n_head")},
+                   "an explicit shape needs n_layer, n_embd and n_head (or give target_params)")
+            _check(m.n_layer >= 1, f"{p}.n_layer", m.n_layer, "an integer >= 1")
+            _check(m.n_head >= 1, f"{p}.n_head", m.n_head, "an integer >= 1")
+            _check(m.n_embd >= 1 and m.n_embd % m.n_head == 0, f"{p}.n_embd", m.n_embd,
+                   f"a positive multiple of n_head ({m.n_head})")
+        if m.fractions is not None:
+            for j, f in enumerate(m.fractions):
+                _check(f in cfg.grid.fractions, f"{p}.fractions[{j}]", f,
+                       f"one of grid.fractions {cfg.grid.fractions}")
+
+    g = cfg.grid
+    _check(len(g.fractions) >= 1, "grid.fractions", g.fractions, "at least one repeated fraction")
+    for i, f in enumerate(g.fractions):
+        _check(0.0 <= f < 1.0, f"grid.fractions[{i}]", f, "a repeated fraction must be in [0, 1)")
+    _check(len(set(g.fractions)) == len(g.fractions), "grid.fractions", g.fractions, "no duplicates")
+    _check(len(g.epochs) >= 1 or g.fractions == [0.0], "grid.epochs", g.epochs, "at least one repeated-epoch count")
+    for i, e in enumerate(g.epochs):
+        _check(e >= 1.0, f"grid.epochs[{i}]", e, "repeated epochs E must be >= 1")
+    _check(len(set(g.epochs)) == len(g.epochs), "grid.epochs", g.epochs, "no duplicates")
+    _check(len(g.seeds) >= 1, "grid.seeds", g.seeds, "at least one seed")
+    for i, s in enumerate(g.seeds + g.extra_seeds.seeds):
+        _check(0 <= s < 2**31, f"grid.seeds[{i}]", s, "an integer in [0, 2^31)")
+    for i, f in enumerate(g.extra_seeds.fractions):
+        _check(f in g.fractions, f"grid.extra_seeds.fractions[{i}]", f, f"one of grid.fractions {g.fractions}")
+    for i, e in enumerate(g.extra_seeds.epochs):
+        _check(e in g.epochs, f"grid.extra_seeds.epochs[{i}]", e, f"one of grid.epochs {g.epochs}")
+
+    t = cfg.train
+    _check(0 < t.learning_rate < 1, "train.learning_rate", t.learning_rate, "a number in (0, 1)")
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "a number in [0, 1]")
+    _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "a number in [0, 1)")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _check(0 <= t.beta1 < 1, "train.beta1", t.beta1, "a number in [0, 1)")
+    _check(0 <= t.beta2 < 1, "train.beta2", t.beta2, "a number in [0, 1)")
+    _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)")
+    _check(t.eval_points >= 1, "train.eval_points", t.eval_points, "an integer >= 1")
+    _check(t.eval_sequences >= 1, "train.eval_sequences", t.eval_sequences, "an integer >= 1")
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "an integer >= 0")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
+    _check(t.nproc_per_node >= 1, "train.nproc_per_node", t.nproc_per_node,
+           "an explicit integer >= 1 ('auto' counts the node's CPUs, not the pod's)")
+    _check(t.nnodes >= 1, "train.nnodes", t.nnodes, "an integer >= 1")
+    _check(t.process_group_timeout_s >= 10, "train.process_group_timeout_s", t.process_group_timeout_s,
+           "an integer >= 10 seconds")
+    _check(t.threads_per_rank >= 0, "train.threads_per_rank", t.threads_per_rank, "an integer >= 0")
+    sequences_per_step = b.batch_tokens // b.context
+    world = t.nproc_per_node * t.nnodes
+    _check(sequences_per_step % world == 0, "budget.batch_tokens", b.batch_tokens,
+           f"the global batch of {sequences_per_step} sequences must divide evenly over "
+           f"{world} ranks (train.nproc_per_node x train.nnodes)")
+    per_rank = sequences_per_step // world
+    _check(t.micro_batch_sequences >= 0 and (t.micro_batch_sequences == 0 or per_rank % t.micro_batch_sequences == 0),
+           "train.micro_batch_sequences", t.micro_batch_sequences,
+           f"0 or a divisor of the per-rank batch ({per_rank} sequences)")
+
+    e = cfg.eval
+    _check(e.eval_tokens >= b.context, "eval.eval_tokens", e.eval_tokens, f"at least one context ({b.context})")
+    _check(e.copy_repeats >= 2, "eval.copy_repeats", e.copy_repeats, "an integer >= 2")
+    _check(e.prefix_samples >= 1, "eval.prefix_samples", e.prefix_samples, "an integer >= 1")
+    _check(e.prefix_random_tokens >= 2, "eval.prefix_random_tokens", e.prefix_random_tokens, "an integer >= 2")
+    _check(e.prefix_repeats >= 2, "eval.prefix_repeats", e.prefix_repeats, "an integer >= 2")
+    _check(1 + e.prefix_random_tokens * e.prefix_repeats <= b.context, "eval.prefix_random_tokens",
+           e.prefix_random_tokens, f"1 + prefix_random_tokens x prefix_repeats must fit budget.context ({b.context})")
+    _check(e.top_k_heads >= 1, "eval.top_k_heads", e.top_k_heads, "an integer >= 1")
+    _check(0 <= e.icl_early < e.icl_late < 512, "eval.icl_late", e.icl_late,
+           "0 <= icl_early < icl_late < 512 (positions of a 512-token context, scaled to budget.context)")
+
+    _check(bool(cfg.storage.root.strip()), "storage.root", cfg.storage.root, "a non-empty path or fsspec URL")
+    for proto, opts in cfg.storage.options.items():
+        for key in opts:
+            _check(not any(s in key.lower() for s in ("secret", "password", "token", "key")) or key == "token"
+                   and opts[key] in ("anon", "google_default", "cloud"), f"storage.options.{proto}.{key}", "<hidden>",
+                   "no credentials in a study config: use environment variables or a Kubernetes secret")
+
+    k = cfg.cluster
+    _check(k.parallelism >= 1, "cluster.parallelism", k.parallelism, "an integer >= 1")
+    _check(k.accelerator_limit >= 0, "cluster.accelerator_limit", k.accelerator_limit, "an integer >= 0")
+    _check(k.retries >= 0, "cluster.retries", k.retries, "an integer >= 0")
+    _check(k.timeout_s >= 60, "cluster.timeout_s", k.timeout_s, "an integer >= 60 seconds")
+    return cfg
+
+
+def from_dict(data: Any) -> StudyConfig:
+    return validate(_build(StudyConfig, data, ""))
+
+
+def load(url: str) -> StudyConfig:
+    """Load and validate a study YAML (any storage URL)."""
+    import yaml
+
+    from repeatlab import storage
+
+    text = storage.read_text(url)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{url}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        raise ConfigError(f"{url}: the study config is empty")
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{url}: {exc}") from exc
+
+
+def loads(text: str) -> StudyConfig:
+    import yaml
+
+    return from_dict(yaml.safe_load(text))
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Content hash of JSON-able data (sorted keys): the basis of corpus ids and point ids."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

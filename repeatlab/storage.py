@@ -1,0 +1,279 @@
+"""One storage helper for local paths and fsspec URLs (file://, memory://, gs://, s3://).
+
+Every write is atomic: local files are written to a temporary name in the same folder and renamed; remote objects are
+staged in a local temporary file and uploaded in one operation (a single PUT, or a multipart/resumable upload that
+the object store only makes visible when complete). A reader never sees a partial file, and a failed write leaves
+what was there before.
+
+Remote filesystems are imported lazily. Endpoints and credentials come from the environment or from
+`configure(options)` (the study config's `storage.options`):
+  s3://  REPEATLAB_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+  gs://  STORAGE_EMULATOR_HOST (emulators; token "anon"), GOOGLE_APPLICATION_CREDENTIALS, REPEATLAB_GCS_TOKEN
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+from repeatlab.errors import StorageError
+
+_extra_options: dict[str, dict[str, Any]] = {}
+REMOTE_PROTOCOLS = ("s3", "gs", "gcs", "memory", "az", "abfs", "http", "https")
+
+
+def configure(options: dict[str, dict[str, Any]] | None) -> None:
+    """Set per-protocol fsspec options (e.g. {"s3": {"endpoint_url": ...}}) for the rest of the process."""
+    _extra_options.clear()
+    for protocol, opts in (options or {}).items():
+        _extra_options[protocol] = dict(opts)
+
+
+def protocol_of(url: str) -> str:
+    url = str(url)
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def is_local(url: str) -> bool:
+    return protocol_of(url) == "file"
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a local URL (plain path or file://)."""
+    if not is_local(url):
+        raise StorageError(f"{url}: not a local path (expected a plain path or file://)")
+    url = str(url)
+    return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def join(base: str, *parts: str) -> str:
+    out = str(base).rstrip("/")
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def normalize_root(url: str) -> str:
+    """Make a storage root absolute and canonical: a relative local path becomes file:///abs/path."""
+    if is_local(url):
+        return "file://" + local_path(url)
+    return str(url).rstrip("/")
+
+
+def _options_for(protocol: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if protocol == "s3":
+        endpoint = os.environ.get("REPEATLAB_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            # region_name must not be passed against a local server: bucket creation then fails (s3fs).
+            opts["client_kwargs"] = {"endpoint_url": endpoint}
+    elif protocol in ("gs", "gcs"):
+        # gcsfs probes the bucket type over gRPC and never caches the failure: 15 s+ per call on emulators.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        token = os.environ.get("REPEATLAB_GCS_TOKEN")
+        if token:
+            opts["token"] = token
+        elif os.environ.get("STORAGE_EMULATOR_HOST"):
+            opts["token"] = "anon"
+    opts.update(_extra_options.get(protocol, {}))
+    if protocol == "gcs":
+        opts.update(_extra_options.get("gs", {}))
+    return opts
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a URL, with endpoint and credential options applied."""
+    protocol = protocol_of(url)
+    if protocol == "file":
+        import fsspec
+
+        return fsspec.filesystem("file"), local_path(url)
+    try:
+        import fsspec
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(str(url), **_options_for(protocol))
+    except ImportError as exc:
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol, protocol)
+        raise StorageError(
+            f"{url}: support for {protocol}:// is not installed (pip install 'repeatlab[{extra}]')"
+        ) from exc
+    except ValueError as exc:
+        raise StorageError(f"{url}: unknown storage protocol {protocol!r} ({exc})") from exc
+    del fsspec
+    return fs, path
+
+
+@contextlib.contextmanager
+def _translate(url: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as exc:
+        raise StorageError(f"{url}: not found ({action})") from exc
+    except PermissionError as exc:
+        raise StorageError(f"{url}: permission denied ({action})") from exc
+    except (OSError, IOError) as exc:
+        raise StorageError(f"{url}: {action} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # botocore / aiohttp / google-auth errors have no common base class
+        raise StorageError(f"{url}: {action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    with _translate(url, "exists"):
+        return bool(fs.exists(path))
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with _translate(url, "read"):
+        return fs.cat_file(path)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def read_json(url: str) -> Any:
+    data = read_bytes(url)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{url}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def read_range(url: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file; remote stores serve this as one ranged GET."""
+    fs, path = filesystem(url)
+    with _translate(url, f"read bytes {start}-{end}"):
+        return fs.cat_file(path, start=start, end=end)
+
+
+def size(url: str) -> int:
+    fs, path = filesystem(url)
+    with _translate(url, "stat"):
+        return int(fs.size(path))
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) directly under a folder URL, sorted; empty when the folder does not exist."""
+    fs, path = filesystem(url)
+    with _translate(url, "list"):
+        if not fs.exists(path):
+            return []
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]
+    return sorted(n for n in names if n)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = filesystem(url)
+    with _translate(url, "remove"):
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+
+@contextlib.contextmanager
+def atomic_local_file(url: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local temporary path to fill; on success it becomes `url` in one step, on error it is discarded."""
+    protocol = protocol_of(url)
+    if protocol == "file":
+        final = local_path(url)
+        folder = os.path.dirname(final)
+        with _translate(url, "create folder"):
+            os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(final) + "-", suffix=suffix, dir=folder)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix="repeatlab-upload-", suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        if protocol == "file":
+            with _translate(url, "rename"):
+                os.replace(tmp, final)
+        else:
+            fs, path = filesystem(url)
+            with _translate(url, "upload"):
+                fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    protocol = protocol_of(url)
+    if protocol not in ("file",):
+        fs, path = filesystem(url)
+        with _translate(url, "write"):
+            fs.pipe_file(path, bytes(data))  # one PUT: visible whole or not at all
+        return
+    with atomic_local_file(url) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_text(url, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def sha256_of(url: str, chunk_bytes: int = 1 << 22) -> str:
+    fs, path = filesystem(url)
+    digest = hashlib.sha256()
+    with _translate(url, "read"):
+        with fs.open(path, "rb") as fh:
+            while chunk := fh.read(chunk_bytes):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_local_copy(url: str, cache_dir: str | None = None) -> str:
+    """A local path holding the file at `url` (the file itself when local), for np.memmap / torch.load(mmap=True).
+
+    Remote files are downloaded once into the cache, keyed by URL and size, through a temporary name so a
+    concurrent reader (another rank) never sees a partial copy.
+    """
+    if is_local(url):
+        return local_path(url)
+    cache_dir = cache_dir or os.environ.get("REPEATLAB_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "repeatlab", "storage"
+    )
+    nbytes = size(url)
+    key = hashlib.sha256(f"{url}|{nbytes}".encode()).hexdigest()[:24]
+    target = os.path.join(cache_dir, key + "-" + str(url).rstrip("/").rsplit("/", 1)[-1])
+    if os.path.exists(target) and os.path.getsize(target) == nbytes:
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    fs, path = filesystem(url)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
+    os.close(fd)
+    try:
+        with _translate(url, "download"):
+            fs.get_file(path, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
