@@ -143,7 +143,10 @@ class ClusterConfig:
     shm_size: str = "1Gi"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, str]] = field(default_factory=list)
-    storage_secret: str | None = None  # Kubernetes secret whose keys become env vars of the storage-using steps
+    storage_secret: str | None = None  # Kubernetes secret whose keys become env vars of every step
+    storage_secret_keys: dict[str, str] = field(  # secret key -> env var (MinIO's secret in a Kubeflow install)
+        default_factory=lambda: {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"})
+    env: dict[str, str] = field(default_factory=dict)  # plain env vars of every step (no secrets), e.g. S3 endpoint
     timeout_s: int = 86_400
     retries: int = 1
     multinode: bool = False  # train through a Kubeflow Trainer TrainJob instead of in the step's pod
@@ -398,6 +401,13 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check(k.accelerator_limit >= 0, "cluster.accelerator_limit", k.accelerator_limit, "an integer >= 0")
     _check(k.retries >= 0, "cluster.retries", k.retries, "an integer >= 0")
     _check(k.timeout_s >= 60, "cluster.timeout_s", k.timeout_s, "an integer >= 60 seconds")
+    for name in k.env:
+        _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)), f"cluster.env.{name}", name,
+               "an environment variable name")
+        _check(not any(s in name.upper() for s in ("SECRET", "PASSWORD", "TOKEN")), f"cluster.env.{name}", "<hidden>",
+               "no credentials in a study config: use cluster.storage_secret")
+    if k.multinode:
+        _check(t.nnodes >= 1, "train.nnodes", t.nnodes, "an integer >= 1")
     return cfg
 
 

@@ -1,0 +1,45 @@
+from kfp import dsl
+from kfp.dsl import Model, Output
+
+from repeatlab.components import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_multinode(
+    run_url: str,
+    image: str,
+    num_nodes: int,
+    nproc_per_node: int,
+    resources_json: str,
+    env_json: str,
+    runtime: str,
+    timeout_s: int,
+    model: Output[Model],
+) -> str:
+    """Train one point on several nodes: create a Kubeflow Trainer TrainJob, wait for it, clean it up."""
+    import hashlib
+    import json
+    import os
+
+    from repeatlab import steps, storage
+    from repeatlab.launch import build_trainjob
+    from repeatlab.trainjob_runner import run_trainjob
+
+    if steps.is_trained(run_url):
+        done = {"skipped": True, **storage.read_json(storage.join(run_url, "done.json"))}
+    else:
+        namespace = os.environ.get("POD_NAMESPACE") or "default"
+        name = "repeatlab-" + hashlib.sha256(run_url.encode()).hexdigest()[:12]
+        trainjob = build_trainjob(
+            name=name, namespace=namespace, run_url=run_url, image=image, num_nodes=int(num_nodes),
+            nproc_per_node=int(nproc_per_node), resources=json.loads(resources_json), env=json.loads(env_json),
+            runtime=runtime,
+        )
+        status = run_trainjob(trainjob, namespace, timeout_s=float(timeout_s))
+        done = {"skipped": False, "trainjob": name, "status": status.get("status"),
+                **storage.read_json(storage.join(run_url, "done.json"))}
+    model.metadata["uri"] = storage.join(run_url, "checkpoints")
+    os.makedirs(os.path.dirname(model.path), exist_ok=True)
+    with open(model.path, "w") as fh:
+        json.dump(done, fh, indent=2, sort_keys=True)
+    return run_url

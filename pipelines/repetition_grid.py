@@ -1,0 +1,94 @@
+"""The repetition-grid pipeline: prepare once, fan out over the grid points, fan in to analysis and the report.
+
+    prepare_corpus -> plan_grid -> ParallelFor(point): mix -> train -> evaluate -> Collected -> analyze -> report
+
+The pipeline's one runtime parameter is the study config (YAML text), so a run from the Kubeflow UI can change the
+study. Cluster settings (images, GPUs, CPU and memory, /dev/shm, storage secret, node selector, tolerations,
+timeouts, retries, fan-out parallelism, multi-node training) are compile-time: `build_pipeline(cfg)` bakes the
+study's `cluster` section into the compiled YAML, and the local runner ignores them.
+"""
+
+
+import json
+
+from kfp import dsl, kubernetes
+
+from repeatlab.components.analyze import analyze
+from repeatlab.components.evaluate import evaluate
+from repeatlab.components.mix import mix
+from repeatlab.components.plan_grid import plan_grid
+from repeatlab.components.prepare_corpus import prepare_corpus
+from repeatlab.components.report import report
+from repeatlab.components.train import train
+from repeatlab.components.train_multinode import train_multinode
+from repeatlab.config import StudyConfig
+
+PIPELINE_NAME = "repeatlab-repetition-grid"
+
+
+def _on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False):
+    """Apply the study's cluster settings to one task (no-ops under the local runner)."""
+    c = cfg.cluster
+    task.set_container_image(image)
+    task.set_caching_options(False)  # content addressing in storage decides what is reused, not KFP's cache
+    for name, value in sorted(c.env.items()):
+        task.set_env_variable(name, value)
+    if c.storage_secret:
+        kubernetes.use_secret_as_env(task, secret_name=c.storage_secret, secret_key_to_env=dict(c.storage_secret_keys))
+    if heavy:
+        task.set_cpu_limit(c.cpu)
+        task.set_memory_limit(c.memory)
+        if c.accelerator_limit:
+            if c.accelerator_type:
+                task.set_accelerator_type(c.accelerator_type)
+            task.set_accelerator_limit(c.accelerator_limit)
+        # torch's shared-memory tensors and NCCL need more than the container runtime's 64 MB /dev/shm
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=c.shm_size)
+        for key, value in sorted(c.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in c.tolerations:
+            kubernetes.add_toleration(task, **toleration)
+        kubernetes.set_timeout(task, c.timeout_s)
+        if c.retries:
+            task.set_retry(num_retries=c.retries, backoff_duration="60s", backoff_factor=2.0)
+    return task
+
+
+def build_pipeline(cfg: StudyConfig):
+    """The pipeline function for a study: its config is the default of the `study_config` parameter."""
+    default_config = cfg.to_yaml()
+    c = cfg.cluster
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
+    def repetition_grid(study_config: str = default_config):
+        prepared = _on_cluster(prepare_corpus(study_config=study_config), cfg, c.image)
+        prepared.set_display_name("prepare corpus")
+        grid = _on_cluster(plan_grid(study_config=study_config, corpus_url=prepared.outputs["Output"]), cfg, c.image)
+        grid.set_display_name("plan grid")
+        with dsl.ParallelFor(grid.outputs["Output"], parallelism=c.parallelism, name="grid-point") as run_url:
+            planned = _on_cluster(mix(run_url=run_url), cfg, c.image)
+            if c.multinode:
+                resources = {"cpu": c.cpu, "memory": c.memory}
+                if c.accelerator_limit:
+                    resources["nvidia.com/gpu"] = str(c.accelerator_limit)
+                trained = train_multinode(
+                    run_url=planned.outputs["Output"], image=c.train_image, num_nodes=cfg.train.nnodes,
+                    nproc_per_node=cfg.train.nproc_per_node, resources_json=json.dumps(resources, sort_keys=True),
+                    env_json=json.dumps(c.env, sort_keys=True), runtime=c.trainer_runtime, timeout_s=c.timeout_s,
+                )
+                _on_cluster(trained, cfg, c.image)
+                kubernetes.use_field_path_as_env(trained, env_name="POD_NAMESPACE", field_path="metadata.namespace")
+                kubernetes.set_timeout(trained, c.timeout_s + 600)
+            else:
+                trained = _on_cluster(
+                    train(run_url=planned.outputs["Output"], nproc_per_node=cfg.train.nproc_per_node),
+                    cfg, c.train_image, heavy=True,
+                )
+            evaluated = _on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.train_image, heavy=True)
+        analyzed = _on_cluster(
+            analyze(study_config=study_config, eval_urls=dsl.Collected(evaluated.outputs["Output"])), cfg, c.image
+        )
+        _on_cluster(report(study_config=study_config, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
+
+    return repetition_grid
