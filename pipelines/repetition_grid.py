@@ -57,7 +57,7 @@ def _on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False):
 
 def build_pipeline(cfg: StudyConfig):
     """The pipeline function for a study: its config is the default of the `study_config` parameter."""
-    default_config = cfg.to_yaml()
+    default_config = cfg.to_json()
     c = cfg.cluster
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])

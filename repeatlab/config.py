@@ -170,6 +170,11 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> str:
+        """One line of JSON (valid YAML too): how the pipeline passes the study, since KFP's compiled-file header
+        breaks on multi-line parameter defaults."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
     def to_yaml(self) -> str:
         import yaml
 

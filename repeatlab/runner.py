@@ -48,7 +48,7 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
     pipeline = build_pipeline(cfg)
     started = time.time()
     log(f"run: study {cfg.name!r} at {cfg.storage.root} through the KFP local runner (artifacts in {pipeline_root})")
-    task = pipeline(study_config=cfg.to_yaml())
+    task = pipeline(study_config=cfg.to_json())
     seconds = time.time() - started
     study = study_url(cfg.storage.root, cfg.name)
     report = storage.join(study, "report", "index.html")

@@ -1,0 +1,110 @@
+"""The compiled pipeline: golden file, loads back, cluster settings compiled in."""
+
+import dataclasses
+import pathlib
+
+import pytest
+import yaml
+
+from repeatlab import config
+from repeatlab.kfp_pipeline import DEFAULT_CONFIG, GOLDEN, compile_pipeline
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_checked_in_pipeline_matches_a_fresh_compile(tmp_path):
+    fresh = compile_pipeline(str(tmp_path / "pipeline.yaml"))
+    assert pathlib.Path(GOLDEN).read_text() == pathlib.Path(fresh).read_text(), (
+        "pipelines/repetition_grid.yaml is stale: run `make compile` and review the diff"
+    )
+
+
+def test_compiled_pipeline_loads_back_as_a_component():
+    from kfp import components
+
+    loaded = components.load_component_from_file(GOLDEN)
+    assert loaded.name == "repeatlab-repetition-grid"
+    assert list(loaded.component_spec.inputs) == ["study_config"]
+    default = loaded.component_spec.inputs["study_config"].default
+    assert config.loads(default) == config.load(DEFAULT_CONFIG)
+
+
+def _docs(path):
+    return list(yaml.safe_load_all(pathlib.Path(path).read_text()))
+
+
+def test_dag_shape():
+    spec = _docs(GOLDEN)[0]
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert set(root_tasks) == {"prepare-corpus", "plan-grid", "for-loop-1", "analyze", "report"}
+    loop = root_tasks["for-loop-1"]
+    assert loop["iteratorPolicy"]["parallelismLimit"] == config.load(DEFAULT_CONFIG).cluster.parallelism
+    loop_tasks = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert set(loop_tasks) == {"mix", "train", "evaluate"}
+    assert loop_tasks["train"]["dependentTasks"] == ["mix"]
+    assert loop_tasks["evaluate"]["dependentTasks"] == ["train"]
+
+
+def test_cluster_settings_are_compiled_in(tmp_path):
+    cfg = config.load(DEFAULT_CONFIG)
+    cluster = dataclasses.replace(
+        cfg.cluster, storage_secret="mlpipeline-minio-artifact", node_selector={"pool": "gpu"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        env={"REPEATLAB_S3_ENDPOINT_URL": "http://minio-service.kubeflow:9000"}, retries=2,
+    )
+    path = compile_pipeline(str(tmp_path / "p.yaml"), dataclasses.replace(cfg, cluster=cluster))
+    spec, platform = _docs(path)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train = executors["exec-train"]
+    assert train["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and train["emptyDirMounts"][0]["medium"] == "Memory"
+    assert train["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert train["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert train["activeDeadlineSeconds"] == str(cfg.cluster.timeout_s)
+    for name in ("exec-prepare-corpus", "exec-mix", "exec-train", "exec-evaluate", "exec-analyze", "exec-report"):
+        secret = executors[name]["secretAsEnv"][0]
+        assert secret["secretName"] == "mlpipeline-minio-artifact"
+        assert {m["envVar"] for m in secret["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    container = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert container["image"] == cfg.cluster.train_image
+    assert container["resources"]["accelerator"]["resourceCount"] == "1"
+    assert container["resources"]["accelerator"]["resourceType"] == cfg.cluster.accelerator_type
+    assert {"name": "REPEATLAB_S3_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"} in container["env"]
+    assert spec["root"]["dag"]["tasks"]["for-loop-1"]["componentRef"]
+    retry = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["retryPolicy"]
+    assert retry["maxRetryCount"] == 2
+    # every component uses the preinstalled kfp: no pip install in the container command
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+def test_multinode_training_goes_through_a_trainjob(tmp_path):
+    cfg = config.load(DEFAULT_CONFIG)
+    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, multinode=True),
+                              train=dataclasses.replace(cfg.train, nnodes=2))
+    spec, platform = _docs(compile_pipeline(str(tmp_path / "p.yaml"), cfg))
+    loop_tasks = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert "train-multinode" in loop_tasks and "train" not in loop_tasks
+    params = loop_tasks["train-multinode"]["inputs"]["parameters"]
+    assert params["num_nodes"]["runtimeValue"]["constant"] == 2
+    env = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-multinode"]["fieldPathAsEnv"]
+    assert env == [{"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"}]
+
+
+def test_kubernetes_native_resources(tmp_path):
+    docs = _docs(compile_pipeline(str(tmp_path / "k.yaml"), kubernetes_manifest=True))
+    kinds = [(d["apiVersion"], d["kind"]) for d in docs]
+    assert kinds == [("pipelines.kubeflow.org/v2beta1", "Pipeline"), ("pipelines.kubeflow.org/v2beta1", "PipelineVersion")]
+    version = docs[1]
+    assert version["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
+    assert version["spec"]["pipelineSpec"]["pipelineInfo"]["name"] == "repeatlab-repetition-grid"
+
+
+def test_compile_cli_rejects_a_bad_config(tmp_path, capsys):
+    from repeatlab.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {fractions: [0, 1]}\n")
+    assert main(["compile", "--config", str(bad), "--output", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "grid.fractions[1]: 1.0 is not allowed" in err and err.count("\n") == 1
+    assert not (tmp_path / "p.yaml").exists()
