@@ -36,9 +36,8 @@ def resolve_models(cfg: StudyConfig, vocab_size: int) -> list[dict]:
     from repeatlab import model as model_lib
 
     models = []
-    for spec in cfg.models:
-        gpt = model_lib.resolve_model(spec, cfg.family, vocab_size, cfg.budget.context)
-        n_nonembed = model_lib.non_embedding_params(gpt.n_layer, gpt.n_embd, gpt.mlp_ratio, gpt.attention_only)
+    for i, spec in enumerate(cfg.models):
+        gpt = model_lib.resolve_model(spec, cfg.family, vocab_size, cfg.budget.context, where=f"models[{i}]")
         models.append({
             "name": gpt.name,
             "n_layer": gpt.n_layer,
@@ -48,9 +47,8 @@ def resolve_models(cfg: StudyConfig, vocab_size: int) -> list[dict]:
             "attention_only": gpt.attention_only,
             "vocab_size": vocab_size,
             "context": cfg.budget.context,
-            "n_params_nonembed": int(n_nonembed),
-            # tied input/output embedding counted once, plus learned positions (Chinchilla's total)
-            "n_params_total": int(n_nonembed + (vocab_size + cfg.budget.context) * gpt.n_embd),
+            "n_params_nonembed": gpt.n_params_nonembed,  # Kaplan's convention: what the scaling fits use
+            "n_params_total": gpt.n_params_total,  # Chinchilla's: tied embedding once, plus positions
             "fractions": spec.fractions,
         })
     return models
