@@ -1,0 +1,408 @@
+"""Submit a study to a Kubeflow Pipelines API, once (`repeatlab submit`) or on a schedule (`repeatlab schedule`).
+
+Runs and recurring runs are KFP API objects, not Kubernetes resources: a kubectl-triggered study is a Job (or CronJob)
+running `repeatlab submit` with the pod's projected service-account token. The pipeline takes one parameter,
+`study_config`: the resolved study as one line of JSON, validated again inside the pipeline.
+
+    repeatlab submit   --host URL --config study.yaml [--token-file F] [--experiment NAME] [--run-name NAME]
+    repeatlab schedule --host URL --config study.yaml --cron '0 0 3 * * *' [--token-file F] [--job-name NAME]
+
+Tokens: `--token-file`, else the projected KFP service-account token (KF_PIPELINES_SA_TOKEN_PATH, default
+/var/run/secrets/kubeflow/pipelines/token) when it exists, else none. A token is sent as `Authorization: Bearer ...`
+and is never printed or logged.
+
+KFP cron expressions have 6 fields, seconds first (robfig/cron): '0 0 3 * * *' is 03:00:00 every day. A 5-field Unix
+cron would be read shifted by one field, so it is rejected with the 6-field spelling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from typing import Any
+
+from repeatlab.config import StudyConfig
+from repeatlab.errors import ConfigError, RepeatlabError
+
+PIPELINE_PARAMETER = "study_config"
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected service-account token
+SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+HOST_ENV = "KFP_HOST"
+NAMESPACE_ENV = "KFP_NAMESPACE"
+UI_HOST_ENV = "KF_PIPELINES_UI_ENDPOINT"
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+class KfpError(RepeatlabError):
+    """The Kubeflow Pipelines API could not be reached, refused the request, or answered unexpectedly."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cron (robfig/cron with seconds, as the KFP backend parses it)
+
+_CRON_FIELDS = (  # name, low, high, names
+    ("seconds", 0, 59, None),
+    ("minutes", 0, 59, None),
+    ("hours", 0, 23, None),
+    ("day of month", 1, 31, None),
+    ("month", 1, 12, ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]),
+    ("day of week", 0, 6, ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]),
+)
+_CRON_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+_GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+_EXAMPLE = "'0 0 3 * * *' (03:00:00 every day)"
+
+
+def _cron_value(text: str, low: int, high: int, names: list[str] | None, where: str, cron: str) -> int:
+    if names and text.lower() in names:
+        return names.index(text.lower()) + low
+    if not text.isdigit():
+        raise ConfigError(f"--cron {cron!r}: {where}: {text!r} is not a number" + (
+            f" or a name ({', '.join(n.upper() for n in names)})" if names else ""))
+    value = int(text)
+    if not low <= value <= high:
+        raise ConfigError(f"--cron {cron!r}: {where}: {value} is out of range [{low}, {high}]")
+    return value
+
+
+def validate_cron(cron: str) -> str:
+    """Check a KFP (robfig/cron, 6 fields with seconds) cron expression; returns it normalized (single spaces)."""
+    if not isinstance(cron, str) or not cron.strip():
+        raise ConfigError(f"--cron {cron!r}: empty; KFP cron has 6 fields with seconds first, e.g. {_EXAMPLE}")
+    text = " ".join(cron.split())
+    if text.startswith("@"):
+        if text in _CRON_DESCRIPTORS:
+            return text
+        if text.startswith("@every ") and _GO_DURATION.fullmatch(text[len("@every "):]):
+            return text
+        raise ConfigError(f"--cron {cron!r}: unknown descriptor; allowed: {', '.join(sorted(_CRON_DESCRIPTORS))}, "
+                          "'@every <duration>' (e.g. '@every 6h'), or 6 fields e.g. " + _EXAMPLE)
+    fields = text.split(" ")
+    if len(fields) == 5:
+        raise ConfigError(f"--cron {cron!r} has 5 fields, but KFP cron has 6 with seconds first: prepend the seconds, "
+                          f"here '0 {text}' (03:00 every day is '0 0 3 * * *')")
+    if len(fields) != 6:
+        raise ConfigError(f"--cron {cron!r} has {len(fields)} fields; KFP cron has exactly 6 (seconds minutes hours "
+                          f"day-of-month month day-of-week), e.g. {_EXAMPLE}")
+    for field_text, (where, low, high, names) in zip(fields, _CRON_FIELDS):
+        if not re.fullmatch(r"[0-9A-Za-z*?,/\-]+", field_text):
+            raise ConfigError(f"--cron {cron!r}: {where} field {field_text!r} has characters other than digits, "
+                              "names, '*', '?', ',', '-', '/'")
+        for part in field_text.split(","):
+            if part == "?":
+                if where not in ("day of month", "day of week"):
+                    raise ConfigError(f"--cron {cron!r}: {where}: '?' is only allowed for day of month or day of week")
+                continue
+            base, _, step = part.partition("/")
+            if _ and (not step.isdigit() or int(step) < 1):
+                raise ConfigError(f"--cron {cron!r}: {where}: step {step!r} in {part!r} must be a positive integer")
+            if base in ("*", "?"):
+                continue
+            lo_text, dash, hi_text = base.partition("-")
+            lo = _cron_value(lo_text, low, high, names, where, cron)
+            if dash:
+                hi = _cron_value(hi_text, low, high, names, where, cron)
+                if hi < lo:
+                    raise ConfigError(f"--cron {cron!r}: {where}: range {base!r} ends before it starts")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Connection
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token: from token_file, else the projected KFP service-account token if present, else None.
+
+    Error messages name the file, never its content.
+    """
+    path = token_file
+    if path is None:
+        default = os.environ.get(SA_TOKEN_PATH_ENV, SA_TOKEN_PATH)
+        if not os.path.isfile(default):
+            return None
+        path = default
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file {path}: cannot be read: {exc.strerror or type(exc).__name__}") from None
+    if not token:
+        raise ConfigError(f"--token-file {path}: the file is empty")
+    if any(c.isspace() for c in token):
+        raise ConfigError(f"--token-file {path}: a token must be one line without spaces")
+    return token
+
+
+def _normalize_host(host: str | None) -> str:
+    host = (host or "").strip()
+    if not host:
+        raise ConfigError(f"--host: no KFP API address given; pass --host URL or set {HOST_ENV}")
+    if not re.match(r"^https?://", host):
+        raise ConfigError(f"--host {host!r}: expected an http:// or https:// URL, e.g. http://ml-pipeline.kubeflow:8888")
+    return host.rstrip("/")
+
+
+def _ui_prefix(host: str) -> str:
+    return (os.environ.get(UI_HOST_ENV) or host).rstrip("/")
+
+
+def _preflight(host: str, token: str | None) -> None:
+    """One bounded GET of /apis/v2beta1/healthz, so an unreachable host fails in seconds with one line.
+
+    (kfp.Client's own health check retries 5 times with 5 s sleeps, and urllib3 has no default timeout.)
+    """
+    request = urllib.request.Request(f"{host}/apis/v2beta1/healthz", headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=PREFLIGHT_TIMEOUT_S) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        hint = " (check --token-file / the service account's RBAC)" if exc.code in (401, 403) else ""
+        raise KfpError(f"KFP API {host}: health check answered HTTP {exc.code} {exc.reason}{hint}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise KfpError(f"KFP API {host} cannot be reached: {reason}") from None
+
+
+def _api_error(host: str, what: str, exc: BaseException) -> KfpError:
+    """One line for a failed KFP call; never includes request headers (the token)."""
+    try:
+        from kfp_server_api.exceptions import ApiException
+    except ImportError:  # pragma: no cover
+        ApiException = ()  # type: ignore[assignment]
+    if isinstance(exc, ApiException):
+        detail = ""
+        try:
+            body = json.loads(exc.body or "{}")
+            detail = body.get("message") or body.get("error") or ""
+        except (ValueError, AttributeError):
+            detail = str(exc.body or "")[:200]
+        hint = " (check --token-file / the service account's RBAC)" if exc.status in (401, 403) else ""
+        return KfpError(f"KFP API {host}: {what} failed: HTTP {exc.status} {exc.reason}{hint}"
+                        + (f": {detail}" if detail else ""))
+    reason = getattr(exc, "reason", None) or exc
+    return KfpError(f"KFP API {host}: {what} failed: {type(exc).__name__}: {reason}")
+
+
+@contextlib.contextmanager
+def _kfp_call(host: str, what: str):
+    """Turn kfp / urllib3 failures into one-line KfpErrors; kfp's own prints ("Run details: ...") are dropped:
+    the command prints the ids and URLs itself."""
+    import urllib3
+
+    try:
+        from kfp_server_api.exceptions import OpenApiException
+    except ImportError:  # pragma: no cover
+        OpenApiException = ()  # type: ignore[assignment]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    except RepeatlabError:
+        raise
+    except (OpenApiException, urllib3.exceptions.HTTPError, OSError, ValueError, TimeoutError) as exc:
+        raise _api_error(host, what, exc) from None
+
+
+def _client(host: str, token: str | None, namespace: str | None):
+    import kfp
+
+    _preflight(host, token)
+    with _kfp_call(host, "connecting"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 and later"
+        kwargs: dict[str, Any] = {"host": host, "existing_token": token}
+        if namespace:
+            kwargs["namespace"] = namespace
+        return kfp.Client(**kwargs)
+
+
+def _experiment_id(client, host: str, name: str, description: str, namespace: str | None) -> str:
+    """Get the experiment by name, or create it (kfp's create_experiment looks it up first)."""
+    with _kfp_call(host, f"getting or creating experiment {name!r}"):
+        return client.create_experiment(name=name, description=description or None,
+                                        namespace=namespace).experiment_id
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The pipeline package and its parameter
+
+
+def study_parameter(cfg: StudyConfig) -> str:
+    """The value of the pipeline's one parameter: the resolved study as one line of JSON (valid YAML too), as the
+    pipeline's own default is written."""
+    to_json = getattr(cfg, "to_json", None)
+    return to_json() if to_json else json.dumps(cfg.to_dict(), separators=(",", ":"))
+
+
+def _compile_package(directory: str, cfg: StudyConfig) -> str:
+    """Compile the study's pipeline (its cluster settings shape the DAG: images, accelerators, parallelism)."""
+    from repeatlab.kfp_pipeline import compile_pipeline
+
+    path = os.path.join(directory, "pipeline.yaml")
+    return compile_pipeline(path, cfg) or path
+
+
+def _check_package(path: str) -> None:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"--package {path}: no such file")
+    if not path.endswith((".yaml", ".yml", ".tar.gz", ".tgz", ".zip")):
+        raise ConfigError(f"--package {path}: expected a compiled pipeline (.yaml, .yml, .tar.gz, .tgz or .zip)")
+    if path.endswith((".yaml", ".yml")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = next(iter(yaml.safe_load_all(f)), None) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--package {path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        params = (((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {})
+        if PIPELINE_PARAMETER not in params:
+            raise ConfigError(f"--package {path}: the pipeline has no {PIPELINE_PARAMETER!r} parameter "
+                              f"(parameters: {', '.join(params) or 'none'}); compile it with `repeatlab compile`")
+
+
+@contextlib.contextmanager
+def _package(package_path: str | None, cfg: StudyConfig):
+    if package_path:
+        _check_package(package_path)
+        yield package_path
+        return
+    with tempfile.TemporaryDirectory(prefix="repeatlab-kfp-") as tmp:
+        path = _compile_package(tmp, cfg)
+        _check_package(path)
+        yield path
+
+
+def _utc_stamp() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, experiment: str | None = None,
+           run_name: str | None = None, package_path: str | None = None, namespace: str | None = None,
+           service_account: str | None = None) -> dict:
+    """Start one run of the study pipeline; returns {run_id, experiment_id, run_name, url}."""
+    host = _normalize_host(host)
+    experiment = experiment or cfg.name
+    run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
+    with _package(package_path, cfg) as path:
+        client = _client(host, token, namespace)
+        experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
+        with _kfp_call(host, f"creating run {run_name!r}"):
+            run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=path,
+                                      params={PIPELINE_PARAMETER: study_parameter(cfg)},
+                                      service_account=service_account)
+    return {"run_id": run.run_id, "experiment_id": experiment_id, "experiment": experiment, "run_name": run_name,
+            "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}"}
+
+
+def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None = None,
+             experiment: str | None = None, job_name: str | None = None, max_concurrency: int = 1,
+             no_catchup: bool = True, package_path: str | None = None, namespace: str | None = None,
+             service_account: str | None = None) -> dict:
+    """Create a recurring run of the study; returns {recurring_run_id, experiment_id, job_name, cron, url}.
+
+    Refuses to create a second recurring run with the same name in the experiment (a retried Job would otherwise
+    schedule the study twice).
+    """
+    cron = validate_cron(cron)
+    if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or not 1 <= max_concurrency <= 10:
+        raise ConfigError(f"--max-concurrency {max_concurrency!r}: an integer in [1, 10] (KFP's limit)")
+    host = _normalize_host(host)
+    experiment = experiment or cfg.name
+    job_name = job_name or f"{cfg.name}-scheduled"
+    with _package(package_path, cfg) as path:
+        client = _client(host, token, namespace)
+        experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
+        with _kfp_call(host, f"listing recurring runs of experiment {experiment!r}"):
+            existing = client.list_recurring_runs(experiment_id=experiment_id, page_size=10, filter=json.dumps(
+                {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": job_name}]}))
+        for rr in existing.recurring_runs or []:
+            if rr.display_name == job_name:
+                raise KfpError(f"recurring run {job_name!r} exists already in experiment {experiment!r} "
+                               f"(id {rr.recurring_run_id}); pass another --job-name or delete it first")
+        with _kfp_call(host, f"creating recurring run {job_name!r}"):
+            rr = client.create_recurring_run(
+                experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
+                cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
+                params={PIPELINE_PARAMETER: study_parameter(cfg)}, pipeline_package_path=path, enabled=True,
+                service_account=service_account)
+    return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
+            "job_name": job_name, "cron": cron,
+            "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--host", default=os.environ.get(HOST_ENV),
+                   help=f"KFP API URL, e.g. http://ml-pipeline.kubeflow:8888 (default: ${HOST_ENV})")
+    p.add_argument("--config", required=True, help="study YAML (any storage URL)")
+    p.add_argument("--token-file", default=None,
+                   help=f"file holding a bearer token (default: {SA_TOKEN_PATH} when it exists, else none)")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the study name)")
+    p.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV) or None,
+                   help=f"KFP user namespace in multi-user mode (default: ${NAMESPACE_ENV})")
+    p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
+    p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
+    return p
+
+
+def _load(args) -> tuple[StudyConfig, str | None]:
+    from repeatlab import config
+
+    host = _normalize_host(args.host)
+    cfg = config.load(args.config)
+    return cfg, host
+
+
+def cli_submit(argv: list[str]) -> int:
+    p = _common_parser("repeatlab submit", "Submit a study to a Kubeflow Pipelines API.")
+    p.add_argument("--run-name", default=None, help="run name (default: <study>-<UTC timestamp>)")
+    args = p.parse_args(argv)
+    cfg, host = _load(args)
+    token = read_token(args.token_file)
+    out = submit(cfg, host, token=token, experiment=args.experiment, run_name=args.run_name,
+                 package_path=args.package, namespace=args.namespace, service_account=args.service_account)
+    print(f"run_id: {out['run_id']}")
+    print(f"run_name: {out['run_name']}")
+    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
+    print(f"url: {out['url']}")
+    return 0
+
+
+def cli_schedule(argv: list[str]) -> int:
+    p = _common_parser("repeatlab schedule", "Create a recurring run of a study on a Kubeflow Pipelines API.")
+    p.add_argument("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'")
+    p.add_argument("--job-name", default=None, help="recurring run name (default: <study>-scheduled)")
+    p.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once (default 1)")
+    p.add_argument("--catchup", action="store_true", help="backfill missed intervals (default: only the latest)")
+    args = p.parse_args(argv)
+    cron = validate_cron(args.cron)  # before loading anything: the commonest mistake
+    cfg, host = _load(args)
+    token = read_token(args.token_file)
+    out = schedule(cfg, host, cron, token=token, experiment=args.experiment, job_name=args.job_name,
+                   max_concurrency=args.max_concurrency, no_catchup=not args.catchup, package_path=args.package,
+                   namespace=args.namespace, service_account=args.service_account)
+    print(f"recurring_run_id: {out['recurring_run_id']}")
+    print(f"job_name: {out['job_name']}")
+    print(f"cron: {out['cron']}")
+    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
+    print(f"url: {out['url']}")
+    return 0

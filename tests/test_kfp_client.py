@@ -1,0 +1,388 @@
+"""repeatlab submit / schedule against a fake KFP v2beta1 REST API on 127.0.0.1 (a thread; records every request)."""
+
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from repeatlab import config
+from repeatlab.cli import main as cli_main
+from repeatlab.errors import ConfigError
+
+kfp_client = pytest.importorskip("repeatlab.kfp_client")
+
+TOKEN = "s3cr3t-t0ken-value-0123456789"
+
+
+class FakeKfp:
+    """Answers like the KFP v2beta1 API: healthz, experiments list/create, runs create, recurring runs list/create."""
+
+    def __init__(self, status_override: dict[str, int] | None = None):
+        self.requests: list[dict] = []
+        self.experiments: list[dict] = []
+        self.recurring: list[dict] = []
+        self.status_override = status_override or {}
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _answer(self, code: int, obj) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                url = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                with fake.lock:
+                    fake.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query),
+                                          "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    code, obj = fake.route(method, url.path, parse_qs(url.query), body)
+                self._answer(code, obj)
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def route(self, method: str, path: str, query: dict, body):
+        if path in self.status_override:
+            return self.status_override[path], {"error": "denied", "code": 16, "message": "no access"}
+        if method == "GET" and path == "/apis/v2beta1/healthz":
+            return 200, {"multi_user": False, "pipeline_store": "database"}
+        if path == "/apis/v2beta1/experiments":
+            if method == "GET":
+                flt = json.loads(query.get("filter", ["{}"])[0])
+                name = flt["predicates"][0]["stringValue"]
+                found = [e for e in self.experiments if e["display_name"] == name]
+                return 200, ({"experiments": found, "total_size": len(found)} if found else {})
+            exp = {"experiment_id": f"exp-{len(self.experiments) + 1}", "display_name": body["display_name"],
+                   "description": body.get("description")}
+            self.experiments.append(exp)
+            return 200, exp
+        if method == "POST" and path == "/apis/v2beta1/runs":
+            return 200, {"run_id": "run-123", "display_name": body["display_name"],
+                         "experiment_id": body["experiment_id"], "state": "PENDING"}
+        if path == "/apis/v2beta1/recurringruns":
+            if method == "GET":
+                return 200, {"recurringRuns": self.recurring, "total_size": len(self.recurring)} if self.recurring \
+                    else {}
+            rr = {"recurring_run_id": f"rr-{len(self.recurring) + 1}", "display_name": body["display_name"],
+                  "experiment_id": body["experiment_id"], "mode": "ENABLE"}
+            self.recurring.append(rr)
+            return 200, rr
+        return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
+
+    def of(self, method: str, path: str) -> list[dict]:
+        return [r for r in self.requests if r["method"] == method and r["path"] == path]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def fake_kfp():
+    with FakeKfp() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """A trivial pipeline stands in for repeatlab.kfp_pipeline; no KFP context file, token or env from the machine."""
+    from kfp import compiler, dsl
+
+    @dsl.component(base_image="python:3.11-slim")
+    def echo(study_config: str) -> str:
+        return study_config
+
+    @dsl.pipeline(name="repeatlab-study")
+    def pipeline(study_config: str):
+        echo(study_config=study_config)
+
+    def compile_pipeline(path, cfg=None):
+        compiled.append(cfg.name)
+        compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path))
+        return str(path)
+
+    compiled: list = []
+    fake_module = types.ModuleType("repeatlab.kfp_pipeline")
+    fake_module.compile_pipeline = compile_pipeline
+    fake_module.compiled = compiled
+    monkeypatch.setitem(sys.modules, "repeatlab.kfp_pipeline", fake_module)
+    import kfp
+
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+    monkeypatch.setattr(kfp_client, "SA_TOKEN_PATH", str(tmp_path / "no-such-token"))
+    for var in ("KFP_HOST", "KFP_NAMESPACE", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_UI_ENDPOINT",
+                "KF_PIPELINES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def study(tmp_path):
+    cfg = config.from_dict({"name": "upweight-10x", "description": "is 10x in the danger zone?",
+                            "grid": {"fractions": [0.0, 0.25], "epochs": [4, 16]}})
+    path = tmp_path / "study.yaml"
+    path.write_text(cfg.to_yaml())
+    return cfg, str(path)
+
+
+def _run_parameters(body: dict) -> dict:
+    return body["runtime_config"]["parameters"]
+
+
+def test_submit_creates_experiment_once_and_run_with_study_config(fake_kfp, study):
+    cfg, _ = study
+    first = kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name=None, package_path=None)
+    second = kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name="again",
+                               package_path=None)
+
+    assert sys.modules["repeatlab.kfp_pipeline"].compiled == ["upweight-10x"] * 2  # compiled for this study
+    assert len(fake_kfp.of("POST", "/apis/v2beta1/experiments")) == 1  # created once, then reused
+    assert fake_kfp.of("POST", "/apis/v2beta1/experiments")[0]["body"]["display_name"] == "upweight-10x"
+    assert first["experiment_id"] == second["experiment_id"] == "exp-1"
+    lookups = fake_kfp.of("GET", "/apis/v2beta1/experiments")
+    assert len(lookups) == 2
+    assert json.loads(lookups[0]["query"]["filter"][0])["predicates"][0] == {
+        "operation": 1, "key": "display_name", "stringValue": "upweight-10x"}  # 1: EQUALS
+
+    runs = fake_kfp.of("POST", "/apis/v2beta1/runs")
+    assert len(runs) == 2
+    body = runs[0]["body"]
+    assert body["experiment_id"] == "exp-1"
+    assert body["display_name"].startswith("upweight-10x-") and len(body["display_name"]) == len("upweight-10x-") + 15
+    assert runs[1]["body"]["display_name"] == "again"
+    # the pipeline spec travels inline and declares the parameter; the value is the study YAML
+    assert "study_config" in body["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    value = _run_parameters(body)["study_config"]
+    assert config.loads(value) == cfg
+    assert first == {"run_id": "run-123", "experiment_id": "exp-1", "experiment": "upweight-10x",
+                     "run_name": body["display_name"], "url": f"{fake_kfp.host}/#/runs/details/run-123"}
+    # no token given, none sent
+    assert all("authorization" not in r["headers"] for r in fake_kfp.requests)
+
+
+def test_submit_with_token_sends_bearer_and_never_shows_it(fake_kfp, study, tmp_path, capsys, caplog):
+    _, cfg_path = study
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    caplog.set_level(logging.DEBUG)
+    rc = cli_main(["submit", "--host", fake_kfp.host, "--config", cfg_path, "--token-file", str(token_file),
+                   "--experiment", "nightly", "--run-name", "by-hand"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "run_id: run-123" in out and f"url: {fake_kfp.host}/#/runs/details/run-123" in out
+    assert fake_kfp.requests
+    for r in fake_kfp.requests:  # every call, the health check included, carries the token
+        assert r["headers"].get("authorization") == f"Bearer {TOKEN}", r["path"]
+    assert fake_kfp.of("POST", "/apis/v2beta1/experiments")[0]["body"]["display_name"] == "nightly"
+    assert fake_kfp.of("POST", "/apis/v2beta1/runs")[0]["body"]["display_name"] == "by-hand"
+    logged = "\n".join(rec.getMessage() + str(rec.args) for rec in caplog.records)
+    assert TOKEN not in out and TOKEN not in err and TOKEN not in logged
+
+
+def test_projected_service_account_token_is_used(fake_kfp, study, tmp_path, monkeypatch):
+    cfg, _ = study
+    sa = tmp_path / "sa-token"
+    sa.write_text(TOKEN)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(sa))
+    token = kfp_client.read_token(None)
+    kfp_client.submit(cfg, fake_kfp.host, token=token, experiment=None, run_name="x", package_path=None)
+    assert fake_kfp.of("POST", "/apis/v2beta1/runs")[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+    monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH")
+    assert kfp_client.read_token(None) is None  # no projected token outside a cluster: no header
+
+
+def test_rejected_token_is_one_line_without_the_token(study, tmp_path, capsys, caplog):
+    _, cfg_path = study
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    caplog.set_level(logging.DEBUG)
+    with FakeKfp(status_override={"/apis/v2beta1/healthz": 401}) as server:
+        rc = cli_main(["submit", "--host", server.host, "--config", cfg_path, "--token-file", str(token_file)])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.count("\n") == 1 and "401" in err and "Traceback" not in err
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert TOKEN not in out + err + logged
+
+
+def test_server_error_on_run_create_is_one_line(study, capsys):
+    _, cfg_path = study
+    with FakeKfp(status_override={"/apis/v2beta1/runs": 500}) as server:
+        rc = cli_main(["submit", "--host", server.host, "--config", cfg_path])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "HTTP 500" in err and "creating run" in err
+
+
+def test_schedule_creates_recurring_run(fake_kfp, study, capsys):
+    _, cfg_path = study
+    rc = cli_main(["schedule", "--host", fake_kfp.host, "--config", cfg_path, "--cron", "0 0 3 * * *"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    created = fake_kfp.of("POST", "/apis/v2beta1/recurringruns")
+    assert len(created) == 1
+    body = created[0]["body"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert int(body["max_concurrency"]) == 1
+    assert body["no_catchup"] is True
+    assert body["mode"] == "ENABLE"
+    assert body["display_name"] == "upweight-10x-scheduled"
+    assert body["experiment_id"] == "exp-1"
+    assert config.loads(_run_parameters(body)["study_config"]).name == "upweight-10x"
+    assert "study_config" in body["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert "recurring_run_id: rr-1" in out and f"{fake_kfp.host}/#/recurringrun/details/rr-1" in out
+
+    # the same name again is refused (a retried Job must not schedule the study twice)
+    rc = cli_main(["schedule", "--host", fake_kfp.host, "--config", cfg_path, "--cron", "0 0 3 * * *"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "exists already" in err and "rr-1" in err
+    assert len(fake_kfp.of("POST", "/apis/v2beta1/recurringruns")) == 1
+
+
+def test_schedule_api_options(fake_kfp, study):
+    cfg, _ = study
+    out = kfp_client.schedule(cfg, fake_kfp.host, "0 30 */6 * * MON-FRI", token=None, experiment="weekly",
+                              job_name="every-6h", max_concurrency=2, no_catchup=False)
+    body = fake_kfp.of("POST", "/apis/v2beta1/recurringruns")[0]["body"]
+    assert int(body["max_concurrency"]) == 2 and body["no_catchup"] is False
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 30 */6 * * MON-FRI"
+    assert out["job_name"] == "every-6h" and out["experiment"] == "weekly"
+
+
+@pytest.mark.parametrize("cron", ["0 0 3 * * *", "*/30 * * * * ?", "0 0 0 1 JAN,jul *", "0 15 10 ? * 1-5",
+                                  "@daily", "@every 1h30m", "  0  0 3 * * *  "])
+def test_valid_crons(cron):
+    assert kfp_client.validate_cron(cron) == " ".join(cron.split())
+
+
+@pytest.mark.parametrize("cron,words", [
+    ("0 3 * * *", ["5 fields", "prepend the seconds", "'0 0 3 * * *'"]),
+    ("30 2 * * 1", ["5 fields", "'0 30 2 * * 1'"]),
+    ("0 0 3 * * * 2030", ["7 fields", "exactly 6"]),
+    ("0 0", ["2 fields"]),
+    ("", ["empty"]),
+    ("0 0 3 * * * ;rm", ["7 fields"]),
+    ("0 0 3 * * $", ["day of week", "characters"]),
+    ("60 0 3 * * *", ["seconds", "out of range"]),
+    ("0 0 24 * * *", ["hours", "out of range"]),
+    ("0 0 3 0 * *", ["day of month", "out of range"]),
+    ("0 0 3 * 13 *", ["month", "out of range"]),
+    ("0 0 3 * * 7", ["day of week", "out of range"]),
+    ("0 0 3 * FOO *", ["month", "not a number"]),
+    ("0 0 5-3 * * *", ["ends before it starts"]),
+    ("0 */0 * * * *", ["step"]),
+    ("? 0 3 * * *", ["only allowed"]),
+    ("@sometimes", ["unknown descriptor"]),
+])
+def test_bad_crons(cron, words):
+    with pytest.raises(ConfigError) as info:
+        kfp_client.validate_cron(cron)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_bad_cron_from_cli_is_one_line_and_contacts_nothing(fake_kfp, study, capsys):
+    _, cfg_path = study
+    rc = cli_main(["schedule", "--host", fake_kfp.host, "--config", cfg_path, "--cron", "0 3 * * *"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "prepend the seconds" in err and "'0 0 3 * * *'" in err
+    assert fake_kfp.requests == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_host_is_one_line(study, capsys):
+    _, cfg_path = study
+    host = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    start = time.monotonic()
+    rc = cli_main(["submit", "--host", host, "--config", cfg_path])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "cannot be reached" in err and host in err and "Traceback" not in err
+    assert time.monotonic() - start < 15
+    with pytest.raises(kfp_client.KfpError):
+        kfp_client.schedule(config.load(cfg_path), host, "0 0 3 * * *", token=None, experiment=None,
+                            job_name=None)
+
+
+def test_host_from_env_and_missing_host(fake_kfp, study, monkeypatch, capsys):
+    _, cfg_path = study
+    rc = cli_main(["submit", "--config", cfg_path])
+    err = capsys.readouterr().err
+    assert rc == 2 and "KFP_HOST" in err
+    monkeypatch.setenv("KFP_HOST", fake_kfp.host)
+    assert cli_main(["submit", "--config", cfg_path]) == 0
+    assert len(fake_kfp.of("POST", "/apis/v2beta1/runs")) == 1
+
+
+def test_package_without_study_parameter_is_refused(fake_kfp, study, tmp_path):
+    cfg, _ = study
+    package = tmp_path / "other.yaml"
+    package.write_text(yaml.safe_dump({"pipelineInfo": {"name": "x"}, "root": {"inputDefinitions": {
+        "parameters": {"n": {"parameterType": "NUMBER_INTEGER"}}}}}))
+    with pytest.raises(ConfigError, match="no 'study_config' parameter"):
+        kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name=None,
+                          package_path=str(package))
+    assert fake_kfp.requests == []
+
+
+def test_submit_the_real_pipeline(fake_kfp, study, monkeypatch):
+    """The lead's compiled DAG travels inline; its study_config parameter gets this study."""
+    import importlib
+
+    monkeypatch.delitem(sys.modules, "repeatlab.kfp_pipeline")
+    try:
+        importlib.import_module("repeatlab.kfp_pipeline")
+    except ImportError as exc:  # pragma: no cover - before the pipeline lands
+        pytest.skip(f"repeatlab.kfp_pipeline not importable: {exc}")
+    cfg, _ = study
+    kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name="real", package_path=None)
+    body = fake_kfp.of("POST", "/apis/v2beta1/runs")[0]["body"]
+    # with kfp-kubernetes settings the inline spec is {pipeline_spec, platform_spec}
+    spec = body["pipeline_spec"].get("pipeline_spec", body["pipeline_spec"])
+    assert spec["root"]["inputDefinitions"]["parameters"]["study_config"]["parameterType"] == "STRING"
+    assert config.loads(_run_parameters(body)["study_config"]) == cfg
+    assert spec["root"]["dag"]["tasks"]  # the whole DAG, not a stub
+
+
+def test_empty_token_file(study, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        kfp_client.read_token(str(empty))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        kfp_client.read_token(str(tmp_path / "missing"))
