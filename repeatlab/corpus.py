@@ -1,0 +1,521 @@
+"""Prepare a corpus: read documents, drop exact duplicates, split by document hash, tokenize, write token shards.
+
+    {root}/corpora/{corpus_id}/train.bin, test.bin, probe.bin [, ood.bin] [, tokenizer.json], config.json, manifest.json
+
+Inputs: any fsspec URL, a glob, or a folder (every file under it): plain text (one document per file, or one per
+blank-line-separated paragraph with corpus.split_on_blank_lines), JSONL (corpus.text_field), Parquet (a text column);
+gzip and zstd transparently (by extension or magic bytes). `url: default` is the embedded default corpus.
+
+corpus_id = stable_hash of the input files' (bytes, sha256) in order and every corpus setting except the URL itself
+(the same content under another URL gives the same id). A prepare that finds the id's manifest.json reuses it without
+reading the documents again. The manifest is written last, so an interrupted prepare is invisible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import re
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from repeatlab import __version__, storage
+from repeatlab.config import CorpusConfig, stable_hash
+from repeatlab.errors import ConfigError, CorpusError, StorageError
+from repeatlab.tokenizer import EOT_ID, TOKENIZER_FILE, BPETokenizer, ByteTokenizer, token_dtype
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test", "probe")
+TEXT_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                   ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+COMPRESSION_EXTENSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_KEEP_IN_MEMORY = 512 << 20  # hold raw inputs between hashing and parsing up to this many bytes
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Finding and reading input files
+
+
+def corpus_url(root: str, corpus_id: str) -> str:
+    return storage.join(storage.normalize_root(root), "corpora", corpus_id)
+
+
+def _file_url(fs, url: str, path: str) -> str:
+    if storage.is_local(url):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def list_input_files(url: str) -> list[str]:
+    """Sorted URLs of the files a corpus URL names: one file, a glob, or every file under a folder."""
+    fs, path = storage.filesystem(url)
+    try:
+        if _GLOB_CHARS.search(path):
+            paths = [p for p in fs.glob(path) if not fs.isdir(p)]
+            what = "no files match the glob"
+        elif fs.isdir(path):
+            paths = [p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".")]
+            what = "the folder holds no files"
+        elif fs.exists(path):
+            paths = [path]
+            what = ""
+        else:
+            raise CorpusError(f"{url}: not found: corpus.url must name an existing file, folder or glob (or 'default')")
+    except (CorpusError, StorageError):
+        raise
+    except Exception as exc:  # botocore / aiohttp / OSError: storage unreachable or refused
+        raise StorageError(f"{url}: cannot list the corpus files: {type(exc).__name__}: {exc}") from exc
+    if not paths:
+        raise CorpusError(f"{url}: {what}; corpus.url must name at least one readable file")
+    return [_file_url(fs, url, p) for p in sorted(paths)]
+
+
+def _strip_compression(name: str) -> tuple[str, str | None]:
+    lower = name.lower()
+    for ext, kind in COMPRESSION_EXTENSIONS.items():
+        if lower.endswith(ext):
+            return name[: -len(ext)], kind
+    return name, None
+
+
+def detect_format(file_url: str, fmt: str = "auto") -> str:
+    """The document format of one file: cfg.format, or from the extension (after .gz/.zst) when it is 'auto'."""
+    if fmt != "auto":
+        return fmt
+    base, _ = _strip_compression(file_url.rstrip("/").rsplit("/", 1)[-1])
+    dot = base.rfind(".")
+    ext = base[dot:].lower() if dot > 0 else ""
+    if ext in TEXT_EXTENSIONS:
+        return TEXT_EXTENSIONS[ext]
+    raise CorpusError(f"{file_url}: cannot tell the format from the extension {ext or '(none)'!r}: allowed "
+                      f"{', '.join(sorted(TEXT_EXTENSIONS))} (optionally + .gz/.zst), or set corpus.format "
+                      "to text, jsonl or parquet")
+
+
+def decompress(data: bytes, file_url: str) -> bytes:
+    """gzip / zstd by magic bytes (so a mislabelled file still reads); anything else is returned as is."""
+    try:
+        if data[:2] == b"\x1f\x8b":
+            return gzip.decompress(data)
+        if data[:4] == b"\x28\xb5\x2f\xfd":
+            import zstandard
+
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+                return reader.read()
+    except Exception as exc:
+        raise CorpusError(f"{file_url}: corrupt compressed file ({type(exc).__name__}: {exc})") from exc
+    _, kind = _strip_compression(file_url)
+    if kind is not None and data:
+        raise CorpusError(f"{file_url}: the name says {kind} but the content is not {kind}-compressed")
+    return data
+
+
+def _utf8(data: bytes, file_url: str, line: int | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f" line {line}" if line else f" byte {exc.start}"
+        raise CorpusError(f"{file_url}:{where}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from exc
+
+
+def parse_documents(raw: bytes, file_url: str, fmt: str, cfg: CorpusConfig) -> list[str]:
+    """The documents of one file (raw bytes, possibly compressed). NUL characters are removed (id 0 is EOT)."""
+    data = decompress(raw, file_url)
+    if fmt == "text":
+        text = _utf8(data, file_url).lstrip("\ufeff")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        docs = re.split(r"\n[ \t\r\f\v]*\n", text) if cfg.split_on_blank_lines else [text]
+    elif fmt == "jsonl":
+        docs = _parse_jsonl(data, file_url, cfg.text_field)
+    elif fmt == "parquet":
+        docs = _parse_parquet(data, file_url, cfg.text_field)
+    else:
+        raise CorpusError(f"{file_url}: format {fmt!r} is not allowed: expected text, jsonl or parquet")
+    return [d.replace("\x00", "") if "\x00" in d else d for d in docs]
+
+
+def _parse_jsonl(data: bytes, file_url: str, field: str) -> list[str]:
+    docs: list[str] = []
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except UnicodeDecodeError:
+            _utf8(line, file_url, n)
+            raise
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{file_url}: line {n}: not valid JSON ({exc.msg}); each line must be one JSON "
+                              "object") from exc
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{file_url}: line {n}: a JSON {type(obj).__name__}, expected an object with the "
+                              f"text field {field!r}")
+        if field not in obj:
+            keys = ", ".join(sorted(map(str, obj))[:10]) or "none"
+            raise CorpusError(f"{file_url}: line {n}: no field {field!r} (fields present: {keys}); set "
+                              "corpus.text_field to the field that holds the text")
+        value = obj[field]
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise CorpusError(f"{file_url}: line {n}: field {field!r} is a {type(value).__name__}, expected a string")
+        docs.append(value)
+    return docs
+
+
+def _parse_parquet(data: bytes, file_url: str, column: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+    except Exception as exc:
+        raise CorpusError(f"{file_url}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise CorpusError(f"{file_url}: no column {column!r} (columns: {', '.join(names[:20]) or 'none'}); set "
+                          "corpus.text_field to the column that holds the text")
+    col = pf.read(columns=[column]).column(column)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise CorpusError(f"{file_url}: column {column!r} has type {col.type}, expected a string column")
+    return ["" if v is None else v for v in col.to_pylist()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dedup and split
+
+
+def normalize(text: str) -> str:
+    """Whitespace-normalized text: the identity of a document for deduplication and splitting."""
+    return " ".join(text.split())
+
+
+def _doc_hash(normalized: str, salt: str) -> bytes:
+    return hashlib.sha256((salt + normalized).encode("utf-8", errors="surrogatepass")).digest()
+
+
+def _split_from_hash(h: bytes, test_fraction: float, probe_fraction: float) -> str:
+    u = int.from_bytes(h[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + probe_fraction:
+        return "probe"
+    return "train"
+
+
+def split_of(normalized: str, salt: str, test_fraction: float, probe_fraction: float) -> str:
+    """train / test / probe from sha256(salt + normalized text): deterministic, independent of order."""
+    return _split_from_hash(_doc_hash(normalized, salt), test_fraction, probe_fraction)
+
+
+def dedup_and_split(docs: list[str], cfg: CorpusConfig) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Drop empty and exact-duplicate documents (whitespace-normalized), then split by document hash."""
+    seen: set[bytes] = set()
+    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
+    counts = {"documents_read": len(docs), "duplicates_dropped": 0, "empty_dropped": 0}
+    for text in docs:
+        norm = normalize(text)
+        if not norm:
+            counts["empty_dropped"] += 1
+            continue
+        h = _doc_hash(norm, cfg.split_salt)  # one salted sha256 is both the dedup key and the split draw
+        if h in seen:
+            counts["duplicates_dropped"] += 1
+            continue
+        seen.add(h)
+        splits[_split_from_hash(h, cfg.test_fraction, cfg.probe_fraction)].append(text)
+    return splits, counts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shards
+
+
+def tokens_of(tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024) -> np.ndarray:
+    """Documents concatenated into one flat array, each followed by EOT (id 0)."""
+    parts: list[np.ndarray] = []
+    for i in range(0, len(docs), batch):
+        parts.extend(tokenizer.encode_batch(docs[i: i + batch]))
+    total = sum(p.size for p in parts) + len(parts)
+    out = np.empty(total, dtype=dtype)
+    pos = 0
+    for p in parts:
+        out[pos: pos + p.size] = p
+        pos += p.size
+        out[pos] = EOT_ID
+        pos += 1
+    return out
+
+
+def _write_array(url: str, arr: np.ndarray) -> str:
+    """Write `arr` atomically; returns its sha256."""
+    data = memoryview(np.ascontiguousarray(arr)).cast("B")
+    with storage.atomic_local_file(url) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# prepare_corpus
+
+
+def _read_inputs(url: str, log: Callable) -> tuple[list[dict], dict[str, bytes]]:
+    files = list_input_files(url)
+    infos: list[dict] = []
+    held: dict[str, bytes] = {}
+    held_bytes = 0
+    for f in files:
+        raw = storage.read_bytes(f)
+        infos.append({"path": f, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
+        if held_bytes + len(raw) <= _KEEP_IN_MEMORY:
+            held[f] = raw
+            held_bytes += len(raw)
+    return infos, held
+
+
+def _documents(infos: list[dict], held: dict[str, bytes], cfg: CorpusConfig, fmt: str) -> tuple[list[str], list[str]]:
+    docs: list[str] = []
+    formats: list[str] = []
+    for info in infos:
+        f = info["path"]
+        file_fmt = detect_format(f, fmt)
+        formats.append(file_fmt)
+        raw = held.pop(f, None)
+        if raw is None:
+            raw = storage.read_bytes(f)
+            if hashlib.sha256(raw).hexdigest() != info["sha256"]:
+                raise CorpusError(f"{f}: the file changed while the corpus was being prepared; run prepare again")
+        docs.extend(parse_documents(raw, f, file_fmt, cfg))
+    return docs, formats
+
+
+def _resolve(cfg: CorpusConfig, log: Callable) -> tuple[str, str, CorpusConfig]:
+    """(url to read, format, effective config) for a corpus config; 'default' becomes the built JSONL."""
+    if cfg.url.strip() == "default":
+        from repeatlab import default_corpus
+
+        path = default_corpus.default_corpus_path(log=log)
+        return path, "jsonl", dataclasses.replace(cfg, text_field="text", format="jsonl")
+    return cfg.url, cfg.format, cfg
+
+
+def _check_config(cfg: CorpusConfig) -> None:
+    if cfg.tokenizer == "byte" and cfg.vocab_size != 256:
+        raise ConfigError(f"corpus.vocab_size: {cfg.vocab_size!r} is not allowed: 256 for the byte tokenizer")
+    if cfg.tokenizer == "bpe" and not 512 <= cfg.vocab_size <= 1 << 20:
+        raise ConfigError(f"corpus.vocab_size: {cfg.vocab_size!r} is not allowed: between 512 and 1048576 for BPE")
+    if cfg.tokenizer not in ("byte", "bpe"):
+        raise ConfigError(f"corpus.tokenizer: {cfg.tokenizer!r} is not allowed: expected 'byte' or 'bpe'")
+    if cfg.format not in ("auto", "text", "jsonl", "parquet"):
+        raise ConfigError(f"corpus.format: {cfg.format!r} is not allowed: expected auto, text, jsonl or parquet")
+    for name in ("test_fraction", "probe_fraction"):
+        v = getattr(cfg, name)
+        if not 0 < v < 0.5:
+            raise ConfigError(f"corpus.{name}: {v!r} is not allowed: a fraction in (0, 0.5)")
+    if cfg.test_fraction + cfg.probe_fraction >= 0.5:
+        raise ConfigError(f"corpus.probe_fraction: {cfg.probe_fraction!r} is not allowed: test_fraction + "
+                          "probe_fraction must stay below 0.5")
+
+
+def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | None = None) -> str:
+    """Content address: the input files' (bytes, sha256) in order + every setting that changes the output."""
+    settings = dataclasses.asdict(cfg)
+    settings.pop("url")  # the content, not the address, determines the output
+    settings.pop("ood_url")
+    return stable_hash({
+        "format_version": FORMAT_VERSION,
+        "files": [[f["bytes"], f["sha256"]] for f in files],
+        "ood_files": None if ood_files is None else [[f["bytes"], f["sha256"]] for f in ood_files],
+        "config": settings,
+    })
+
+
+def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
+    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
+    _check_config(cfg)
+    t0 = time.perf_counter()
+    url, fmt, eff = _resolve(cfg, log)
+    infos, held = _read_inputs(url, log)
+    ood_infos, ood_held = (None, {})
+    if cfg.ood_url:
+        ood_infos, ood_held = _read_inputs(cfg.ood_url, log)
+    corpus_id = corpus_id_of(eff, infos, ood_infos)
+    out = corpus_url(root, corpus_id)
+    manifest_url = storage.join(out, "manifest.json")
+    if storage.exists(manifest_url):
+        manifest = storage.read_json(manifest_url)
+        if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
+            log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
+            return manifest
+
+    docs, formats = _documents(infos, held, eff, fmt)
+    splits, counts = dedup_and_split(docs, eff)
+    del docs
+    kept = sum(len(v) for v in splits.values())
+    if kept == 0:
+        raise CorpusError(f"{cfg.url}: no documents left ({counts['documents_read']} read, "
+                          f"{counts['duplicates_dropped']} duplicates, {counts['empty_dropped']} empty); the corpus "
+                          "needs at least a few non-empty documents")
+    for name in SPLITS:
+        if not splits[name]:
+            raise CorpusError(
+                f"{cfg.url}: the {name} split is empty: {kept} unique documents split by hash with "
+                f"test_fraction={cfg.test_fraction} and probe_fraction={cfg.probe_fraction} leave none for {name}; "
+                "add documents (or use corpus.split_on_blank_lines for one document per paragraph), raise the "
+                "fraction, or change corpus.split_salt")
+    t_read = time.perf_counter()
+
+    if eff.tokenizer == "byte":
+        tok = ByteTokenizer()
+    else:
+        log(f"training a BPE tokenizer (vocab {eff.vocab_size}) on {len(splits['train'])} train documents")
+        tok = BPETokenizer.train(splits["train"], eff.vocab_size)
+    dtype = token_dtype(tok.vocab_size)
+
+    split_info: dict[str, dict] = {}
+    for name in SPLITS:
+        arr = tokens_of(tok, splits[name], dtype)
+        sha = _write_array(storage.join(out, f"{name}.bin"), arr)
+        split_info[name] = {"documents": len(splits[name]), "tokens": int(arr.size), "bytes": int(arr.nbytes),
+                            "file": f"{name}.bin", "sha256": sha}
+        del arr
+    if ood_infos is not None:
+        ood_docs, _ = _documents(ood_infos, ood_held, dataclasses.replace(eff, format="auto"), "auto")
+        ood_docs = [d for d in ood_docs if normalize(d)]
+        if not ood_docs:
+            raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus (corpus.ood_url)")
+        arr = tokens_of(tok, ood_docs, dtype)
+        sha = _write_array(storage.join(out, "ood.bin"), arr)
+        split_info["ood"] = {"documents": len(ood_docs), "tokens": int(arr.size), "bytes": int(arr.nbytes),
+                             "file": "ood.bin", "sha256": sha}
+        del arr
+    if isinstance(tok, BPETokenizer):
+        tok.save(storage.join(out, TOKENIZER_FILE))
+    storage.write_json(storage.join(out, "config.json"), dataclasses.asdict(cfg))
+
+    source = {"url": cfg.url, "format": formats[0] if len(set(formats)) == 1 else "mixed", "files": infos}
+    if ood_infos is not None:
+        source["ood_url"] = cfg.ood_url
+        source["ood_files"] = ood_infos
+    manifest = {
+        "corpus_id": corpus_id,
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "tokenizer": tok.to_manifest(),
+        "dtype": dtype.name,
+        **counts,
+        "splits": split_info,
+        "config": dataclasses.asdict(cfg),
+        "created_by": f"repeatlab {__version__}",
+    }
+    storage.write_json(manifest_url, manifest)  # last: the corpus exists once this file does
+    dt = time.perf_counter() - t0
+    log(f"corpus {corpus_id}: prepared at {out} in {dt:.1f} s (read, dedup and split {t_read - t0:.1f} s)")
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading a prepared corpus
+
+
+def load_manifest(corpus_url: str) -> dict:
+    url = storage.join(corpus_url, "manifest.json")
+    if not storage.exists(url):
+        raise CorpusError(f"{url}: not found: this corpus was never prepared (or its prepare was interrupted); "
+                          "run `repeatlab prepare`")
+    manifest = storage.read_json(url)
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise CorpusError(f"{url}: format_version {manifest.get('format_version') if isinstance(manifest, dict) else None!r} "
+                          f"is not allowed: this repeatlab reads corpus format {FORMAT_VERSION}; prepare it again")
+    return manifest
+
+
+def open_split(corpus_url: str, split: str, manifest: dict) -> np.ndarray:
+    """Read-only memory map of a split's token shard (remote shards are cached locally first)."""
+    info = manifest.get("splits", {}).get(split)
+    if info is None:
+        raise CorpusError(f"{storage.join(corpus_url, 'manifest.json')}: no split {split!r}; allowed: "
+                          f"{', '.join(manifest.get('splits', {}))}")
+    url = storage.join(corpus_url, info["file"])
+    path = storage.cached_local_copy(url)
+    dtype = np.dtype(manifest["dtype"])
+    import os
+
+    nbytes = os.path.getsize(path)
+    if nbytes != info["bytes"] or nbytes % dtype.itemsize:
+        raise CorpusError(f"{url}: {nbytes} bytes on disk, the manifest says {info['bytes']}: the shard is "
+                          "truncated or from another prepare; prepare the corpus again")
+    if nbytes == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def summary(manifest: dict, url: str) -> str:
+    s = manifest["splits"]
+    tok = manifest["tokenizer"]
+    parts = ", ".join(f"{name} {s[name]['documents']:,} docs / {s[name]['tokens']:,} tokens" for name in s)
+    return (f"Corpus {manifest['corpus_id']} from {manifest['source']['url']} ({len(manifest['source']['files'])} "
+            f"file(s), {manifest['source']['format']}): {manifest['documents_read']:,} documents read, "
+            f"{manifest['duplicates_dropped']:,} exact duplicates and {manifest['empty_dropped']:,} empty dropped; "
+            f"{tok['kind']} tokenizer, vocab {tok['vocab_size']:,}, {manifest['dtype']} shards; {parts}.")
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="repeatlab prepare", description="Read, deduplicate, split and tokenize a "
+                                "corpus into token shards under {root}/corpora/{corpus_id}/.")
+    p.add_argument("--config", help="study YAML: uses its corpus and storage sections")
+    p.add_argument("--url", help="corpus file, folder, glob or fsspec URL, or 'default'")
+    p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"])
+    p.add_argument("--text-field")
+    p.add_argument("--split-on-blank-lines", action="store_true", default=None)
+    p.add_argument("--tokenizer", choices=["byte", "bpe"])
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192 with --tokenizer bpe); byte: 256")
+    p.add_argument("--ood-url")
+    p.add_argument("--root", help="storage root (default: the config's storage.root, else file://./.repeatlab)")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    args = p.parse_args(argv)
+
+    if args.config:
+        from repeatlab import config as config_mod
+
+        study = config_mod.load(args.config)
+        storage.configure(study.storage.options)
+        cfg = study.corpus
+        root = args.root or study.storage.root
+    else:
+        cfg = CorpusConfig()
+        root = args.root or "file://./.repeatlab"
+    overrides = {"url": args.url, "format": args.format, "text_field": args.text_field,
+                 "split_on_blank_lines": args.split_on_blank_lines, "tokenizer": args.tokenizer,
+                 "vocab_size": args.vocab_size, "ood_url": args.ood_url}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.tokenizer == "bpe" and args.vocab_size is None and cfg.vocab_size == 256:
+        overrides["vocab_size"] = 8192
+    if args.tokenizer == "byte" and args.vocab_size is None:
+        overrides["vocab_size"] = 256
+    cfg = dataclasses.replace(cfg, **overrides)
+    import sys
+
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    manifest = prepare_corpus(cfg, root, log=log)
+    url = corpus_url(root, manifest["corpus_id"])
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+    else:
+        print(summary(manifest, url))
+        print(url)
+    return 0
