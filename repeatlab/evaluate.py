@@ -1,0 +1,537 @@
+"""Evaluate one trained grid point: losses, copying, in-context learning and per-head scores -> `eval.json`.
+
+`evaluate_run(run_url)` reads `{run}/point.json`, the corpus manifest and shards, and the final (or a given)
+complete checkpoint, and writes `{run}/eval.json` (docs/architecture.md). `evaluate_model(...)` is the pure core: a
+model and token arrays in, the metrics dict out, no files.
+
+What is measured (shared/PAPER.md):
+  test_loss      mean per-token loss over up to eval.eval_tokens tokens of test.bin, in contiguous non-overlapping
+                 windows of context + 1 tokens (the training window layout)
+  repeated_loss  the same over the repeated subset's windows (repeated.npy offsets into train.bin); null for f = 0
+  ood_loss       the same over ood.bin when the corpus has an ood split, else null
+  copying        probe paragraphs of (context - 1) // copy_repeats tokens from probe.bin (no EOT inside), each as
+                 BOS + paragraph x copy_repeats in one context; per-copy mean loss averaged over paragraphs, the mean
+                 over copies 2..last, and the last copy
+  icl_score      loss at position icl_late * context // 512 minus loss at icl_early * context // 512 over the test
+                 windows (negative: the model uses its context)
+  heads          per-head prefix matching (eval.prefix_samples samples of BOS + prefix_random_tokens random tokens x
+                 prefix_repeats, tokens drawn without the most/least frequent train tokens), previous-token score on
+                 test windows, and the OV-circuit copying score (repeatlab.scores)
+
+Distributed: under torchrun (WORLD_SIZE > 1) the loss windows, probe paragraphs and prefix samples are sharded over
+ranks, their sums and counts all-reduced, and rank 0 writes eval.json; one plain process works the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from repeatlab import scores, storage
+from repeatlab.config import EvalConfig
+from repeatlab.errors import CheckpointError, CorpusError
+
+EOT_ID = 0
+COPY_PARAGRAPHS = 8  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
+PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
+TOKEN_COUNT_LIMIT = 1 << 26  # train tokens counted for the prefix-matching token frequencies (evenly spread chunks)
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Distributed helpers (identity in one process)
+
+
+@dataclasses.dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    def reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a float64 tensor over ranks (returns a CPU tensor)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        buf = values.to(self.device, torch.float64).clone()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        return buf.cpu()
+
+    def shard(self, n: int) -> range:
+        return range(self.rank, n, self.world)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The pure core
+
+
+def _eval_config(cfg: Any) -> EvalConfig:
+    if isinstance(cfg, EvalConfig):
+        return cfg
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    return EvalConfig(**{k: v for k, v in dict(cfg or {}).items() if k in names})
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _windows(tokens: np.ndarray, context: int, max_windows: int) -> np.ndarray:
+    """Offsets of contiguous non-overlapping (context + 1)-token windows: k * context, k < max_windows."""
+    n = max(0, (len(tokens) - 1) // context)
+    return np.arange(min(n, max_windows), dtype=np.int64) * context
+
+
+def _gather(tokens: np.ndarray, offsets: np.ndarray, length: int) -> torch.Tensor:
+    rows = [np.asarray(tokens[int(o): int(o) + length], dtype=np.int64) for o in offsets]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, length, dtype=torch.long)
+
+
+def _batch_size(context: int, n_layer: int = 1, n_head: int = 1, with_attention: bool = False) -> int:
+    if with_attention:  # patterns hold n_layer * n_head * context^2 floats per sequence
+        return max(1, min(64, (1 << 25) // max(1, n_layer * n_head * context * context)))
+    return max(1, min(256, (1 << 16) // context))
+
+
+def _loss_stats(
+    model: Any, windows: torch.Tensor, dist: _Dist, positions: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """All-reduced [sum, count, sum at each position...] of per-token losses over this rank's share of windows."""
+    device = _model_device(model)
+    mine = windows[list(dist.shard(len(windows)))]
+    stats = torch.zeros(2 + len(positions), dtype=torch.float64)
+    bs = _batch_size(windows.shape[1])
+    for start in range(0, len(mine), bs):
+        chunk = mine[start: start + bs].to(device)
+        loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, T]
+        stats[0] += loss.sum()
+        stats[1] += loss.numel()
+        for i, p in enumerate(positions):
+            stats[2 + i] += loss[:, p].sum()
+    return dist.reduce(stats)
+
+
+def _mean_loss(model: Any, windows: torch.Tensor | None, dist: _Dist) -> float | None:
+    if windows is None or len(windows) == 0:
+        return None
+    stats = _loss_stats(model, windows, dist)
+    return float(stats[0] / stats[1]) if stats[1] > 0 else None
+
+
+def probe_paragraphs(probe_tokens: np.ndarray, length: int, limit: int = COPY_PARAGRAPHS) -> np.ndarray:
+    """Up to `limit` paragraphs [n, length] of consecutive tokens without EOT, one per probe document when possible.
+
+    Documents are the EOT-separated runs of probe.bin; each contributes its first `length` tokens; when there are
+    fewer documents than `limit`, later chunks of the same documents fill up.
+    """
+    if length < 1:
+        return np.zeros((0, max(length, 0)), dtype=np.int64)
+    tokens = np.asarray(probe_tokens)
+    eot = np.flatnonzero(tokens == EOT_ID)
+    bounds = np.concatenate([[-1], eot, [len(tokens)]])
+    firsts: list[np.ndarray] = []
+    rest: list[np.ndarray] = []
+    for a, b in itertools.pairwise(bounds):
+        start, stop = int(a) + 1, int(b)
+        n_chunks = (stop - start) // length
+        for c in range(n_chunks):
+            chunk = np.asarray(tokens[start + c * length: start + (c + 1) * length], dtype=np.int64)
+            (firsts if c == 0 else rest).append(chunk)
+        if len(firsts) >= limit:
+            break
+    chosen = (firsts + rest)[:limit]
+    return np.stack(chosen) if chosen else np.zeros((0, length), dtype=np.int64)
+
+
+def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: _Dist | None = None) -> list[float] | None:
+    """Per-copy mean loss of BOS + paragraph x repeats, averaged over paragraphs (None without paragraphs)."""
+    dist = dist or _Dist()
+    n, length = paragraphs.shape
+    if n == 0 or length == 0:
+        return None
+    device = _model_device(model)
+    seqs = torch.cat([torch.zeros(n, 1, dtype=torch.long),
+                      torch.from_numpy(np.asarray(paragraphs, dtype=np.int64)).repeat(1, repeats)], dim=1)
+    mine = seqs[list(dist.shard(n))]
+    stats = torch.zeros(repeats + 1, dtype=torch.float64)  # per-copy sums, then paragraph count
+    bs = _batch_size(seqs.shape[1])
+    for start in range(0, len(mine), bs):
+        chunk = mine[start: start + bs].to(device)
+        loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, R*P]
+        stats[:repeats] += loss.reshape(len(chunk), repeats, length).mean(-1).sum(0)
+        stats[repeats] += len(chunk)
+    stats = dist.reduce(stats)
+    return (stats[:repeats] / stats[repeats]).tolist()
+
+
+def icl_positions(eval_cfg: Any, context: int) -> tuple[int, int]:
+    """(early, late) positions of the ICL score, scaled from a 512-token context and clamped into [0, context)."""
+    cfg = _eval_config(eval_cfg)
+    early = min(context - 1, cfg.icl_early * context // 512)
+    late = min(context - 1, cfg.icl_late * context // 512)
+    return early, late
+
+
+def head_scores(
+    model: Any, prefix_batch: torch.Tensor, test_windows: torch.Tensor, dist: _Dist | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-head prefix-matching, previous-token and copying scores, each [layer, head] float64."""
+    dist = dist or _Dist()
+    device = _model_device(model)
+    cfg = getattr(scores._unwrap(model), "config", None)
+    n_layer, n_head = getattr(cfg, "n_layer", 1), getattr(cfg, "n_head", 1)
+
+    def sums(batch: torch.Tensor, fn: Callable) -> torch.Tensor:
+        mine = batch[list(dist.shard(len(batch)))]
+        total, count = None, 0
+        bs = _batch_size(batch.shape[1], n_layer, n_head, with_attention=True)
+        for start in range(0, len(mine), bs):
+            chunk = mine[start: start + bs]
+            _, patterns = model.forward_with_attention(chunk.to(device))
+            patterns = [p.detach().float().cpu() for p in patterns]
+            s, c = fn(patterns, chunk) if fn is scores.prefix_matching_sums else fn(patterns)
+            total = s if total is None else total + s
+            count += c
+        if total is None:
+            total = torch.zeros(n_layer, n_head, dtype=torch.float64)
+        flat = dist.reduce(torch.cat([total.reshape(-1), torch.tensor([float(count)], dtype=torch.float64)]))
+        out = flat[:-1].reshape(total.shape)
+        return out / flat[-1] if flat[-1] > 0 else torch.full_like(out, float("nan"))
+
+    return {
+        "prefix_matching": sums(prefix_batch, scores.prefix_matching_sums),
+        "previous_token": sums(test_windows, scores.previous_token_sums),
+        "copying": scores.copying_score(model),
+    }
+
+
+def _nan_to_none(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def evaluate_model(
+    model: Any,
+    test_tokens: np.ndarray,
+    probe_tokens: np.ndarray,
+    token_freqs: np.ndarray,
+    eval_cfg: Any,
+    context: int,
+    repeated_windows: np.ndarray | torch.Tensor | None = None,
+    ood_tokens: np.ndarray | None = None,
+    seed: int = 0,
+    dist: _Dist | None = None,
+) -> dict:
+    """Every eval.json metric except the point and learning curve; does not modify the model (mode restored).
+
+    test_tokens / probe_tokens / ood_tokens: flat token arrays (memmaps are fine); token_freqs: train-token counts
+    per id (for the prefix-matching tokens); repeated_windows: [n, context + 1] token windows of the repeated subset.
+    """
+    cfg = _eval_config(eval_cfg)
+    dist = dist or _Dist()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            n_windows = max(1, cfg.eval_tokens // context)
+            test = _gather(test_tokens, _windows(test_tokens, context, n_windows), context + 1)
+            if len(test) == 0:
+                raise CorpusError(f"the test split has {len(test_tokens)} tokens: fewer than one context + 1 "
+                                  f"({context + 1}) to evaluate on")
+            early, late = icl_positions(cfg, context)
+            stats = _loss_stats(model, test, dist, positions=(early, late))
+            test_loss = float(stats[0] / stats[1])
+            icl = float((stats[3] - stats[2]) / len(test))
+
+            repeated_loss = None
+            if repeated_windows is not None and len(repeated_windows) > 0:
+                rep = torch.as_tensor(np.asarray(repeated_windows[:n_windows], dtype=np.int64))
+                repeated_loss = _mean_loss(model, rep, dist)
+            ood_loss = None
+            if ood_tokens is not None:
+                ood_loss = _mean_loss(model, _gather(ood_tokens, _windows(ood_tokens, context, n_windows),
+                                                     context + 1), dist)
+
+            para_len = (context - 1) // cfg.copy_repeats
+            paragraphs = probe_paragraphs(probe_tokens, para_len)
+            if len(paragraphs) == 0:  # probe split too short or fragmented: fall back to test text
+                paragraphs = probe_paragraphs(test_tokens, para_len)
+            per_copy = copying_losses(model, paragraphs, cfg.copy_repeats, dist)
+            copying = None if per_copy is None else {
+                "per_copy_loss": per_copy,
+                "mean_copies_2_to_last": float(np.mean(per_copy[1:])),
+                "last_copy": float(per_copy[-1]),
+            }
+
+            gen = torch.Generator().manual_seed(int(seed))
+            prefix = scores.make_prefix_matching_batch(token_freqs, cfg.prefix_random_tokens, cfg.prefix_repeats,
+                                                       cfg.prefix_samples, generator=gen)
+            heads = head_scores(model, prefix, test[:PREVIOUS_TOKEN_WINDOWS, :-1], dist)
+    finally:
+        model.train(was_training)
+
+    k = cfg.top_k_heads
+    return {
+        "test_loss": test_loss,
+        "repeated_loss": _nan_to_none(repeated_loss),
+        "ood_loss": _nan_to_none(ood_loss),
+        "copying": copying,
+        "icl_score": icl,
+        "icl_positions": [early, late],
+        "heads": {name: scores.to_nested(v) for name, v in heads.items()},
+        "aggregates": {
+            "prefix_matching_max": _nan_to_none(scores.head_max(heads["prefix_matching"])),
+            "prefix_matching_top_mean": _nan_to_none(scores.top_k_mean(heads["prefix_matching"], k)),
+            "previous_token_max": _nan_to_none(scores.head_max(heads["previous_token"])),
+            "copying_max": _nan_to_none(scores.head_max(heads["copying"])),
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files: corpus shards, checkpoints
+
+
+def _load_manifest(corpus_url: str) -> dict:
+    from repeatlab.corpus import load_manifest
+
+    return load_manifest(corpus_url)
+
+
+def _open_split(corpus_url: str, split: str, manifest: dict) -> np.ndarray:
+    """Read-only memory map of one split's token ids."""
+    from repeatlab.corpus import open_split
+
+    return open_split(corpus_url, split, manifest)
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int, limit: int = TOKEN_COUNT_LIMIT) -> np.ndarray:
+    """Token frequencies over the train split (evenly spread chunks of at most `limit` tokens in all)."""
+    n = len(tokens)
+    if n <= limit:
+        return np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)[:vocab_size]
+    chunks, chunk = 64, limit // 64
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in np.linspace(0, n - chunk, chunks).astype(np.int64):
+        counts += np.bincount(np.asarray(tokens[start: start + chunk], dtype=np.int64), minlength=vocab_size)[
+            :vocab_size]
+    return counts
+
+
+def list_checkpoints(run_url: str) -> list[int]:
+    """Steps of the complete checkpoints (those with state.json), ascending."""
+    root = storage.join(run_url, "checkpoints")
+    steps = []
+    for name in storage.listdir(root):
+        m = _STEP_RE.match(name)
+        if m and storage.exists(storage.join(root, name, "state.json")):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def checkpoint_url(run_url: str, step: int) -> str:
+    return storage.join(run_url, "checkpoints", f"step-{int(step):07d}")
+
+
+def _strip_prefixes(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_state_dict(url: str) -> dict:
+    """The model state_dict in a model.pt (a plain state_dict, or a dict with a "model" entry)."""
+    if not storage.exists(url):
+        raise CheckpointError(f"{url}: checkpoint file not found")
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors: corrupt file
+        raise CheckpointError(f"{url}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{url}: expected a state_dict, found {type(state).__name__}")
+    return _strip_prefixes(state)
+
+
+def check_state_dict(state: dict, expected: dict, url: str) -> None:
+    """Raise CheckpointError naming the first differences between a checkpoint and the config's model."""
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+    for key in sorted(set(state) & set(expected)):
+        got, want = tuple(getattr(state[key], "shape", ())), tuple(expected[key].shape)
+        if got != want:
+            problems.append(f"{key} has shape {list(got)}, the config needs {list(want)}")
+            if len(problems) >= 4:
+                break
+    if problems:
+        raise CheckpointError(f"checkpoint {url} does not match the config: {'; '.join(problems)}")
+
+
+def build_model(model_cfg: dict):
+    """A GPT of point.json's `model` (its derived parameter counts are ignored)."""
+    from repeatlab.model import GPT, GPTConfig
+
+    return GPT(GPTConfig.from_dict(dict(model_cfg)))
+
+
+def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any, int]:
+    """(GPT with the checkpoint's weights, its step): the latest complete checkpoint, or the one at `step`."""
+    steps = list_checkpoints(run_url)
+    if not steps:
+        raise CheckpointError(f"{storage.join(run_url, 'checkpoints')}: no complete checkpoint (with state.json) "
+                              f"to evaluate; train the point first")
+    if step is None:
+        step = steps[-1]
+    elif int(step) not in steps:
+        raise CheckpointError(f"{checkpoint_url(run_url, step)}: no complete checkpoint at step {step}; "
+                              f"available steps: {', '.join(map(str, steps))}")
+    url = storage.join(checkpoint_url(run_url, step), "model.pt")
+    state = load_state_dict(url)
+    model = build_model(point["model"])
+    check_state_dict(state, model.state_dict(), url)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {url} does not match the config: {str(exc).splitlines()[0]}") from exc
+    return model, int(step)
+
+
+def read_learning_curve(run_url: str) -> list[dict]:
+    url = storage.join(run_url, "train.jsonl")
+    if not storage.exists(url):
+        return []
+    rows = []
+    for line in storage.read_text(url).splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line of a crashed run
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The run-level entry point
+
+
+def _setup_dist(device: str) -> tuple[_Dist, bool]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return _Dist(0, 1, dev), False
+    import torch.distributed as dist
+
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        created = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), dev), created
+
+
+def eval_url(run_url: str, step: int | None, final_step: int) -> str:
+    """{run}/eval.json for the final checkpoint; {run}/eval-step-XXXXXXX.json for an earlier one."""
+    if step is None or int(step) == final_step:
+        return storage.join(run_url, "eval.json")
+    return storage.join(run_url, f"eval-step-{int(step):07d}.json")
+
+
+def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any] = print,
+                 device: str = "auto") -> dict:
+    """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
+    started = time.time()
+    point = storage.read_json(storage.join(run_url, "point.json"))
+    dist, created = _setup_dist(device)
+    try:
+        model, used_step = load_model(run_url, point, step)
+        model.to(dist.device)
+        context = int(point["model"]["context"])
+        corpus_url = point["corpus_url"]
+        manifest = _load_manifest(corpus_url)
+        if point.get("corpus_id") and manifest.get("corpus_id") and manifest["corpus_id"] != point["corpus_id"]:
+            raise CorpusError(f"{corpus_url}: corpus id {manifest['corpus_id']} does not match the point's "
+                              f"{point['corpus_id']}")
+        train = _open_split(corpus_url, "train", manifest)
+        test = _open_split(corpus_url, "test", manifest)
+        probe = _open_split(corpus_url, "probe", manifest)
+        ood = _open_split(corpus_url, "ood", manifest) if "ood" in manifest.get("splits", {}) else None
+        cfg = _eval_config(point.get("eval"))
+
+        repeated = None
+        rep_url = storage.join(run_url, "repeated.npy")
+        if float(point.get("fraction", 0.0)) > 0 and not point.get("control", False) and storage.exists(rep_url):
+            offsets = np.load(io.BytesIO(storage.read_bytes(rep_url)), allow_pickle=False).astype(np.int64)
+            offsets = offsets[: max(1, cfg.eval_tokens // context)]
+            if len(offsets):
+                repeated = _gather(train, offsets, context + 1).numpy()
+
+        freqs = token_counts(train, int(point["model"]["vocab_size"]))
+        metrics = evaluate_model(model, test, probe, freqs, cfg, context, repeated_windows=repeated,
+                                 ood_tokens=ood, seed=int(point.get("seed", 0)), dist=dist)
+        final_step = list_checkpoints(run_url)[-1]
+        # "step" (the evaluated checkpoint) is beyond the documented schema: steps.evaluate reuses an eval.json
+        # only when its step is done.json's final step
+        result = {"point_id": point.get("point_id"), "point": point, "step": used_step, **metrics,
+                  "learning_curve": read_learning_curve(run_url)}
+        if dist.rank == 0:
+            out = eval_url(run_url, step, final_step)
+            storage.write_json(out, result)
+            log(json.dumps({
+                "event": "eval", "point_id": point.get("point_id"), "step": used_step,
+                "test_loss": result["test_loss"], "repeated_loss": result["repeated_loss"],
+                "ood_loss": result["ood_loss"],
+                "copy_last": (result["copying"] or {}).get("last_copy"),
+                "copy_mean_2_to_last": (result["copying"] or {}).get("mean_copies_2_to_last"),
+                "icl_score": result["icl_score"], **result["aggregates"],
+                "world_size": dist.world, "seconds": round(time.time() - started, 2), "output": out,
+            }, sort_keys=False))
+        return result
+    finally:
+        if created:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="repeatlab evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-url", required=True, help="run folder holding point.json ({root}/runs/{point_id})")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
+                        help="evaluate the checkpoint at this step (default: the latest complete one)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+    evaluate_run(args.run_url, step=args.checkpoint, log=lambda msg: print(msg, flush=True), device=args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
