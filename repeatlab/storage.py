@@ -27,10 +27,32 @@ REMOTE_PROTOCOLS = ("s3", "gs", "gcs", "memory", "az", "abfs", "http", "https")
 
 
 def configure(options: dict[str, dict[str, Any]] | None) -> None:
-    """Set per-protocol fsspec options (e.g. {"s3": {"endpoint_url": ...}}) for the rest of the process."""
+    """Set per-protocol fsspec options (e.g. {"s3": {"endpoint_url": ...}}) for the rest of the process.
+
+    Filesystem instances made under the previous options (fsspec caches them, with their credentials, sessions and
+    directory listings) are dropped, so the next call connects with the new options.
+    """
     _extra_options.clear()
     for protocol, opts in (options or {}).items():
         _extra_options[protocol] = dict(opts)
+    clear_instance_caches()
+
+
+def clear_instance_caches() -> None:
+    """Forget every cached fsspec filesystem instance (endpoints, credentials, directory listings).
+
+    Call after changing storage environment variables in a running process; `configure` calls it.
+    """
+    import sys
+
+    if "fsspec" not in sys.modules:
+        return
+    from fsspec.registry import _registry
+
+    for cls in list(_registry.values()):
+        clear = getattr(cls, "clear_instance_cache", None)
+        if clear is not None:
+            clear()
 
 
 def protocol_of(url: str) -> str:
@@ -73,14 +95,21 @@ def _options_for(protocol: str) -> dict[str, Any]:
         if endpoint:
             # region_name must not be passed against a local server: bucket creation then fails (s3fs).
             opts["client_kwargs"] = {"endpoint_url": endpoint}
+        # Several processes (ranks, steps) write the same tree: a cached listing would hide their files.
+        opts["use_listings_cache"] = False
     elif protocol in ("gs", "gcs"):
         # gcsfs probes the bucket type over gRPC and never caches the failure: 15 s+ per call on emulators.
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
         token = os.environ.get("REPEATLAB_GCS_TOKEN")
         if token:
             opts["token"] = token
-        elif os.environ.get("STORAGE_EMULATOR_HOST"):
+        elif emulator and emulator != "default":
             opts["token"] = "anon"
+        if emulator and emulator != "default":
+            # Named explicitly so that a cached instance never outlives a change of emulator.
+            opts["endpoint_url"] = emulator if "://" in emulator else f"http://{emulator}"
+        opts["use_listings_cache"] = False
     opts.update(_extra_options.get(protocol, {}))
     if protocol == "gcs":
         opts.update(_extra_options.get("gs", {}))
@@ -152,6 +181,10 @@ def read_json(url: str) -> Any:
 
 def read_range(url: str, start: int, end: int) -> bytes:
     """Bytes [start, end) of a file; remote stores serve this as one ranged GET."""
+    if start < 0 or end < start:
+        raise StorageError(f"{url}: invalid byte range {start}-{end} (need 0 <= start <= end)")
+    if end == start:
+        return b""
     fs, path = filesystem(url)
     with _translate(url, f"read bytes {start}-{end}"):
         return fs.cat_file(path, start=start, end=end)
@@ -166,10 +199,14 @@ def size(url: str) -> int:
 def listdir(url: str) -> list[str]:
     """Names (not paths) directly under a folder URL, sorted; empty when the folder does not exist."""
     fs, path = filesystem(url)
+    own = path.rstrip("/")
     with _translate(url, "list"):
-        if not fs.exists(path):
+        try:
+            entries = fs.ls(own, detail=False)
+        except FileNotFoundError:
             return []
-        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]
+    # Object stores list a folder's own marker object ("prefix/") and list a file as itself: neither is a child.
+    names = {str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries if str(e).rstrip("/") != own}
     return sorted(n for n in names if n)
 
 
@@ -197,6 +234,8 @@ def atomic_local_file(url: str, suffix: str = "") -> Iterator[str]:
         yield tmp
         if protocol == "file":
             with _translate(url, "rename"):
+                # mkstemp creates 0600; give the file the mode a plain open() would have.
+                os.chmod(tmp, 0o666 & ~_umask())
                 os.replace(tmp, final)
         else:
             fs, path = filesystem(url)
@@ -205,6 +244,22 @@ def atomic_local_file(url: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask(0) races other threads)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status") as fh:
+                _UMASK = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -252,21 +307,32 @@ def sha256_of(url: str, chunk_bytes: int = 1 << 22) -> str:
 def cached_local_copy(url: str, cache_dir: str | None = None) -> str:
     """A local path holding the file at `url` (the file itself when local), for np.memmap / torch.load(mmap=True).
 
-    Remote files are downloaded once into the cache, keyed by URL and size, through a temporary name so a
-    concurrent reader (another rank) never sees a partial copy.
+    Remote files are downloaded once into the cache, keyed by URL, size and the store's version of the object (ETag,
+    generation or modification time, where it reports one), through a temporary name so a concurrent reader (another
+    rank) never sees a partial copy. An object rewritten in place therefore gets a fresh copy.
     """
     if is_local(url):
         return local_path(url)
     cache_dir = cache_dir or os.environ.get("REPEATLAB_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "repeatlab", "storage"
     )
-    nbytes = size(url)
-    key = hashlib.sha256(f"{url}|{nbytes}".encode()).hexdigest()[:24]
+    fs, path = filesystem(url)
+    with _translate(url, "stat"):
+        info = fs.info(path)
+    if info.get("type") == "directory":
+        raise StorageError(f"{url}: is a folder, expected a file (cached copy)")
+    nbytes = int(info.get("size") or 0)
+    version = next(
+        (str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "crc32c", "LastModified", "mtime",
+                                "updated", "created") if info.get(k) is not None),
+        "",
+    )
+    key = hashlib.sha256(f"{url}|{nbytes}|{version}".encode()).hexdigest()[:24]
     target = os.path.join(cache_dir, key + "-" + str(url).rstrip("/").rsplit("/", 1)[-1])
     if os.path.exists(target) and os.path.getsize(target) == nbytes:
         return target
-    os.makedirs(cache_dir, exist_ok=True)
-    fs, path = filesystem(url)
+    with _translate(cache_dir, "create cache folder"):
+        os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
     os.close(fd)
     try:
