@@ -1,0 +1,151 @@
+"""Starting the trainer: a torchrun command line, a TorchX component, and a Kubeflow Trainer v2 TrainJob.
+
+All three run the same entry point, `python -m repeatlab.train --run-url URL`, under torchrun with an explicit
+process count per node (never "auto": on a CPU node "auto" means one process per core).
+
+- `torchrun_command(...)` / `repeatlab train --run-url URL [--nproc-per-node N]`: torchrun as a subprocess of this
+  Python (`python -m torch.distributed.run`, so the same environment), `--standalone` on one node, c10d rendezvous
+  (endpoint and id from arguments or MASTER_ADDR/MASTER_PORT, REPEATLAB_RDZV_ID) on several.
+- `repeatlab.torchx_component.trainer_component(...)`: a TorchX component built on `torchx.components.dist.torchrun`
+  (its own module: TorchX reads the annotations at run time, so that file cannot postpone them).
+- `build_trainjob(...)`: a Kubeflow Trainer v2 TrainJob (trainer.kubeflow.org/v1alpha1), validated with the typed
+  `kubeflow_trainer_api` models. With the `torch-distributed` runtime the controller does NOT wrap the command in
+  torchrun: it injects PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT into every
+  node's trainer container, which torchrun reads as the defaults of its own options (the Kubeflow SDK's own Torch
+  command is `torchrun <script>`). So the trainer command here is `torchrun --nproc-per-node=N -m repeatlab.train
+  --run-url URL`, with numProcPerNode = N set as well (the runtime's default is "auto").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from typing import Any
+
+TRAIN_MODULE = "repeatlab.train"
+DEFAULT_IMAGE = "ghcr.io/repeatlab/repeatlab:0.1.0"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torchrun
+
+
+def torchrun_command(run_url: str, nproc_per_node: int, nnodes: int = 1, *, node_rank: int | None = None,
+                     rdzv_endpoint: str | None = None, rdzv_id: str | None = None, rdzv_backend: str = "c10d",
+                     max_restarts: int = 0, max_steps: int | None = None, python: str | None = None) -> list[str]:
+    """The torchrun command line that trains `run_url` with `nproc_per_node` processes on each of `nnodes` nodes."""
+    nproc_per_node, nnodes = int(nproc_per_node), int(nnodes)
+    if nproc_per_node < 1 or nnodes < 1:
+        from repeatlab.errors import TrainError
+
+        raise TrainError(f"nproc_per_node {nproc_per_node} / nnodes {nnodes}: both must be integers >= 1")
+    cmd = [python or sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
+    if nnodes == 1:
+        cmd += ["--standalone", "--nnodes", "1"]
+    else:
+        endpoint = rdzv_endpoint or os.environ.get("PET_RDZV_ENDPOINT")
+        if not endpoint and os.environ.get("MASTER_ADDR"):
+            endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29400')}"
+        if not endpoint:
+            from repeatlab.errors import TrainError
+
+            raise TrainError(f"nnodes {nnodes}: multi-node training needs a rendezvous endpoint "
+                             "(rdzv_endpoint, or MASTER_ADDR/MASTER_PORT in the environment)")
+        cmd += ["--nnodes", str(nnodes), "--rdzv-backend", rdzv_backend, "--rdzv-endpoint", endpoint,
+                "--rdzv-id", rdzv_id or os.environ.get("REPEATLAB_RDZV_ID") or os.environ.get("PET_RDZV_ID")
+                or "repeatlab"]
+        rank = node_rank if node_rank is not None else os.environ.get("NODE_RANK", os.environ.get("PET_NODE_RANK"))
+        if rank is not None:
+            cmd += ["--node-rank", str(rank)]
+    cmd += ["--max-restarts", str(int(max_restarts)), "-m", TRAIN_MODULE]
+    if max_steps is not None:
+        cmd += ["--max-steps", str(int(max_steps))]
+    cmd += ["--run-url", run_url]
+    return cmd
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def cli(argv: list[str]) -> int:
+    """`repeatlab train --run-url URL [--nproc-per-node N] [--nnodes M]`: run torchrun, stream its output, return
+    its exit code. N and M default to the point's train.nproc_per_node / train.nnodes."""
+    from repeatlab import storage
+
+    parser = argparse.ArgumentParser(prog="repeatlab train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-url", required=True, help="the run folder ({root}/runs/{point_id})")
+    parser.add_argument("--nproc-per-node", type=int, default=None, help="processes per node (default: point.json)")
+    parser.add_argument("--nnodes", type=int, default=None, help="nodes (default: point.json)")
+    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    train_cfg = (storage.read_json(storage.join(args.run_url, "point.json")).get("train") or {})
+    nproc = args.nproc_per_node or int(train_cfg.get("nproc_per_node", 1) or 1)
+    nnodes = args.nnodes or int(train_cfg.get("nnodes", 1) or 1)
+    command = torchrun_command(args.run_url, nproc_per_node=nproc, nnodes=nnodes, max_steps=args.max_steps)
+    env = dict(os.environ)
+    if not _cuda_available():
+        env.setdefault("OMP_NUM_THREADS", "1")  # per rank; train.threads_per_rank overrides it inside the trainer
+    print("repeatlab train: " + " ".join(command), file=sys.stderr, flush=True)
+    try:
+        return subprocess.call(command, env=env)  # inherits stdout/stderr: output streams through
+    except KeyboardInterrupt:
+        return 130
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Kubeflow Trainer v2
+
+
+def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_nodes: int, nproc_per_node: int,
+                   resources: dict[str, Any], env: dict[str, str] | None = None,
+                   runtime: str = "torch-distributed", node_selector: dict[str, str] | None = None,
+                   tolerations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None,
+                   runtime_kind: str = "ClusterTrainingRuntime") -> dict:
+    """A TrainJob that trains `run_url` on num_nodes x nproc_per_node processes, as a plain dict for the Kubernetes API.
+
+    resources: per node, e.g. {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}; used as both requests and limits.
+    node_selector / tolerations go into a runtime patch of the runtime's "node" replicated job pod template.
+    """
+    from kubeflow_trainer_api import models
+
+    command = ["torchrun", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE, "--run-url", run_url]
+    quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
+    trainer = models.TrainerV1alpha1Trainer(
+        image=image, command=command, numNodes=int(num_nodes), numProcPerNode=int(nproc_per_node),
+        env=[models.IoK8sApiCoreV1EnvVar(name=str(k), value=str(v)) for k, v in sorted((env or {}).items())] or None,
+        resourcesPerNode=models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)
+        if quantities else None,
+    )
+    patches = None
+    if node_selector or tolerations:
+        pod_spec = models.TrainerV1alpha1PodSpecPatch(
+            nodeSelector=dict(node_selector) if node_selector else None,
+            tolerations=[models.IoK8sApiCoreV1Toleration.from_dict(t) for t in tolerations] if tolerations else None)
+        patches = [models.TrainerV1alpha1RuntimePatch(
+            manager="repeatlab.io/launcher",
+            trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
+                template=models.TrainerV1alpha1JobSetTemplatePatch(
+                    spec=models.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[
+                        models.TrainerV1alpha1ReplicatedJobPatch(
+                            name="node",
+                            template=models.TrainerV1alpha1JobTemplatePatch(
+                                spec=models.TrainerV1alpha1JobSpecPatch(
+                                    template=models.TrainerV1alpha1PodTemplatePatch(spec=pod_spec))))]))))]
+    job = models.TrainerV1alpha1TrainJob(
+        apiVersion="trainer.kubeflow.org/v1alpha1", kind="TrainJob",
+        metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=name, namespace=namespace, labels={"app.kubernetes.io/name": "repeatlab", **(labels or {})}),
+        spec=models.TrainerV1alpha1TrainJobSpec(
+            runtimeRef=models.TrainerV1alpha1RuntimeRef(name=runtime, kind=runtime_kind,
+                                                        apiGroup="trainer.kubeflow.org"),
+            trainer=trainer, runtimePatches=patches),
+    )
+    return job.to_dict()
