@@ -1,0 +1,138 @@
+"""The whole study through the KFP local runner: file:// and s3:// roots, reruns, and a failing point."""
+
+import json
+import os
+import pathlib
+import random
+import time
+
+import pytest
+
+from repeatlab import config, storage
+from repeatlab.runner import PipelineRunError, run_local
+
+WORDS = ("the of and to in that is was he for it with as his on be at by had are but from or have an they which "
+         "one you were her all she there would their we him been has when who will more no if out so said what up "
+         "its about into than them can only other new some could time these two may then do first any my now such "
+         "like our over man me even most made after also did many before must through back years where much your way "
+         "well down should because each just those people how too little state good very make world still own see "
+         "men work long get here between both life being under never day same another know while last might us great "
+         "old year off come since against go came right used take three").split()
+
+
+def write_corpus(folder: pathlib.Path, documents: int = 240, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for i in range(documents):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(40, 90))]
+        lines.append(json.dumps({"text": f"Document {i}. " + " ".join(words) + "."}))
+    path = folder / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def tiny_study(name: str, corpus_url: str, root: str) -> config.StudyConfig:
+    return config.from_dict({
+        "name": name,
+        "corpus": {"url": corpus_url, "format": "jsonl", "test_fraction": 0.1, "probe_fraction": 0.05},
+        "budget": {"total_tokens": 8192, "context": 32, "batch_tokens": 1024},
+        "models": [{"n_layer": 1, "n_embd": 16, "n_head": 2}, {"n_layer": 1, "n_embd": 32, "n_head": 2}],
+        "grid": {"fractions": [0.0, 0.5], "epochs": [4, 32], "seeds": [0]},
+        "train": {"learning_rate": 0.01, "eval_points": 3, "eval_sequences": 4, "threads_per_rank": 1},
+        "eval": {"eval_tokens": 512, "copy_repeats": 3, "prefix_samples": 2, "prefix_random_tokens": 5,
+                 "prefix_repeats": 3, "top_k_heads": 1},
+        "storage": {"root": root},
+        "cluster": {"parallelism": 2},
+    })
+
+
+def trained_points(root: str) -> dict:
+    runs = storage.join(root, "runs")
+    return {pid: storage.read_json(storage.join(runs, pid, "done.json"))
+            for pid in storage.listdir(runs) if storage.exists(storage.join(runs, pid, "done.json"))}
+
+
+def check_report(cfg, result):
+    study = result["study"]
+    analysis = storage.read_json(storage.join(study, "analysis.json"))
+    points = storage.read_json(storage.join(study, "points.json"))
+    assert len(points) == 6
+    html = storage.read_text(result["report"])
+    assert "<img" in html
+    csv_rows = storage.read_text(storage.join(study, "report", "results.csv")).strip().splitlines()
+    assert len(csv_rows) == 1 + len(points)
+    markdown = storage.read_text(storage.join(study, "report", "report.md"))
+    # numbers in the report's words come from analysis.json: the worst point's damage per (N, f)
+    assert analysis["summary"]["records"] == len(points) and not analysis["summary"]["partial"]
+    for worst in analysis["worst"]["test_loss"]:
+        assert f"{worst['damage']:+.3f} nats" in markdown
+        assert f"{worst['damage']:+.3f} nats" in html
+    for point in points:
+        record = storage.read_json(storage.join(study.rsplit("/studies/", 1)[0], "runs", point["point_id"], "eval.json"))
+        assert record["point_id"] == point["point_id"]
+        assert record["test_loss"] > 0
+    return analysis
+
+
+@pytest.fixture(scope="module")
+def file_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    cfg = tiny_study("tiny", write_corpus(folder), "file://" + str(folder / "store"))
+    started = time.time()
+    first = run_local(cfg, pipeline_root=str(folder / "kfp"))
+    first_seconds = time.time() - started
+    first_done = trained_points(cfg.storage.root)
+    return cfg, first, first_seconds, first_done
+
+
+def test_study_runs_end_to_end_on_a_file_root(file_study):
+    cfg, result, _, done = file_study
+    assert result["status"] == "SUCCEEDED"
+    assert len(done) == 6
+    check_report(cfg, result)
+
+
+def test_rerun_trains_nothing_and_is_faster(file_study):
+    cfg, _, first_seconds, first_done = file_study
+    started = time.time()
+    result = run_local(cfg, pipeline_root=str(pathlib.Path(storage.local_path(cfg.storage.root)).parent / "kfp2"))
+    seconds = time.time() - started
+    again = trained_points(cfg.storage.root)
+    assert again == first_done, "a rerun must not retrain a finished point"
+    assert result["status"] == "SUCCEEDED"
+    # ratio, not absolute time: reuse skips training and evaluation entirely
+    assert seconds < first_seconds
+
+
+@pytest.mark.storage
+def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env):
+    from repeatlab.grid import grid_points, run_url
+
+    cfg = tiny_study("tiny-s3", write_corpus(tmp_path), s3_env + "/store")
+    # Break one point before the run: its point.json names a shape the model rejects, so its training fails.
+    from repeatlab.corpus import corpus_url, prepare_corpus
+
+    manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=lambda m: None)
+    points = grid_points(cfg, manifest["corpus_id"], corpus_url(cfg.storage.root, manifest["corpus_id"]),
+                         manifest["tokenizer"]["vocab_size"])
+    broken = points[-1]
+    bad = json.loads(json.dumps(broken))
+    bad["model"]["n_head"] = 3  # 32 is not a multiple of 3
+    broken_url = storage.join(run_url(cfg.storage.root, broken["point_id"]), "point.json")
+    storage.write_json(broken_url, bad)
+
+    with pytest.raises(PipelineRunError, match="finished points are kept"):
+        run_local(cfg, pipeline_root=str(tmp_path / "kfp"))
+    survivors = trained_points(cfg.storage.root)
+    assert broken["point_id"] not in survivors
+    assert len(survivors) == len(points) - 1, "the other points' results must survive one failing point"
+    for pid in survivors:
+        assert storage.exists(storage.join(cfg.storage.root, "runs", pid, "eval.json"))
+
+    storage.remove(broken_url)  # fix the input; the rerun recreates it and trains only that point
+    result = run_local(cfg, pipeline_root=str(tmp_path / "kfp-rerun"))
+    done = trained_points(cfg.storage.root)
+    assert len(done) == len(points)
+    assert {pid: done[pid] for pid in survivors} == survivors
+    check_report(cfg, result)
+    assert result["report"].startswith("s3://")
