@@ -101,15 +101,11 @@ def run_point(run_url: str, nproc_per_node: int = 1, log=print) -> dict:
 def analyze(study_config: str, log=print) -> dict:
     """Fit the study from the eval records in storage; writes and returns analysis.json."""
     from repeatlab import analyze as analyze_lib
-    from repeatlab import grid
 
     cfg = load_study(study_config)
-    records, missing = analyze_lib.load_records(cfg.storage.root, cfg.name)
-    expected = storage.read_json(storage.join(grid.study_url(cfg.storage.root, cfg.name), "points.json"))
-    analysis = analyze_lib.analyze_study(records, expected_points=expected)
-    storage.write_json(storage.join(grid.study_url(cfg.storage.root, cfg.name), "analysis.json"), analysis)
-    if missing:
-        log(f"analyze: {len(missing)} points have no eval.json yet: the analysis is partial")
+    analysis = analyze_lib.run_analysis(cfg.storage.root, cfg.name)
+    if analysis.get("missing"):
+        log(f"analyze: {len(analysis['missing'])} points have no eval.json yet: the analysis is partial")
     return analysis
 
 
@@ -124,7 +120,7 @@ def report(study_config: str, log=print) -> dict:
     analysis = storage.read_json(storage.join(study, "analysis.json"))
     records, _ = analyze_lib.load_records(cfg.storage.root, cfg.name)
     paths = write_report(analysis, records, storage.join(study, "report"), title=f"repeatlab study: {cfg.name}")
-    log(f"report: {paths.get('html', storage.join(study, 'report', 'index.html'))}")
+    log(f"report: {paths['index.html']}")
     return paths
 
 

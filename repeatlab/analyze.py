@@ -1,0 +1,872 @@
+"""Fits across the study grid: baselines, effective model sizes, worst E, the poor-performance region -> analysis.json.
+
+Pure functions on eval records (eval.json objects, docs/architecture.md); no log grepping, no parsing of names.
+
+Conventions
+- Metrics: test_loss, copying (mean loss over copies 2..last), ood_loss (losses: lower is better) and prefix_matching
+  (top-k mean prefix-matching score over heads: higher is better). Internally every metric is turned into a
+  "badness" y = sign * value (sign +1 for losses, -1 for scores), so that one code path fits and inverts all of them.
+- Baseline law, fitted on the f = 0 (non-control) runs, one point per model (the mean over seeds):
+      losses:  L(N) = L_inf + A * N^-alpha          scores:  S(N) = S_inf - A * N^-alpha      (A > 0, alpha > 0)
+  Least squares: a grid over alpha, then finer grids around the best one, with L_inf and A solved in closed form
+  at each alpha. It is made robust by deletion diagnostics: a size whose externally studentized residual (refit
+  without it) exceeds OUTLIER_T is left out, one at a time, at most (n - 4) // 2 of n sizes and only with >= 6
+  (listed as `outliers`; the rms residual is over the kept sizes). It needs >= 3 model sizes.
+  A fallback is always reported next to it when >= 2 sizes exist: a piecewise-linear interpolation in log N of the
+  baseline means, made monotone (pool-adjacent-violators), inverted linearly (the end segments extend it, flagged).
+- N_eff: the baseline size whose predicted metric equals the point's value; multiplier = N / N_eff (> 1: the point
+  behaves like a smaller model). `extrapolated` is true when the value is better than the best baseline or worse than
+  the worst one (outside the observed baseline range), and whenever the fit's asymptote is beaten (N_eff = None).
+- damage = sign * (value - baseline value at the same model), positive = worse (nats for losses, score points
+  for scores). With control runs: repetition_harm = sign * (value - control value at the same (N, f)), and
+  unique_data_loss = sign * (control - baseline).
+- Worst E per (N, f): the E of maximal mean damage (of the raw metric when there is no baseline: same argmax);
+  interior = not at the smallest or largest E of that (N, f).
+- Poor-performance region per f (test loss): per N, the E range where damage >= 50 % of that N's maximum damage;
+  edges linearly interpolated in log E; an edge the grid does not reach is censored (None). Edges across N are
+  fitted as E = k * N^alpha by least squares in log-log space when >= 2 sizes have the edge.
+- Epoch-wise double descent, per run: on the learning curve (test loss vs tokens), the largest rise above the
+  running minimum (nats) and whether the loss falls again after that peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from repeatlab.errors import AnalysisError
+
+FORMAT_VERSION = 1
+EPOCHWISE_TOLERANCE = 0.01  # nats: a rise smaller than this is noise, not epoch-wise double descent
+# Rises in the first 10% of the tokens are optimization transients (warmup loss spikes), not epoch-wise double descent.
+EPOCHWISE_BURN_IN = 0.1
+MEMORIZED_RATIO = 0.8  # repeated_loss > 0.8 * test_loss at the largest E: the subset was never memorized
+REGION_LEVEL = 0.5  # the poor-performance region: damage >= 50 % of the maximum
+
+
+def _get(record: dict, *path: str) -> Any:
+    cur: Any = record
+    for key in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def _finite(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# name -> (label, direction, accessor)
+METRICS: dict[str, tuple[str, str, Callable[[dict], Any]]] = {
+    "test_loss": ("test loss (nats/token)", "lower", lambda r: r.get("test_loss")),
+    "copying": ("copying loss, mean of copies 2..last (nats/token)", "lower",
+                lambda r: _get(r, "copying", "mean_copies_2_to_last")),
+    "prefix_matching": ("prefix-matching score (top-k mean over heads)", "higher",
+                        lambda r: _get(r, "aggregates", "prefix_matching_top_mean")),
+    "ood_loss": ("out-of-distribution loss (nats/token)", "lower", lambda r: r.get("ood_loss")),
+}
+FIELDS = {"test_loss": "test_loss", "copying": "copying.mean_copies_2_to_last",
+          "prefix_matching": "aggregates.prefix_matching_top_mean", "ood_loss": "ood_loss"}
+
+
+def sign_of(metric: str) -> float:
+    return 1.0 if METRICS[metric][1] == "lower" else -1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Baseline fit: y = c + A * N^-alpha (y = badness), robust
+
+
+ALPHA_GRID = np.concatenate([np.linspace(0.005, 1.0, 200), np.linspace(1.01, 4.0, 120)])
+OUTLIER_T = 6.0  # a size whose externally studentized residual exceeds this is left out of the fit
+
+
+def _solve_at_alphas(x: np.ndarray, y: np.ndarray, alphas):
+    """(c, A', sum of squared residuals, residuals) for y = c + A' * x^-alpha at every alpha at once (arrays).
+
+    c and A' by linear least squares in closed form; an alpha whose A' is not > 0 gets an infinite sum (the law
+    must improve with N).
+    """
+    alphas = np.atleast_1d(np.asarray(alphas, dtype=float))
+    b = x[None, :] ** (-alphas[:, None])
+    k = x.size
+    sb, sy, sbb, sby = b.sum(1), y.sum(), (b * b).sum(1), (b * y).sum(1)
+    det = k * sbb - sb * sb
+    det = np.where(np.abs(det) < 1e-300, 1e-300, det)
+    a_coef = (k * sby - sb * sy) / det
+    c = (sy - a_coef * sb) / k
+    r = y - (c[:, None] + a_coef[:, None] * b)
+    return c, a_coef, np.where(a_coef > 0, np.sum(r ** 2, axis=1), np.inf), r
+
+
+def _best_alpha(x: np.ndarray, y: np.ndarray, grid: np.ndarray = ALPHA_GRID) -> float | None:
+    """The least-squares alpha: the whole grid, then finer grids around the best one; None if A' <= 0 always."""
+    cand = grid
+    total = _solve_at_alphas(x, y, cand)[2]
+    if not np.isfinite(total).any():
+        return None
+    for _ in range(3):
+        i = int(np.argmin(total))
+        cand = np.linspace(cand[max(i - 1, 0)], cand[min(i + 1, len(cand) - 1)], 41)
+        total = _solve_at_alphas(x, y, cand)[2]
+    return float(cand[int(np.argmin(total))])
+
+
+def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float] | None:
+    """(alpha, c, A', sum of squared residuals) of the least-squares law, None when no alpha has A' > 0."""
+    alpha = _best_alpha(x, y)
+    if alpha is None:
+        return None
+    c, a_coef, ssr, _ = _solve_at_alphas(x, y, alpha)
+    return alpha, float(c[0]), float(a_coef[0]), float(ssr[0])
+
+
+def _outliers(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mask of the points kept: one at a time, the point whose removal helps most is dropped while its externally
+    studentized residual t = sqrt((SSR - SSR_without) / (SSR_without / dof)) exceeds OUTLIER_T; at most (n - 4) // 2
+    points, and only while >= 5 remain (2 degrees of freedom)."""
+    keep = np.ones(len(x), dtype=bool)
+    floor = (1e-6 * float(np.ptp(y))) ** 2 + 1e-300
+    while keep.sum() >= 6 and (~keep).sum() < (len(x) - 4) // 2:
+        full = _least_squares(x[keep], y[keep])
+        if full is None:
+            break
+        best = None
+        for i in np.flatnonzero(keep):
+            rest = keep.copy()
+            rest[i] = False
+            fit = _least_squares(x[rest], y[rest])
+            if fit is None:
+                continue
+            t2 = (full[3] - fit[3]) / max(fit[3] / (rest.sum() - 3), floor)
+            if best is None or t2 > best[0]:
+                best = (t2, i)
+        if best is None or best[0] <= OUTLIER_T ** 2:
+            break
+        keep[best[1]] = False
+    return keep
+
+
+def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction: str = "lower") -> dict:
+    """Robust fit of a baseline law to (N, value) pairs. Returns a dict with `ok` and either the parameters or `note`.
+
+    lower is better: value = L_inf + A * N^-alpha;  higher is better: value = S_inf - A * N^-alpha.
+    """
+    n = np.asarray(list(n_params), dtype=float)
+    v = np.asarray(list(values), dtype=float)
+    sign = 1.0 if direction == "lower" else -1.0
+    form = "L_inf + A * N^-alpha" if sign > 0 else "S_inf - A * N^-alpha"
+    sizes = len(np.unique(n))
+    if sizes < 3:
+        return {"ok": False, "form": form, "note": f"no fit: {sizes} model size(s); the 3-parameter law needs at "
+                "least 3" + (" (interpolation only)" if sizes == 2 else "")}
+    y = sign * v
+    n_ref = float(np.exp(np.mean(np.log(n))))
+    x = n / n_ref
+    if _least_squares(x, y) is None:
+        return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
+    keep = _outliers(x, y)
+    alpha, c, a_ref, ssr = _least_squares(x[keep], y[keep])
+    amp = a_ref * n_ref ** alpha
+    pred = c + amp * n ** (-alpha)
+    dof = int(keep.sum() - 3)
+    return {
+        "ok": True, "form": form, "direction": direction,
+        "asymptote": float(sign * c), "A": float(amp), "alpha": float(alpha),
+        "n_ref": n_ref, "A_at_n_ref": float(a_ref),
+        "n_params": n.tolist(), "observed": v.tolist(), "predicted": (sign * pred).tolist(),
+        "residuals": (v - sign * pred).tolist(),
+        "rms_residual": float(np.sqrt(np.mean((v - sign * pred)[keep] ** 2))),
+        "sigma": float(math.sqrt(ssr / dof)) if dof > 0 else None, "dof": dof,
+        "outliers": n[~keep].tolist(),
+        "alpha_at_bound": bool(alpha <= ALPHA_GRID[0] + 1e-9 or alpha >= ALPHA_GRID[-1] - 1e-9),
+    }
+
+
+def predict(fit: dict, n: float) -> float:
+    sign = 1.0 if fit["direction"] == "lower" else -1.0
+    return fit["asymptote"] + sign * fit["A"] * n ** (-fit["alpha"])
+
+
+def invert_fit(fit: dict, value: float) -> float | None:
+    """N whose fitted baseline equals value; None when the value beats the asymptote (no finite N)."""
+    sign = 1.0 if fit["direction"] == "lower" else -1.0
+    excess = sign * (value - fit["asymptote"])
+    if excess <= 0:
+        return None
+    log_n = (math.log(fit["A"]) - math.log(excess)) / fit["alpha"]
+    if log_n > 700:
+        return None
+    return math.exp(log_n)
+
+
+def _isotonic_decreasing(y: np.ndarray) -> np.ndarray:
+    """Pool-adjacent-violators: the closest non-increasing sequence (least squares)."""
+    blocks = [[float(v), 1] for v in y]
+    out: list[list[float]] = []
+    for b in blocks:
+        out.append(b)
+        while len(out) > 1 and out[-2][0] < out[-1][0]:
+            v2, w2 = out.pop()
+            v1, w1 = out.pop()
+            out.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2])
+    res: list[float] = []
+    for v, w in out:
+        res += [v] * int(w)
+    return np.asarray(res)
+
+
+def make_interpolation(n_params: Iterable[float], values: Iterable[float], direction: str = "lower") -> dict | None:
+    """Monotone piecewise-linear baseline in log N (badness non-increasing in N); None with < 2 sizes."""
+    n = np.asarray(list(n_params), dtype=float)
+    if len(n) < 2:
+        return None
+    order = np.argsort(n)
+    sign = 1.0 if direction == "lower" else -1.0
+    y = _isotonic_decreasing(sign * np.asarray(list(values), dtype=float)[order])
+    return {"method": "piecewise-linear in log N through the baseline means, made monotone (isotonic)",
+            "direction": direction, "log_n": np.log(n[order]).tolist(), "values": (sign * y).tolist()}
+
+
+def invert_interpolation(interp: dict, value: float) -> float | None:
+    """N where the monotone interpolation reaches value; the end segments extend it beyond the baseline range."""
+    sign = 1.0 if interp["direction"] == "lower" else -1.0
+    ln = np.asarray(interp["log_n"])
+    y = sign * np.asarray(interp["values"])  # non-increasing in N
+    t = sign * value
+    segs = [j for j in range(len(y) - 1) if y[j] > y[j + 1]]
+    if not segs:
+        return None
+    inside = [j for j in segs if y[j] >= t >= y[j + 1]]
+    j = inside[0] if inside else (segs[0] if t > y[0] else segs[-1])
+    log_n = ln[j] + (y[j] - t) / (y[j] - y[j + 1]) * (ln[j + 1] - ln[j])
+    if log_n > 700:
+        return None
+    return math.exp(log_n)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Region edges and learning curves
+
+
+def _crossing(log_e: np.ndarray, d: np.ndarray, i_peak: int, level: float, step: int) -> float | None:
+    """log E where d falls below level walking from the peak by `step` (+1 right, -1 left); None if it never does."""
+    i = i_peak
+    while 0 <= i + step < len(d):
+        j = i + step
+        if d[j] < level:
+            t = (d[i] - level) / (d[i] - d[j])
+            return float(log_e[i] + t * (log_e[j] - log_e[i]))
+        i = j
+    return None
+
+
+def region_edges(epochs: Iterable[float], damage: Iterable[float], level: float = REGION_LEVEL) -> dict:
+    """Edges (in E) of the range where damage >= level * max damage, interpolated in log E."""
+    e = np.asarray(list(epochs), dtype=float)
+    d = np.asarray(list(damage), dtype=float)
+    order = np.argsort(e)
+    e, d = e[order], d[order]
+    out: dict[str, Any] = {"max_damage": None, "peak_epochs": None, "threshold": None, "left": None, "right": None,
+                           "left_censored": False, "right_censored": False, "note": None}
+    if len(e) == 0:
+        out["note"] = "no points"
+        return out
+    i_peak = int(np.argmax(d))
+    dmax = float(d[i_peak])
+    out.update(max_damage=dmax, peak_epochs=float(e[i_peak]))
+    if dmax <= 0:
+        out["note"] = "no damage at any E (max damage <= 0)"
+        return out
+    level_v = level * dmax
+    out["threshold"] = level_v
+    log_e = np.log(e)
+    left = _crossing(log_e, d, i_peak, level_v, -1)
+    right = _crossing(log_e, d, i_peak, level_v, +1)
+    out["left"] = None if left is None else math.exp(left)
+    out["right"] = None if right is None else math.exp(right)
+    out["left_censored"] = left is None
+    out["right_censored"] = right is None
+    notes = []
+    if left is None:
+        notes.append(f"left edge at or below the smallest E ({e[0]:g}): censored")
+    if right is None:
+        notes.append(f"right edge at or above the largest E ({e[-1]:g}): censored")
+    out["note"] = "; ".join(notes) or None
+    return out
+
+
+def fit_edge(n_params: Iterable[float], edges: Iterable[float]) -> dict:
+    """E = k * N^alpha by least squares in log-log space; needs >= 2 distinct sizes."""
+    n = np.asarray(list(n_params), dtype=float)
+    e = np.asarray(list(edges), dtype=float)
+    if len(np.unique(n)) < 2:
+        return {"ok": False, "note": f"no fit: the edge is known at {len(np.unique(n))} model size(s), need >= 2"}
+    ln, le = np.log(n), np.log(e)
+    alpha, logk = np.polyfit(ln, le, 1)
+    resid = le - (logk + alpha * ln)
+    return {"ok": True, "k": float(math.exp(logk)), "alpha": float(alpha), "n_sizes": len(np.unique(n)),
+            "n_params": n.tolist(), "edges": e.tolist(), "log_residuals": resid.tolist(),
+            "rms_log_residual": float(np.sqrt(np.mean(resid ** 2)))}
+
+
+def epochwise_double_descent(curve: list[dict] | None, tol: float = EPOCHWISE_TOLERANCE,
+                             burn_in: float = EPOCHWISE_BURN_IN) -> dict | None:
+    """Non-monotonicity of test loss vs tokens after the first `burn_in` of the tokens: the largest rise above the
+    running minimum and whether it falls again."""
+    rows = [(float(r["tokens"]), _finite(r.get("test_loss"))) for r in (curve or [])
+            if isinstance(r, dict) and _finite(r.get("tokens")) is not None]
+    rows = sorted((t, v) for t, v in rows if v is not None)
+    if rows:
+        rows = [(t, v) for t, v in rows if t >= burn_in * rows[-1][0]]
+    if len(rows) < 3:
+        return None
+    t = np.array([r[0] for r in rows])
+    v = np.array([r[1] for r in rows])
+    best = (0.0, 0, 0)  # rise, i_min, j_peak
+    i_min = 0
+    for j in range(1, len(v)):
+        if v[j - 1] < v[i_min]:
+            i_min = j - 1
+        if v[j] - v[i_min] > best[0]:
+            best = (float(v[j] - v[i_min]), i_min, j)
+    rise, i, j = best
+    after = v[j + 1:]
+    fall = float(v[j] - after.min()) if len(after) else 0.0
+    return {"max_rise": rise, "min_tokens": float(t[i]) if rise > 0 else None,
+            "peak_tokens": float(t[j]) if rise > 0 else None, "fall_after_peak": fall,
+            "non_monotone": bool(rise > tol), "falls_again": bool(rise > tol and fall > tol),
+            "final_test_loss": float(v[-1]), "min_test_loss": float(v.min())}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The study analysis
+
+
+def _run_of(record: dict) -> dict:
+    """The fields of one eval record the analysis uses; raises KeyError/TypeError/ValueError when malformed."""
+    p = record["point"]
+    m = p["model"]
+    n = float(m["n_params_nonembed"])
+    if not (n > 0):
+        raise ValueError("model.n_params_nonembed must be > 0")
+    return {
+        "point_id": str(record.get("point_id") or p.get("point_id")),
+        "model": str(m.get("name") or f"N={n:g}"), "n_params": n, "attention_only": bool(m.get("attention_only")),
+        "fraction": float(p["fraction"]), "epochs": float(p.get("epochs") or 0.0), "seed": int(p.get("seed", 0)),
+        "control": bool(p.get("control", False)),
+        "values": {k: _finite(acc(record)) for k, (_, _, acc) in METRICS.items()},
+        "repeated_loss": _finite(record.get("repeated_loss")),
+        "icl_score": _finite(record.get("icl_score")),
+        "prefix_matching_max": _finite(_get(record, "aggregates", "prefix_matching_max")),
+        "epochwise": epochwise_double_descent(record.get("learning_curve")),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = float(np.mean(vals))
+    return mean, (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def analyze_study(records: list[dict], expected_points: list[dict] | None = None, study: str | None = None) -> dict:
+    """The content of analysis.json for a list of eval records (see the module docstring)."""
+    from repeatlab import __version__
+
+    if not isinstance(records, list) or not records:
+        raise AnalysisError("no eval records to analyze: evaluate at least one point first (repeatlab evaluate)")
+    warnings: list[dict] = []
+
+    def warn(code: str, message: str) -> None:
+        warnings.append({"code": code, "message": " ".join(message.split())})
+
+    runs: dict[str, dict] = {}
+    for i, rec in enumerate(records):
+        try:
+            run = _run_of(rec)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            pid = rec.get("point_id") if isinstance(rec, dict) else None
+            warn("bad_record", f"record {pid or i} skipped: malformed ({type(exc).__name__}: {exc})")
+            continue
+        if run["values"]["test_loss"] is None:
+            warn("no_test_loss", f"record {run['point_id']} has no finite test_loss (diverged?): skipped")
+            continue
+        if run["point_id"] in runs:
+            warn("duplicate", f"record {run['point_id']} appears twice: the last one is used")
+        runs[run["point_id"]] = run
+    if not runs:
+        raise AnalysisError(f"none of the {len(records)} eval records is usable (see: malformed or no test_loss)")
+    run_list = sorted(runs.values(), key=lambda r: (r["n_params"], r["model"], r["fraction"], r["control"],
+                                                    r["epochs"], r["seed"]))
+
+    missing: list[dict] = []
+    if expected_points:
+        for p in expected_points:
+            pid = p.get("point_id")
+            if pid not in runs:
+                m = p.get("model") or {}
+                missing.append({"point_id": pid, "model": m.get("name"), "n_params": m.get("n_params_nonembed"),
+                                "fraction": p.get("fraction"), "epochs": p.get("epochs"), "seed": p.get("seed"),
+                                "control": p.get("control")})
+        if missing:
+            warn("missing_evals", f"{len(missing)} of {len(expected_points)} expected points have no usable eval.json "
+                 f"(e.g. {missing[0]['point_id']}): results are partial")
+
+    available = [m for m in METRICS if any(r["values"][m] is not None for r in run_list)]
+
+    # groups: (model, N, f, E, control) with seeds aggregated
+    groups: dict[tuple, dict] = {}
+    for r in run_list:
+        key = (r["model"], r["n_params"], r["fraction"], r["epochs"], r["control"])
+        g = groups.setdefault(key, {"model": r["model"], "n_params": r["n_params"], "fraction": r["fraction"],
+                                    "epochs": r["epochs"], "control": r["control"],
+                                    "attention_only": r["attention_only"], "runs": []})
+        g["runs"].append(r)
+    models = sorted({(g["n_params"], g["model"], g["attention_only"]) for g in groups.values()})
+    baseline_groups = {(g["model"], g["n_params"]): g for g in groups.values()
+                       if g["fraction"] == 0 and not g["control"]}
+    control_groups = {(g["model"], g["n_params"], g["fraction"]): g for g in groups.values() if g["control"]}
+    has_baseline = bool(baseline_groups)
+    if not has_baseline:
+        warn("no_baseline", "no f = 0 baseline runs: N_eff needs f = 0 runs; raw losses still reported")
+    sizes = sorted({n for n, _, _ in models})
+    if len(sizes) == 1:
+        warn("single_size", f"only one model size (N = {_fmt(sizes[0])}): no fit of the baseline law or of the "
+             "region edges; damage and worst E are still reported")
+
+    # ---- baselines per metric
+    fit_models = [(n, name) for n, name, ao in models if not ao] or [(n, name) for n, name, _ in models]
+    other_family = len(fit_models) < len(models)  # attention-only models are not on the fitted law
+    if other_family:
+        warn("attention_only_excluded", "attention-only models are left out of the baseline fits "
+             "(another shape family); their damage is measured against their own baseline, and no N_eff is given "
+             "for them")
+    baseline: dict[str, dict] = {}
+    for metric in available:
+        direction = METRICS[metric][1]
+        pts = []
+        for n, name in fit_models:
+            g = baseline_groups.get((name, n))
+            if not g:
+                continue
+            vals = [r["values"][metric] for r in g["runs"]]
+            mean, std = _mean_std(vals)
+            if mean is None:
+                continue
+            pts.append({"model": name, "n_params": n, "mean": mean, "std": std, "n_seeds": len(vals),
+                        "values": vals})
+        entry: dict[str, Any] = {"direction": direction, "points": pts, "fit": None, "fit_note": None,
+                                 "interpolation": None, "range": None}
+        if pts:
+            ns = [p["n_params"] for p in pts]
+            ms = [p["mean"] for p in pts]
+            entry["range"] = [min(ms), max(ms)]
+            fit = fit_power_law(ns, ms, direction)
+            if fit["ok"]:
+                entry["fit"] = fit
+                if fit["alpha_at_bound"]:
+                    warn("fit_bound", f"{metric}: the baseline fit's alpha ({fit['alpha']:.3g}) sits at the search "
+                         "bound; treat its N_eff with care")
+            else:
+                entry["fit_note"] = fit["note"]
+                if "does not improve" in fit["note"]:
+                    warn("fit_failed", f"{metric}: {fit['note']}; interpolation only")
+            entry["interpolation"] = make_interpolation(ns, ms, direction)
+        else:
+            entry["fit_note"] = "no f = 0 baseline runs: N_eff needs f = 0 runs"
+        baseline[metric] = entry
+
+    def effective(metric: str, value: float | None, n: float, attention_only: bool = False) -> dict:
+        out = {"n_eff": None, "multiplier": None, "n_eff_method": None, "n_eff_fit": None, "multiplier_fit": None,
+               "n_eff_interp": None, "multiplier_interp": None, "extrapolated": None, "extrapolation": None,
+               "multiplier_lower_bound": None}
+        b = baseline.get(metric)
+        if value is None or not b or not b["points"] or (attention_only and other_family):
+            return out
+        sign = sign_of(metric)
+        lo, hi = b["range"]
+        worst_b, best_b = (hi, lo) if sign > 0 else (lo, hi)
+        if sign * (value - best_b) < 0:
+            out["extrapolated"], out["extrapolation"] = True, "better than the best baseline"
+        elif sign * (value - worst_b) > 0:
+            out["extrapolated"], out["extrapolation"] = True, "worse than the worst baseline"
+            # All the baselines support here: the point is worse than the smallest model, N_eff < N_smallest.
+            out["multiplier_lower_bound"] = n / min(p["n_params"] for p in b["points"])
+        else:
+            out["extrapolated"] = False
+        if b["fit"]:
+            ne = invert_fit(b["fit"], value)
+            out["n_eff_fit"] = ne
+            out["multiplier_fit"] = None if ne is None else n / ne
+            if ne is None:
+                out["extrapolated"], out["extrapolation"] = True, "beats the fitted asymptote (no finite N_eff)"
+        if b["interpolation"]:
+            ne = invert_interpolation(b["interpolation"], value)
+            out["n_eff_interp"] = ne
+            out["multiplier_interp"] = None if ne is None else n / ne
+        if b["fit"]:
+            out["n_eff"], out["multiplier"], out["n_eff_method"] = out["n_eff_fit"], out["multiplier_fit"], "fit"
+        elif b["interpolation"]:
+            out["n_eff"], out["multiplier"] = out["n_eff_interp"], out["multiplier_interp"]
+            out["n_eff_method"] = "interpolation"
+        return out
+
+    def baseline_value(metric: str, name: str, n: float, attention_only: bool = False):
+        g = baseline_groups.get((name, n))
+        if g:
+            mean, _ = _mean_std([r["values"][metric] for r in g["runs"]])
+            if mean is not None:
+                return mean, "observed"
+        fit = baseline.get(metric, {}).get("fit")
+        if fit and not (attention_only and other_family):
+            return predict(fit, n), "fit"
+        return None, None
+
+    # ---- per run (CSV rows) and per group (seeds aggregated)
+    run_rows = []
+    for r in run_list:
+        row = {k: r[k] for k in ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")}
+        row.update({"repeated_loss": r["repeated_loss"], "icl_score": r["icl_score"],
+                    "prefix_matching_max": r["prefix_matching_max"], "metrics": {}})
+        for metric in available:
+            v = r["values"][metric]
+            bv, _ = baseline_value(metric, r["model"], r["n_params"], r["attention_only"])
+            eff = effective(metric, v, r["n_params"], r["attention_only"])
+            row["metrics"][metric] = {"value": v, "damage": None if v is None or bv is None
+                                      else sign_of(metric) * (v - bv),
+                                      "n_eff": eff["n_eff"], "multiplier": eff["multiplier"],
+                                      "extrapolated": eff["extrapolated"]}
+        row["epochwise"] = r["epochwise"]
+        run_rows.append(row)
+
+    points = []
+    for key in sorted(groups, key=lambda k: (k[1], k[0], k[2], k[4], k[3])):
+        g = groups[key]
+        entry = {k: g[k] for k in ("model", "n_params", "fraction", "epochs", "control")}
+        entry["kind"] = "control" if g["control"] else ("baseline" if g["fraction"] == 0 else "repeated")
+        entry["n_seeds"] = len(g["runs"])
+        entry["seeds"] = [r["seed"] for r in g["runs"]]
+        entry["point_ids"] = [r["point_id"] for r in g["runs"]]
+        rl_mean, rl_std = _mean_std([r["repeated_loss"] for r in g["runs"]])
+        entry["repeated_loss"] = {"mean": rl_mean, "std": rl_std, "values": [r["repeated_loss"] for r in g["runs"]]}
+        entry["metrics"] = {}
+        for metric in available:
+            vals = [r["values"][metric] for r in g["runs"]]
+            mean, std = _mean_std(vals)
+            m: dict[str, Any] = {"mean": mean, "std": std, "values": vals}
+            bv, src = baseline_value(metric, g["model"], g["n_params"], g["attention_only"])
+            s = sign_of(metric)
+            m["baseline"], m["baseline_source"] = bv, src
+            m["damage"] = None if mean is None or bv is None else s * (mean - bv)
+            cg = control_groups.get((g["model"], g["n_params"], g["fraction"]))
+            cv = _mean_std([r["values"][metric] for r in cg["runs"]])[0] if cg else None
+            m["control"] = cv
+            m["repetition_harm"] = None if (g["control"] or mean is None or cv is None) else s * (mean - cv)
+            m["unique_data_loss"] = None if cv is None or bv is None else s * (cv - bv)
+            m.update(effective(metric, mean, g["n_params"], g["attention_only"]))
+            entry["metrics"][metric] = m
+        ew = [r["epochwise"] for r in g["runs"] if r["epochwise"]]
+        entry["epochwise"] = None if not ew else {
+            "max_rise_mean": float(np.mean([e["max_rise"] for e in ew])),
+            "non_monotone_runs": sum(e["non_monotone"] for e in ew),
+            "falls_again_runs": sum(e["falls_again"] for e in ew), "runs": len(ew)}
+        points.append(entry)
+
+    # ---- worst E per (N, f) and per metric
+    repeated_pts = [p for p in points if p["kind"] == "repeated"]
+    fractions = sorted({p["fraction"] for p in repeated_pts})
+    worst: dict[str, list] = {}
+    for metric in available:
+        s = sign_of(metric)
+        rows = []
+        for n, name, _ in models:
+            for f in fractions:
+                pts = sorted([p for p in repeated_pts if p["model"] == name and p["n_params"] == n
+                              and p["fraction"] == f and p["metrics"][metric]["mean"] is not None],
+                             key=lambda p: p["epochs"])
+                if not pts:
+                    continue
+                badness = [s * p["metrics"][metric]["mean"] for p in pts]
+                i = int(np.argmax(badness))
+                p = pts[i]
+                pm = p["metrics"][metric]
+                rows.append({
+                    "model": name, "n_params": n, "fraction": f, "epochs": p["epochs"],
+                    "epochs_grid": [q["epochs"] for q in pts],
+                    "interior": bool(0 < i < len(pts) - 1) if len(pts) >= 3 else False,
+                    "edge": None if 0 < i < len(pts) - 1 else ("smallest E" if i == 0 else "largest E"),
+                    "value": pm["mean"], "std": pm["std"], "damage": pm["damage"],
+                    "repetition_harm": pm["repetition_harm"], "n_eff": pm["n_eff"], "multiplier": pm["multiplier"],
+                    "extrapolated": pm["extrapolated"], "multiplier_lower_bound": pm["multiplier_lower_bound"],
+                    "repeated_loss": p["repeated_loss"]["mean"],
+                    "test_loss": p["metrics"]["test_loss"]["mean"],
+                })
+        worst[metric] = rows
+    for w in worst.get("test_loss", []):
+        if w["edge"] and len(w["epochs_grid"]) >= 2:
+            warn("peak_at_edge", f"N = {_fmt(w['n_params'])}, f = {w['fraction']:g}: the worst test loss is at the "
+                 f"{w['edge']} of the grid (E = {w['epochs']:g}); widen the E grid to locate the peak")
+
+    # ---- memorization check at the largest E
+    for n, name, _ in models:
+        for f in fractions:
+            pts = [p for p in repeated_pts if p["model"] == name and p["n_params"] == n and p["fraction"] == f]
+            if not pts:
+                continue
+            top = max(pts, key=lambda p: p["epochs"])
+            rl, tl = top["repeated_loss"]["mean"], top["metrics"]["test_loss"]["mean"]
+            if rl is not None and tl is not None and rl > MEMORIZED_RATIO * tl:
+                warn("not_memorized", f"N = {_fmt(n)}, f = {f:g}: even at the largest E = {top['epochs']:g} the "
+                     f"repeated subset is not memorized (repeated loss {rl:.3f} > {MEMORIZED_RATIO:g} x test loss "
+                     f"{tl:.3f}): every E may be too small to reach the peak")
+
+    # ---- poor-performance region per f (test loss)
+    regions = []
+    for f in fractions:
+        per_model = []
+        for n, name, ao in models:
+            pts = sorted([p for p in repeated_pts if p["model"] == name and p["n_params"] == n and p["fraction"] == f],
+                         key=lambda p: p["epochs"])
+            dmg = [p["metrics"]["test_loss"]["damage"] for p in pts]
+            row = {"model": name, "n_params": n, "attention_only": ao,
+                   "epochs": [p["epochs"] for p in pts], "damage": dmg}
+            if not pts:
+                continue
+            if any(d is None for d in dmg):
+                row.update({"max_damage": None, "peak_epochs": None, "threshold": None, "left": None, "right": None,
+                            "left_censored": None, "right_censored": None,
+                            "note": "no damage without an f = 0 baseline at this size"})
+            else:
+                row.update(region_edges(row["epochs"], dmg))
+            per_model.append(row)
+        fits = {}
+        for side in ("left", "right"):
+            known = [(r["n_params"], r[side]) for r in per_model if r[side] is not None and not r["attention_only"]]
+            if not has_baseline:
+                fits[side] = {"ok": False, "note": "no fit: the region needs damage, which needs f = 0 baselines"}
+            else:
+                fits[side] = fit_edge([k[0] for k in known], [k[1] for k in known])
+        regions.append({"fraction": f, "metric": "test_loss", "level": REGION_LEVEL, "per_model": per_model,
+                        "fits": fits})
+
+    # ---- epoch-wise double descent summary per f
+    epochwise = []
+    for f in sorted({r["fraction"] for r in run_list}):
+        ew = [r for r in run_rows if r["fraction"] == f and r["epochwise"]]
+        if not ew:
+            continue
+        top = max(ew, key=lambda r: r["epochwise"]["max_rise"])
+        epochwise.append({"fraction": f, "runs": len(ew),
+                          "non_monotone_runs": sum(r["epochwise"]["non_monotone"] for r in ew),
+                          "falls_again_runs": sum(r["epochwise"]["falls_again"] for r in ew),
+                          "max_rise": top["epochwise"]["max_rise"], "max_rise_point_id": top["point_id"],
+                          "max_rise_model": top["model"], "max_rise_n_params": top["n_params"],
+                          "max_rise_epochs": top["epochs"], "tolerance": EPOCHWISE_TOLERANCE})
+
+    summary = {
+        "records": len(records), "runs_used": len(run_list),
+        "models": [{"model": name, "n_params": n, "attention_only": ao} for n, name, ao in models],
+        "fractions": sorted({r["fraction"] for r in run_list}),
+        "epochs": sorted({r["epochs"] for r in run_list if r["fraction"] > 0 and not r["control"]}),
+        "seeds": sorted({r["seed"] for r in run_list}),
+        "has_baseline": has_baseline, "has_controls": bool(control_groups),
+        "expected_points": len(expected_points) if expected_points else None,
+        "missing_points": len(missing), "partial": bool(missing),
+    }
+    analysis = {
+        "format_version": FORMAT_VERSION, "created_by": f"repeatlab {__version__}", "study": study,
+        "summary": summary,
+        "metrics": {m: {"label": METRICS[m][0], "direction": METRICS[m][1], "field": FIELDS[m]} for m in available},
+        "baseline": baseline, "points": points, "runs": run_rows, "worst": worst, "regions": regions,
+        "epochwise": epochwise, "warnings": warnings, "missing": missing,
+    }
+    analysis["findings"] = findings(analysis)
+    return _clean(analysis)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None, keys sorted."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Findings in words (shared by the CLI summary and the report)
+
+
+def fmt_n(n: float) -> str:
+    return f"{n:.3g}"
+
+
+def _multiplier_text(entry: dict) -> str:
+    """N/N_eff as text. Worse than every baseline, an extrapolated N_eff means little (a log-linear end segment can
+    put it anywhere), so only the bound the baselines support is stated: more than N / N_smallest."""
+    if entry.get("multiplier_lower_bound") is not None:
+        return f"more than {entry['multiplier_lower_bound']:.2f}x (worse than every baseline)"
+    return f"{entry['multiplier']:.2f}x" + (" (extrapolated)" if entry["extrapolated"] else "")
+
+
+def findings(analysis: dict) -> list[str]:
+    """Short sentences with the headline numbers, every one computed from the analysis dict."""
+    out: list[str] = []
+    s = analysis["summary"]
+    out.append(f"{s['runs_used']} runs over {len(s['models'])} model size(s), fractions "
+               f"{', '.join(f'{f:g}' for f in s['fractions'])}" + (" (partial: "
+               f"{s['missing_points']} expected points missing)" if s["partial"] else "") + ".")
+    base = analysis["baseline"].get("test_loss") or {}
+    fit = base.get("fit")
+    if fit:
+        out.append(f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
+                   f"(rms residual {fit['rms_residual']:.4f} nats)."
+                   + (f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
+                      if fit.get("outliers") else ""))
+    elif base.get("fit_note"):
+        out.append(f"Baseline test loss: {base['fit_note']}"
+                   + ("; N_eff from the log-N interpolation only." if base.get("interpolation") else "."))
+    mech = {(m, w["n_params"], w["fraction"]): w for m in ("copying", "prefix_matching")
+            for w in analysis["worst"].get(m, [])}
+    for w in analysis["worst"].get("test_loss", []):
+        text = (f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g} "
+                f"({'interior' if w['interior'] else 'at the grid edge'})")
+        if w["damage"] is not None:
+            text += f", test loss {w['damage']:+.3f} nats"
+        if w["multiplier"] is not None:
+            text += f", an effective model {_multiplier_text(w)} smaller"
+        if w["repeated_loss"] is not None:
+            text += f", repeated-subset loss {w['repeated_loss']:.3f}"
+        extra = []
+        for metric, label in (("copying", "copying"), ("prefix_matching", "prefix matching")):
+            m = mech.get((metric, w["n_params"], w["fraction"]))
+            if m and m["multiplier"] is not None:
+                extra.append(f"{label} {_multiplier_text(m)} at E = {m['epochs']:g}")
+        if extra:
+            text += "; effective size at their own worst E: " + ", ".join(extra)
+        out.append(text + ".")
+    for reg in analysis["regions"]:
+        for side in ("left", "right"):
+            fe = reg["fits"][side]
+            if fe.get("ok"):
+                out.append(f"f = {reg['fraction']:g}: {side} edge of the poor-performance region E = "
+                           f"{fe['k']:.3g} * N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes).")
+            else:
+                out.append(f"f = {reg['fraction']:g}: {side} edge: {fe.get('note')}.")
+    for ew in analysis["epochwise"]:
+        if ew["non_monotone_runs"]:
+            out.append(f"f = {ew['fraction']:g}: {ew['non_monotone_runs']} of {ew['runs']} learning curves rise "
+                       f"mid-training (largest rise {ew['max_rise']:.3f} nats at N = {fmt_n(ew['max_rise_n_params'])}, "
+                       f"E = {ew['max_rise_epochs']:g}); {ew['falls_again_runs']} fall again.")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Storage and CLI
+
+
+def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
+    """(eval records, expected points without an eval.json) of a study; AnalysisError when none was evaluated."""
+    from repeatlab import storage
+    from repeatlab.errors import StorageError
+
+    root = storage.normalize_root(root)
+    points_url = storage.join(root, "studies", study, "points.json")
+    try:
+        points = storage.read_json(points_url)
+    except StorageError as exc:
+        raise AnalysisError(f"{points_url}: cannot read the study's points ({exc}); run `repeatlab grid --write` "
+                            "or the pipeline first") from exc
+    if not isinstance(points, list):
+        raise AnalysisError(f"{points_url}: expected a list of points")
+    records, missing = [], []
+    for p in points:
+        url = storage.join(root, "runs", str(p.get("point_id")), "eval.json")
+        if not storage.exists(url):
+            missing.append(p)
+            continue
+        try:  # a corrupt eval.json counts as missing (the analysis says so) rather than stopping the whole study
+            records.append(json.loads(storage.read_bytes(url)))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            missing.append(p)
+    if not records:
+        raise AnalysisError(f"study {study!r}: none of its {len(points)} points has an eval.json under {root}/runs")
+    return records, missing
+
+
+def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
+    """(root, study) from --config or --root/--study."""
+    from repeatlab import storage
+
+    if getattr(args, "config", None):
+        from repeatlab import config as config_lib
+
+        cfg = config_lib.load(args.config)
+        storage.configure(cfg.storage.options)
+        return args.root or cfg.storage.root, cfg.name
+    if not (args.root and args.study):
+        raise AnalysisError("give --config study.yaml, or both --root and --study")
+    return args.root, args.study
+
+
+def add_study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="study YAML (gives the storage root and the study name)")
+    parser.add_argument("--root", help="storage root (instead of --config)")
+    parser.add_argument("--study", help="study name (with --root)")
+
+
+def run_analysis(root: str, study: str) -> dict:
+    """Load, analyze and write {root}/studies/{study}/analysis.json (atomically); return the analysis."""
+    from repeatlab import storage
+
+    records, _ = load_records(root, study)
+    points = storage.read_json(storage.join(storage.normalize_root(root), "studies", study, "points.json"))
+    analysis = analyze_study(records, points, study=study)
+    storage.write_json(storage.join(storage.normalize_root(root), "studies", study, "analysis.json"), analysis)
+    return analysis
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="repeatlab analyze", description=__doc__.split("\n\n")[0])
+    add_study_args(parser)
+    parser.add_argument("--json", action="store_true", help="print analysis.json instead of the summary")
+    args = parser.parse_args(argv)
+    root, study = resolve_study(args)
+    analysis = run_analysis(root, study)
+    if args.json:
+        print(json.dumps(analysis, indent=2, sort_keys=True))
+        return 0
+    for line in analysis["findings"]:
+        print(line)
+    for w in analysis["warnings"]:
+        print(f"warning: {w['message']}", file=sys.stderr)
+    from repeatlab import storage
+
+    print(f"wrote {storage.join(storage.normalize_root(root), 'studies', study, 'analysis.json')}")
+    return 0

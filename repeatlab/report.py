@@ -1,0 +1,489 @@
+"""The study report: one self-contained HTML page (figures as embedded PNGs), Markdown with PNGs beside it, and a CSV.
+
+Every sentence with a number is computed from the analysis (repeatlab.analyze.findings); figures come from the analysis
+and from the eval records (heads, per-copy losses, learning curves). A figure whose data is absent is replaced by a
+visible note. Everything is rendered in memory first, then each file is written atomically, index.html last, so a
+failure while rendering leaves the previous report untouched and a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from repeatlab.errors import AnalysisError
+
+CSV_COLUMNS = ["point_id", "model", "n_params", "fraction", "epochs", "seed", "control", "test_loss",
+               "repeated_loss", "copying", "prefix_matching_top_mean", "prefix_matching_max", "icl_score", "ood_loss",
+               "n_eff", "multiplier", "damage", "extrapolated"]
+FIGURES = ["loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves", "prefix_heads",
+           "per_copy_loss", "region"]
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f4f4f4}figure{margin:1.5em 0}img{max-width:100%;height:auto}
+figcaption{color:#555;font-size:.9em}.note{background:#fff7e0;border-left:4px solid #e0a800;padding:.5em 1em;
+margin:1em 0}.partial{background:#fde8e8;border-left:4px solid #c00;padding:.5em 1em;font-weight:bold}
+code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def _fmt(x: Any, spec: str = ".4g") -> str:
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, float)):
+        return format(x, spec)
+    return str(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _colors(sizes: list[float]) -> dict[float, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    n = max(len(sizes) - 1, 1)
+    return {s: cmap(0.1 + 0.8 * i / n) for i, s in enumerate(sorted(sizes))}
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _subplots(count: int, width: float = 5.0, height: float = 3.8):
+    import matplotlib.pyplot as plt
+
+    cols = min(count, 3)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def _repeated(analysis: dict) -> list[dict]:
+    return [p for p in analysis["points"] if p["kind"] == "repeated"]
+
+
+def _fig_loss_vs_epochs(analysis, records, colors):
+    pts = _repeated(analysis)
+    fractions = sorted({p["fraction"] for p in pts})
+    if not fractions:
+        return None, "no runs with repeated data (f > 0)"
+    fig, axes = _subplots(len(fractions))
+    base = {(p["model"], p["n_params"]): p for p in analysis["points"] if p["kind"] == "baseline"}
+    for ax, f in zip(axes, fractions):
+        for size in sorted({p["n_params"] for p in pts if p["fraction"] == f}):
+            rows = sorted([p for p in pts if p["fraction"] == f and p["n_params"] == size], key=lambda p: p["epochs"])
+            e = [p["epochs"] for p in rows]
+            y = [p["metrics"]["test_loss"]["mean"] for p in rows]
+            err = [p["metrics"]["test_loss"]["std"] or 0.0 for p in rows]
+            ax.errorbar(e, y, yerr=err, marker="o", ms=3, color=colors[size], label=f"N = {size:.3g}")
+            b = base.get((rows[0]["model"], size))
+            if b:
+                ax.axhline(b["metrics"]["test_loss"]["mean"], color=colors[size], ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("repeated epochs E")
+        ax.set_ylabel("test loss (nats/token)")
+        ax.set_title(f"f = {f:g} (dashed: f = 0 baseline)")
+        ax.legend(fontsize=7)
+    return _png(fig), None
+
+
+def _fig_multiplier(analysis, records, colors):
+    pts = [p for p in _repeated(analysis) if p["metrics"]["test_loss"].get("multiplier")]
+    fractions = sorted({p["fraction"] for p in pts})
+    if not fractions:
+        return None, "no effective sizes: N_eff needs f = 0 baseline runs"
+    fig, axes = _subplots(len(fractions), 5.5, 3.8)
+    for ax, f in zip(axes, fractions):
+        sub = [p for p in pts if p["fraction"] == f]
+        sizes = sorted({p["n_params"] for p in sub})
+        eps = sorted({p["epochs"] for p in sub})
+        grid = np.full((len(sizes), len(eps)), np.nan)
+        for p in sub:
+            grid[sizes.index(p["n_params"]), eps.index(p["epochs"])] = p["metrics"]["test_loss"]["multiplier"]
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma_r")
+        ax.set_xticks(range(len(eps)), [f"{e:g}" for e in eps], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(sizes)), [f"{s:.3g}" for s in sizes], fontsize=7)
+        ax.set_xlabel("repeated epochs E (log-spaced grid)")
+        ax.set_ylabel("non-embedding parameters N")
+        ax.set_title(f"N / N_eff from test loss, f = {f:g}")
+        fig.colorbar(im, ax=ax, label="N / N_eff")
+    return _png(fig), None
+
+
+def _fig_repeated_loss(analysis, records, colors):
+    pts = [p for p in _repeated(analysis) if p["repeated_loss"]["mean"] is not None]
+    fractions = sorted({p["fraction"] for p in pts})
+    if not fractions:
+        return None, "no repeated-subset losses in the eval records"
+    fig, axes = _subplots(len(fractions))
+    for ax, f in zip(axes, fractions):
+        for size in sorted({p["n_params"] for p in pts if p["fraction"] == f}):
+            rows = sorted([p for p in pts if p["fraction"] == f and p["n_params"] == size], key=lambda p: p["epochs"])
+            ax.plot([p["epochs"] for p in rows], [p["repeated_loss"]["mean"] for p in rows], marker="o", ms=3,
+                    color=colors[size], label=f"N = {size:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("repeated epochs E")
+        ax.set_ylabel("repeated-subset loss (nats/token)")
+        ax.set_title(f"memorization of the repeated subset, f = {f:g}")
+        ax.legend(fontsize=7)
+    return _png(fig), None
+
+
+def _record_by_id(records):
+    return {str(r.get("point_id") or (r.get("point") or {}).get("point_id")): r for r in records if isinstance(r, dict)}
+
+
+def _fig_learning_curves(analysis, records, colors):
+    pts = _repeated(analysis)
+    if not pts:
+        return None, "no runs with repeated data (f > 0)"
+    by_id = _record_by_id(records)
+    f = max(p["fraction"] for p in pts)
+    worst = {w["n_params"]: w for w in analysis["worst"].get("test_loss", []) if w["fraction"] == f}
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    drawn = 0
+    for size, w in sorted(worst.items()):
+        match = [p for p in pts if p["fraction"] == f and p["n_params"] == size and p["epochs"] == w["epochs"]]
+        base = [p for p in analysis["points"] if p["kind"] == "baseline" and p["n_params"] == size]
+        for p, ls, label in ((match[0] if match else None, "-", f"N = {size:.3g}, E = {w['epochs']:g} (worst)"),
+                             (base[0] if base else None, "--", f"N = {size:.3g}, f = 0")):
+            if not p:
+                continue
+            curve = (by_id.get(p["point_ids"][0]) or {}).get("learning_curve") or []
+            rows = sorted((r["tokens"], r["test_loss"]) for r in curve
+                          if r.get("tokens") and r.get("test_loss") is not None)
+            if rows:
+                ax.plot([r[0] for r in rows], [r[1] for r in rows], ls=ls, color=colors[size], label=label)
+                drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None, "no learning curves in the eval records"
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("test loss (nats/token)")
+    ax.set_title(f"learning curves at the highest f = {f:g} (epoch-wise double descent)")
+    ax.legend(fontsize=7)
+    return _png(fig), None
+
+
+def _worst_pair(analysis, records):
+    """(baseline record, worst record, worst row): the point with the largest prefix-matching (else test) damage."""
+    by_id = _record_by_id(records)
+    rows = [w for w in analysis["worst"].get("prefix_matching", []) if w["damage"] is not None]
+    metric = "prefix_matching"
+    if not rows:
+        rows = [w for w in analysis["worst"].get("test_loss", []) if w["damage"] is not None]
+        metric = "test_loss"
+    if not rows:
+        return None, None, None, None
+    w = max(rows, key=lambda r: r["damage"])
+    worst = [p for p in _repeated(analysis) if p["n_params"] == w["n_params"] and p["fraction"] == w["fraction"]
+             and p["epochs"] == w["epochs"]]
+    base = [p for p in analysis["points"] if p["kind"] == "baseline" and p["n_params"] == w["n_params"]]
+    if not worst or not base:
+        return None, None, None, None
+    return by_id.get(base[0]["point_ids"][0]), by_id.get(worst[0]["point_ids"][0]), w, metric
+
+
+def _fig_prefix_heads(analysis, records, colors):
+    base, worst, w, metric = _worst_pair(analysis, records)
+    mats = [np.asarray(((r or {}).get("heads") or {}).get("prefix_matching") or [], dtype=float) for r in (base, worst)]
+    if w is None or any(m.ndim != 2 or m.size == 0 for m in mats):
+        return None, "no per-head prefix-matching scores for a baseline and a damaged point of the same size"
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    vmax = max(float(np.nanmax(m)) for m in mats) or 1.0
+    for ax, m, title in zip(axes, mats, (f"baseline f = 0, N = {w['n_params']:.3g}",
+                                         f"f = {w['fraction']:g}, E = {w['epochs']:g} (worst {metric})")):
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=list(axes), label="prefix-matching score")
+    return _png(fig), None
+
+
+def _fig_per_copy(analysis, records, colors):
+    base, worst, w, _ = _worst_pair(analysis, records)
+    curves = [((r or {}).get("copying") or {}).get("per_copy_loss") or [] for r in (base, worst)]
+    if w is None or not all(curves):
+        return None, "no per-copy losses for a baseline and a damaged point of the same size"
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(range(1, len(curves[0]) + 1), curves[0], marker="o", ls="--", color="k", label="baseline f = 0")
+    ax.plot(range(1, len(curves[1]) + 1), curves[1], marker="o", color="C3",
+            label=f"f = {w['fraction']:g}, E = {w['epochs']:g}")
+    ax.set_xlabel("copy of the probe paragraph")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"loss per copy, N = {w['n_params']:.3g}")
+    ax.legend(fontsize=8)
+    return _png(fig), None
+
+
+def _fig_region(analysis, records, colors):
+    regions = [r for r in analysis["regions"] if any(m.get("max_damage") for m in r["per_model"])]
+    if not regions:
+        return None, "no poor-performance region: it needs damage, i.e. f = 0 baselines and f > 0 runs"
+    fig, axes = _subplots(len(regions))
+    for ax, reg in zip(axes, regions):
+        pm = [m for m in reg["per_model"] if m.get("max_damage")]
+        for m in pm:
+            c = colors[m["n_params"]]
+            if m["left"] is not None and m["right"] is not None:
+                ax.plot([m["n_params"]] * 2, [m["left"], m["right"]], color=c, lw=4, alpha=0.5)
+            ax.scatter([m["n_params"]], [m["peak_epochs"]], color=c, marker="*", s=60, zorder=3)
+            for side, mk in (("left", "v"), ("right", "^")):
+                if m[side] is not None:
+                    ax.scatter([m["n_params"]], [m[side]], color=c, marker=mk, zorder=3)
+        ns = np.geomspace(min(m["n_params"] for m in pm) / 1.5, max(m["n_params"] for m in pm) * 1.5, 50)
+        for side, ls in (("left", "--"), ("right", ":")):
+            fe = reg["fits"][side]
+            if fe.get("ok"):
+                ax.plot(ns, fe["k"] * ns ** fe["alpha"], "k", ls=ls,
+                        label=f"{side}: E = {fe['k']:.3g} N^{fe['alpha']:.2f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("repeated epochs E")
+        ax.set_title(f"poor-performance region (damage >= {reg['level']:.0%} of max), f = {reg['fraction']:g}",
+                     fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _png(fig), None
+
+
+FIGURE_SPECS = {
+    "loss_vs_epochs": ("Test loss vs repeated epochs E, per model size", _fig_loss_vs_epochs),
+    "multiplier_heatmap": ("Effective-size multiplier N / N_eff over (N, E)", _fig_multiplier),
+    "repeated_loss": ("Repeated-subset loss vs E", _fig_repeated_loss),
+    "learning_curves": ("Learning curves (test loss vs tokens) at the highest f", _fig_learning_curves),
+    "prefix_heads": ("Prefix-matching score per layer and head: baseline vs the worst point", _fig_prefix_heads),
+    "per_copy_loss": ("Loss per copy of the probe paragraph: baseline vs the worst point", _fig_per_copy),
+    "region": ("The poor-performance region and its fitted edges in (N, E)", _fig_region),
+}
+
+
+def render_figures(analysis: dict, records: list[dict]) -> dict[str, tuple[bytes | None, str | None]]:
+    """figure id -> (PNG bytes or None, reason it was skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sizes = [m["n_params"] for m in analysis["summary"]["models"]]
+    colors = _colors(sizes)
+    out = {}
+    for fid in FIGURES:
+        _, fn = FIGURE_SPECS[fid]
+        try:
+            out[fid] = fn(analysis, records, colors)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # odd records: skip the figure, say why
+            out[fid] = (None, f"could not draw from these records ({type(exc).__name__}: {exc})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tables and text
+
+
+def csv_rows(analysis: dict) -> list[dict]:
+    rows = []
+    for r in analysis["runs"]:
+        tl = r["metrics"].get("test_loss", {})
+        row = {
+            "point_id": r["point_id"], "model": r["model"], "n_params": r["n_params"], "fraction": r["fraction"],
+            "epochs": r["epochs"], "seed": r["seed"], "control": r["control"], "test_loss": tl.get("value"),
+            "repeated_loss": r["repeated_loss"],
+            "copying": (r["metrics"].get("copying") or {}).get("value"),
+            "prefix_matching_top_mean": (r["metrics"].get("prefix_matching") or {}).get("value"),
+            "prefix_matching_max": r["prefix_matching_max"], "icl_score": r["icl_score"],
+            "ood_loss": (r["metrics"].get("ood_loss") or {}).get("value"),
+            "n_eff": tl.get("n_eff"), "multiplier": tl.get("multiplier"), "damage": tl.get("damage"),
+            "extrapolated": tl.get("extrapolated"),
+        }
+        rows.append(row)
+    return rows
+
+
+def _csv_text(analysis: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(analysis):
+        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    tables = []
+    rows = []
+    for metric, b in analysis["baseline"].items():
+        fit = b.get("fit")
+        rows.append([metric, b["direction"], str(len(b["points"])),
+                     _fmt(fit and fit["asymptote"]), _fmt(fit and fit["A"]), _fmt(fit and fit["alpha"]),
+                     _fmt(fit and fit["rms_residual"]), "" if fit else (b.get("fit_note") or "")])
+    tables.append(("Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha)",
+                   ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "note"], rows))
+    rows = []
+    for w in analysis["worst"].get("test_loss", []):
+        rows.append([f"{w['n_params']:.3g}", f"{w['fraction']:g}", f"{w['epochs']:g}", _fmt(w["interior"]),
+                     _fmt(w["damage"], "+.4f"), _fmt(w["multiplier"], ".3f"), _fmt(w["extrapolated"]),
+                     _fmt(w["repeated_loss"], ".4f"), _fmt(w["test_loss"], ".4f")])
+    tables.append(("Worst E per (N, f), test loss",
+                   ["N", "f", "worst E", "interior", "damage (nats)", "N/N_eff", "extrapolated",
+                    "repeated loss", "test loss"], rows))
+    rows = []
+    for reg in analysis["regions"]:
+        for m in reg["per_model"]:
+            rows.append([f"{reg['fraction']:g}", f"{m['n_params']:.3g}", _fmt(m.get("max_damage"), "+.4f"),
+                         _fmt(m.get("peak_epochs"), "g"), _fmt(m.get("left"), ".4g"), _fmt(m.get("right"), ".4g"),
+                         m.get("note") or ""])
+    tables.append(("Poor-performance region per (f, N)",
+                   ["f", "N", "max damage", "peak E", "left edge E", "right edge E", "note"], rows))
+    rows = []
+    for reg in analysis["regions"]:
+        for side in ("left", "right"):
+            fe = reg["fits"][side]
+            rows.append([f"{reg['fraction']:g}", side, _fmt(fe.get("k")), _fmt(fe.get("alpha")),
+                         _fmt(fe.get("n_sizes")), "" if fe.get("ok") else fe.get("note", "")])
+    tables.append(("Region edge fits E = k N^alpha", ["f", "edge", "k", "alpha", "sizes", "note"], rows))
+    if analysis["missing"]:
+        tables.append(("Missing eval files", ["point_id", "model", "f", "E", "seed"],
+                       [[str(m["point_id"]), str(m["model"]), _fmt(m["fraction"]), _fmt(m["epochs"]),
+                         _fmt(m["seed"])] for m in analysis["missing"]]))
+    return tables
+
+
+def _html(analysis: dict, figures: dict, title: str) -> str:
+    e = html.escape
+    s = analysis["summary"]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    if s["partial"]:
+        parts.append(f'<p class="partial" id="partial">Partial results: {s["missing_points"]} of '
+                     f'{s["expected_points"]} expected points have no eval.json (listed below).</p>')
+    parts.append('<h2 id="findings">Findings</h2><ul>')
+    parts += [f"<li>{e(line)}</li>" for line in analysis["findings"]]
+    parts.append("</ul>")
+    if analysis["warnings"]:
+        parts.append('<h2 id="warnings">Warnings</h2><ul>')
+        parts += [f'<li class="warning">{e(w["message"])}</li>' for w in analysis["warnings"]]
+        parts.append("</ul>")
+    parts.append('<h2 id="figures">Figures</h2>')
+    for fid in FIGURES:
+        caption = FIGURE_SPECS[fid][0]
+        png, reason = figures[fid]
+        if png:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure id="fig-{fid}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
+        else:
+            parts.append(f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
+                         f"{e(reason or 'no data')}.</div>")
+    parts.append('<h2 id="tables">Tables</h2>')
+    for name, header, rows in _tables(analysis):
+        parts.append(f"<h3>{e(name)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    parts.append(f"<p>Per-run values: <code>results.csv</code>. Made by {e(analysis['created_by'])}.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _markdown(analysis: dict, figures: dict, title: str) -> str:
+    s = analysis["summary"]
+    lines = [f"# {title}", ""]
+    if s["partial"]:
+        lines += [(f"**Partial results: {s['missing_points']} of {s['expected_points']} expected points have no "
+                   "eval.json (listed below).**"), ""]
+    lines += ["## Findings", ""] + [f"- {line}" for line in analysis["findings"]] + [""]
+    if analysis["warnings"]:
+        lines += ["## Warnings", ""] + [f"- {w['message']}" for w in analysis["warnings"]] + [""]
+    lines += ["## Figures", ""]
+    for fid in FIGURES:
+        caption = FIGURE_SPECS[fid][0]
+        png, reason = figures[fid]
+        lines += [f"![{caption}](fig-{fid}.png)" if png else f"> **{caption}**: figure skipped: {reason or 'no data'}.",
+                  ""]
+    lines += ["## Tables", ""]
+    for name, header, rows in _tables(analysis):
+        lines += [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    lines.append("Per-run values: `results.csv`.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(analysis: dict, records: list[dict], out_url: str, title: str) -> dict:
+    """Write index.html, report.md (+ fig-*.png) and results.csv under out_url; returns {name: url}."""
+    from repeatlab import storage
+
+    if not isinstance(analysis, dict) or "summary" not in analysis:
+        raise AnalysisError("the report needs an analysis (repeatlab analyze) with a summary")
+    figures = render_figures(analysis, records or [])
+    files: dict[str, bytes] = {}
+    for fid, (png, _) in figures.items():
+        if png:
+            files[f"fig-{fid}.png"] = png
+    files["results.csv"] = _csv_text(analysis).encode()
+    files["report.md"] = _markdown(analysis, figures, title).encode()
+    html_text = _html(analysis, figures, title).encode()
+    paths = {}
+    for name, data in files.items():
+        url = storage.join(out_url, name)
+        storage.write_bytes(url, data)
+        paths[name] = url
+    for fid, (png, _) in figures.items():  # a figure skipped now must not leave an old PNG behind
+        if not png:
+            storage.remove(storage.join(out_url, f"fig-{fid}.png"))
+    storage.write_bytes(storage.join(out_url, "index.html"), html_text)  # last: the report is complete
+    paths["index.html"] = storage.join(out_url, "index.html")
+    return {"index.html": paths["index.html"], "report.md": paths["report.md"], "results.csv": paths["results.csv"],
+            "figures": {k: v for k, v in paths.items() if k.endswith(".png")}}
+
+
+def cli(argv: list[str]) -> int:
+    from repeatlab import storage
+    from repeatlab.analyze import add_study_args, analyze_study, load_records, resolve_study
+
+    parser = argparse.ArgumentParser(prog="repeatlab report", description=__doc__.split("\n\n")[0])
+    add_study_args(parser)
+    parser.add_argument("--out", help="output folder (default {root}/studies/{study}/report)")
+    parser.add_argument("--reanalyze", action="store_true", help="recompute the analysis even if analysis.json exists")
+    args = parser.parse_args(argv)
+    root, study = resolve_study(args)
+    study_url = storage.join(storage.normalize_root(root), "studies", study)
+    records, _ = load_records(root, study)
+    analysis_url = storage.join(study_url, "analysis.json")
+    if storage.exists(analysis_url) and not args.reanalyze:
+        analysis = storage.read_json(analysis_url)
+    else:
+        analysis = analyze_study(records, storage.read_json(storage.join(study_url, "points.json")), study=study)
+        storage.write_json(analysis_url, analysis)
+    paths = write_report(analysis, records, args.out or storage.join(study_url, "report"), f"repeatlab study {study}")
+    for line in analysis["findings"][:6]:
+        print(line)
+    print(f"wrote {paths['index.html']}, {paths['report.md']}, {paths['results.csv']}")
+    return 0

@@ -1,0 +1,324 @@
+"""repeatlab/report.py: the report of a synthetic study (files, figures, a self-contained page, findings whose every
+number comes from analysis.json, the CSV), partial input, and the page rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from repeatlab import report, storage
+from repeatlab.cli import main as repeatlab_main
+
+sys.path.insert(0, os.path.dirname(__file__))
+import synthetic_study as syn
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The synthetic study (controls, a little noise) analysed and reported through `repeatlab report`."""
+    root = str(tmp_path_factory.mktemp("report-root"))
+    records = syn.synthetic_records(controls=True, noise=0.002, rng_seed=3)
+    syn.write_study(root, "syn", records)
+    assert repeatlab_main(["report", "--root", root, "--study", "syn"]) == 0
+    study_dir = Path(root) / "studies" / "syn"
+    analysis = storage.read_json(str(study_dir / "analysis.json"))
+    return {"records": records, "analysis": analysis, "out": study_dir / "report"}
+
+
+def is_png(data: bytes, min_bytes: int = 5000) -> bool:
+    return data[:8] == PNG_MAGIC and len(data) >= min_bytes
+
+
+def html_findings(text: str) -> list[str]:
+    section = text.split('<h2 id="findings">Findings</h2><ul>', 1)[1].split("</ul>", 1)[0]
+    return [html.unescape(item) for item in re.findall(r"<li>(.*?)</li>", section, flags=re.DOTALL)]
+
+
+def md_findings(text: str) -> list[str]:
+    section = text.split("## Findings\n\n", 1)[1].split("\n\n", 1)[0]
+    return [line[2:] for line in section.splitlines()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files and figures
+
+
+def test_every_file_and_figure_is_written(study):
+    out = study["out"]
+    for name in ("index.html", "report.md", "results.csv"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "report.md").read_text()
+    page = (out / "index.html").read_text()
+    assert "figure skipped" not in md and "figure skipped" not in page
+    for fid in report.FIGURES:
+        png = (out / f"fig-{fid}.png").read_bytes()
+        assert is_png(png), fid
+        assert f"(fig-{fid}.png)" in md
+    assert set(report.FIGURES) == {"loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves",
+                                   "prefix_heads", "per_copy_loss", "region"}
+
+
+def test_page_is_self_contained(study):
+    page = (study["out"] / "index.html").read_text()
+    assert not re.search(r"""\b(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", page, flags=re.IGNORECASE)
+    assert not re.search(r"url\(|@import|<script|<link|<iframe", page, flags=re.IGNORECASE)
+    images = re.findall(r'<figure id="fig-([a-z_]+)"><img alt="[^"]*" src="([^"]*)"', page)
+    assert [fid for fid, _ in images] == report.FIGURES
+    assert len(re.findall(r"<img\b", page)) == len(report.FIGURES)
+    for fid, src in images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        png = base64.b64decode(src[len(prefix):], validate=True)
+        assert png == (study["out"] / f"fig-{fid}.png").read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Every number in the findings comes from the analysis
+
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _tolerance(token: str) -> float:
+    """Half a unit in the last printed digit: 2.36 -> 0.005, 4.06e+03 -> 5, 64 -> 0.5."""
+    mantissa, _, exponent = token.lstrip("+-").partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+
+
+def _numbers_in(obj, out: list[float]) -> list[float]:
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _numbers_in(v, out)
+    elif isinstance(obj, list):
+        out.append(float(len(obj)))  # counts ("4 model sizes", "22 of 60 curves") are lengths
+        for v in obj:
+            _numbers_in(v, out)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out.append(float(obj))
+    return out
+
+
+def close(token: str, value: float | None) -> bool:
+    return value is not None and abs(abs(float(token)) - abs(value)) <= _tolerance(token) * (1 + 1e-9) + 1e-12
+
+
+def test_findings_are_the_same_in_every_format(study):
+    out, analysis = study["out"], study["analysis"]
+    assert md_findings((out / "report.md").read_text()) == analysis["findings"]
+    assert html_findings((out / "index.html").read_text()) == analysis["findings"]
+    assert len(analysis["findings"]) >= 1 + 1 + 8 + 4  # summary, baseline fit, worst per (N, f), 4 region edges
+
+
+def test_every_number_in_the_findings_is_in_the_analysis(study):
+    analysis = study["analysis"]
+    pool = np.abs(np.array(_numbers_in(analysis, [])))
+    for line in analysis["findings"]:
+        for token in NUMBER.findall(line):
+            gap = float(np.min(np.abs(pool - abs(float(token)))))
+            assert gap <= _tolerance(token) * (1 + 1e-9) + 1e-12, (token, line)
+
+
+WORST = re.compile(
+    r"At N = (?P<n>\S+), f = (?P<f>\S+), the worst E is (?P<e>\S+) \((?P<where>interior|at the grid edge)\), "
+    r"test loss (?P<damage>[-+][\d.]+) nats, an effective model (?P<mbound>more than )?(?P<mult>[\d.]+)x"
+    r"(?P<ext> \(extrapolated\)| \(worse than every baseline\))? smaller, "
+    r"repeated-subset loss (?P<rl>[\d.]+); effective size at their own worst E: "
+    r"copying (?P<cbound>more than )?(?P<cm>[\d.]+)x(?P<cext> \(extrapolated\)| \(worse than every baseline\))? "
+    r"at E = (?P<ce>\S+), "
+    r"prefix matching (?P<pbound>more than )?(?P<pm>[\d.]+)x(?P<pext> \(extrapolated\)| \(worse than every "
+    r"baseline\))? at E = (?P<pe>\S+)\.$")
+BASELINE = re.compile(r"Baseline test loss fit: L\(N\) = (\S+) \+ (\S+) \* N\^-(\S+) \(rms residual (\S+) nats\)\.$")
+EDGE = re.compile(r"f = (\S+): (left|right) edge of the poor-performance region "
+                  r"E = (\S+) \* N\^(\S+) \((\d+) sizes\)\.$")
+EPOCHWISE = re.compile(r"f = (\S+): (\d+) of (\d+) learning curves rise mid-training \(largest rise (\S+) nats at "
+                       r"N = (\S+), E = (\S+)\); (\d+) fall again\.$")
+SUMMARY = re.compile(r"(\d+) runs over (\d+) model size\(s\), fractions (.*)\.$")
+
+
+def _check_multiplier(bound: str | None, number: str, note: str | None, entry: dict) -> None:
+    """A stated multiplier is the analysis's N/N_eff, or, worse than every baseline, its lower bound N/N_smallest."""
+    if entry["multiplier_lower_bound"] is not None:
+        assert bound and note == " (worse than every baseline)"
+        assert close(number, entry["multiplier_lower_bound"])
+    else:
+        assert not bound and bool(note) is bool(entry["extrapolated"])
+        assert close(number, entry["multiplier"])
+
+
+def test_findings_state_the_analysis_values(study):
+    analysis = study["analysis"]
+    worst = {m: {(w["n_params"], w["fraction"]): w for w in analysis["worst"][m]}
+             for m in ("test_loss", "copying", "prefix_matching")}
+    regions = {r["fraction"]: r for r in analysis["regions"]}
+    epochwise = {e["fraction"]: e for e in analysis["epochwise"]}
+    seen_worst = set()
+    for line in analysis["findings"]:
+        if m := SUMMARY.match(line):
+            s = analysis["summary"]
+            assert (int(m[1]), int(m[2])) == (s["runs_used"], len(s["models"]))
+            assert [float(f) for f in m[3].split(", ")] == s["fractions"]
+        elif m := BASELINE.match(line):
+            fit = analysis["baseline"]["test_loss"]["fit"]
+            for token, value in zip(m.groups(), ("asymptote", "A", "alpha", "rms_residual")):
+                assert close(token, fit[value]), (token, value)
+        elif m := WORST.match(line):
+            n = next(n for n, f in worst["test_loss"] if close(m["n"], n) and f == float(m["f"]))
+            key = (n, float(m["f"]))
+            w, cw, pw = worst["test_loss"][key], worst["copying"][key], worst["prefix_matching"][key]
+            assert float(m["e"]) == w["epochs"]
+            assert (m["where"] == "interior") is w["interior"]
+            assert close(m["damage"], w["damage"])
+            _check_multiplier(m["mbound"], m["mult"], m["ext"], w)
+            assert float(m["ce"]) == cw["epochs"] and float(m["pe"]) == pw["epochs"]
+            _check_multiplier(m["cbound"], m["cm"], m["cext"], cw)
+            _check_multiplier(m["pbound"], m["pm"], m["pext"], pw)
+            # and the analysis is right: the stated worst E sits on the known peak of the synthetic damage
+            assert abs(math.log(w["epochs"] / syn.peak_epochs(n))) <= syn.PLATEAU + math.log(2)
+            seen_worst.add(key)
+        elif m := EDGE.match(line):
+            fe = regions[float(m[1])]["fits"][m[2]]
+            assert close(m[3], fe["k"]) and close(m[4], fe["alpha"]) and int(m[5]) == fe["n_sizes"]
+        elif m := EPOCHWISE.match(line):
+            ew = epochwise[float(m[1])]
+            assert (int(m[2]), int(m[3]), int(m[7])) == (ew["non_monotone_runs"], ew["runs"], ew["falls_again_runs"])
+            assert close(m[4], ew["max_rise"]) and close(m[5], ew["max_rise_n_params"])
+            assert float(m[6]) == ew["max_rise_epochs"]
+        else:
+            pytest.fail(f"a finding the test does not know: {line!r}")
+    assert seen_worst == set(worst["test_loss"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The CSV
+
+
+def _csv_value(text: str):
+    return None if text == "" else float(text)
+
+
+def test_results_csv_rows_match_the_analysis_runs(study):
+    with open(study["out"] / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == report.CSV_COLUMNS
+    runs = {r["point_id"]: r for r in study["analysis"]["runs"]}
+    records = {r["point_id"]: r for r in study["records"]}
+    assert len(rows) == len(runs) == len(records)
+    assert {row["point_id"] for row in rows} == set(runs) == set(records)
+    for row in rows:
+        run, rec = runs[row["point_id"]], records[row["point_id"]]
+        tl = run["metrics"]["test_loss"]
+        assert float(row["n_params"]) == run["n_params"] == rec["point"]["model"]["n_params_nonembed"]
+        assert (float(row["fraction"]), float(row["epochs"]), int(row["seed"])) == \
+               (run["fraction"], run["epochs"], run["seed"])
+        assert row["control"] == str(run["control"])
+        assert float(row["test_loss"]) == tl["value"] == rec["test_loss"]  # exact: floats round-trip through repr
+        assert _csv_value(row["repeated_loss"]) == rec["repeated_loss"]
+        assert float(row["copying"]) == rec["copying"]["mean_copies_2_to_last"]
+        assert float(row["prefix_matching_top_mean"]) == rec["aggregates"]["prefix_matching_top_mean"]
+        assert float(row["ood_loss"]) == rec["ood_loss"]
+        for column in ("n_eff", "multiplier", "damage"):
+            assert _csv_value(row[column]) == tl[column]
+        assert row["extrapolated"] == ("" if tl["extrapolated"] is None else str(tl["extrapolated"]))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Partial input
+
+
+def test_partial_report_without_baselines(tmp_path):
+    records = syn.synthetic_records(sizes=(1e5, 1e6), fractions=(0.5,), epochs=(1.0, 32.0, 1024.0), baseline=False)
+    root = str(tmp_path / "root")
+    syn.write_study(root, "part", records, drop=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fig-region.png").write_bytes(PNG_MAGIC + b"stale")  # from an earlier, complete report
+    assert repeatlab_main(["report", "--root", root, "--study", "part", "--out", str(out)]) == 0
+    page, md = (out / "index.html").read_text(), (out / "report.md").read_text()
+    assert '<p class="partial" id="partial">Partial results: 1 of 6 expected points' in page
+    assert "**Partial results: 1 of 6 expected points" in md
+    assert "N_eff needs f = 0 runs" in page and "N_eff needs f = 0 runs" in md
+    for fid in ("multiplier_heatmap", "region", "prefix_heads", "per_copy_loss"):
+        assert f'id="fig-{fid}-skipped"' in page
+        assert not (out / f"fig-{fid}.png").exists()  # the stale region figure is gone too
+    for fid in ("loss_vs_epochs", "repeated_loss", "learning_curves"):
+        assert is_png((out / f"fig-{fid}.png").read_bytes(), 1000)
+    missing = records[-1]["point_id"]
+    assert "Missing eval files" in page and missing in page and missing in md
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(records) - 1 and all(r["n_eff"] == "" and r["damage"] == "" for r in rows)
+
+
+def test_report_cli_without_eval_records_is_one_line(tmp_path, capsys):
+    rc = repeatlab_main(["report", "--root", str(tmp_path), "--study", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Headless Chromium
+
+
+def chromium(url: str, screenshot: Path, profile: Path, size: str = "1400,4000") -> tuple[int, str, list[str]]:
+    """(exit code, DOM after load, console lines) of one headless Chromium run, killed after 60 s."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+           f"--user-data-dir={profile}", f"--screenshot={screenshot}", f"--window-size={size}", "--dump-dom", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        dom, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("chromium did not finish within 60 s")
+    console = [line for line in err.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+    return proc.returncode, dom, console
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH: the headless rendering check needs it")
+def test_console_check_catches_errors(tmp_path):
+    """The check below can fail: a page with a script error is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><body><p>x</p><script>throw new Error("boom")</script></body></html>')
+    rc, dom, console = chromium(bad.as_uri(), tmp_path / "bad.png", tmp_path / "profile", "400,300")
+    assert rc == 0 and "<p>x</p>" in dom
+    assert any("Uncaught Error: boom" in line for line in console)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH: the headless rendering check needs it")
+def test_chromium_renders_the_report(study, tmp_path):
+    import matplotlib.image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report-screenshot.png"
+    shot.unlink(missing_ok=True)
+    rc, dom, console = chromium((study["out"] / "index.html").as_uri(), shot, tmp_path / "profile")
+    assert rc == 0
+    assert console == []  # no console messages and no uncaught errors: the page has no script at all
+    assert "<h1>repeatlab study syn</h1>" in dom and 'id="findings"' in dom
+    sources = re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', dom)
+    assert len(sources) == len(report.FIGURES)
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert is_png(base64.b64decode(src.split(",", 1)[1], validate=True))
+    data = shot.read_bytes()
+    assert is_png(data, 50_000)
+    pixels = matplotlib.image.imread(str(shot))[..., :3]
+    assert pixels.shape[:2] == (4000, 1400)
+    colourful = float(((pixels.max(-1) - pixels.min(-1)) > 0.25).mean())
+    assert colourful > 0.01, f"only {colourful:.2%} coloured pixels: were the figures drawn?"
