@@ -32,15 +32,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 # gcsfs reads this when it is imported and otherwise stalls 15-160 s per call against an emulator.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-__all__ = ["S3Server", "GCSServer", "s3_server", "s3_env", "gcs_server", "gcs_env", "clear_fs_caches"]
+__all__ = ["GCSServer", "S3Server", "clear_fs_caches", "gcs_env", "gcs_server", "s3_env", "s3_server"]
 
 LOOPBACK = "127.0.0.1"
 S3_ACCESS_KEY = "repeatlab-test-key"

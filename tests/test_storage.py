@@ -14,8 +14,8 @@ import time
 import uuid
 
 import pytest
-
 from fixtures_storage import free_ports
+
 from repeatlab import storage
 from repeatlab.errors import StorageError
 
@@ -186,20 +186,18 @@ def test_atomic_local_file_success(root):
 def test_atomic_local_file_failure_leaves_previous_content(root):
     url = storage.join(root, "state.json")
     storage.write_text(url, "previous")
-    with pytest.raises(RuntimeError, match="crash"):
-        with storage.atomic_local_file(url) as tmp:
-            with open(tmp, "w") as fh:
-                fh.write("partial new content")
-            raise RuntimeError("crash while writing")
+    with pytest.raises(RuntimeError, match="crash"), storage.atomic_local_file(url) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("partial new content")
+        raise RuntimeError("crash while writing")
     assert storage.read_text(url) == "previous"
     assert not os.path.exists(tmp)
 
     fresh = storage.join(root, "never.json")
-    with pytest.raises(RuntimeError):
-        with storage.atomic_local_file(fresh) as tmp:
-            with open(tmp, "w") as fh:
-                fh.write("partial")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), storage.atomic_local_file(fresh) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("partial")
+        raise RuntimeError("crash")
     assert not storage.exists(fresh)
     # No temporary leftovers next to the target either.
     assert storage.listdir(root) == ["state.json"]
