@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from repeatlab.errors import AnalysisError
+from repeatlab.errors import AnalysisError, RepeatlabError
 
 FORMAT_VERSION = 1
 EPOCHWISE_TOLERANCE = 0.01  # nats: a rise smaller than this is noise, not epoch-wise double descent
@@ -430,6 +430,13 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
         if missing:
             warn("missing_evals", f"{len(missing)} of {len(expected_points)} expected points have no usable eval.json "
                  f"(e.g. {missing[0]['point_id']}): results are partial")
+        try:
+            from repeatlab.grid import check_points
+
+            for message in check_points([p for p in expected_points if "budget" in p]):
+                warn("grid_epochs", message)
+        except (RepeatlabError, KeyError, TypeError, ValueError) as exc:
+            warn("grid_check", f"the grid's plan sizes could not be checked: {exc}")
 
     available = [m for m in METRICS if any(r["values"][m] is not None for r in run_list)]
 

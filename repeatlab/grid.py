@@ -117,10 +117,49 @@ def grid_points(cfg: StudyConfig, corpus_id: str, corpus_url: str, vocab_size: i
     return list(points.values())
 
 
-def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str) -> list[dict]:
-    """Write every point's point.json (when absent) and the study's points.json + config.yaml; return the points."""
+EPOCHS_TOLERANCE = 0.1  # warn when the plan's realized E is this far (relative) from the E asked for
+MIN_REPEATED_SEQUENCES = 2  # a repeated subset shorter than this many sequences is mostly one or two documents
+
+
+def check_points(points: list[dict]) -> list[str]:
+    """Warnings for points whose plan is not quite what was asked; PlanError naming the first impossible point.
+
+    The plan repeats whole sequences, so E is realized as exposures / round(exposures / E): at large E and small f*T
+    the repeated subset is a sequence or two and the realized E can be far from the grid's value.
+    """
+    from repeatlab.errors import PlanError
+    from repeatlab.mix import plan_counts
+
+    warnings = []
+    for point in points:
+        if point["fraction"] == 0 or point["control"]:
+            continue
+        budget = point["budget"]
+        try:
+            counts = plan_counts(total_tokens=budget["total_tokens"], context=budget["context"],
+                                 fraction=point["fraction"], epochs=point["epochs"])
+        except PlanError as exc:
+            raise PlanError(f"grid point {describe(point).split('  ', 1)[1].strip()}: {exc}") from None
+        where = f"f = {point['fraction']:g}, E = {point['epochs']:g}"
+        realized = counts["realized_epochs"]
+        if abs(realized - point["epochs"]) > EPOCHS_TOLERANCE * point["epochs"]:
+            warnings.append(f"{where}: the repeated subset rounds to {counts['n_repeated']} sequence(s), so E is "
+                            f"{realized:.4g} (not {point['epochs']:g}); raise f or T, or lower E")
+        elif counts["n_repeated"] < MIN_REPEATED_SEQUENCES:
+            warnings.append(f"{where}: the repeated subset is {counts['n_repeated']} sequence "
+                            f"({counts['n_repeated'] * budget['context']} tokens)")
+    return sorted(set(warnings))
+
+
+def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str, log=None) -> list[dict]:
+    """Write every point's point.json (when absent) and the study's points.json + config.yaml; return the points.
+
+    Every point's plan size is checked first: an impossible point stops the study before anything is written.
+    """
     root = storage.normalize_root(cfg.storage.root)
     points = grid_points(cfg, manifest["corpus_id"], corpus_url, manifest["tokenizer"]["vocab_size"])
+    for warning in check_points(points):
+        (log or (lambda m: print(m, file=sys.stderr)))(f"grid: warning: {warning}")
     for point in points:
         url = storage.join(run_url(root, point["point_id"]), "point.json")
         if not storage.exists(url):
@@ -140,7 +179,8 @@ def describe(point: dict) -> str:
 
 def cli(argv: list[str]) -> int:
     from repeatlab import config as config_lib
-    from repeatlab.corpus import prepare_corpus, corpus_url as make_corpus_url
+    from repeatlab.corpus import corpus_url as make_corpus_url
+    from repeatlab.corpus import prepare_corpus
 
     parser = argparse.ArgumentParser(prog="repeatlab grid", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="study YAML")
@@ -155,6 +195,8 @@ def cli(argv: list[str]) -> int:
         points = plan_grid(cfg, manifest, curl)
     else:
         points = grid_points(cfg, manifest["corpus_id"], curl, manifest["tokenizer"]["vocab_size"])
+        for warning in check_points(points):
+            print(f"grid: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(points, indent=2, sort_keys=True))
     else:

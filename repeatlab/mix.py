@@ -59,29 +59,18 @@ def _rng(seed: int, salt: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, salt_words)]))
 
 
-def build_plan(
-    *,
-    train_tokens: int,
-    total_tokens: int,
-    context: int,
-    fraction: float,
-    epochs: float,
-    seed: int,
-    control: bool = False,
-    salt: str = "",
-) -> Plan:
-    """Build the plan for one point; raises PlanError with a one-line reason when it cannot be built as asked."""
+def plan_counts(*, total_tokens: int, context: int, fraction: float, epochs: float, control: bool = False) -> dict:
+    """The plan's sizes without building it: sequences, repeated exposures, repeated sequences (U_rep / context) and
+    the realized E. Raises PlanError with a one-line reason when a point cannot be built as asked."""
     if not 0.0 <= fraction < 1.0:
         raise PlanError(f"fraction: {fraction!r} is not allowed: a repeated fraction must be in [0, 1)")
     if fraction > 0 and not control and not epochs >= 1.0:
         raise PlanError(f"epochs: {epochs!r} is not allowed: repeated epochs E must be >= 1")
     if context < 1:
         raise PlanError(f"context: {context!r} is not allowed: must be >= 1")
-    windows = count_windows(train_tokens, context)
     sequences = int(total_tokens) // int(context)
     if sequences < 1:
         raise PlanError(f"total_tokens: {total_tokens} is less than one sequence of context {context}")
-
     repeated_exposures = int(round(fraction * sequences)) if fraction > 0 else 0
     if fraction > 0 and repeated_exposures < 1:
         raise PlanError(
@@ -95,6 +84,26 @@ def build_plan(
                 f"epochs: the repeated subset f*T/E = {fraction * total_tokens / epochs:.0f} tokens is shorter than "
                 f"one sequence ({context} tokens); lower E (at most {repeated_exposures}) or raise f or T"
             )
+    return {"sequences": sequences, "repeated_exposures": repeated_exposures, "n_repeated": n_repeated,
+            "realized_epochs": repeated_exposures / n_repeated if n_repeated else 0.0}
+
+
+def build_plan(
+    *,
+    train_tokens: int,
+    total_tokens: int,
+    context: int,
+    fraction: float,
+    epochs: float,
+    seed: int,
+    control: bool = False,
+    salt: str = "",
+) -> Plan:
+    """Build the plan for one point; raises PlanError with a one-line reason when it cannot be built as asked."""
+    counts = plan_counts(total_tokens=total_tokens, context=context, fraction=fraction, epochs=epochs,
+                         control=control)
+    windows = count_windows(train_tokens, context)
+    sequences, repeated_exposures, n_repeated = counts["sequences"], counts["repeated_exposures"], counts["n_repeated"]
     n_unique = sequences - repeated_exposures
     needed = n_unique + n_repeated
     if needed > windows:

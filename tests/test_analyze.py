@@ -3,6 +3,7 @@ peak epochs, region edges and damage are known (tests/synthetic_study.py), and b
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -409,3 +410,18 @@ def test_cli_writes_the_analysis(tmp_path, capsys):
     assert analysis["findings"][0] in out and "wrote " in out
     assert repeatlab_main(["analyze", "--root", str(tmp_path), "--study", "small", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == analysis
+
+
+def test_grid_rounding_of_E_is_a_warning_in_the_analysis():
+    records = syn.synthetic_records(sizes=(1e5, 1e6, 3e6), fractions=(0.5,))
+    expected = [r["point"] for r in records]
+    odd = copy.deepcopy(next(p for p in expected if p["fraction"] == 0.5))
+    budget = odd["budget"]
+    sequences = budget["total_tokens"] // budget["context"]
+    odd["epochs"] = 0.5 * sequences / 1.4  # the repeated subset would be 1.4 sequences: rounds to 1
+    odd["point_id"] = "rounded"
+    analysis = analyze.analyze_study(records, expected_points=[*expected, odd])
+    grid_warnings = [w["message"] for w in analysis["warnings"] if w["code"] == "grid_epochs"]
+    assert any(w.startswith(f"f = 0.5, E = {odd['epochs']:g}: the repeated subset rounds to 1 sequence(s)")
+               for w in grid_warnings)
+    assert all("E = 4:" not in w for w in grid_warnings)  # small E: many sequences, exact

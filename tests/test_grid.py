@@ -64,3 +64,33 @@ def test_models_carry_both_parameter_conventions():
                            n_embd=m["n_embd"]))
     assert m["n_params_nonembed"] == module.num_params(non_embedding=True)
     assert m["n_params_total"] == module.num_params(non_embedding=False)
+
+
+def _budget_study(total_tokens, context, fractions, epochs):
+    return {"name": "b", "models": [{"n_layer": 1, "n_embd": 32, "n_head": 2}],
+            "budget": {"total_tokens": total_tokens, "context": context, "batch_tokens": context * 4},
+            "grid": {"fractions": fractions, "epochs": epochs, "seeds": [0]}}
+
+
+def test_check_points_warns_where_whole_sequences_change_E():
+    from repeatlab.grid import check_points
+
+    # T = 5M, context 256: 19531 sequences; f = 0.1 -> 1953 repeated exposures.
+    warnings = check_points(points(_budget_study(5_000_000, 256, [0.0, 0.1], [64, 1024, 2048, 3000])))
+    # E = 64: 31 sequences, realized 63.0 (fine); E = 1024: 2 sequences, 976.5 (within 10%): no warning
+    assert not any("E = 64:" in w or "E = 1024:" in w for w in warnings)
+    # E = 2048: 1 sequence, realized 1953 (within 10%) but a single sequence
+    assert any(w.startswith("f = 0.1, E = 2048: the repeated subset is 1 sequence (256 tokens)") for w in warnings)
+    # E = 3000: round(0.651) = 1 sequence, realized 1953: 35% off
+    assert any(w.startswith("f = 0.1, E = 3000: the repeated subset rounds to 1 sequence(s), so E is 1953")
+               for w in warnings)
+
+
+def test_check_points_names_an_impossible_point():
+    import pytest
+
+    from repeatlab.errors import PlanError
+    from repeatlab.grid import check_points
+
+    with pytest.raises(PlanError, match=r"grid point .*f=0.1 .*E=4096.*shorter than one sequence"):
+        check_points(points(_budget_study(5_000_000, 256, [0.0, 0.1], [64, 4096])))
