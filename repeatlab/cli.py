@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("repeatlab.analyze", "fit the baselines, effective sizes, worst E and the poor-performance region"),
     "danger": ("repeatlab.danger", "is repeating this data E times dangerous for a model of N parameters?"),
     "report": ("repeatlab.report", "write the study report (HTML, Markdown, CSV)"),
+    "archive": ("repeatlab.archive", "copy a study's results (no checkpoints) to a folder or bucket to keep them"),
     "run": ("repeatlab.runner", "run a whole study (--local: through the KFP local runner)"),
     "compile": ("repeatlab.kfp_pipeline", "compile the pipeline to YAML (and Kubernetes-native resources)"),
     "submit": ("repeatlab.kfp_client", "submit a study to a Kubeflow Pipelines API"),

@@ -1,0 +1,67 @@
+"""Keep a study's results without its checkpoints: the small files that the analysis and the report are made of.
+
+    repeatlab archive --config pipelines/configs/demo.yaml --out docs/results/demo
+
+copies, from any storage root to any destination (both fsspec URLs or local paths):
+    study/config.yaml, points.json, analysis.json, report/*     (the study folder)
+    runs/{point_id}/point.json, plan.json, done.json, eval.json, train.jsonl   (per point; no plans, no checkpoints)
+
+`repeatlab analyze --root DEST --study NAME` and `repeatlab report` work on the archive, so a study run on a machine
+that is not kept can be re-analyzed later. Points without an eval.json are listed as missing, as in the analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from repeatlab import storage
+from repeatlab.errors import StorageError
+
+STUDY_FILES = ("config.yaml", "points.json", "analysis.json")
+RUN_FILES = ("point.json", "plan.json", "done.json", "eval.json", "train.jsonl")
+
+
+def archive_study(root: str, study: str, out: str) -> dict:
+    """Copy a study's small files from `root` to `out` (laid out as a storage root); returns counts."""
+    root, out = storage.normalize_root(root), storage.normalize_root(out)
+    src_study = storage.join(root, "studies", study)
+    points_url = storage.join(src_study, "points.json")
+    if not storage.exists(points_url):
+        raise StorageError(f"{points_url}: not found: no study {study!r} under {root} (run the study first)")
+    points = storage.read_json(points_url)
+    copied = 0
+    for name in STUDY_FILES:
+        src = storage.join(src_study, name)
+        if storage.exists(src):
+            storage.write_bytes(storage.join(out, "studies", study, name), storage.read_bytes(src))
+            copied += 1
+    report = storage.join(src_study, "report")
+    for name in storage.listdir(report):
+        storage.write_bytes(storage.join(out, "studies", study, "report", name),
+                            storage.read_bytes(storage.join(report, name)))
+        copied += 1
+    evaluated = 0
+    for point in points:
+        run = storage.join(root, "runs", point["point_id"])
+        for name in RUN_FILES:
+            src = storage.join(run, name)
+            if storage.exists(src):
+                storage.write_bytes(storage.join(out, "runs", point["point_id"], name), storage.read_bytes(src))
+                copied += 1
+                evaluated += name == "eval.json"
+    return {"files": copied, "points": len(points), "evaluated": evaluated, "out": out}
+
+
+def cli(argv: list[str]) -> int:
+    from repeatlab.analyze import add_study_args, resolve_study
+
+    parser = argparse.ArgumentParser(prog="repeatlab archive", description=__doc__.split("\n\n")[0])
+    add_study_args(parser)
+    parser.add_argument("--out", required=True, help="destination root (a folder or an fsspec URL)")
+    args = parser.parse_args(argv)
+    root, study = resolve_study(args)
+    result = archive_study(root, study, args.out)
+    print(f"archived {study}: {result['files']} files, {result['evaluated']} of {result['points']} points evaluated "
+          f"-> {result['out']}", file=sys.stderr)
+    return 0
