@@ -18,7 +18,7 @@ BENCHMARKS = ("bench_prepare", "bench_mix", "bench_train", "bench_pipeline")
 
 def main() -> int:
     selected = sys.argv[1:] or list(BENCHMARKS)
-    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    out = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
            "results": {}}
     for name in selected:

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _ = COMMANDS[command]
     try:
         module = importlib.import_module(module_name)
-        handler = getattr(module, f"cli_{command}", None) or getattr(module, "cli")
+        handler = getattr(module, f"cli_{command}", None) or module.cli
         return int(handler(rest) or 0)
     except RepeatlabError as exc:
         print(f"repeatlab {command}: error: {exc}", file=sys.stderr)

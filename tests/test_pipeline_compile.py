@@ -3,7 +3,6 @@
 import dataclasses
 import pathlib
 
-import pytest
 import yaml
 
 from repeatlab import config

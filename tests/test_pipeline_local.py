@@ -1,7 +1,6 @@
 """The whole study through the KFP local runner: file:// and s3:// roots, reruns, and a failing point."""
 
 import json
-import os
 import pathlib
 import random
 import time

@@ -122,10 +122,10 @@ def test_hand_built_model_has_exact_previous_token_and_induction_heads():
     assert prev[0, 0] > 0.99  # the previous-token head
     assert prev[1, 0] < 0.2 and prefix[0, 0] < 0.2  # and they are not each other
     uniform = scores.uniform_attention_prefix_score(12, 4)
-    others = [(l, h) for l in range(2) for h in range(N_HEAD) if h != 0]
-    for l, h in others:  # zero-weight heads attend uniformly: the analytic value, exactly
-        assert prefix[l, h].item() == pytest.approx(uniform, abs=1e-6)
-        assert prev[l, h].item() == pytest.approx(scores.uniform_attention_previous_token_score(tokens.shape[1]),
+    others = [(layer, h) for layer in range(2) for h in range(N_HEAD) if h != 0]
+    for layer, h in others:  # zero-weight heads attend uniformly: the analytic value, exactly
+        assert prefix[layer, h].item() == pytest.approx(uniform, abs=1e-6)
+        assert prev[layer, h].item() == pytest.approx(scores.uniform_attention_previous_token_score(tokens.shape[1]),
                                                   abs=1e-6)
     assert scores.head_max(prefix) == pytest.approx(prefix[1, 0].item())
     assert uniform < 0.2
