@@ -372,8 +372,20 @@ def _run_of(record: dict) -> dict:
         "repeated_loss": _finite(record.get("repeated_loss")),
         "icl_score": _finite(record.get("icl_score")),
         "prefix_matching_max": _finite(_get(record, "aggregates", "prefix_matching_max")),
+        "prefix_chance": _prefix_chance(p.get("eval") or {}),
         "epochwise": epochwise_double_descent(record.get("learning_curve")),
     }
+
+
+INDUCTION_FACTOR = 2.0  # a baseline's best prefix-matching head below 2x the uniform-attention score: no induction head
+
+
+def _prefix_chance(eval_cfg: dict) -> float:
+    """The prefix-matching score of a head attending uniformly, for the point's probe shape (scores.py)."""
+    from repeatlab.scores import uniform_attention_prefix_score
+
+    return uniform_attention_prefix_score(int(eval_cfg.get("prefix_random_tokens", 25)),
+                                          int(eval_cfg.get("prefix_repeats", 4)))
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -459,6 +471,14 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
     if len(sizes) == 1:
         warn("single_size", f"only one model size (N = {_fmt(sizes[0])}): no fit of the baseline law or of the "
              "region edges; damage and worst E are still reported")
+
+    no_induction = sorted({r["model"] for r in run_list if r["fraction"] == 0 and not r["control"]
+                           and r["prefix_matching_max"] is not None
+                           and r["prefix_matching_max"] < INDUCTION_FACTOR * r["prefix_chance"]})
+    if no_induction:
+        warn("no_induction_heads", f"baselines without an induction head (best prefix-matching head below "
+             f"{INDUCTION_FACTOR:g}x the uniform-attention score): {', '.join(no_induction)}; damage to copying and "
+             "prefix matching means little there (train longer, or use a longer context)")
 
     # ---- baselines per metric
     fit_models = [(n, name) for n, name, ao in models if not ao] or [(n, name) for n, name, _ in models]

@@ -425,3 +425,17 @@ def test_grid_rounding_of_E_is_a_warning_in_the_analysis():
     assert any(w.startswith(f"f = 0.5, E = {odd['epochs']:g}: the repeated subset rounds to 1 sequence(s)")
                for w in grid_warnings)
     assert all("E = 4:" not in w for w in grid_warnings)  # small E: many sequences, exact
+
+
+def test_baselines_without_induction_heads_are_warned():
+    from repeatlab.scores import uniform_attention_prefix_score
+
+    chance = uniform_attention_prefix_score(25, 4)
+    records = syn.synthetic_records(sizes=(1e5, 1e6, 3e6), fractions=(0.5,))
+    analysis = analyze.analyze_study(records)
+    assert not [w for w in analysis["warnings"] if w["code"] == "no_induction_heads"]
+    for r in records:
+        if r["point"]["fraction"] == 0 and r["point"]["model"]["n_params_nonembed"] == 1e5:
+            r["aggregates"]["prefix_matching_max"] = 1.5 * chance
+    warned = [w["message"] for w in analyze.analyze_study(records)["warnings"] if w["code"] == "no_induction_heads"]
+    assert len(warned) == 1 and "without an induction head" in warned[0]
