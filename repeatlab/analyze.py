@@ -822,9 +822,9 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     """(eval records, expected points without an eval.json) of a study; AnalysisError when none was evaluated."""
     from repeatlab import storage
     from repeatlab.errors import StorageError
+    from repeatlab.grid import run_url, study_url
 
-    root = storage.normalize_root(root)
-    points_url = storage.join(root, "studies", study, "points.json")
+    points_url = storage.join(study_url(root, study), "points.json")
     try:
         points = storage.read_json(points_url)
     except StorageError as exc:
@@ -834,7 +834,7 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
         raise AnalysisError(f"{points_url}: expected a list of points")
     records, missing = [], []
     for p in points:
-        url = storage.join(root, "runs", str(p.get("point_id")), "eval.json")
+        url = storage.join(run_url(root, str(p.get("point_id"))), "eval.json")
         if not storage.exists(url):
             missing.append(p)
             continue
@@ -871,11 +871,12 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
 def run_analysis(root: str, study: str) -> dict:
     """Load, analyze and write {root}/studies/{study}/analysis.json (atomically); return the analysis."""
     from repeatlab import storage
+    from repeatlab.grid import study_url
 
     records, _ = load_records(root, study)
-    points = storage.read_json(storage.join(storage.normalize_root(root), "studies", study, "points.json"))
-    analysis = analyze_study(records, points, study=study)
-    storage.write_json(storage.join(storage.normalize_root(root), "studies", study, "analysis.json"), analysis)
+    folder = study_url(root, study)
+    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study)
+    storage.write_json(storage.join(folder, "analysis.json"), analysis)
     return analysis
 
 

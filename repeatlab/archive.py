@@ -17,6 +17,7 @@ import sys
 
 from repeatlab import storage
 from repeatlab.errors import StorageError
+from repeatlab.grid import run_url, study_url
 
 STUDY_FILES = ("config.yaml", "points.json", "analysis.json")
 RUN_FILES = ("point.json", "plan.json", "done.json", "eval.json", "train.jsonl")
@@ -25,7 +26,7 @@ RUN_FILES = ("point.json", "plan.json", "done.json", "eval.json", "train.jsonl")
 def archive_study(root: str, study: str, out: str) -> dict:
     """Copy a study's small files from `root` to `out` (laid out as a storage root); returns counts."""
     root, out = storage.normalize_root(root), storage.normalize_root(out)
-    src_study = storage.join(root, "studies", study)
+    src_study, out_study = study_url(root, study), study_url(out, study)
     points_url = storage.join(src_study, "points.json")
     if not storage.exists(points_url):
         raise StorageError(f"{points_url}: not found: no study {study!r} under {root} (run the study first)")
@@ -34,20 +35,20 @@ def archive_study(root: str, study: str, out: str) -> dict:
     for name in STUDY_FILES:
         src = storage.join(src_study, name)
         if storage.exists(src):
-            storage.write_bytes(storage.join(out, "studies", study, name), storage.read_bytes(src))
+            storage.write_bytes(storage.join(out_study, name), storage.read_bytes(src))
             copied += 1
     report = storage.join(src_study, "report")
     for name in storage.listdir(report):
-        storage.write_bytes(storage.join(out, "studies", study, "report", name),
+        storage.write_bytes(storage.join(out_study, "report", name),
                             storage.read_bytes(storage.join(report, name)))
         copied += 1
     evaluated = 0
     for point in points:
-        run = storage.join(root, "runs", point["point_id"])
+        run, out_run = run_url(root, point["point_id"]), run_url(out, point["point_id"])
         for name in RUN_FILES:
             src = storage.join(run, name)
             if storage.exists(src):
-                storage.write_bytes(storage.join(out, "runs", point["point_id"], name), storage.read_bytes(src))
+                storage.write_bytes(storage.join(out_run, name), storage.read_bytes(src))
                 copied += 1
                 evaluated += name == "eval.json"
     return {"files": copied, "points": len(points), "evaluated": evaluated, "out": out}

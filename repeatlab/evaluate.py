@@ -31,7 +31,6 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -43,12 +42,12 @@ import torch
 from repeatlab import scores, storage
 from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
+from repeatlab.train import checkpoint_steps, checkpoint_url  # the trainer owns the checkpoint layout
 
 EOT_ID = 0
 COPY_PARAGRAPHS = 8  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
 PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
 TOKEN_COUNT_LIMIT = 1 << 26  # train tokens counted for the prefix-matching token frequencies (evenly spread chunks)
-_STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -335,17 +334,7 @@ def token_counts(tokens: np.ndarray, vocab_size: int, limit: int = TOKEN_COUNT_L
 
 def list_checkpoints(run_url: str) -> list[int]:
     """Steps of the complete checkpoints (those with state.json), ascending."""
-    root = storage.join(run_url, "checkpoints")
-    steps = []
-    for name in storage.listdir(root):
-        m = _STEP_RE.match(name)
-        if m and storage.exists(storage.join(root, name, "state.json")):
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def checkpoint_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, "checkpoints", f"step-{int(step):07d}")
+    return checkpoint_steps(run_url, complete_only=True)
 
 
 def _strip_prefixes(state: dict) -> dict:

@@ -474,7 +474,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--reanalyze", action="store_true", help="recompute the analysis even if analysis.json exists")
     args = parser.parse_args(argv)
     root, study = resolve_study(args)
-    study_url = storage.join(storage.normalize_root(root), "studies", study)
+    from repeatlab.grid import study_url as study_folder
+
+    study_url = study_folder(root, study)
     records, _ = load_records(root, study)
     analysis_url = storage.join(study_url, "analysis.json")
     if storage.exists(analysis_url) and not args.reanalyze:

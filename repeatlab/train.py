@@ -235,11 +235,18 @@ def checkpoint_name(step: int) -> str:
     return f"step-{int(step):07d}"
 
 
-def _checkpoint_steps(run_url: str) -> list[int]:
+def checkpoint_url(run_url: str, step: int) -> str:
+    return storage.join(run_url, "checkpoints", checkpoint_name(step))
+
+
+def checkpoint_steps(run_url: str, complete_only: bool = False) -> list[int]:
+    """Steps of the checkpoint folders, ascending; with complete_only, those holding state.json (written last)."""
     out = []
     for name in storage.listdir(storage.join(run_url, "checkpoints")):
         if name.startswith("step-") and name[5:].isdigit():
-            out.append(int(name[5:]))
+            step = int(name[5:])
+            if not complete_only or storage.exists(storage.join(checkpoint_url(run_url, step), "state.json")):
+                out.append(step)
     return sorted(out)
 
 
@@ -256,9 +263,8 @@ def _torch_load_bytes(data: bytes) -> Any:
 def find_checkpoint(inputs: Inputs, env: DistEnv) -> dict | None:
     """The latest complete, readable checkpoint of this config: {"step", "state", "model", "optim", "rng",
     "exposures", "url"}; None when there is none. Another config's checkpoint raises CheckpointError."""
-    root = storage.join(inputs.run_url, "checkpoints")
-    for step in reversed(_checkpoint_steps(inputs.run_url)):
-        url = storage.join(root, checkpoint_name(step))
+    for step in reversed(checkpoint_steps(inputs.run_url)):
+        url = checkpoint_url(inputs.run_url, step)
         state_url = storage.join(url, "state.json")
         if not storage.exists(state_url):
             _log(f"train: skipping incomplete checkpoint {url} (no state.json)", env)
@@ -312,7 +318,7 @@ def _write_file(url: str, data: bytes) -> str:
 def save_checkpoint(run_url: str, step: int, model_sd: dict, optim_sd: dict, rng: dict, exposures: np.ndarray,
                     state: dict, keep: int) -> str:
     """Rank 0: write one checkpoint, state.json last, then prune to the last `keep` complete checkpoints."""
-    url = storage.join(run_url, "checkpoints", checkpoint_name(step))
+    url = checkpoint_url(run_url, step)
     storage.remove(url, recursive=True)  # a partial leftover of an earlier attempt at this step
     buf = io.BytesIO()
     np.save(buf, np.asarray(exposures, dtype=np.int64), allow_pickle=False)
@@ -323,12 +329,10 @@ def save_checkpoint(run_url: str, step: int, model_sd: dict, optim_sd: dict, rng
         "exposures.npy": _write_file(storage.join(url, "exposures.npy"), buf.getvalue()),
     }
     storage.write_json(storage.join(url, "state.json"), {**state, "files": files})
-    complete = [s for s in _checkpoint_steps(run_url)
-                if storage.exists(storage.join(run_url, "checkpoints", checkpoint_name(s), "state.json"))]
-    keep_steps = set(complete[-max(1, keep):])
-    for s in _checkpoint_steps(run_url):
+    keep_steps = set(checkpoint_steps(run_url, complete_only=True)[-max(1, keep):])
+    for s in checkpoint_steps(run_url):
         if s not in keep_steps and s < step:
-            storage.remove(storage.join(run_url, "checkpoints", checkpoint_name(s)), recursive=True)
+            storage.remove(checkpoint_url(run_url, s), recursive=True)
     return url
 
 
