@@ -97,10 +97,8 @@ def _fig_loss_vs_epochs(analysis, records, colors):
             b = base.get((rows[0]["model"], size))
             if b:
                 ax.axhline(b["metrics"]["test_loss"]["mean"], color=colors[size], ls="--", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel("repeated epochs E")
-        ax.set_ylabel("test loss (nats/token)")
-        ax.set_title(f"f = {f:g} (dashed: f = 0 baseline)")
+        ax.set(xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)",
+               title=f"f = {f:g} (dashed: f = 0 baseline)")
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -139,10 +137,8 @@ def _fig_repeated_loss(analysis, records, colors):
             rows = sorted([p for p in pts if p["fraction"] == f and p["n_params"] == size], key=lambda p: p["epochs"])
             ax.plot([p["epochs"] for p in rows], [p["repeated_loss"]["mean"] for p in rows], marker="o", ms=3,
                     color=colors[size], label=f"N = {size:.3g}")
-        ax.set_xscale("log")
-        ax.set_xlabel("repeated epochs E")
-        ax.set_ylabel("repeated-subset loss (nats/token)")
-        ax.set_title(f"memorization of the repeated subset, f = {f:g}")
+        ax.set(xscale="log", xlabel="repeated epochs E", ylabel="repeated-subset loss (nats/token)",
+               title=f"memorization of the repeated subset, f = {f:g}")
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -178,10 +174,8 @@ def _fig_learning_curves(analysis, records, colors):
     if not drawn:
         plt.close(fig)
         return None, "no learning curves in the eval records"
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("test loss (nats/token)")
-    ax.set_title(f"learning curves at the highest f = {f:g} (epoch-wise double descent)")
+    ax.set(xscale="log", xlabel="training tokens", ylabel="test loss (nats/token)",
+           title=f"learning curves at the highest f = {f:g} (epoch-wise double descent)")
     ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -237,9 +231,8 @@ def _fig_per_copy(analysis, records, colors):
     ax.plot(range(1, len(curves[0]) + 1), curves[0], marker="o", ls="--", color="k", label="baseline f = 0")
     ax.plot(range(1, len(curves[1]) + 1), curves[1], marker="o", color="C3",
             label=f"f = {w['fraction']:g}, E = {w['epochs']:g}")
-    ax.set_xlabel("copy of the probe paragraph")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"loss per copy, N = {w['n_params']:.3g}")
+    ax.set(xlabel="copy of the probe paragraph", ylabel="loss (nats/token)",
+           title=f"loss per copy, N = {w['n_params']:.3g}")
     ax.legend(fontsize=8)
     return _png(fig), None
 
