@@ -34,8 +34,12 @@ DEFAULT_IMAGE = "ghcr.io/repeatlab/repeatlab:0.1.0"
 
 def torchrun_command(run_url: str, nproc_per_node: int, nnodes: int = 1, *, node_rank: int | None = None,
                      rdzv_endpoint: str | None = None, rdzv_id: str | None = None, rdzv_backend: str = "c10d",
-                     max_restarts: int = 0, max_steps: int | None = None, python: str | None = None) -> list[str]:
-    """The torchrun command line that trains `run_url` with `nproc_per_node` processes on each of `nnodes` nodes."""
+                     max_restarts: int = 0, max_steps: int | None = None, evaluate: bool = False,
+                     python: str | None = None) -> list[str]:
+    """The torchrun command line that trains `run_url` with `nproc_per_node` processes on each of `nnodes` nodes.
+
+    evaluate: the workers also evaluate the final checkpoint (eval.json) before they exit, in the same processes.
+    """
     nproc_per_node, nnodes = int(nproc_per_node), int(nnodes)
     if nproc_per_node < 1 or nnodes < 1:
         from repeatlab.errors import TrainError
@@ -62,6 +66,8 @@ def torchrun_command(run_url: str, nproc_per_node: int, nnodes: int = 1, *, node
     cmd += ["--max-restarts", str(int(max_restarts)), "-m", TRAIN_MODULE]
     if max_steps is not None:
         cmd += ["--max-steps", str(int(max_steps))]
+    if evaluate:
+        cmd += ["--evaluate"]
     cmd += ["--run-url", run_url]
     return cmd
 
@@ -84,12 +90,15 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--run-url", required=True, help="the run folder ({root}/runs/{point_id})")
     parser.add_argument("--nproc-per-node", type=int, default=None, help="processes per node (default: point.json)")
     parser.add_argument("--nnodes", type=int, default=None, help="nodes (default: point.json)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="also evaluate the final checkpoint (eval.json) in the training processes")
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     train_cfg = (storage.read_json(storage.join(args.run_url, "point.json")).get("train") or {})
     nproc = args.nproc_per_node or int(train_cfg.get("nproc_per_node", 1) or 1)
     nnodes = args.nnodes or int(train_cfg.get("nnodes", 1) or 1)
-    command = torchrun_command(args.run_url, nproc_per_node=nproc, nnodes=nnodes, max_steps=args.max_steps)
+    command = torchrun_command(args.run_url, nproc_per_node=nproc, nnodes=nnodes, max_steps=args.max_steps,
+                               evaluate=args.evaluate)
     env = dict(os.environ)
     if not _cuda_available():
         env.setdefault("OMP_NUM_THREADS", "1")  # per rank; train.threads_per_rank overrides it inside the trainer
@@ -108,15 +117,17 @@ def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_node
                    resources: dict[str, Any], env: dict[str, str] | None = None,
                    runtime: str = "torch-distributed", node_selector: dict[str, str] | None = None,
                    tolerations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None,
-                   runtime_kind: str = "ClusterTrainingRuntime") -> dict:
+                   runtime_kind: str = "ClusterTrainingRuntime", evaluate: bool = True) -> dict:
     """A TrainJob that trains `run_url` on num_nodes x nproc_per_node processes, as a plain dict for the Kubernetes API.
 
+    evaluate: the job's workers also evaluate the final checkpoint on their GPUs (eval.json) before they exit.
     resources: per node, e.g. {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}; used as both requests and limits.
     node_selector / tolerations go into a runtime patch of the runtime's "node" replicated job pod template.
     """
     from kubeflow_trainer_api import models
 
-    command = ["torchrun", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE, "--run-url", run_url]
+    command = ["torchrun", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE,
+               *(["--evaluate"] if evaluate else []), "--run-url", run_url]
     quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
     trainer = models.TrainerV1alpha1Trainer(
         image=image, command=command, numNodes=int(num_nodes), numProcPerNode=int(nproc_per_node),

@@ -55,15 +55,19 @@ def is_trained(run_url: str) -> bool:
     return storage.exists(storage.join(run_url, "done.json"))
 
 
-def train(run_url: str, nproc_per_node: int = 1, log=print) -> dict:
-    """Train one point with torchrun as a subprocess (resuming from its last checkpoint); skip a finished point."""
+def train(run_url: str, nproc_per_node: int = 1, log=print, evaluate: bool = True) -> dict:
+    """Train one point with torchrun as a subprocess (resuming from its last checkpoint); skip a finished point.
+
+    evaluate: the training processes also evaluate the final checkpoint, so the evaluate step that follows only
+    publishes eval.json instead of starting torch and loading the model a second time.
+    """
     from repeatlab.launch import torchrun_command
 
     done_url = storage.join(run_url, "done.json")
     if storage.exists(done_url):
         log(f"train: {run_url} already trained; skipping")
         return {"skipped": True, **storage.read_json(done_url)}
-    command = torchrun_command(run_url, nproc_per_node=nproc_per_node)
+    command = torchrun_command(run_url, nproc_per_node=nproc_per_node, evaluate=evaluate)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
@@ -79,8 +83,6 @@ def train(run_url: str, nproc_per_node: int = 1, log=print) -> dict:
 
 def evaluate(run_url: str, log=print) -> dict:
     """Evaluate a trained point (reusing an eval.json of the same final checkpoint)."""
-    from repeatlab.evaluate import evaluate_run
-
     eval_url = storage.join(run_url, "eval.json")
     if storage.exists(eval_url) and is_trained(run_url):
         record = storage.read_json(eval_url)
@@ -88,6 +90,8 @@ def evaluate(run_url: str, log=print) -> dict:
         if record.get("step") == done.get("step"):
             log(f"evaluate: {run_url} already evaluated; reusing eval.json")
             return record
+    from repeatlab.evaluate import evaluate_run  # torch: only imported when there is something to evaluate
+
     return evaluate_run(run_url, log=log)
 
 

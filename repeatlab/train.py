@@ -394,8 +394,11 @@ def already_trained(run_url: str) -> dict | None:
     return done
 
 
-def train(run_url: str, max_steps: int | None = None) -> dict:
-    """Train (or resume) the point at run_url in this process; returns done.json's content, or a status dict."""
+def train(run_url: str, max_steps: int | None = None, evaluate: bool = False) -> dict:
+    """Train (or resume) the point at run_url in this process; returns done.json's content, or a status dict.
+
+    evaluate: once training finishes, evaluate the final checkpoint here too (eval.json), in the same process group.
+    """
     env = dist_env()
     done = already_trained(run_url)
     if done is not None:
@@ -424,9 +427,28 @@ def train(run_url: str, max_steps: int | None = None) -> dict:
     else:
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     try:
-        return _train(inputs, resume, env, device, max_steps)
+        result = _train(inputs, resume, env, device, max_steps)
+        if evaluate and result.get("status") == "trained":
+            evaluate_here(run_url, device, env)
+        return result
     finally:
         dist.destroy_process_group()
+
+
+def evaluate_here(run_url: str, device, env: DistEnv) -> None:
+    """Evaluate the final checkpoint in the training processes, reusing their torch, device and process group.
+
+    A separate evaluate step would pay a second process start and torch import (most of a small run's wall time
+    locally) or a second GPU pod on a cluster. A failure here is logged, not raised: training has finished and
+    done.json is written, and the evaluate step evaluates the run again in its own process, where errors surface.
+    """
+    from repeatlab.evaluate import evaluate_run
+
+    try:
+        evaluate_run(run_url, log=lambda msg: _log(msg, env), device=device.type)
+    except Exception as exc:  # noqa: BLE001 - see the docstring: the evaluate step retries and reports
+        print(f"train: rank {env.rank}: evaluation in the training process failed ({type(exc).__name__}: {exc}); "
+              "the evaluate step will evaluate this run again", file=sys.stderr, flush=True)
 
 
 def _train(inputs: Inputs, resume: dict | None, env: DistEnv, device, max_steps: int | None) -> dict:
@@ -680,10 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-url", required=True, help="the run folder holding point.json and the plan")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="testing: stop after this step as if preempted (no final checkpoint, no done.json)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="once trained, evaluate the final checkpoint in this process too (eval.json)")
     args = parser.parse_args(argv)
     env = dist_env()
     try:
-        train(args.run_url, max_steps=args.max_steps)
+        train(args.run_url, max_steps=args.max_steps, evaluate=args.evaluate)
     except RepeatlabError as exc:
         if env.rank == 0:
             print(f"repeatlab train: error: {exc}", file=sys.stderr, flush=True)

@@ -33,8 +33,9 @@ CORPUS_ID = "c0ffee"
 
 
 def make_corpus(folder: Path, train_tokens: int = 8192, test_tokens: int = 1024, vocab: int = VOCAB,
-                corpus_id: str = CORPUS_ID) -> str:
-    """train.bin/test.bin of uint16 tokens from a noisy deterministic successor rule (something to learn)."""
+                corpus_id: str = CORPUS_ID, probe_tokens: int = 0) -> str:
+    """train.bin/test.bin (and probe.bin when asked, for evaluation) of uint16 tokens from a noisy deterministic
+    successor rule (something to learn)."""
     rng = np.random.default_rng(123)
 
     def stream(n):
@@ -48,17 +49,20 @@ def make_corpus(folder: Path, train_tokens: int = 8192, test_tokens: int = 1024,
     folder.mkdir(parents=True, exist_ok=True)
     stream(train_tokens).tofile(folder / "train.bin")
     stream(test_tokens).tofile(folder / "test.bin")
+    splits = {"train": {"tokens": train_tokens, "bytes": 2 * train_tokens, "file": "train.bin"},
+              "test": {"tokens": test_tokens, "bytes": 2 * test_tokens, "file": "test.bin"}}
+    if probe_tokens:
+        stream(probe_tokens).tofile(folder / "probe.bin")
+        splits["probe"] = {"tokens": probe_tokens, "bytes": 2 * probe_tokens, "file": "probe.bin"}
     manifest = {"corpus_id": corpus_id, "format_version": 1, "dtype": "uint16",
-                "tokenizer": {"kind": "byte", "vocab_size": vocab, "eot_id": 0, "file": None},
-                "splits": {"train": {"tokens": train_tokens, "file": "train.bin"},
-                           "test": {"tokens": test_tokens, "file": "test.bin"}}}
+                "tokenizer": {"kind": "byte", "vocab_size": vocab, "eot_id": 0, "file": None}, "splits": splits}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return "file://" + str(folder)
 
 
 def make_run(folder: Path, corpus_url: str, *, sequences: int = 166, fraction: float = 0.25, n_rep: int = 4,
              seed: int = 0, train: dict | None = None, model: dict | None = None, plan_corpus_id: str = CORPUS_ID,
-             batch: int = BATCH, point_id: str | None = None) -> str:
+             batch: int = BATCH, point_id: str | None = None, eval_cfg: dict | None = None) -> str:
     """A run folder: point.json, plan.npy (repeated windows shuffled among unique ones), repeated.npy, plan.json."""
     folder.mkdir(parents=True, exist_ok=True)
     windows = (8192 - 1) // CONTEXT
@@ -84,7 +88,7 @@ def make_run(folder: Path, corpus_url: str, *, sequences: int = 166, fraction: f
     point = {"point_id": point_id or folder.name, "corpus_id": CORPUS_ID, "corpus_url": corpus_url, "model": m,
              "fraction": fraction, "epochs": exposures / n_rep if n_rep else 0.0, "seed": seed, "control": False,
              "budget": {"total_tokens": sequences * CONTEXT, "context": CONTEXT, "batch_tokens": batch * CONTEXT},
-             "train": tc, "eval": {}}
+             "train": tc, "eval": dict(eval_cfg or {})}
     (folder / "point.json").write_text(json.dumps(point))
     (folder / "plan.json").write_text(json.dumps({"corpus_id": plan_corpus_id, "point_id": point["point_id"],
                                                   "sequences": sequences, "plan_sha256": "x"}))
@@ -104,16 +108,19 @@ def _env(**extra) -> dict:
     return env
 
 
-def run_train(run_url: str, nproc: int = 1, max_steps: int | None = None, check: bool = True):
+def run_train(run_url: str, nproc: int = 1, max_steps: int | None = None, check: bool = True,
+              evaluate: bool = False):
     """Train through the launcher's torchrun command (nproc > 1) or as one plain process."""
     from repeatlab.launch import torchrun_command
 
     if nproc > 1:
-        cmd = torchrun_command(run_url, nproc_per_node=nproc, max_steps=max_steps)
+        cmd = torchrun_command(run_url, nproc_per_node=nproc, max_steps=max_steps, evaluate=evaluate)
     else:
         cmd = [PY, "-m", "repeatlab.train", "--run-url", run_url]
         if max_steps is not None:
             cmd += ["--max-steps", str(max_steps)]
+        if evaluate:
+            cmd += ["--evaluate"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -404,6 +411,45 @@ def test_checkpoint_of_another_config_is_refused(base, tmp_path):
     _assert_refused(run, proc, "belongs to another config", "step-0000020")
 
 
+def test_evaluate_in_the_training_processes_matches_the_evaluate_step(tmp_path):
+    """--evaluate: the 2 DDP ranks evaluate the final checkpoint before they exit; the record equals a separate
+    one-process evaluation, and steps.evaluate reuses it instead of evaluating again."""
+    from repeatlab import steps
+    from repeatlab.evaluate import evaluate_run
+
+    corpus = make_corpus(tmp_path / "corpus", probe_tokens=512)
+    small_eval = {"eval_tokens": 256, "copy_repeats": 3, "prefix_samples": 4, "prefix_random_tokens": 5,
+                  "prefix_repeats": 3, "top_k_heads": 2}  # sized for the 16-token context
+    run = make_run(tmp_path / "run", corpus, point_id="ev", sequences=48, eval_cfg=small_eval)
+    proc = run_train(run, nproc=2, evaluate=True)
+    in_training = storage.read_json(storage.join(run, "eval.json"))
+    done = storage.read_json(storage.join(run, "done.json"))
+    assert in_training["step"] == done["step"] == done["steps"]
+    assert len([line for line in proc.stderr.splitlines() if line.startswith('{"event": "eval"')]) == 1  # rank 0 only
+    lines = []
+    assert steps.evaluate(run, log=lines.append) == in_training
+    assert lines == [f"evaluate: {run} already evaluated; reusing eval.json"]
+    storage.remove(storage.join(run, "eval.json"))
+    separate = evaluate_run(run, log=lambda _: None, device="cpu")
+    for key in ("test_loss", "repeated_loss", "icl_score"):
+        assert in_training[key] == pytest.approx(separate[key], rel=1e-5)
+    assert np.allclose(in_training["heads"]["prefix_matching"], separate["heads"]["prefix_matching"], rtol=1e-5)
+
+
+def test_failed_evaluation_in_training_leaves_the_trained_run(base, tmp_path):
+    """A corpus without a probe split cannot be evaluated: training still succeeds, done.json is written, no
+    eval.json, and the log says the evaluate step will evaluate again (where the error surfaces)."""
+    from repeatlab import steps
+    from repeatlab.errors import CorpusError
+
+    run = make_run(tmp_path / "noprobe", base["corpus"], point_id="np", sequences=40)
+    proc = run_train(run, evaluate=True)
+    assert storage.exists(storage.join(run, "done.json")) and not storage.exists(storage.join(run, "eval.json"))
+    assert "evaluation in the training process failed" in proc.stderr and "probe" in proc.stderr
+    with pytest.raises(CorpusError, match="probe"):
+        steps.evaluate(run, log=lambda _: None)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Launcher
 
@@ -415,6 +461,8 @@ def test_torchrun_command_is_explicit():
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and cmd[cmd.index("--nproc-per-node") + 1] == "3" and "auto" not in cmd
     assert cmd[-4:] == ["-m", "repeatlab.train", "--run-url", "file:///r"]
+    assert torchrun_command("file:///r", nproc_per_node=1, evaluate=True)[-3:] == ["--evaluate", "--run-url",
+                                                                                   "file:///r"]
     multi = torchrun_command("file:///r", nproc_per_node=2, nnodes=4, rdzv_endpoint="head:29400", rdzv_id="job1")
     assert "--standalone" not in multi
     assert multi[multi.index("--nnodes") + 1] == "4" and multi[multi.index("--rdzv-endpoint") + 1] == "head:29400"
@@ -468,7 +516,8 @@ def test_build_trainjob_spec():
     t = spec["trainer"]
     assert t["numNodes"] == 2 and t["numProcPerNode"] == 4 and t["image"] == "img:1"
     assert t["command"][:2] == ["torchrun", "--nproc-per-node=4"]
-    assert t["command"][-4:] == ["-m", "repeatlab.train", "--run-url", "s3://b/runs/p1"]
+    # the job's workers also evaluate the final checkpoint on their GPUs
+    assert t["command"][-5:] == ["-m", "repeatlab.train", "--evaluate", "--run-url", "s3://b/runs/p1"]
     assert {"name": "A", "value": "1"} in t["env"]
     assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
     assert t["resourcesPerNode"]["requests"]["memory"] == "32Gi"
