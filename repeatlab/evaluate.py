@@ -45,7 +45,7 @@ from repeatlab.errors import CheckpointError, CorpusError
 from repeatlab.train import checkpoint_steps, checkpoint_url  # the trainer owns the checkpoint layout
 
 EOT_ID = 0
-COPY_PARAGRAPHS = 8  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
+COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
 PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
 TOKEN_COUNT_LIMIT = 1 << 26  # train tokens counted for the prefix-matching token frequencies (evenly spread chunks)
 
@@ -134,28 +134,31 @@ def _mean_loss(model: Any, windows: torch.Tensor | None, dist: _Dist) -> float |
 
 
 def probe_paragraphs(probe_tokens: np.ndarray, length: int, limit: int = COPY_PARAGRAPHS) -> np.ndarray:
-    """Up to `limit` paragraphs [n, length] of consecutive tokens without EOT, one per probe document when possible.
+    """Up to `limit` paragraphs [n, length] of consecutive tokens without EOT, spread evenly over the probe split.
 
-    Documents are the EOT-separated runs of probe.bin; each contributes its first `length` tokens; when there are
-    fewer documents than `limit`, later chunks of the same documents fill up.
+    Candidates are the non-overlapping `length`-token chunks of each EOT-separated document. A document's first chunk
+    is used only when there are too few others: it is usually a title or header rather than running text (the default
+    corpus's works open with "THE TAMING OF THE SHREW\n\nby William Shakespeare"), which would make the copying metric
+    measure how well a model copies title pages.
     """
     if length < 1:
         return np.zeros((0, max(length, 0)), dtype=np.int64)
     tokens = np.asarray(probe_tokens)
     eot = np.flatnonzero(tokens == EOT_ID)
     bounds = np.concatenate([[-1], eot, [len(tokens)]])
-    firsts: list[np.ndarray] = []
-    rest: list[np.ndarray] = []
+    inner: list[int] = []
+    firsts: list[int] = []
     for a, b in itertools.pairwise(bounds):
-        start, stop = int(a) + 1, int(b)
-        n_chunks = (stop - start) // length
-        for c in range(n_chunks):
-            chunk = np.asarray(tokens[start + c * length: start + (c + 1) * length], dtype=np.int64)
-            (firsts if c == 0 else rest).append(chunk)
-        if len(firsts) >= limit:
-            break
-    chosen = (firsts + rest)[:limit]
-    return np.stack(chosen) if chosen else np.zeros((0, length), dtype=np.int64)
+        start, n_chunks = int(a) + 1, (int(b) - int(a) - 1) // length
+        if n_chunks > 0:
+            firsts.append(start)
+            inner.extend(range(start + length, start + n_chunks * length, length))
+    if len(inner) > limit:
+        inner = [inner[i] for i in np.linspace(0, len(inner) - 1, limit).round().astype(int)]
+    starts = inner + firsts[: max(0, limit - len(inner))]
+    if not starts:
+        return np.zeros((0, length), dtype=np.int64)
+    return np.stack([np.asarray(tokens[s: s + length], dtype=np.int64) for s in starts])
 
 
 def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: _Dist | None = None) -> list[float] | None:

@@ -105,13 +105,29 @@ def test_loss_windows_are_contiguous_and_capped():
     assert out["icl_score"] == pytest.approx((expected[:, 15] - expected[:, 1]).mean().item(), rel=1e-5, abs=1e-6)
 
 
-def test_probe_paragraphs_skip_eot():
+def test_probe_paragraphs_skip_eot_and_document_heads():
     probe = np.array([5, 6, 7, 0, 8, 9, 10, 11, 12, 13, 14, 0, 1, 2], dtype=np.uint16)
     paras = evaluate.probe_paragraphs(probe, 3)
-    # documents first (one paragraph each), then further chunks of the same documents; [1, 2] is too short
-    assert paras.tolist() == [[5, 6, 7], [8, 9, 10], [11, 12, 13]]
+    # running text first ([11, 12, 13]: inside a document), then the documents' first chunks to fill up; [1, 2] is too
+    # short and no paragraph crosses an EOT
+    assert paras.tolist() == [[11, 12, 13], [5, 6, 7], [8, 9, 10]]
     assert not np.any(paras == 0)
+    assert evaluate.probe_paragraphs(probe, 3, limit=1).tolist() == [[11, 12, 13]]
     assert evaluate.probe_paragraphs(probe, 20).shape == (0, 20)
+
+
+def test_probe_paragraphs_spread_over_the_split_without_titles():
+    """Two long documents whose first chunk is a "title" (token 99): with enough running text no title is used, and
+    the chosen paragraphs come from both documents, first to last chunk, evenly spaced."""
+    doc = lambda first: np.concatenate([[99] * 4, np.arange(first, first + 400)])  # noqa: E731
+    probe = np.concatenate([doc(100), [0], doc(1100)]).astype(np.uint16)
+    paras = evaluate.probe_paragraphs(probe, 4, limit=8)
+    assert paras.shape == (8, 4) and not np.any(paras == 99) and not np.any(paras == 0)
+    starts = [int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(probe, 4) == p, axis=1))[0])
+              for p in paras]
+    assert starts == sorted(starts) and starts[0] == 4 and starts[-1] == len(probe) - 4
+    # evenly spaced in chunks: up to one chunk of rounding, plus the EOT and skipped title between the documents
+    assert np.ptp(np.diff(starts)) <= 2 * 4 + 1
 
 
 # ----------------------------------------------------------------------------------------------------------------------
