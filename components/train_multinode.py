@@ -33,7 +33,7 @@ def train_multinode(
         trainjob = build_trainjob(
             name=name, namespace=namespace, run_url=run_url, image=image, num_nodes=int(num_nodes),
             nproc_per_node=int(nproc_per_node), resources=json.loads(resources_json), env=json.loads(env_json),
-            runtime=runtime,
+            runtime=runtime, evaluate=True,  # the job's GPUs write eval.json; the evaluate step publishes it
         )
         status = run_trainjob(trainjob, namespace, timeout_s=float(timeout_s))
         done = {"skipped": False, "trainjob": name, "status": status.get("status"),

@@ -117,7 +117,7 @@ def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_node
                    resources: dict[str, Any], env: dict[str, str] | None = None,
                    runtime: str = "torch-distributed", node_selector: dict[str, str] | None = None,
                    tolerations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None,
-                   runtime_kind: str = "ClusterTrainingRuntime", evaluate: bool = True) -> dict:
+                   runtime_kind: str = "ClusterTrainingRuntime", evaluate: bool = False) -> dict:
     """A TrainJob that trains `run_url` on num_nodes x nproc_per_node processes, as a plain dict for the Kubernetes API.
 
     evaluate: the job's workers also evaluate the final checkpoint on their GPUs (eval.json) before they exit.

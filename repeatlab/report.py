@@ -460,6 +460,7 @@ def write_report(analysis: dict, records: list[dict], out_url: str, title: str) 
 def cli(argv: list[str]) -> int:
     from repeatlab import storage
     from repeatlab.analyze import add_study_args, analyze_study, load_records, resolve_study
+    from repeatlab.grid import study_url
 
     parser = argparse.ArgumentParser(prog="repeatlab report", description=__doc__.split("\n\n")[0])
     add_study_args(parser)
@@ -467,17 +468,15 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--reanalyze", action="store_true", help="recompute the analysis even if analysis.json exists")
     args = parser.parse_args(argv)
     root, study = resolve_study(args)
-    from repeatlab.grid import study_url as study_folder
-
-    study_url = study_folder(root, study)
+    folder = study_url(root, study)
     records, _ = load_records(root, study)
-    analysis_url = storage.join(study_url, "analysis.json")
+    analysis_url = storage.join(folder, "analysis.json")
     if storage.exists(analysis_url) and not args.reanalyze:
         analysis = storage.read_json(analysis_url)
     else:
-        analysis = analyze_study(records, storage.read_json(storage.join(study_url, "points.json")), study=study)
+        analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study)
         storage.write_json(analysis_url, analysis)
-    paths = write_report(analysis, records, args.out or storage.join(study_url, "report"), f"repeatlab study {study}")
+    paths = write_report(analysis, records, args.out or storage.join(folder, "report"), f"repeatlab study {study}")
     for line in analysis["findings"][:6]:
         print(line)
     print(f"wrote {paths['index.html']}, {paths['report.md']}, {paths['results.csv']}")

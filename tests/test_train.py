@@ -507,7 +507,7 @@ def test_build_trainjob_spec():
     job = build_trainjob("rl-p1", "research", "s3://b/runs/p1", "img:1", num_nodes=2, nproc_per_node=4,
                          resources={"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}, env={"A": "1"},
                          node_selector={"pool": "gpu"},
-                         tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}])
+                         tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}], evaluate=True)
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     assert job["metadata"] == {"name": "rl-p1", "namespace": "research", "labels": {"app.kubernetes.io/name":
                                                                                      "repeatlab"}}
