@@ -12,6 +12,7 @@ letter-repeats-large.jsonl  the same with 12000 documents (25M characters; its f
                       run long enough to grow an induction head.
 copy-task.jsonl       copy_task.py's data as a corpus: each document one random string of 10-29 letters repeated to
                       fill 2000 characters (10000 documents, 20M characters).
+copy-task-large.jsonl the same with 20000 documents (40M characters; its first 10000 are the ones above).
 """
 
 from __future__ import annotations
@@ -71,3 +72,4 @@ if __name__ == "__main__":
     print("letter-repeats.jsonl:", letter_repeats(OUT / "letter-repeats.jsonl"), "documents")
     print("letter-repeats-large.jsonl:", letter_repeats(OUT / "letter-repeats-large.jsonl", 12000), "documents")
     print("copy-task.jsonl:", copy_task(OUT / "copy-task.jsonl"), "documents")
+    print("copy-task-large.jsonl:", copy_task(OUT / "copy-task-large.jsonl", 20000), "documents")
