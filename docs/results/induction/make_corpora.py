@@ -20,56 +20,65 @@ from __future__ import annotations
 import json
 import pathlib
 import random
+import string
 import sysconfig
+from collections.abc import Iterable, Iterator
 
 OUT = pathlib.Path(".repeatlab/induction-corpora")
+DOCUMENT_CHARS = 2000
 
 
-def python_stdlib(path: pathlib.Path) -> int:
+def python_stdlib() -> Iterator[str]:
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    for source in sorted(root.rglob("*.py")):
+        if set(source.relative_to(root).parts) & {"site-packages", "test", "tests", "idle_test"}:
+            continue
+        try:
+            text = source.read_text("utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if len(text) >= DOCUMENT_CHARS:
+            yield text
+
+
+def random_word(rng: random.Random, shortest: int, longest: int) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(shortest, longest)))
+
+
+def letter_repeats(documents: int, seed: int = 0) -> Iterator[str]:
+    rng = random.Random(seed)
+    for _ in range(documents):
+        parts: list[str] = []
+        while sum(map(len, parts)) < DOCUMENT_CHARS:
+            parts.append((random_word(rng, 10, 40) + " ") * rng.randint(2, 6))
+        yield "\n".join(parts)
+
+
+def copy_task(documents: int, seed: int = 0) -> Iterator[str]:
+    rng = random.Random(seed)
+    for _ in range(documents):
+        word = random_word(rng, 10, 29)
+        yield (word * (DOCUMENT_CHARS // len(word) + 1))[:DOCUMENT_CHARS]
+
+
+def write_jsonl(path: pathlib.Path, texts: Iterable[str]) -> int:
     count = 0
     with path.open("w") as out:
-        for source in sorted(root.rglob("*.py")):
-            parts = set(source.relative_to(root).parts)
-            if parts & {"site-packages", "test", "tests", "idle_test"}:
-                continue
-            try:
-                text = source.read_text("utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            if len(text) >= 2000:
-                out.write(json.dumps({"text": text}) + "\n")
-                count += 1
+        for text in texts:
+            out.write(json.dumps({"text": text}) + "\n")
+            count += 1
     return count
 
 
-def letter_repeats(path: pathlib.Path, documents: int = 3000, seed: int = 0) -> int:
-    rng = random.Random(seed)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    with path.open("w") as out:
-        for _ in range(documents):
-            parts: list[str] = []
-            while sum(map(len, parts)) < 2000:
-                word = "".join(rng.choice(letters) for _ in range(rng.randint(10, 40)))
-                parts.append((word + " ") * rng.randint(2, 6))
-            out.write(json.dumps({"text": "\n".join(parts)}) + "\n")
-    return documents
-
-
-def copy_task(path: pathlib.Path, documents: int = 10000, seed: int = 0) -> int:
-    rng = random.Random(seed)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    with path.open("w") as out:
-        for _ in range(documents):
-            word = "".join(rng.choice(letters) for _ in range(rng.randint(10, 29)))
-            out.write(json.dumps({"text": (word * (2000 // len(word) + 1))[:2000]}) + "\n")
-    return documents
-
+CORPORA = {
+    "python-stdlib.jsonl": python_stdlib,
+    "letter-repeats.jsonl": lambda: letter_repeats(3000),
+    "letter-repeats-large.jsonl": lambda: letter_repeats(12000),
+    "copy-task.jsonl": lambda: copy_task(10000),
+    "copy-task-large.jsonl": lambda: copy_task(20000),
+}
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
-    print("python-stdlib.jsonl:", python_stdlib(OUT / "python-stdlib.jsonl"), "documents")
-    print("letter-repeats.jsonl:", letter_repeats(OUT / "letter-repeats.jsonl"), "documents")
-    print("letter-repeats-large.jsonl:", letter_repeats(OUT / "letter-repeats-large.jsonl", 12000), "documents")
-    print("copy-task.jsonl:", copy_task(OUT / "copy-task.jsonl"), "documents")
-    print("copy-task-large.jsonl:", copy_task(OUT / "copy-task-large.jsonl", 20000), "documents")
+    for name, texts in CORPORA.items():
+        print(f"{name}: {write_jsonl(OUT / name, texts())} documents")
