@@ -1,5 +1,3 @@
-from typing import List
-
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
@@ -7,8 +5,11 @@ from repeatlab.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def analyze(study_config: str, eval_urls: List[str], analysis: Output[Artifact]) -> str:
-    """Fit the baselines, effective sizes, worst E and the poor-performance region; returns analysis.json's URL."""
+def analyze(study_config: str, analysis: Output[Artifact]) -> str:
+    """Fit the baselines, effective sizes, worst E and the poor-performance region; returns analysis.json's URL.
+
+    Reads every grid point's eval.json from storage (the pipeline runs it after the whole loop), so it takes no
+    fan-in of the loop's outputs: see docs/deploy.md, "Fan-in", for the KFP backends this keeps working on."""
     import json
     import os
 
@@ -19,7 +20,8 @@ def analyze(study_config: str, eval_urls: List[str], analysis: Output[Artifact])
     cfg = steps.load_study(study_config)
     url = storage.join(study_url(cfg.storage.root, cfg.name), "analysis.json")
     analysis.metadata["uri"] = url
-    analysis.metadata["evaluated_points"] = len(eval_urls)
+    analysis.metadata["evaluated_points"] = len(result.get("runs") or [])
+    analysis.metadata["missing_points"] = len(result.get("missing") or [])
     os.makedirs(os.path.dirname(analysis.path), exist_ok=True)
     with open(analysis.path, "w") as fh:
         json.dump(result, fh, indent=2, sort_keys=True)

@@ -1,11 +1,19 @@
-"""The repetition-grid pipeline: prepare once, fan out over the grid points, fan in to analysis and the report.
+"""The repetition-grid pipeline: prepare once, fan out over the grid points, then analyse and report from storage.
 
-    prepare_corpus -> plan_grid -> ParallelFor(point): mix -> train -> evaluate -> Collected -> analyze -> report
+    resolve -> prepare_corpus -> plan_grid -> ParallelFor(point): mix -> train -> evaluate
+            -> (after the whole loop) analyze -> report
 
-The pipeline's one runtime parameter is the study config (YAML text), so a run from the Kubeflow UI can change the
-study. Cluster settings (images, GPUs, CPU and memory, /dev/shm, storage secret, node selector, tolerations,
-timeouts, retries, fan-out parallelism, multi-node training) are compile-time: `build_pipeline(cfg)` bakes the
-study's `cluster` section into the compiled YAML, and the local runner ignores them.
+The pipeline's runtime parameters are the study config (YAML/JSON text) and the storage root (empty: the study's own),
+so a run from the Kubeflow UI can change the study and where it writes. Cluster settings (images, GPUs, CPU and memory,
+/dev/shm, storage secret, node selector, tolerations, timeouts, retries, fan-out parallelism, multi-node training) are
+compile-time: `build_pipeline(cfg)` bakes the study's `cluster` section into the compiled YAML, and the local runner
+ignores them.
+
+Fan-in: `analyze` runs `.after()` the loop and reads every point's eval.json from storage; it takes no
+`dsl.Collected` input, which KFP backends before 2.14 do not resolve (docs/deploy.md, "Fan-in").
+Resources: only the training task asks for accelerators (`cluster.accelerator_type`, a Kubernetes resource name, x
+`cluster.accelerator_limit`) and goes to the nodes of `cluster.node_selector`/`tolerations`; evaluate only publishes
+the eval.json the training processes wrote, so it runs on the CPU image without a GPU.
 """
 
 
@@ -19,6 +27,7 @@ from repeatlab.components.mix import mix
 from repeatlab.components.plan_grid import plan_grid
 from repeatlab.components.prepare_corpus import prepare_corpus
 from repeatlab.components.report import report
+from repeatlab.components.resolve_study import resolve_study
 from repeatlab.components.train import train
 from repeatlab.components.train_multinode import train_multinode
 from repeatlab.config import StudyConfig
@@ -26,8 +35,12 @@ from repeatlab.config import StudyConfig
 PIPELINE_NAME = "repeatlab-repetition-grid"
 
 
-def _on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False):
-    """Apply the study's cluster settings to one task (no-ops under the local runner)."""
+def _on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelerators: bool = False):
+    """Apply the study's cluster settings to one task (no-ops under the local runner).
+
+    heavy: CPU/memory limits, /dev/shm, the timeout and retries of a compute step.
+    accelerators: also the GPUs and the node placement (node selector, tolerations) of a training step.
+    """
     c = cfg.cluster
     task.set_container_image(image)
     task.set_caching_options(False)  # content addressing in storage decides what is reused, not KFP's cache
@@ -35,23 +48,27 @@ def _on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False):
         task.set_env_variable(name, value)
     if c.storage_secret:
         kubernetes.use_secret_as_env(task, secret_name=c.storage_secret, secret_key_to_env=dict(c.storage_secret_keys))
-    if heavy:
+    if heavy or accelerators:
         task.set_cpu_limit(c.cpu)
         task.set_memory_limit(c.memory)
-        if c.accelerator_limit:
-            if c.accelerator_type:
-                task.set_accelerator_type(c.accelerator_type)
-            task.set_accelerator_limit(c.accelerator_limit)
         # torch's shared-memory tensors and NCCL need more than the container runtime's 64 MB /dev/shm
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                    size_limit=c.shm_size)
+        kubernetes.set_timeout(task, c.timeout_s)
+        if c.retries:
+            task.set_retry(num_retries=c.retries, backoff_duration="60s", backoff_factor=2.0)
+    if accelerators:
+        if c.accelerator_limit:
+            # KFP's driver (backend/src/v2/driver/driver.go, initPodSpecPatch) writes
+            # Limits[ResourceName(accelerator type)] = count, and only when both are set: the type must be the
+            # Kubernetes resource name (config validation checks it), and the SDK's set_accelerator_limit alone
+            # (sdk/python/kfp/dsl/pipeline_task.py) compiles to no GPU at all.
+            task.set_accelerator_type(c.accelerator_type)
+            task.set_accelerator_limit(c.accelerator_limit)
         for key, value in sorted(c.node_selector.items()):
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         for toleration in c.tolerations:
             kubernetes.add_toleration(task, **toleration)
-        kubernetes.set_timeout(task, c.timeout_s)
-        if c.retries:
-            task.set_retry(num_retries=c.retries, backoff_duration="60s", backoff_factor=2.0)
     return task
 
 
@@ -61,17 +78,20 @@ def build_pipeline(cfg: StudyConfig):
     c = cfg.cluster
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
-    def repetition_grid(study_config: str = default_config):
-        prepared = _on_cluster(prepare_corpus(study_config=study_config), cfg, c.image)
+    def repetition_grid(study_config: str = default_config, storage_root: str = cfg.storage.root):
+        resolved = _on_cluster(resolve_study(study_config=study_config, storage_root=storage_root), cfg, c.image)
+        resolved.set_display_name("resolve study")
+        study = resolved.output
+        prepared = _on_cluster(prepare_corpus(study_config=study), cfg, c.image)
         prepared.set_display_name("prepare corpus")
-        grid = _on_cluster(plan_grid(study_config=study_config, corpus_url=prepared.outputs["Output"]), cfg, c.image)
+        grid = _on_cluster(plan_grid(study_config=study, corpus_url=prepared.outputs["Output"]), cfg, c.image)
         grid.set_display_name("plan grid")
         with dsl.ParallelFor(grid.outputs["Output"], parallelism=c.parallelism, name="grid-point") as run_url:
             planned = _on_cluster(mix(run_url=run_url), cfg, c.image)
             if c.multinode:
                 resources = {"cpu": c.cpu, "memory": c.memory}
                 if c.accelerator_limit:
-                    resources["nvidia.com/gpu"] = str(c.accelerator_limit)
+                    resources[c.accelerator_type] = str(c.accelerator_limit)
                 trained = train_multinode(
                     run_url=planned.outputs["Output"], image=c.train_image, num_nodes=cfg.train.nnodes,
                     nproc_per_node=cfg.train.nproc_per_node, resources_json=json.dumps(resources, sort_keys=True),
@@ -83,12 +103,10 @@ def build_pipeline(cfg: StudyConfig):
             else:
                 trained = _on_cluster(
                     train(run_url=planned.outputs["Output"], nproc_per_node=cfg.train.nproc_per_node),
-                    cfg, c.train_image, heavy=True,
+                    cfg, c.train_image, accelerators=True,
                 )
-            evaluated = _on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.train_image, heavy=True)
-        analyzed = _on_cluster(
-            analyze(study_config=study_config, eval_urls=dsl.Collected(evaluated.outputs["Output"])), cfg, c.image
-        )
-        _on_cluster(report(study_config=study_config, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
+            evaluated = _on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.image, heavy=True)
+        analyzed = _on_cluster(analyze(study_config=study), cfg, c.image).after(evaluated)
+        _on_cluster(report(study_config=study, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
 
     return repetition_grid

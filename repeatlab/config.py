@@ -136,8 +136,11 @@ class ClusterConfig:
     image: str = "ghcr.io/repeatlab/repeatlab:0.1.0"
     train_image: str = "ghcr.io/repeatlab/repeatlab-cuda:0.1.0"
     parallelism: int = 4  # grid points trained at once
-    accelerator_type: str | None = None  # e.g. nvidia.com/gpu node label value
-    accelerator_limit: int = 0
+    # The Kubernetes resource name of the accelerator (KFP's driver makes it the container limit's name, verbatim):
+    # nvidia.com/gpu, amd.com/gpu, ... The GPU model is not a resource: select it with node_selector, e.g.
+    # {cloud.google.com/gke-accelerator: nvidia-l4} on GKE or {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3} (GFD).
+    accelerator_type: str | None = "nvidia.com/gpu"  # null (older study configs): the default
+    accelerator_limit: int = 0  # accelerators per training pod (0: none)
     cpu: str = "2"
     memory: str = "8Gi"
     shm_size: str = "1Gi"
@@ -277,6 +280,49 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Kubernetes names (the rules of k8s.io/apimachinery/pkg/util/validation and pkg/apis/core/validation)
+
+_QUALIFIED_NAME = r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+STANDARD_CONTAINER_RESOURCES = {"cpu", "memory", "ephemeral-storage"}
+
+
+def _is_qualified_name(value: str) -> bool:
+    """IsQualifiedName: [prefix/]name, prefix a DNS-1123 subdomain (<= 253), name <= 63 alphanumerics, -, _, ."""
+    import re
+
+    prefix, _, name = value.rpartition("/")
+    if "/" in value and not (prefix and len(prefix) <= 253 and re.fullmatch(_DNS1123_SUBDOMAIN, prefix)):
+        return False
+    return bool(name) and len(name) <= 63 and re.fullmatch(_QUALIFIED_NAME, name) is not None
+
+
+def container_resource_name_problem(name: str) -> str | None:
+    """Why Kubernetes refuses `name` in a container's resources (ValidateContainerResourceName), or None.
+
+    A container resource is cpu, memory, ephemeral-storage, hugepages-<size>, or an extended resource: a
+    domain-prefixed qualified name outside kubernetes.io (IsExtendedResourceName), such as nvidia.com/gpu."""
+    if name in STANDARD_CONTAINER_RESOURCES or name.startswith("hugepages-"):
+        return None
+    if "/" not in name:
+        return "not a standard container resource (cpu, memory, ephemeral-storage) and not domain-prefixed"
+    if not _is_qualified_name(name):
+        return "not a qualified name ([DNS subdomain/]name, alphanumerics, '-', '_', '.')"
+    domain = name.split("/", 1)[0]
+    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        return "the kubernetes.io domain is reserved for native resources"
+    if not _is_qualified_name("requests." + name):
+        return "'requests.' + name is not a qualified name (the quota key Kubernetes derives from it)"
+    return None
+
+
+def image_repository(image: str) -> str:
+    """registry/name of an image reference, without its :tag and @digest."""
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Semantic validation
 
 
@@ -404,6 +450,20 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     k = cfg.cluster
     _check(k.parallelism >= 1, "cluster.parallelism", k.parallelism, "an integer >= 1")
     _check(k.accelerator_limit >= 0, "cluster.accelerator_limit", k.accelerator_limit, "an integer >= 0")
+    if k.accelerator_type is None:
+        k.accelerator_type = ClusterConfig.accelerator_type
+    problem = container_resource_name_problem(k.accelerator_type)
+    _check(problem is None, "cluster.accelerator_type", k.accelerator_type,
+           f"{problem}: write the accelerator's Kubernetes resource name, e.g. nvidia.com/gpu, and select the GPU "
+           "model with cluster.node_selector (e.g. cloud.google.com/gke-accelerator: nvidia-l4)")
+    _check(k.accelerator_type not in STANDARD_CONTAINER_RESOURCES and not k.accelerator_type.startswith("hugepages-"),
+           "cluster.accelerator_type", k.accelerator_type, "an accelerator resource such as nvidia.com/gpu, "
+           "not cpu/memory (set those with cluster.cpu and cluster.memory)")
+    if k.accelerator_limit:
+        _check(image_repository(k.train_image) != image_repository(k.image), "cluster.train_image", k.train_image,
+               f"the CPU image (cluster.image) cannot use the {k.accelerator_limit} GPU(s) of "
+               "cluster.accelerator_limit: use the CUDA image, e.g. ghcr.io/repeatlab/repeatlab-cuda:0.1.0, or set "
+               "cluster.accelerator_limit: 0")
     _check(k.retries >= 0, "cluster.retries", k.retries, "an integer >= 0")
     _check(k.timeout_s >= 60, "cluster.timeout_s", k.timeout_s, "an integer >= 60 seconds")
     for name in k.env:
@@ -445,6 +505,32 @@ def loads(text: str) -> StudyConfig:
     import yaml
 
     return from_dict(yaml.safe_load(text))
+
+
+def with_storage_root(study_config: str, storage_root: str) -> str:
+    """The study (YAML/JSON text) with storage.root replaced by `storage_root` (empty: unchanged), validated, as one
+    line of JSON: what the pipeline's resolve step hands to every other step."""
+    cfg = loads(study_config)
+    if storage_root.strip():
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=storage_root.strip()))
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"storage_root: {exc}") from exc
+    return cfg.to_json()
+
+
+def is_local_root(root: str) -> bool:
+    """A storage root on this machine's disk (a path or file://): every pod of a cluster run would see its own."""
+    return "://" not in root or root.startswith("file://")
+
+
+def check_for_cluster(cfg: StudyConfig) -> StudyConfig:
+    """What a cluster cannot grant or run, stopped before anything is compiled or sent (ConfigError, one line)."""
+    _check(not is_local_root(cfg.storage.root), "storage.root", cfg.storage.root,
+           "a cluster run needs shared object storage that every pod reaches (gs://BUCKET/..., s3://BUCKET/...); "
+           "a local path or file:// root is a different folder in each pod")
+    return cfg
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

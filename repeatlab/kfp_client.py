@@ -30,10 +30,11 @@ import urllib.request
 import warnings
 from typing import Any
 
-from repeatlab.config import StudyConfig
+from repeatlab.config import StudyConfig, check_for_cluster
 from repeatlab.errors import ConfigError, RepeatlabError
 
 PIPELINE_PARAMETER = "study_config"
+ROOT_PARAMETER = "storage_root"  # the run's storage root, its own field in the UI's run form
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected service-account token
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 HOST_ENV = "KFP_HOST"
@@ -252,6 +253,23 @@ def _compile_package(directory: str, cfg: StudyConfig) -> str:
     return compile_pipeline(path, cfg) or path
 
 
+def run_parameters(cfg: StudyConfig, path: str) -> dict:
+    """The run's parameters: the study, and its storage root where the package has that parameter (a YAML package
+    compiled by this version; the root also travels inside the study)."""
+    params = {PIPELINE_PARAMETER: study_parameter(cfg)}
+    if path.endswith((".yaml", ".yml")) and ROOT_PARAMETER in _package_parameters(path):
+        params[ROOT_PARAMETER] = cfg.storage.root
+    return params
+
+
+def _package_parameters(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        spec = next(iter(yaml.safe_load_all(f)), None) or {}
+    return ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
+
+
 def _check_package(path: str) -> None:
     import yaml
 
@@ -295,6 +313,7 @@ def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, expe
            run_name: str | None = None, package_path: str | None = None, namespace: str | None = None,
            service_account: str | None = None) -> dict:
     """Start one run of the study pipeline; returns {run_id, experiment_id, run_name, url}."""
+    check_for_cluster(cfg)  # before anything is compiled or sent
     host = _normalize_host(host)
     experiment = experiment or cfg.name
     run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
@@ -303,8 +322,7 @@ def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, expe
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
         with _kfp_call(host, f"creating run {run_name!r}"):
             run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=path,
-                                      params={PIPELINE_PARAMETER: study_parameter(cfg)},
-                                      service_account=service_account)
+                                      params=run_parameters(cfg, path), service_account=service_account)
     return {"run_id": run.run_id, "experiment_id": experiment_id, "experiment": experiment, "run_name": run_name,
             "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}"}
 
@@ -319,6 +337,7 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     schedule the study twice).
     """
     cron = validate_cron(cron)
+    check_for_cluster(cfg)
     if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or not 1 <= max_concurrency <= 10:
         raise ConfigError(f"--max-concurrency {max_concurrency!r}: an integer in [1, 10] (KFP's limit)")
     host = _normalize_host(host)
@@ -338,7 +357,7 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
             rr = client.create_recurring_run(
                 experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
                 cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-                params={PIPELINE_PARAMETER: study_parameter(cfg)}, pipeline_package_path=path, enabled=True,
+                params=run_parameters(cfg, path), pipeline_package_path=path, enabled=True,
                 service_account=service_account)
     return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
             "job_name": job_name, "cron": cron,

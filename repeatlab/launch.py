@@ -12,8 +12,11 @@ process count per node (never "auto": on a CPU node "auto" means one process per
   `kubeflow_trainer_api` models. With the `torch-distributed` runtime the controller does NOT wrap the command in
   torchrun: it injects PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT into every
   node's trainer container, which torchrun reads as the defaults of its own options (the Kubeflow SDK's own Torch
-  command is `torchrun <script>`). So the trainer command here is `torchrun --nproc-per-node=N -m repeatlab.train
-  --run-url URL`, with numProcPerNode = N set as well (the runtime's default is "auto").
+  command is `torchrun <script>`). So the trainer command here is `python -m torch.distributed.run
+  --nproc-per-node=N -m repeatlab.train --run-url URL`, with numProcPerNode = N set as well (the runtime's default is
+  "auto"). `python -m torch.distributed.run`, never a bare `torchrun`: torchrun starts its workers with its own
+  sys.executable, and in the CUDA image the `torchrun` on the PATH is the base image's (conda's Python, without
+  repeatlab); `python` is the image venv's, first on the PATH.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_node
     """
     from kubeflow_trainer_api import models
 
-    command = ["torchrun", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE,
+    command = ["python", "-m", "torch.distributed.run", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE,
                *(["--evaluate"] if evaluate else []), "--run-url", run_url]
     quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
     trainer = models.TrainerV1alpha1Trainer(

@@ -56,6 +56,18 @@ def test_integral_floats_are_accepted_for_integers():
         ({"eval": {"prefix_random_tokens": 60, "prefix_repeats": 4}, "budget": {"context": 128}},
          "eval.prefix_random_tokens: 60 is not allowed"),
         ({"cluster": {"parallelism": 0}}, "cluster.parallelism: 0 is not allowed"),
+        # The GPU model is not a Kubernetes resource: KFP's driver would make it the container limit's name verbatim.
+        ({"cluster": {"accelerator_type": "nvidia-l4", "accelerator_limit": 1}},
+         "cluster.accelerator_type: 'nvidia-l4' is not allowed: not a standard container resource (cpu, memory, "
+         "ephemeral-storage) and not domain-prefixed: write the accelerator's Kubernetes resource name, e.g. "
+         "nvidia.com/gpu, and select the GPU model with cluster.node_selector"),
+        ({"cluster": {"accelerator_type": "NVIDIA_H100_80GB_HBM3"}}, "cluster.accelerator_type: 'NVIDIA_H100_80GB_HBM3'"),
+        ({"cluster": {"accelerator_type": "kubernetes.io/gpu"}}, "the kubernetes.io domain is reserved"),
+        ({"cluster": {"accelerator_type": "Nvidia.com/gpu"}}, "not a qualified name"),
+        ({"cluster": {"accelerator_type": "memory"}}, "not cpu/memory"),
+        ({"cluster": {"accelerator_limit": 1, "train_image": "ghcr.io/repeatlab/repeatlab:0.2.0"}},
+         "cluster.train_image: 'ghcr.io/repeatlab/repeatlab:0.2.0' is not allowed: the CPU image (cluster.image) "
+         "cannot use the 1 GPU(s)"),
         ("not a mapping", "config: 'not a mapping' is not allowed: expected a mapping"),
     ],
 )
@@ -64,6 +76,34 @@ def test_bad_values_name_field_value_and_what_is_allowed(data, expected):
         config.from_dict(data)
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_accelerator_resource_names():
+    assert config.from_dict({}).cluster.accelerator_type == "nvidia.com/gpu"
+    # null in older study configs (docs/results records) means the default
+    assert config.from_dict({"cluster": {"accelerator_type": None}}).cluster.accelerator_type == "nvidia.com/gpu"
+    for ok in ("nvidia.com/gpu", "amd.com/gpu", "nvidia.com/mig-1g.10gb", "gpu.intel.com/i915"):
+        assert config.from_dict({"cluster": {"accelerator_type": ok, "accelerator_limit": 1}}).cluster.accelerator_limit
+    # a GPU limit on the CUDA image (the default train_image) or with a digest-pinned CPU image elsewhere is fine
+    config.from_dict({"cluster": {"accelerator_limit": 2, "image": "r.example/repeatlab@sha256:" + "a" * 64,
+                                  "train_image": "r.example/repeatlab-cuda@sha256:" + "b" * 64}})
+
+
+def test_cluster_runs_need_shared_storage():
+    with pytest.raises(ConfigError) as err:
+        config.check_for_cluster(config.from_dict({"storage": {"root": "file://./.repeatlab"}}))
+    assert str(err.value).startswith("storage.root: 'file://./.repeatlab' is not allowed: a cluster run needs")
+    with pytest.raises(ConfigError):
+        config.check_for_cluster(config.from_dict({"storage": {"root": "/data/repeatlab"}}))
+    config.check_for_cluster(config.from_dict({"storage": {"root": "s3://mlpipeline/repeatlab"}}))
+
+
+def test_with_storage_root_replaces_the_root_and_validates():
+    text = config.from_dict({"storage": {"root": "file:///a"}}).to_json()
+    assert config.loads(config.with_storage_root(text, "gs://b/r")).storage.root == "gs://b/r"
+    assert config.loads(config.with_storage_root(text, " ")).storage.root == "file:///a"
+    with pytest.raises(ConfigError, match=r"^grid.fractions\[0\]: 2.0 is not allowed"):
+        config.with_storage_root("grid: {fractions: [2]}", "gs://b/r")
 
 
 def test_secret_values_never_appear_in_errors():

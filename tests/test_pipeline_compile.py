@@ -23,9 +23,10 @@ def test_compiled_pipeline_loads_back_as_a_component():
 
     loaded = components.load_component_from_file(GOLDEN)
     assert loaded.name == "repeatlab-repetition-grid"
-    assert list(loaded.component_spec.inputs) == ["study_config"]
+    assert sorted(loaded.component_spec.inputs) == ["storage_root", "study_config"]
     default = loaded.component_spec.inputs["study_config"].default
     assert config.loads(default) == config.load(DEFAULT_CONFIG)
+    assert loaded.component_spec.inputs["storage_root"].default == config.load(DEFAULT_CONFIG).storage.root
 
 
 def _docs(path):
@@ -35,7 +36,15 @@ def _docs(path):
 def test_dag_shape():
     spec = _docs(GOLDEN)[0]
     root_tasks = spec["root"]["dag"]["tasks"]
-    assert set(root_tasks) == {"prepare-corpus", "plan-grid", "for-loop-1", "analyze", "report"}
+    assert set(root_tasks) == {"resolve-study", "prepare-corpus", "plan-grid", "for-loop-1", "analyze", "report"}
+    # The fan-in: analyze waits for the whole loop and reads the eval.json records from storage; no dsl.Collected
+    # input, which KFP backends before 2.14 leave unresolved (docs/deploy.md, "Fan-in").
+    assert "for-loop-1" in root_tasks["analyze"]["dependentTasks"]
+    assert set(root_tasks["analyze"]["inputs"]["parameters"]) == {"study_config"}
+    assert "Collected" not in pathlib.Path(GOLDEN).read_text() and "parameterExpressionSelector" not in str(spec)
+    for name in ("prepare-corpus", "plan-grid", "analyze", "report"):
+        source = root_tasks[name]["inputs"]["parameters"]["study_config"]["taskOutputParameter"]
+        assert source["producerTask"] == "resolve-study"
     loop = root_tasks["for-loop-1"]
     assert loop["iteratorPolicy"]["parallelismLimit"] == config.load(DEFAULT_CONFIG).cluster.parallelism
     loop_tasks = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
@@ -66,7 +75,11 @@ def test_cluster_settings_are_compiled_in(tmp_path):
     container = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert container["image"] == cfg.cluster.train_image
     assert container["resources"]["accelerator"]["resourceCount"] == "1"
-    assert container["resources"]["accelerator"]["resourceType"] == cfg.cluster.accelerator_type
+    assert container["resources"]["accelerator"]["resourceType"] == cfg.cluster.accelerator_type == "nvidia.com/gpu"
+    # evaluate only publishes the eval.json the training processes wrote: no GPU, the CPU image, no GPU nodes
+    evaluate = spec["deploymentSpec"]["executors"]["exec-evaluate"]["container"]
+    assert "accelerator" not in evaluate.get("resources", {}) and evaluate["image"] == cfg.cluster.image
+    assert "nodeSelector" not in executors["exec-evaluate"] and "tolerations" not in executors["exec-evaluate"]
     assert {"name": "REPEATLAB_S3_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"} in container["env"]
     assert spec["root"]["dag"]["tasks"]["for-loop-1"]["componentRef"]
     retry = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["retryPolicy"]
