@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= pipelines/configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all bench lint compile images clean
+.PHONY: install demo test test-all bench lint compile images image-check clean
 
 install: $(STAMP)
 
@@ -37,8 +37,13 @@ lint: install
 compile: install
 	$(PY) -m repeatlab compile --output pipelines/repetition_grid.yaml
 
-images:
+images: install
 	./images/build.sh
+
+# Build the CPU image for real (buildah; a Debian stand-in base when no registry is reachable) and run, inside it as
+# uid 1000: repeatlab --help, the package imports, the trainer command's interpreter, a one-point two-rank study.
+image-check: install
+	./images/check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,6 +1,8 @@
-"""Checks of images/: Dockerfile lint (pinned bases, non-root numeric USER, no pip caches, constraints used), the
-constraints file (covers every runtime dependency, matches the venv, resolves on the package index) and build.sh
-(fails clearly without a container engine). No container engine is needed; nothing is built here."""
+"""Checks of images/: Dockerfile lint (digest-pinned, overridable bases, non-root numeric USER, offline installs from
+the wheelhouse under the constraints, the build context), the constraints file (covers every runtime dependency,
+matches the venv, resolves on the package index), build.sh (fails clearly without a container engine) and the trainer
+command's interpreter. No container engine is needed here: images/check.sh (`make image-check`, run by .ci/run) builds
+the CPU image for real and runs the tiny study inside it."""
 
 from __future__ import annotations
 
@@ -38,9 +40,18 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def base_image(path: Path) -> str:
+    """The default of the Dockerfile's BASE_IMAGE build argument (every stage is FROM ${BASE_IMAGE})."""
+    (default,) = [args.split("=", 1)[1] for word, args in instructions(path) if word == "ARG"
+                  and args.startswith("BASE_IMAGE=")]
+    return default
+
+
 def stages(path: Path) -> list[list[tuple[str, str]]]:
     result: list[list[tuple[str, str]]] = []
     for ins in instructions(path):
+        if ins[0] == "ARG" and not result:
+            continue  # global build arguments before the first FROM
         if ins[0] == "FROM":
             result.append([])
         assert result, f"{path.name}: an instruction before the first FROM"
@@ -76,10 +87,12 @@ def test_dockerfile_lint(path):
     all_stages = stages(path)
     assert len(all_stages) >= 2, "multi-stage: build in one stage, copy the venv into a clean final stage"
     for stage in all_stages:
-        image = stage[0][1].split()[0]
-        assert ":" in image and not image.endswith(":latest") and "$" not in image, f"FROM {image} is not pinned"
-        tag = image.rsplit(":", 1)[1]
-        assert re.match(r"\d+\.\d+\.\d+", tag), f"FROM {image}: pin a full version tag"
+        assert stage[0][1].split()[0] == "${BASE_IMAGE}", "every stage builds on the BASE_IMAGE build argument"
+    image = base_image(path)
+    name, _, digest = image.partition("@")
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"BASE_IMAGE {image} is not pinned by digest"
+    tag = name.rsplit(":", 1)[1]
+    assert re.match(r"\d+\.\d+\.\d+", tag) and tag != "latest", f"BASE_IMAGE {image}: name a full version tag"
     final = all_stages[-1]
     users = [args for word, args in final if word == "USER"]
     assert users, "the final stage must set USER"
@@ -96,23 +109,35 @@ def test_dockerfile_lint(path):
                 for cmd in re.split(r"&&|;|\|\|", args):
                     if re.search(r"\bpip3? install\b", cmd):
                         assert "--no-cache-dir" in cmd, f"{path.name}: pip install without --no-cache-dir: {cmd}"
+                        # offline: only the wheelhouse staged on the host by build.sh, under the exact pins
+                        assert "--no-index --find-links /wheelhouse" in cmd, f"{path.name}: install from an index"
                         if "repeatlab" in cmd or "/src" in cmd:
                             assert "-c /tmp/constraints.txt" in cmd, f"{path.name}: install without constraints"
                 assert "apt-get install" not in args or "rm -rf /var/lib/apt/lists" in args
     assert any(word == "COPY" and "images/constraints.txt" in args for stage in all_stages for word, args in stage)
+    # the build context holds what pyproject.toml maps into the package: repeatlab.components and repeatlab.pipelines
+    copied = {args.split()[0] for stage in all_stages for word, args in stage if word == "COPY" and "--from" not in args}
+    assert {"repeatlab", "components", "pipelines", "pyproject.toml"} <= copied
+    # the default corpus ships in the image, where repeatlab.default_corpus looks for it
+    assert any(word == "COPY" and args.startswith("images/build/corpus/ /opt/repeatlab/cache/default-corpus/")
+               for word, args in final)
+    assert "REPEATLAB_CACHE=/opt/repeatlab/cache" in env
     # The final stage installs nothing (no compilers, no caches).
     assert not any(word == "RUN" and re.search(r"pip3? install|apt-get|conda install", args) for word, args in final)
 
 
 def test_cuda_image_keeps_the_base_torch():
     text = (IMAGES / "Dockerfile.cuda").read_text()
-    base = stages(IMAGES / "Dockerfile.cuda")[0][0][1].split()[0]
-    assert base.startswith(f"pytorch/pytorch:{TORCH}-cuda") and base.endswith("-runtime")
+    base = base_image(IMAGES / "Dockerfile.cuda").split("@")[0]
+    assert base.startswith(f"docker.io/pytorch/pytorch:{TORCH}-cuda") and base.endswith("-runtime")
     assert "--system-site-packages" in text
     runs = [args for word, args in instructions(IMAGES / "Dockerfile.cuda") if word == "RUN"]
     assert not [r for r in runs if re.search(r"pip3? install[^&;]*\btorch\b", r)], "the CUDA image reinstalls torch"
+    assert "images/build/wheelhouse/torch-*.whl" in (IMAGES / "Dockerfile.cuda.dockerignore").read_text()
+    # the venv's python is the one on the PATH (the trainer command's `python -m torch.distributed.run`)
+    assert 'test "$(command -v python)" = /opt/venv/bin/python' in text
     cpu = (IMAGES / "Dockerfile.cpu").read_text()
-    assert "https://download.pytorch.org/whl/cpu" in cpu and 'ARG TORCH_VERSION=' + TORCH in cpu
+    assert '"torch==${TORCH_VERSION}+cpu"' in cpu and 'ARG TORCH_VERSION=' + TORCH in cpu
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
@@ -195,6 +220,31 @@ def test_build_sh_print_commands():
     assert out.stdout.strip() == ("buildah bud --pull --layers -f images/Dockerfile.cuda --ignorefile "
                                   "images/Dockerfile.cuda.dockerignore -t example.com/me/repeatlab-cuda:dev .")
     assert run_build("bogus").returncode == 2
+
+
+def test_base_image_is_overridable():
+    """A mirror or a stand-in base (images/check.sh) replaces the pinned default through the build argument; no
+    --pull then (a local image is not in any registry)."""
+    for engine, start in (("docker", "DOCKER_BUILDKIT=1 docker build --build-arg"), ("buildah", "buildah bud --layers"),
+                          ("podman", "podman build --build-arg")):
+        out = run_build("--print", "cpu", ENGINE=engine, BASE_IMAGE="localhost/repeatlab-base:bookworm",
+                        BUILD_ARGS="TORCH_VERSION=2.13.0")
+        assert out.returncode == 0, out.stderr
+        line = out.stdout.strip()
+        assert line.startswith(start) and "--pull" not in line
+        assert "--build-arg BASE_IMAGE=localhost/repeatlab-base:bookworm --build-arg TORCH_VERSION=2.13.0 " in line
+
+
+def test_trainjob_workers_run_the_venv_python():
+    """The TrainJob's trainer command, run with this venv first on the PATH (as the image's ENV PATH does): every
+    torchrun worker is this venv's interpreter and imports repeatlab (images/check.sh runs the same inside the image)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = subprocess.run([sys.executable, str(IMAGES / "check_workers.py")], capture_output=True, text=True,
+                         check=False, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["command"][:3] == ["python", "-m", "torch.distributed.run"]
+    assert len(report["workers"]) == 2 and all(w["prefix"] == sys.prefix for w in report["workers"])
 
 
 def test_image_names_match_cluster_config_defaults():

@@ -135,7 +135,8 @@ def test_trainjob_validates_against_trainer_schema(overlay):
     model = TrainerV1alpha1TrainJob.from_dict(trainjob)
     assert model.spec.runtime_ref.name == "torch-distributed"
     trainer = trainjob["spec"]["trainer"]
-    assert trainer["command"][:1] == ["torchrun"] and "repeatlab.train" in trainer["command"]
+    # the venv's python runs torchrun (a bare `torchrun` is the CUDA base image's conda one, without repeatlab)
+    assert trainer["command"][:3] == ["python", "-m", "torch.distributed.run"] and "repeatlab.train" in trainer["command"]
     assert trainer["args"][0] == "--run-url" and isinstance(trainer["numNodes"], int)
     assert trainer["image"].startswith("ghcr.io/repeatlab/")
 

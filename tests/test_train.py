@@ -495,7 +495,9 @@ def test_trainer_component_appdef():
     assert role.resource.cpu == 8 and role.resource.gpu == 4 and role.resource.memMB == 32000
     assert role.env["FOO"] == "bar"
     line = " ".join([role.entrypoint, *role.args])
-    assert "torchrun" in line and "--nnodes 2" in line and "--nproc_per_node 4" in line
+    assert line.startswith("bash -c python -m torch.distributed.run ") and "torchrun" not in line.replace(
+        "torch.distributed.run", "")
+    assert "--nnodes 2" in line and "--nproc_per_node 4" in line
     assert "-m repeatlab.train --run-url s3://b/runs/p1" in line
 
 
