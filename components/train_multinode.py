@@ -14,9 +14,13 @@ def train_multinode(
     env_json: str,
     runtime: str,
     timeout_s: int,
+    placement_json: str,
     model: Output[Model],
 ) -> str:
-    """Train one point on several nodes: create a Kubeflow Trainer TrainJob, wait for it, clean it up."""
+    """Train one point on several nodes: create a Kubeflow Trainer TrainJob, wait for it, clean it up.
+
+    placement_json: the TrainJob pods' node selector, tolerations, storage secret (by reference), /dev/shm size. They
+    run as this pod's service account (POD_SERVICE_ACCOUNT, from the downward API), in this pod's namespace."""
     import hashlib
     import json
     import os
@@ -30,10 +34,14 @@ def train_multinode(
     else:
         namespace = os.environ.get("POD_NAMESPACE") or "default"
         name = "repeatlab-" + hashlib.sha256(run_url.encode()).hexdigest()[:12]
+        placement = json.loads(placement_json)
         trainjob = build_trainjob(
             name=name, namespace=namespace, run_url=run_url, image=image, num_nodes=int(num_nodes),
             nproc_per_node=int(nproc_per_node), resources=json.loads(resources_json), env=json.loads(env_json),
             runtime=runtime, evaluate=True,  # the job's GPUs write eval.json; the evaluate step publishes it
+            node_selector=placement.get("node_selector"), tolerations=placement.get("tolerations"),
+            storage_secret=placement.get("storage_secret"), storage_secret_keys=placement.get("storage_secret_keys"),
+            shm_size=placement.get("shm_size"), service_account=os.environ.get("POD_SERVICE_ACCOUNT") or None,
         )
         status = run_trainjob(trainjob, namespace, timeout_s=float(timeout_s))
         done = {"skipped": False, "trainjob": name, "status": status.get("status"),

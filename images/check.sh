@@ -51,13 +51,18 @@ BASE_IMAGE="$BASE_IMAGE" ENGINE=buildah REGISTRY=localhost TAG=check "$here/buil
 built=$(date +%s)
 log "built $IMAGE in $((built - base_ready)) s (staging included)"
 
-ctr="$(buildah from --quiet "$IMAGE")"
+# A pod's hostname resolves (the kubelet writes /etc/hosts); torchrun's rendezvous needs that, so give the container
+# one that does.
+ctr="$(buildah from --quiet --add-host repeatlab-check:127.0.0.1 "$IMAGE")"
 trap 'buildah rm "$ctr" > /dev/null 2>&1 || true' EXIT
 # Every index and proxy points at a closed port: a step that tried to download something would fail.
 offline=(--env PIP_INDEX_URL=http://127.0.0.1:9/simple --env PIP_FIND_LINKS= --env PIP_EXTRA_INDEX_URL=
          --env HTTP_PROXY=http://127.0.0.1:9 --env HTTPS_PROXY=http://127.0.0.1:9
-         --env http_proxy=http://127.0.0.1:9 --env https_proxy=http://127.0.0.1:9 --env NO_PROXY=127.0.0.1,localhost)
-in_image() { buildah run --isolation "$BUILDAH_ISOLATION" --user 1000:1000 "${offline[@]}" "$ctr" -- "$@"; }
+         --env http_proxy=http://127.0.0.1:9 --env https_proxy=http://127.0.0.1:9
+         --env NO_PROXY=127.0.0.1,localhost,repeatlab-check --env no_proxy=127.0.0.1,localhost,repeatlab-check)
+in_image() {
+  buildah run --isolation "$BUILDAH_ISOLATION" --hostname repeatlab-check --user 1000:1000 "${offline[@]}" "$ctr" -- "$@"
+}
 
 log "repeatlab --help, as uid 1000"
 in_image sh -c 'test "$(id -u):$(id -g)" = 1000:1000 && test "$HOME" = /home/repeatlab && test -w "$HOME"'

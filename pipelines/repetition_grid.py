@@ -96,9 +96,17 @@ def build_pipeline(cfg: StudyConfig):
                     run_url=planned.outputs["Output"], image=c.train_image, num_nodes=cfg.train.nnodes,
                     nproc_per_node=cfg.train.nproc_per_node, resources_json=json.dumps(resources, sort_keys=True),
                     env_json=json.dumps(c.env, sort_keys=True), runtime=c.trainer_runtime, timeout_s=c.timeout_s,
+                    placement_json=json.dumps({
+                        "node_selector": c.node_selector, "tolerations": c.tolerations, "shm_size": c.shm_size,
+                        "storage_secret": c.storage_secret, "storage_secret_keys": c.storage_secret_keys,
+                    }, sort_keys=True),
                 )
                 _on_cluster(trained, cfg, c.image)
+                # The TrainJob goes to this pod's namespace and its pods run as this pod's service account (the one
+                # KFP runs the pipeline as, which the RBAC in manifests/base/rbac.yaml lets create TrainJobs).
                 kubernetes.use_field_path_as_env(trained, env_name="POD_NAMESPACE", field_path="metadata.namespace")
+                kubernetes.use_field_path_as_env(trained, env_name="POD_SERVICE_ACCOUNT",
+                                                 field_path="spec.serviceAccountName")
                 kubernetes.set_timeout(trained, c.timeout_s + 600)
             else:
                 trained = _on_cluster(

@@ -116,43 +116,81 @@ def cli(argv: list[str]) -> int:
 # Kubeflow Trainer v2
 
 
+HOME = "/home/repeatlab"
+UID = 1000
+
+
+def restricted_pod_patch(shm_size: str | None) -> tuple[dict, dict]:
+    """(pod spec fields, container fields) that make a training pod meet the restricted Pod Security Standard, with
+    writable emptyDirs for /tmp and $HOME (the root filesystem is read-only) and /dev/shm in memory (NCCL, torch's
+    shared-memory tensors): the same as the manifests' TrainJob (manifests/jobs/trainjob/trainjob.yaml)."""
+    seccomp = {"type": "RuntimeDefault"}
+    pod = {"securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                               "seccompProfile": seccomp},
+           "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+                       {"name": "home", "emptyDir": {"sizeLimit": "1Gi"}},
+                       {"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": shm_size} if shm_size
+                                                                            else {})}}]}
+    container = {"securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                     "runAsNonRoot": True, "runAsUser": UID, "capabilities": {"drop": ["ALL"]},
+                                     "seccompProfile": seccomp},
+                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME},
+                                  {"name": "dshm", "mountPath": "/dev/shm"}]}
+    return pod, container
+
+
 def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_nodes: int, nproc_per_node: int,
                    resources: dict[str, Any], env: dict[str, str] | None = None,
                    runtime: str = "torch-distributed", node_selector: dict[str, str] | None = None,
                    tolerations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None,
-                   runtime_kind: str = "ClusterTrainingRuntime", evaluate: bool = False) -> dict:
+                   runtime_kind: str = "ClusterTrainingRuntime", evaluate: bool = False,
+                   storage_secret: str | None = None, storage_secret_keys: dict[str, str] | None = None,
+                   service_account: str | None = None, shm_size: str | None = "1Gi") -> dict:
     """A TrainJob that trains `run_url` on num_nodes x nproc_per_node processes, as a plain dict for the Kubernetes API.
 
     evaluate: the job's workers also evaluate the final checkpoint on their GPUs (eval.json) before they exit.
     resources: per node, e.g. {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}; used as both requests and limits.
-    node_selector / tolerations go into a runtime patch of the runtime's "node" replicated job pod template.
+    storage_secret / storage_secret_keys: the secret whose keys become env vars (secret key -> env var), by reference
+      (valueFrom), as in the KFP step pods.
+    node_selector, tolerations, service_account, /dev/shm (shm_size) and the restricted security context go into a
+    runtime patch of the runtime's "node" replicated job's pod template (`spec.runtimePatches`, Trainer >= 2.2;
+    checked against the TrainJob CRDs of Trainer 2.2.0 and 2.3.0 under manifests/schemas/crds/).
     """
     from kubeflow_trainer_api import models
 
     command = ["python", "-m", "torch.distributed.run", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE,
                *(["--evaluate"] if evaluate else []), "--run-url", run_url]
     quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
+    env_vars = [{"name": "HOME", "value": HOME}]
+    env_vars += [{"name": str(k), "value": str(v)} for k, v in sorted((env or {}).items()) if k != "HOME"]
+    if storage_secret:
+        env_vars += [{"name": var, "valueFrom": {"secretKeyRef": {"name": storage_secret, "key": key}}}
+                     for key, var in sorted((storage_secret_keys or {}).items())]
     trainer = models.TrainerV1alpha1Trainer(
         image=image, command=command, numNodes=int(num_nodes), numProcPerNode=int(nproc_per_node),
-        env=[models.IoK8sApiCoreV1EnvVar(name=str(k), value=str(v)) for k, v in sorted((env or {}).items())] or None,
+        env=[models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env_vars],
         resourcesPerNode=models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)
         if quantities else None,
     )
-    patches = None
-    if node_selector or tolerations:
-        pod_spec = models.TrainerV1alpha1PodSpecPatch(
-            nodeSelector=dict(node_selector) if node_selector else None,
-            tolerations=[models.IoK8sApiCoreV1Toleration.from_dict(t) for t in tolerations] if tolerations else None)
-        patches = [models.TrainerV1alpha1RuntimePatch(
-            manager="repeatlab.io/launcher",
-            trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
-                template=models.TrainerV1alpha1JobSetTemplatePatch(
-                    spec=models.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[
-                        models.TrainerV1alpha1ReplicatedJobPatch(
-                            name="node",
-                            template=models.TrainerV1alpha1JobTemplatePatch(
-                                spec=models.TrainerV1alpha1JobSpecPatch(
-                                    template=models.TrainerV1alpha1PodTemplatePatch(spec=pod_spec))))]))))]
+    pod, container = restricted_pod_patch(shm_size)
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = [dict(t) for t in tolerations]
+    pod["containers"] = [{"name": "node", **container}]  # the torch runtime's trainer container
+    patches = [models.TrainerV1alpha1RuntimePatch(
+        manager="repeatlab.io/launcher",
+        trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
+            template=models.TrainerV1alpha1JobSetTemplatePatch(
+                spec=models.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[
+                    models.TrainerV1alpha1ReplicatedJobPatch(
+                        name="node",
+                        template=models.TrainerV1alpha1JobTemplatePatch(
+                            spec=models.TrainerV1alpha1JobSpecPatch(
+                                template=models.TrainerV1alpha1PodTemplatePatch(
+                                    spec=models.TrainerV1alpha1PodSpecPatch.from_dict(pod)))))]))))]
     job = models.TrainerV1alpha1TrainJob(
         apiVersion="trainer.kubeflow.org/v1alpha1", kind="TrainJob",
         metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
