@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-OVERLAYS = ["gke", "minio", "dev"]
+OVERLAYS = ["gke", "minio", "dev", "profile"]
 # Every kustomization a user builds: the long-lived part (kubectl apply -k) and the one-shot parts (kubectl create -k).
 TARGETS = [f"overlays/{o}{sub}" for o in OVERLAYS for sub in ("", "/submit", "/trainjob")]
 # Kubernetes versions the core resources are validated against (kubernetes-validate's bundled schemas, strict mode).
@@ -27,7 +27,7 @@ TRAINER_API_VERSION = "2.3.0"
 TRAINJOB_SCHEMA = MANIFESTS / "schemas" / f"trainjob-{TRAINER_API_VERSION}.json"
 KFP_TOKEN_FILE = "/var/run/secrets/kubeflow/pipelines/token"
 STUDY_FILE = "/etc/repeatlab/study.yaml"
-SUBMIT_FLAGS = {"--host", "--config", "--token-file", "--experiment", "--run-name"}  # the lead's `repeatlab submit`
+SUBMIT_FLAGS = {"--host", "--config", "--token-file", "--experiment", "--run-name", "--namespace", "--service-account"}  # the lead's `repeatlab submit`
 HOME = "/home/repeatlab"
 
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not on PATH")
@@ -70,10 +70,13 @@ def test_kustomize_builds(target):
     kinds = sorted({r["kind"] for r in build(target)})
     expected = {"": ["ConfigMap", "CronJob", "Namespace", "Role", "RoleBinding", "ServiceAccount"],
                 "submit": ["Job"], "trainjob": ["TrainJob"]}[target.split("/")[2] if target.count("/") == 2 else ""]
+    if target == "overlays/profile":  # the Profile controller owns the namespace
+        expected = sorted(set(expected) - {"Namespace"})
     assert kinds == expected
+    namespace = "kubeflow-user-example-com" if target.startswith("overlays/profile") else "repeatlab"
     for r in build(target):
         if r["kind"] != "Namespace":
-            assert r["metadata"].get("namespace") == "repeatlab", f"{r['kind']}/{r['metadata']['name']}"
+            assert r["metadata"].get("namespace") == namespace, f"{r['kind']}/{r['metadata']['name']}"
 
 
 @needs_kubectl
@@ -264,9 +267,16 @@ def test_role_is_least_privilege():
                 for res in rule["resources"]:
                     granted.setdefault((group, res), set()).update(rule["verbs"])
         assert granted == expected
-        (binding,) = [r for r in resources if r["kind"] == "RoleBinding"]
+        (binding,) = [r for r in resources if r["kind"] == "RoleBinding" and r["roleRef"]["kind"] == "Role"]
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "repeatlab"}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "repeatlab", "namespace": "repeatlab"}]
+        namespace = binding["metadata"]["namespace"]
+        subjects = [{"kind": "ServiceAccount", "name": "repeatlab", "namespace": namespace}]
+        if overlay == "profile":  # the account KFP runs the profile's pipeline pods as (the multi-node launcher too)
+            subjects.append({"kind": "ServiceAccount", "name": "default-editor", "namespace": namespace})
+        assert binding["subjects"] == subjects
+        others = [r for r in resources if r["kind"] == "RoleBinding" and r is not binding]
+        assert [(r["roleRef"]["kind"], r["roleRef"]["name"]) for r in others] == (
+            [("ClusterRole", "kubeflow-pipelines-edit")] if overlay == "profile" else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -351,19 +361,47 @@ def test_overlay_specifics():
     assert tj["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
     assert "AWS_ACCESS_KEY_ID" not in cron_env("gke")
 
-    for overlay in ("minio", "dev"):
+    for overlay in ("minio", "dev", "profile"):
+        # submit only compiles and submits: no storage credentials in its pods (they were there, unused, before)
         env = cron_env(overlay)
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env), overlay
+        (job,) = build(f"overlays/{overlay}/submit")
+        assert "secretKeyRef" not in json.dumps(job), overlay
+        tj, _ = trainjob_pod(overlay)
+        env = {e["name"]: e for e in tj["spec"]["trainer"]["env"]}
         assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "mlpipeline-minio-artifact",
                                                                          "key": "accesskey"}
-        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "mlpipeline-minio-artifact",
-                                                                             "key": "secretkey"}
         assert env["REPEATLAB_S3_ENDPOINT_URL"]["value"] == "http://minio-service.kubeflow:9000"
-        tj, _ = trainjob_pod(overlay)
-        assert "AWS_SECRET_ACCESS_KEY" in {e["name"] for e in tj["spec"]["trainer"]["env"]}
 
     tj, pod = trainjob_pod("dev")
     assert "nvidia.com/gpu" not in json.dumps(tj) and "nodeSelector" not in pod
     assert tj["spec"]["trainer"]["image"] == "ghcr.io/repeatlab/repeatlab:0.1.0"  # CPU image
+
+
+def test_profile_overlay_for_multi_user_kubeflow():
+    """Multi-user Kubeflow: everything in the profile namespace, which the Profile controller owns (no Namespace
+    here); submit pods take the namespace from the downward API and name the service account pipeline pods run as;
+    that account (default-editor) may create TrainJobs; the submit account may edit pipelines (KFP's SAR)."""
+    resources = build("overlays/profile")
+    namespace = "kubeflow-user-example-com"
+    assert not [r for r in resources if r["kind"] == "Namespace"]
+    assert {r["metadata"]["namespace"] for r in resources} == {namespace}
+    bindings = {r["metadata"]["name"]: r for r in resources if r["kind"] == "RoleBinding"}
+    assert {(s["name"], s["namespace"]) for s in bindings["repeatlab"]["subjects"]} >= {("default-editor", namespace)}
+    assert bindings["repeatlab-kfp-edit"]["roleRef"]["name"] == "kubeflow-pipelines-edit"
+    assert bindings["repeatlab-kfp-edit"]["subjects"] == [{"kind": "ServiceAccount", "name": "repeatlab",
+                                                           "namespace": namespace}]
+    for where, pod in _submit_pods():
+        if not where.startswith("overlays/profile"):
+            continue
+        (container,) = pod["containers"]
+        args, env = container["args"], {e["name"]: e for e in container["env"]}
+        assert args[args.index("--namespace") + 1] == "$(POD_NAMESPACE)", where
+        assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", where
+        assert args[args.index("--service-account") + 1] == "default-editor", where
+    (tj,) = build("overlays/profile/trainjob")
+    assert tj["metadata"]["namespace"] == namespace
+    assert pod_specs(tj)[0][1]["serviceAccountName"] == "default-editor"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -371,7 +409,7 @@ def test_overlay_specifics():
 
 
 STUDY_FILES = [MANIFESTS / "base/study.yaml"] + [MANIFESTS / f"overlays/{o}/study.yaml" for o in OVERLAYS]
-ROOTS = {"base": "file://", "dev": "s3://", "minio": "s3://", "gke": "gs://"}
+ROOTS = {"base": "file://", "dev": "s3://", "minio": "s3://", "gke": "gs://", "profile": "s3://"}
 
 
 @pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.parent.name)
