@@ -13,7 +13,7 @@ CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "pipelines" / "configs"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = config.load(str(path))
-    assert cfg.name == path.stem
+    assert cfg.name == path.stem.removesuffix("-kubeflow")  # paper-small-kubeflow: paper-small's cluster variant
     assert 0.0 in cfg.grid.fractions, "every shipped study needs f = 0 baselines for N_eff"
 
 

@@ -1,6 +1,7 @@
 """The compiled pipeline: golden file, loads back, cluster settings compiled in."""
 
 import dataclasses
+import json
 import pathlib
 
 import yaml
@@ -99,7 +100,11 @@ def test_multinode_training_goes_through_a_trainjob(tmp_path):
     params = loop_tasks["train-multinode"]["inputs"]["parameters"]
     assert params["num_nodes"]["runtimeValue"]["constant"] == 2
     env = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-multinode"]["fieldPathAsEnv"]
-    assert env == [{"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"}]
+    # the TrainJob goes to the launcher's namespace and runs as its service account (the one KFP runs pipelines as)
+    assert env == [{"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"},
+                   {"fieldPath": "spec.serviceAccountName", "name": "POD_SERVICE_ACCOUNT"}]
+    placement = json.loads(params["placement_json"]["runtimeValue"]["constant"])
+    assert placement["storage_secret"] == cfg.cluster.storage_secret and placement["shm_size"] == cfg.cluster.shm_size
 
 
 def test_kubernetes_native_resources(tmp_path):
@@ -109,6 +114,18 @@ def test_kubernetes_native_resources(tmp_path):
     version = docs[1]
     assert version["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
     assert version["spec"]["pipelineSpec"]["pipelineInfo"]["name"] == "repeatlab-repetition-grid"
+
+
+def test_the_compiled_default_runs_on_a_cluster():
+    """The study the Kubeflow UI shows by default: a bucket root every pod reaches, the corpus bundled in the image
+    (corpus.url: default reads the image's copy), GPUs as a Kubernetes resource, and its storage root as a parameter."""
+    spec = _docs(GOLDEN)[0]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    cfg = config.loads(params["study_config"]["defaultValue"])
+    config.check_for_cluster(cfg)
+    assert cfg.storage.root.startswith("s3://") and params["storage_root"]["defaultValue"] == cfg.storage.root
+    assert cfg.corpus.url == "default" and cfg.cluster.storage_secret
+    assert cfg.cluster.accelerator_type == "nvidia.com/gpu"
 
 
 def test_compile_cli_rejects_a_bad_config(tmp_path, capsys):
