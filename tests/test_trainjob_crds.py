@@ -41,7 +41,7 @@ def strict(node):
     return node
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def validator(version: str) -> jsonschema.Draft7Validator:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load((CRDS / f"trainer.kubeflow.org_trainjobs-{version}.yaml").read_text(), Loader=loader)
