@@ -148,7 +148,8 @@ def isolated(monkeypatch, tmp_path):
 @pytest.fixture
 def study(tmp_path):
     cfg = config.from_dict({"name": "upweight-10x", "description": "is 10x in the danger zone?",
-                            "grid": {"fractions": [0.0, 0.25], "epochs": [4, 16]}})
+                            "grid": {"fractions": [0.0, 0.25], "epochs": [4, 16]},
+                            "storage": {"root": "s3://mlpipeline/repeatlab"}})
     path = tmp_path / "study.yaml"
     path.write_text(cfg.to_yaml())
     return cfg, str(path)
@@ -187,6 +188,40 @@ def test_submit_creates_experiment_once_and_run_with_study_config(fake_kfp, stud
                      "run_name": body["display_name"], "url": f"{fake_kfp.host}/#/runs/details/run-123"}
     # no token given, none sent
     assert all("authorization" not in r["headers"] for r in fake_kfp.requests)
+
+
+@pytest.mark.parametrize("root", ["file://./.repeatlab", "/data/repeatlab"])
+def test_submit_refuses_a_local_root_and_sends_nothing(fake_kfp, tmp_path, capsys, root):
+    """A file:// root is a different folder in every pod: refused before compiling or calling the API."""
+    cfg = config.from_dict({"name": "local", "storage": {"root": root}})
+    path = tmp_path / "local.yaml"
+    path.write_text(cfg.to_yaml())
+    for command in (["submit"], ["schedule", "--cron", "0 0 3 * * *"]):
+        assert cli_main([*command, "--host", fake_kfp.host, "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"storage.root: {root!r} is not allowed: a cluster run needs" in err
+    assert fake_kfp.requests == [] and sys.modules["repeatlab.kfp_pipeline"].compiled == []
+
+
+def test_run_parameters_carry_the_storage_root_where_the_package_has_it(tmp_path, study):
+    from kfp import compiler, dsl
+
+    cfg, _ = study
+
+    @dsl.component(base_image="python:3.11-slim")
+    def echo(study_config: str, storage_root: str) -> str:
+        return study_config + storage_root
+
+    @dsl.pipeline(name="p")
+    def with_root(study_config: str, storage_root: str = "s3://x"):
+        echo(study_config=study_config, storage_root=storage_root)
+
+    path = str(tmp_path / "p.yaml")
+    compiler.Compiler().compile(with_root, package_path=path)
+    params = kfp_client.run_parameters(cfg, path)
+    assert params == {"study_config": kfp_client.study_parameter(cfg), "storage_root": "s3://mlpipeline/repeatlab"}
+    old = str(tmp_path / "old.tar.gz")  # not a YAML package: only the study, whose root travels inside it
+    assert kfp_client.run_parameters(cfg, old) == {"study_config": kfp_client.study_parameter(cfg)}
 
 
 def test_submit_with_token_sends_bearer_and_never_shows_it(fake_kfp, study, tmp_path, capsys, caplog):
