@@ -517,7 +517,8 @@ def test_build_trainjob_spec():
     assert spec["runtimeRef"]["name"] == "torch-distributed"
     t = spec["trainer"]
     assert t["numNodes"] == 2 and t["numProcPerNode"] == 4 and t["image"] == "img:1"
-    assert t["command"][:2] == ["torchrun", "--nproc-per-node=4"]
+    # the venv's python runs torchrun: a bare `torchrun` would be the CUDA base image's conda one (no repeatlab)
+    assert t["command"][:4] == ["python", "-m", "torch.distributed.run", "--nproc-per-node=4"]
     # the job's workers also evaluate the final checkpoint on their GPUs
     assert t["command"][-5:] == ["-m", "repeatlab.train", "--evaluate", "--run-url", "s3://b/runs/p1"]
     assert {"name": "A", "value": "1"} in t["env"]
