@@ -213,10 +213,9 @@ def icl_window_offsets(tokens: np.ndarray, context: int, n: int, span: int, seed
     rng = np.random.default_rng(seed)
     candidates = rng.choice(limit + 1, size=min(limit + 1, 8 * n), replace=False) if limit + 1 > 8 * n \
         else rng.permutation(limit + 1)
-    eot = np.flatnonzero(np.asarray(tokens) == EOT_ID)
+    eot = np.append(np.flatnonzero(np.asarray(tokens) == EOT_ID), 1 << 62)  # a sentinel past the end
     # a window [o, o + span] is inside one document when no EOT lies at o..o + span - 1 (a final EOT target is fine)
-    first_eot_at_or_after = np.searchsorted(eot, candidates)
-    nxt = np.where(first_eot_at_or_after < len(eot), eot[np.minimum(first_eot_at_or_after, len(eot) - 1)], 1 << 62)
+    nxt = eot[np.searchsorted(eot, candidates)]
     inside = nxt >= candidates + span
     chosen = np.concatenate([candidates[inside][:n], candidates[~inside][: max(0, n - int(inside.sum()))]])
     return np.sort(chosen.astype(np.int64)), int(min(n, inside.sum()))
