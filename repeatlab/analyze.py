@@ -201,7 +201,7 @@ def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction:
     n_ref = float(np.exp(np.mean(np.log(n))))
     x = n / n_ref
     bounds = _c_bounds(y, sign)
-    if _least_squares(x, y, bounds) is None:
+    if _least_squares(x, y) is None or _least_squares(x, y, bounds) is None:
         return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
     keep = _outliers(x, y, bounds)
     bounds = _c_bounds(y[keep], sign)
@@ -676,7 +676,8 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
     for r in run_list:
         row = {k: r[k] for k in ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")}
         row.update({"repeated_loss": r["repeated_loss"], "icl_score": r["icl_score"],
-                    "prefix_matching_max": r["prefix_matching_max"], "metrics": {}})
+                    "prefix_matching_max": r["prefix_matching_max"], "metrics": {}, "icl": r["mechanism"]["icl"],
+                    "mechanism_verdict": r["mechanism"]["verdict"]})
         for metric in available:
             v = r["values"][metric]
             bv, _ = baseline_value(metric, r["model"], r["n_params"], r["attention_only"])
@@ -685,6 +686,11 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                                       else sign_of(metric) * (v - bv),
                                       "n_eff": eff["n_eff"], "multiplier": eff["multiplier"],
                                       "extrapolated": eff["extrapolated"]}
+        base_g = baseline_groups.get((r["model"], r["n_params"]))
+        if "test_loss" in row["metrics"] and base_g and (r["fraction"] > 0 or r["control"]):
+            row["metrics"]["test_loss"].update(noise_lib.significance(
+                row["metrics"]["test_loss"]["damage"], noise_lib.sigma_of(noise, r["model"], r["n_params"]), 1,
+                len(base_g["runs"])))
         row["epochwise"] = r["epochwise"]
         run_rows.append(row)
 
@@ -937,50 +943,137 @@ def fmt_n(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _multiplier_text(entry: dict) -> str:
-    """N/N_eff as text. Worse than every baseline, an extrapolated N_eff means little (a log-linear end segment can
-    put it anywhere), so only the bound the baselines support is stated: more than N / N_smallest."""
-    if entry.get("multiplier_lower_bound") is not None:
-        return f"more than {entry['multiplier_lower_bound']:.2f}x (worse than every baseline)"
-    return f"{entry['multiplier']:.2f}x" + (" (extrapolated)" if entry["extrapolated"] else "")
+def multiplier_text(entry: dict) -> str:
+    """N/N_eff as text, or why the study cannot give one (never a bound phrased as a multiplier)."""
+    if entry.get("multiplier") is None:
+        return entry.get("multiplier_note") or "not meaningful for this study"
+    how = "interpolated between the baselines" if entry.get("n_eff_method") == "interpolation" else "from the fit"
+    return f"{entry['multiplier']:.2f}x smaller effective model ({how})"
+
+
+def damage_text(w: dict) -> str:
+    """'+0.104 +- 0.011 nats (9.5 sigma: significant)' for a worst-E row or a point's test-loss metrics."""
+    if w.get("damage") is None:
+        return "no damage without a baseline"
+    text = f"{w['damage']:+.3f}"
+    if w.get("damage_se") is None:
+        return text + " nats (no noise estimate: significance unknown)"
+    verdict = "significant" if w["significant"] else "within the noise, not significant"
+    return text + f" +- {w['damage_se']:.3f} nats ({w['z']:.1f} sigma: {verdict})"
+
+
+def _noise_sentence(analysis: dict) -> str | None:
+    rows = (analysis.get("noise") or {}).get("per_model") or []
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        if r["sigma"] is None:
+            parts.append(f"N = {fmt_n(r['n_params'])}: unknown")
+        else:
+            src = (f"{r['seed_dof']} seed and {r['low_e_dof']} low-E degrees of freedom" if r["source"] == "own"
+                   else "pooled over sizes")
+            parts.append(f"N = {fmt_n(r['n_params'])}: {r['sigma']:.3f} nats ({src})")
+    return ("Run-to-run noise of the test loss (from extra seeds and E <= 4 points): " + "; ".join(parts)
+            + ". A damage counts only beyond 3 standard errors; more seeds at the worst E narrow them.")
+
+
+def _baseline_sentence(analysis: dict) -> str | None:
+    base = analysis["baseline"].get("test_loss") or {}
+    fit = base.get("fit")
+    if fit and fit.get("usable", True):
+        return (f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
+                f"(rms residual {fit['rms_residual']:.4f} nats); effective sizes come from it."
+                + (f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
+                   if fit.get("outliers") else ""))
+    if fit:
+        return (f"The baseline law is not usable for this study ({fit['unusable_reason']}): effective sizes are "
+                "interpolated between the baselines, and given only for points inside their range; add model sizes "
+                "to fit a law.")
+    if base.get("fit_note"):
+        return (f"Baseline test loss: {base['fit_note']}; effective sizes are interpolated between the baselines "
+                "and given only for points inside their range." if base.get("interpolation")
+                else f"Baseline test loss: {base['fit_note']}.")
+    return None
+
+
+def _worst_sentence(w: dict, suspect: dict | None) -> str:
+    text = (f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g}: test loss "
+            f"{damage_text(w)}")
+    if w["edge"]:
+        text += f"; it is at the {w['edge']} of the grid, so the peak may lie outside it: widen the E grid"
+    elif w.get("interior_significant") is False:
+        text += "; the peak is not resolved from the ends of the E grid at 3 sigma (more seeds there would tell)"
+    elif w.get("interior_significant"):
+        text += "; an interior peak, above both ends of the E grid at 3 sigma"
+    if suspect and w.get("damage_pooled") is not None:
+        text += (f"; against the pooled baseline (the baseline is suspect) {w['damage_pooled']:+.3f} nats"
+                 + (f" ({w['z_pooled']:.1f} sigma)" if w.get("z_pooled") is not None else ""))
+    text += f"; effective size: {multiplier_text(w)}"
+    if w["repeated_loss"] is not None:
+        text += f"; repeated-subset loss {w['repeated_loss']:.3f}"
+    return text + "."
+
+
+def _icl_sentence(analysis: dict) -> str | None:
+    rows = analysis.get("icl") or []
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        if r["stderr"] is None:
+            parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} (single-position score without an error "
+                         "bar: not judged; evaluate again for the estimate)")
+        else:
+            verdict = "ICL present" if r["present"] else "no ICL (within 2 standard errors of zero)"
+            parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} +- {r['stderr']:.3f} nats, {verdict}")
+    return "In-context learning at the f = 0 baselines (late minus early loss): " + "; ".join(parts) + "."
+
+
+def _mechanism_sentence(row: dict) -> str:
+    def val(key: str) -> str:
+        m = row[key]
+        if m["baseline"] is None:
+            return "n/a"
+        return f"{m['baseline']:.3f} -> {m['worst']:.3f}" if m["worst"] is not None else f"{m['baseline']:.3f}"
+
+    base_v = ", ".join(row["baseline_verdicts"]) or "unknown"
+    worst_v = ", ".join(row["worst_verdicts"]) or "unknown"
+    text = (f"Mechanism at N = {fmt_n(row['n_params'])}, f = 0 -> f = {row['fraction']:g}, E = {row['epochs']:g} "
+            f"(the worst E): best previous-token head {val('previous_token_max')}, best prefix-matching head "
+            f"{val('prefix_matching_max')}, copy gain (copy 1 minus copies 2..n, nats) {val('copy_gain')}; "
+            f"baseline: {base_v}; worst E: {worst_v}")
+    if base_v == worst_v and base_v in ("no copying mechanism", "previous-token head, no copying"):
+        text += " (no induction mechanism to damage: read copying and prefix-matching damage as noise)"
+    return text + "."
+
+
+def composition_shares(corpus: dict, split: str) -> str:
+    """'King James Bible 42% / Milton 11% / Shakespeare 47%' for one split of an analysis corpus entry."""
+    per = (corpus.get("composition") or {}).get(split, {})
+    return " / ".join(f"{src} {row['share']:.0%}" for src, row in per.items())
 
 
 def findings(analysis: dict) -> list[str]:
-    """Short sentences with the headline numbers, every one computed from the analysis dict."""
+    """Short sentences with the headline numbers, every one computed from the analysis dict and each one a reader
+    can act on."""
     out: list[str] = []
     s = analysis["summary"]
     out.append(f"{s['runs_used']} runs over {len(s['models'])} model size(s), fractions "
                f"{', '.join(f'{f:g}' for f in s['fractions'])}" + (" (partial: "
                f"{s['missing_points']} expected points missing)" if s["partial"] else "") + ".")
-    base = analysis["baseline"].get("test_loss") or {}
-    fit = base.get("fit")
-    if fit:
-        out.append(f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
-                   f"(rms residual {fit['rms_residual']:.4f} nats)."
-                   + (f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
-                      if fit.get("outliers") else ""))
-    elif base.get("fit_note"):
-        out.append(f"Baseline test loss: {base['fit_note']}"
-                   + ("; N_eff from the log-N interpolation only." if base.get("interpolation") else "."))
-    mech = {(m, w["n_params"], w["fraction"]): w for m in ("copying", "prefix_matching")
-            for w in analysis["worst"].get(m, [])}
+    for c in analysis.get("corpus") or []:
+        if c.get("composition"):
+            out.append(f"Corpus {c['corpus_id']}: the test split ({c['documents'].get('test')} documents) is "
+                       f"{composition_shares(c, 'test')} of its tokens, train {composition_shares(c, 'train')}.")
+        elif c.get("note") and c["note"].startswith("prepared before"):
+            out.append(f"Corpus {c['corpus_id']} was split per whole document before split composition was "
+                       "recorded: its test split may represent a few works only; prepare the corpus again.")
+    out += [x for x in (_noise_sentence(analysis), _baseline_sentence(analysis)) if x]
+    suspects = {(r["model"], r["n_params"]): r for r in analysis.get("baseline_checks") or []
+                if r["outlier"] or r["not_converged"]}
     for w in analysis["worst"].get("test_loss", []):
-        text = (f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g} "
-                f"({'interior' if w['interior'] else 'at the grid edge'})")
-        if w["damage"] is not None:
-            text += f", test loss {w['damage']:+.3f} nats"
-        if w["multiplier"] is not None:
-            text += f", an effective model {_multiplier_text(w)} smaller"
-        if w["repeated_loss"] is not None:
-            text += f", repeated-subset loss {w['repeated_loss']:.3f}"
-        extra = []
-        for metric, label in (("copying", "copying"), ("prefix_matching", "prefix matching")):
-            m = mech.get((metric, w["n_params"], w["fraction"]))
-            if m and m["multiplier"] is not None:
-                extra.append(f"{label} {_multiplier_text(m)} at E = {m['epochs']:g}")
-        if extra:
-            text += "; effective size at their own worst E: " + ", ".join(extra)
-        out.append(text + ".")
+        out.append(_worst_sentence(w, suspects.get((w["model"], w["n_params"]))))
     for reg in analysis["regions"]:
         for side in ("left", "right"):
             fe = reg["fits"][side]
@@ -994,6 +1087,11 @@ def findings(analysis: dict) -> list[str]:
             out.append(f"f = {ew['fraction']:g}: {ew['non_monotone_runs']} of {ew['runs']} learning curves rise "
                        f"mid-training (largest rise {ew['max_rise']:.3f} nats at N = {fmt_n(ew['max_rise_n_params'])}, "
                        f"E = {ew['max_rise_epochs']:g}); {ew['falls_again_runs']} fall again.")
+    icl = _icl_sentence(analysis)
+    if icl:
+        out.append(icl)
+    for row in (analysis.get("mechanism") or {}).get("at_worst", []):
+        out.append(_mechanism_sentence(row))
     return out
 
 
@@ -1030,6 +1128,24 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     return records, missing
 
 
+def corpus_manifests(root: str, records: list[dict]) -> dict[str, dict]:
+    """The manifests of the corpora the records used, where {root}/corpora/{id}/manifest.json exists."""
+    from repeatlab import storage
+    from repeatlab.errors import StorageError
+
+    out = {}
+    for cid in sorted({str((r.get("point") or {}).get("corpus_id")) for r in records if isinstance(r, dict)}):
+        url = storage.join(storage.normalize_root(root), "corpora", cid, "manifest.json")
+        try:
+            if storage.exists(url):
+                manifest = storage.read_json(url)
+                if isinstance(manifest, dict):
+                    out[cid] = manifest
+        except (StorageError, ValueError):
+            continue  # the analysis says the manifest was not found
+    return out
+
+
 def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
     """(root, study) from --config or --root/--study."""
     from repeatlab import storage
@@ -1058,7 +1174,8 @@ def run_analysis(root: str, study: str) -> dict:
 
     records, _ = load_records(root, study)
     folder = study_url(root, study)
-    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study)
+    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
+                             corpora=corpus_manifests(root, records))
     storage.write_json(storage.join(folder, "analysis.json"), analysis)
     return analysis
 

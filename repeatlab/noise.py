@@ -6,7 +6,9 @@ Pure functions on the analysis's run dicts (repeatlab.analyze._run_of), used by 
     seeds:  every group of runs that differ only in the seed (k >= 2 values): sum of squares about the group mean,
             k - 1 degrees of freedom;
     low E:  every repeated point with E <= LOW_E (repeating a subset twice or four times should not change the test
-            loss): (its mean - the baseline mean)^2 / (1/k + 1/n_baseline), one degree of freedom.
+            loss): (its mean - the baseline mean)^2 / (1/k + 1/n_baseline), one degree of freedom; only while its
+            repeated subset is not being memorized yet (repeated-subset loss >= UNMEMORIZED x test loss): a model
+            that already memorizes at E <= 4 is damaged there, not a replicate.
   A size with fewer than MIN_OWN_DOF degrees of freedom uses the estimate pooled over all sizes.
 - A damage is significant when it exceeds SIGNIFICANCE standard errors, SE = sigma * sqrt(1/k + 1/n_baseline).
 - Suspect baselines: an "outlier" when the low-E points of its size beat it by more than SIGNIFICANCE standard errors
@@ -29,6 +31,7 @@ LOW_E = 4.0  # repeated points with E <= LOW_E count as replicates of the baseli
 SIGNIFICANCE = 3.0  # a damage is reported as significant beyond this many standard errors
 MIN_OWN_DOF = 2  # a size with fewer degrees of freedom uses the noise pooled over sizes
 SPIKE_NATS = 0.3  # a learning-curve rise above its running minimum larger than this is a loss spike
+UNMEMORIZED = 0.95  # a low-E point counts as a baseline replicate only while repeated loss >= this x test loss
 STEEP_FACTOR = 2.0  # a baseline's final drop per doubling more than this x its size's median is "still falling"
 
 METRIC = "test_loss"
@@ -53,8 +56,13 @@ def _is_baseline(key: tuple) -> bool:
     return key[0] == 0 and not key[2]
 
 
-def _is_low_e(key: tuple) -> bool:
-    return key[0] > 0 and not key[2] and 0 < key[1] <= LOW_E
+def _is_low_e(key: tuple, runs: list[dict] | None = None, metric: str = METRIC) -> bool:
+    """A repeated point at E <= LOW_E whose repeated subset is not being memorized (see the module docstring)."""
+    if not (key[0] > 0 and not key[2] and 0 < key[1] <= LOW_E):
+        return False
+    rep = [r["repeated_loss"] for r in runs or [] if r.get("repeated_loss") is not None]
+    val = _values(runs or [], metric)
+    return not rep or not val or float(np.mean(rep)) >= UNMEMORIZED * float(np.mean(val))
 
 
 def replicate_sums(runs: list[dict], metric: str = METRIC) -> dict:
@@ -71,7 +79,7 @@ def replicate_sums(runs: list[dict], metric: str = METRIC) -> dict:
         b = float(np.mean(base))
         for key, g in sorted(groups.items()):
             vals = _values(g, metric)
-            if _is_low_e(key) and vals:
+            if _is_low_e(key, g, metric) and vals:
                 dev = float(np.mean(vals)) - b
                 low_ss += dev ** 2 / (1 / len(vals) + 1 / len(base))
                 low_dof += 1
@@ -182,7 +190,7 @@ def suspect_baselines(runs: list[dict], noise: dict, metric: str = METRIC) -> li
         base = _values(base_runs, metric)
         if not base:
             continue
-        low_runs = [r for k, g in groups.items() if _is_low_e(k) for r in g]
+        low_runs = [r for k, g in groups.items() if _is_low_e(k, g, metric) for r in g]
         low = _values(low_runs, metric)
         pooled_vals = base + low
         row: dict[str, Any] = {"model": name, "n_params": n, "baseline_mean": float(np.mean(base)),
