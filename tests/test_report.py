@@ -72,6 +72,12 @@ def test_every_file_and_figure_is_written(study):
         assert f"(fig-{fid}.png)" in md
     assert set(report.FIGURES) == {"loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves",
                                    "prefix_heads", "per_copy_loss", "region"}
+    for heading in ("Split composition of corpus synthetic", "Run-to-run noise of the test loss", "Baseline checks",
+                    "Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
+                    "Damage at every repeated point", "In-context learning at the f = 0 baselines",
+                    "Mechanism evidence"):
+        assert heading in md and heading in page, heading
+    assert "more than" not in md  # no bound phrased as a multiplier
 
 
 def test_page_is_self_contained(study):
