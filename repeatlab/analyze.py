@@ -597,7 +597,11 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                "n_eff_interp": None, "multiplier_interp": None, "extrapolated": None, "extrapolation": None,
                "multiplier_note": None}
         b = baseline.get(metric)
-        if value is None or not b or not b["points"] or (attention_only and other_family):
+        if value is None or not b or not b["points"]:
+            return out
+        if attention_only and other_family:
+            out["multiplier_note"] = ("not meaningful for this study: attention-only models are another shape "
+                                      "family, not on the baselines' law")
             return out
         sign = sign_of(metric)
         lo, hi = b["range"]
@@ -755,6 +759,7 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                     "value": pm["mean"], "std": pm["std"], "damage": pm["damage"],
                     "repetition_harm": pm["repetition_harm"], "n_eff": pm["n_eff"], "multiplier": pm["multiplier"],
                     "extrapolated": pm["extrapolated"], "multiplier_note": pm["multiplier_note"],
+                    "n_eff_method": pm["n_eff_method"],
                     "repeated_loss": p["repeated_loss"]["mean"],
                     "test_loss": p["metrics"]["test_loss"]["mean"],
                     "n_seeds": p["n_seeds"],
@@ -1037,8 +1042,10 @@ def _mechanism_sentence(row: dict) -> str:
             return "n/a"
         return f"{m['baseline']:.3f} -> {m['worst']:.3f}" if m["worst"] is not None else f"{m['baseline']:.3f}"
 
-    base_v = ", ".join(row["baseline_verdicts"]) or "unknown"
-    worst_v = ", ".join(row["worst_verdicts"]) or "unknown"
+    def verdicts(names: list[str]) -> str:
+        return " / ".join(names) + " (the seeds disagree)" if len(names) > 1 else (names[0] if names else "unknown")
+
+    base_v, worst_v = verdicts(row["baseline_verdicts"]), verdicts(row["worst_verdicts"])
     text = (f"Mechanism at N = {fmt_n(row['n_params'])}, f = 0 -> f = {row['fraction']:g}, E = {row['epochs']:g} "
             f"(the worst E): best previous-token head {val('previous_token_max')}, best prefix-matching head "
             f"{val('prefix_matching_max')}, copy gain (copy 1 minus copies 2..n, nats) {val('copy_gain')}; "
@@ -1065,7 +1072,8 @@ def findings(analysis: dict) -> list[str]:
     for c in analysis.get("corpus") or []:
         if c.get("composition"):
             out.append(f"Corpus {c['corpus_id']}: the test split ({c['documents'].get('test')} documents) is "
-                       f"{composition_shares(c, 'test')} of its tokens, train {composition_shares(c, 'train')}.")
+                       f"{composition_shares(c, 'test')} of its tokens, train {composition_shares(c, 'train')}."
+                       + (f" Warning: {c['warnings'][0]}." if c.get("warnings") else ""))
         elif c.get("note") and c["note"].startswith("prepared before"):
             out.append(f"Corpus {c['corpus_id']} was split per whole document before split composition was "
                        "recorded: its test split may represent a few works only; prepare the corpus again.")

@@ -346,8 +346,9 @@ def _corpus_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]
             continue
         rows = [[split, src, _fmt(row["documents"], "d"), _fmt(row["tokens"], ",d"), f"{row['share']:.1%}"]
                 for split, per in c["composition"].items() for src, row in per.items()]
-        tables.append((f"Split composition of corpus {c['corpus_id']} (documents: chunks of about "
-                       f"{c.get('chunk_tokens') or 'whole'} tokens)",
+        unit = (f"chunks of about {c['chunk_tokens']} tokens" if c.get("chunk_tokens")
+                else "whole input documents, not chunked")
+        tables.append((f"Split composition of corpus {c['corpus_id']} (documents: {unit})",
                        ["split", "source", "documents", "tokens", "share of the split"], rows))
     return tables
 
@@ -355,7 +356,8 @@ def _corpus_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]
 def _noise_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     noise = analysis.get("noise") or {}
     rows = [[f"{r['n_params']:.3g}", _fmt(r["sigma"], ".4f"), r["source"], _fmt(r["seed_dof"]),
-             _fmt(r["low_e_dof"]), ", ".join(f"E = {p['epochs']:g}: {p['deviation']:+.4f}" for p in r["low_e_points"])]
+             _fmt(r["low_e_dof"]),
+             ", ".join(f"f = {p['fraction']:g}, E = {p['epochs']:g}: {p['deviation']:+.4f}" for p in r["low_e_points"])]
             for r in noise.get("per_model", [])]
     tables = [("Run-to-run noise of the test loss (sigma, nats): extra seeds and E <= 4 points",
                ["N", "sigma", "source", "seed dof", "low-E dof", "low-E points vs baseline"], rows)]
