@@ -61,14 +61,7 @@ def _get(record: dict, *path: str) -> Any:
     return cur
 
 
-def _finite(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+_finite = mechanism_lib.finite_number  # a finite float, or None for anything else (bools, NaN, text)
 
 
 # name -> (label, direction, accessor)

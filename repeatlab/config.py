@@ -126,7 +126,7 @@ class EvalConfig:
     top_k_heads: int = 3
     icl_early: int = 50  # positions of the in-context-learning score, for a 512-token context;
     icl_late: int = 500  # scaled to the study's context
-    icl_windows: int = 512  # test windows at random offsets for the ICL estimate and its standard error
+    icl_windows: int = 2048  # test windows at random offsets for the ICL estimate and its standard error
 
 
 @dataclass

@@ -25,7 +25,7 @@ COPY_GAIN = 0.1  # nats: later copies this much cheaper than the first one means
 ICL_SE_FACTOR = 2.0  # ICL is present when the score is below -2 standard errors
 
 
-def _num(x: Any) -> float | None:
+def finite_number(x: Any) -> float | None:
     if isinstance(x, bool) or x is None:
         return None
     try:
@@ -39,18 +39,18 @@ def icl_of(record: dict) -> dict:
     """{"score", "stderr", "windows", "present", "note"} of one eval record."""
     icl = record.get("icl") if isinstance(record.get("icl"), dict) else None
     if icl is None:
-        score = _num(record.get("icl_score"))
+        score = finite_number(record.get("icl_score"))
         return {"score": score, "stderr": None, "windows": None, "present": None,
                 "note": None if score is None else "single-position score without a standard error (record made "
                 "before the ICL estimate): not judged"}
-    score, se = _num(icl.get("score")), _num(icl.get("stderr"))
+    score, se = finite_number(icl.get("score")), finite_number(icl.get("stderr"))
     present = None if score is None or se is None else bool(score < -ICL_SE_FACTOR * se)
     return {"score": score, "stderr": se, "windows": icl.get("windows"), "present": present, "note": None}
 
 
 def copy_gain(record: dict) -> float | None:
     per_copy = (record.get("copying") or {}).get("per_copy_loss") if isinstance(record.get("copying"), dict) else None
-    vals = [_num(v) for v in per_copy or []]
+    vals = [finite_number(v) for v in per_copy or []]
     if len(vals) < 2 or any(v is None for v in vals):
         return None
     return vals[0] - sum(vals[1:]) / (len(vals) - 1)
@@ -69,7 +69,7 @@ def evidence(record: dict) -> dict:
     """The mechanism evidence of one eval record (see the module docstring)."""
     agg = record.get("aggregates") if isinstance(record.get("aggregates"), dict) else {}
     prefix_chance, prev_chance = _chance(record.get("point") or {})
-    prefix, prev, gain = _num(agg.get("prefix_matching_max")), _num(agg.get("previous_token_max")), copy_gain(record)
+    prefix, prev, gain = finite_number(agg.get("prefix_matching_max")), finite_number(agg.get("previous_token_max")), copy_gain(record)
     return {"prefix_matching_max": prefix, "prefix_chance": prefix_chance,
             "previous_token_max": prev, "previous_token_chance": prev_chance, "copy_gain": gain,
             "icl": icl_of(record), "verdict": verdict(prefix, prefix_chance, prev, prev_chance, gain)}
