@@ -872,7 +872,9 @@ def _icl_section(run_list: list[dict]) -> list[dict]:
             continue
         score = float(np.mean([i["score"] for i in icls]))
         ses = [i["stderr"] for i in icls]
-        se = None if any(x is None for x in ses) else float(math.sqrt(sum(x * x for x in ses)) / len(ses))
+        # every run reads the same windows, so the seeds' errors are correlated: the mean of their standard errors
+        # (the fully correlated case) rather than sqrt(sum se^2) / k, which would assume independent windows
+        se = None if any(x is None for x in ses) else float(np.mean(ses))
         present = None if se is None else bool(score < -mechanism_lib.ICL_SE_FACTOR * se)
         out.append({"model": name, "n_params": n, "score": score, "stderr": se, "runs": len(icls),
                     "present": present, "per_run": [i["score"] for i in icls],
@@ -1023,7 +1025,12 @@ def _icl_sentence(analysis: dict) -> str | None:
             parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} (single-position score without an error "
                          "bar: not judged; evaluate again for the estimate)")
         else:
-            verdict = "ICL present" if r["present"] else "no ICL (within 2 standard errors of zero)"
+            if r["present"]:
+                verdict = "ICL present (below -2 standard errors)"
+            elif r["score"] > mechanism_lib.ICL_SE_FACTOR * r["stderr"]:
+                verdict = "no ICL: late positions cost more than early ones (beyond 2 standard errors)"
+            else:
+                verdict = "no ICL (within 2 standard errors of zero)"
             parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} +- {r['stderr']:.3f} nats, {verdict}")
     return "In-context learning at the f = 0 baselines (late minus early loss): " + "; ".join(parts) + "."
 
