@@ -952,14 +952,14 @@ def multiplier_text(entry: dict) -> str:
 
 
 def damage_text(w: dict) -> str:
-    """'+0.104 +- 0.011 nats (9.5 sigma: significant)' for a worst-E row or a point's test-loss metrics."""
+    """'+0.104 nats +- 0.011 (9.5 sigma: significant)' for a worst-E row or a point's test-loss metrics."""
     if w.get("damage") is None:
         return "no damage without a baseline"
-    text = f"{w['damage']:+.3f}"
+    text = f"{w['damage']:+.3f} nats"
     if w.get("damage_se") is None:
-        return text + " nats (no noise estimate: significance unknown)"
+        return text + " (no noise estimate: significance unknown)"
     verdict = "significant" if w["significant"] else "within the noise, not significant"
-    return text + f" +- {w['damage_se']:.3f} nats ({w['z']:.1f} sigma: {verdict})"
+    return text + f" +- {w['damage_se']:.3f} ({w['z']:.1f} sigma: {verdict})"
 
 
 def _noise_sentence(analysis: dict) -> str | None:
@@ -1055,6 +1055,28 @@ def _mechanism_sentence(row: dict) -> str:
     return text + "."
 
 
+def _region_sentences(reg: dict) -> list[str]:
+    """The fitted edges of one fraction's poor-performance region, or what would give them."""
+    f = reg["fraction"]
+    rows = [r for r in reg["per_model"] if r.get("max_damage") is not None]
+    if rows and all(r.get("significant") is False for r in rows):
+        return [f"f = {f:g}: no poor-performance region: the largest damage is within 3 standard errors of the noise "
+                "at every size; more seeds (or more tokens per run) would tell."]
+    out = []
+    for side in ("left", "right"):
+        fe = reg["fits"][side]
+        if fe.get("ok"):
+            out.append(f"f = {f:g}: {side} edge of the poor-performance region E = {fe['k']:.3g} * "
+                       f"N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes).")
+        elif rows and all(r.get(f"{side}_censored") for r in rows if r.get("significant") is not False):
+            where = "above the largest" if side == "right" else "below the smallest"
+            out.append(f"f = {f:g}: the {side} edge lies {where} E of the grid at every size; widen the E grid "
+                       "to fit it.")
+        else:
+            out.append(f"f = {f:g}: {side} edge: {fe.get('note')}.")
+    return out
+
+
 def composition_shares(corpus: dict, split: str) -> str:
     """'King James Bible 42% / Milton 11% / Shakespeare 47%' for one split of an analysis corpus entry."""
     per = (corpus.get("composition") or {}).get(split, {})
@@ -1083,13 +1105,7 @@ def findings(analysis: dict) -> list[str]:
     for w in analysis["worst"].get("test_loss", []):
         out.append(_worst_sentence(w, suspects.get((w["model"], w["n_params"]))))
     for reg in analysis["regions"]:
-        for side in ("left", "right"):
-            fe = reg["fits"][side]
-            if fe.get("ok"):
-                out.append(f"f = {reg['fraction']:g}: {side} edge of the poor-performance region E = "
-                           f"{fe['k']:.3g} * N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes).")
-            else:
-                out.append(f"f = {reg['fraction']:g}: {side} edge: {fe.get('note')}.")
+        out += _region_sentences(reg)
     for ew in analysis["epochwise"]:
         if ew["non_monotone_runs"]:
             out.append(f"f = {ew['fraction']:g}: {ew['non_monotone_runs']} of {ew['runs']} learning curves rise "

@@ -67,10 +67,11 @@ def _interp_1d(x: np.ndarray, y: np.ndarray, t: float) -> tuple[float, bool]:
     return float(np.interp(t, x, y)), bool(t < x[0] or t > x[-1])
 
 
-def _bracket(xs: list[float], t: float) -> list[int]:
-    """Indices of the grid values that enclose t (one index at or beyond an end, or on a grid value)."""
+def _bracket(xs: list[float], t: float, tol: float = 1e-9) -> list[int]:
+    """Indices of the log-grid values that enclose log value t (one index at or beyond an end, or within `tol` of a
+    grid value)."""
     for i, x in enumerate(xs):
-        if math.isclose(x, t, rel_tol=1e-9):
+        if abs(x - t) <= tol:
             return [i]
     if t < xs[0]:
         return [0]
@@ -96,7 +97,7 @@ def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> 
         out["note"] = "the study has no test-loss points at this fraction"
         return out
     sizes = sorted({p["n_params"] for p in pts})
-    size_idx = _bracket([math.log(x) for x in sizes], math.log(n))
+    size_idx = _bracket([math.log(x) for x in sizes], math.log(n), tol=0.01)  # 1e5 names the 100,096 model
     per_size, e_out = [], False
     for size in (sizes[i] for i in size_idx):
         rows = sorted((p for p in pts if p["n_params"] == size), key=lambda p: p["epochs"])

@@ -142,8 +142,8 @@ def test_every_number_in_the_findings_is_in_the_analysis(study):
 
 WORST = re.compile(
     r"At N = (?P<n>\S+), f = (?P<f>\S+), the worst E is (?P<e>\S+): test loss (?P<damage>[-+][\d.]+)"
-    r"(?: \+- (?P<se>[\d.]+) nats \((?P<z>[-\d.]+) sigma: (?P<verdict>significant|within the noise, not "
-    r"significant)\)| nats \(no noise estimate: significance unknown\))(?P<clauses>.*?); effective size: "
+    r" nats(?: \+- (?P<se>[\d.]+) \((?P<z>[-\d.]+) sigma: (?P<verdict>significant|within the noise, not "
+    r"significant)\)| \(no noise estimate: significance unknown\))(?P<clauses>.*?); effective size: "
     r"(?:(?P<mult>[\d.]+)x smaller effective model \((?:from the fit|interpolated between the baselines)\)|"
     r"(?P<note>not meaningful for this study: [^;]+))(?:; repeated-subset loss (?P<rl>[\d.]+))?\.$")
 NOISE = re.compile(r"Run-to-run noise of the test loss \(from extra seeds and E <= 4 points\): (.*)\. A damage "

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-
 import synthetic_study as syn
+
 from repeatlab import analyze, danger, mechanism, noise
 
 EPOCHS = (2.0, 8.0, 32.0, 128.0, 512.0)
