@@ -97,9 +97,13 @@ def _fig_loss_vs_epochs(analysis, records, colors):
             ax.errorbar(e, y, yerr=err, marker="o", ms=3, color=colors[size], label=f"N = {size:.3g}")
             b = base.get((rows[0]["model"], size))
             if b:
-                ax.axhline(b["metrics"]["test_loss"]["mean"], color=colors[size], ls="--", lw=1)
+                mean = b["metrics"]["test_loss"]["mean"]
+                ax.axhline(mean, color=colors[size], ls="--", lw=1)
+                se = rows[0]["metrics"]["test_loss"].get("damage_se")
+                if se:  # where a one-seed point is within 3 standard errors of the baseline: not significant
+                    ax.axhspan(mean - 3 * se, mean + 3 * se, color=colors[size], alpha=0.12, lw=0)
         ax.set(xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)",
-               title=f"f = {f:g} (dashed: f = 0 baseline)")
+               title=f"f = {f:g} (dashed: f = 0 baseline; band: +-3 standard errors)")
         ax.legend(fontsize=7)
     return _png(fig), None
 
