@@ -40,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from repeatlab import mechanism as mechanism_lib
+from repeatlab import noise as noise_lib
 from repeatlab.errors import AnalysisError, RepeatlabError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: noise floors, significance, baseline flags, bounded fits, ICL with errors, mechanism
 EPOCHWISE_TOLERANCE = 0.01  # nats: a rise smaller than this is noise, not epoch-wise double descent
 # Rises in the first 10% of the tokens are optimization transients (warmup loss spikes), not epoch-wise double descent.
 EPOCHWISE_BURN_IN = 0.1
@@ -59,14 +61,7 @@ def _get(record: dict, *path: str) -> Any:
     return cur
 
 
-def _finite(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+_finite = mechanism_lib.finite_number  # a finite float, or None for anything else (bools, NaN, text)
 
 
 # name -> (label, direction, accessor)
@@ -94,11 +89,13 @@ ALPHA_GRID = np.concatenate([np.linspace(0.005, 1.0, 200), np.linspace(1.01, 4.0
 OUTLIER_T = 6.0  # a size whose externally studentized residual exceeds this is left out of the fit
 
 
-def _solve_at_alphas(x: np.ndarray, y: np.ndarray, alphas):
+def _solve_at_alphas(x: np.ndarray, y: np.ndarray, alphas, c_bounds: tuple[float, float] = (-np.inf, np.inf)):
     """(c, A', sum of squared residuals, residuals) for y = c + A' * x^-alpha at every alpha at once (arrays).
 
-    c and A' by linear least squares in closed form; an alpha whose A' is not > 0 gets an infinite sum (the law
-    must improve with N).
+    c and A' by linear least squares in closed form, with c held inside c_bounds (the physical range of the
+    asymptote: where the unconstrained c falls outside, c sits at the bound and A' is refitted, which is the
+    constrained optimum of this quadratic at fixed alpha); an alpha whose A' is not > 0 gets an infinite sum (the
+    law must improve with N).
     """
     alphas = np.atleast_1d(np.asarray(alphas, dtype=float))
     b = x[None, :] ** (-alphas[:, None])
@@ -108,47 +105,60 @@ def _solve_at_alphas(x: np.ndarray, y: np.ndarray, alphas):
     det = np.where(np.abs(det) < 1e-300, 1e-300, det)
     a_coef = (k * sby - sb * sy) / det
     c = (sy - a_coef * sb) / k
+    clamped = np.clip(c, c_bounds[0], c_bounds[1])
+    if np.any(clamped != c):
+        refit = (sby - clamped * sb) / np.where(sbb > 0, sbb, 1e-300)
+        a_coef = np.where(clamped != c, refit, a_coef)
+        c = clamped
     r = y - (c[:, None] + a_coef[:, None] * b)
     return c, a_coef, np.where(a_coef > 0, np.sum(r ** 2, axis=1), np.inf), r
 
 
-def _best_alpha(x: np.ndarray, y: np.ndarray, grid: np.ndarray = ALPHA_GRID) -> float | None:
+def _best_alpha(x: np.ndarray, y: np.ndarray, grid: np.ndarray = ALPHA_GRID,
+                c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> float | None:
     """The least-squares alpha: the whole grid, then finer grids around the best one; None if A' <= 0 always."""
     cand = grid
-    total = _solve_at_alphas(x, y, cand)[2]
+    total = _solve_at_alphas(x, y, cand, c_bounds)[2]
     if not np.isfinite(total).any():
         return None
     for _ in range(3):
         i = int(np.argmin(total))
         cand = np.linspace(cand[max(i - 1, 0)], cand[min(i + 1, len(cand) - 1)], 41)
-        total = _solve_at_alphas(x, y, cand)[2]
+        total = _solve_at_alphas(x, y, cand, c_bounds)[2]
     return float(cand[int(np.argmin(total))])
 
 
-def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float] | None:
+def _c_bounds(y: np.ndarray, sign: float) -> tuple[float, float]:
+    """The physical range of the asymptote in badness units: a loss's L_inf in [0, the smallest observed loss]; a
+    score's S_inf in [the largest observed score, 1] (prefix matching is an attention weight)."""
+    return (0.0, float(np.min(y))) if sign > 0 else (-1.0, float(np.min(y)))
+
+
+def _least_squares(x: np.ndarray, y: np.ndarray,
+                   c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float, float] | None:
     """(alpha, c, A', sum of squared residuals) of the least-squares law, None when no alpha has A' > 0."""
-    alpha = _best_alpha(x, y)
+    alpha = _best_alpha(x, y, c_bounds=c_bounds)
     if alpha is None:
         return None
-    c, a_coef, ssr, _ = _solve_at_alphas(x, y, alpha)
+    c, a_coef, ssr, _ = _solve_at_alphas(x, y, alpha, c_bounds)
     return alpha, float(c[0]), float(a_coef[0]), float(ssr[0])
 
 
-def _outliers(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _outliers(x: np.ndarray, y: np.ndarray, c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
     """Mask of the points kept: one at a time, the point whose removal helps most is dropped while its externally
     studentized residual t = sqrt((SSR - SSR_without) / (SSR_without / dof)) exceeds OUTLIER_T; at most (n - 4) // 2
     points, and only while >= 5 remain (2 degrees of freedom)."""
     keep = np.ones(len(x), dtype=bool)
     floor = (1e-6 * float(np.ptp(y))) ** 2 + 1e-300
     while keep.sum() >= 6 and (~keep).sum() < (len(x) - 4) // 2:
-        full = _least_squares(x[keep], y[keep])
+        full = _least_squares(x[keep], y[keep], c_bounds)
         if full is None:
             break
         best = None
         for i in np.flatnonzero(keep):
             rest = keep.copy()
             rest[i] = False
-            fit = _least_squares(x[rest], y[rest])
+            fit = _least_squares(x[rest], y[rest], c_bounds)
             if fit is None:
                 continue
             t2 = (full[3] - fit[3]) / max(fit[3] / (rest.sum() - 3), floor)
@@ -160,10 +170,17 @@ def _outliers(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return keep
 
 
-def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction: str = "lower") -> dict:
+POOR_RESIDUAL_SIGMAS = 3.0  # an rms residual above this many noise sigmas: the law does not describe the baselines
+
+
+def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction: str = "lower",
+                  noise: float | None = None) -> dict:
     """Robust fit of a baseline law to (N, value) pairs. Returns a dict with `ok` and either the parameters or `note`.
 
     lower is better: value = L_inf + A * N^-alpha;  higher is better: value = S_inf - A * N^-alpha.
+    The asymptote is held in its physical range (0 <= L_inf <= the smallest observed loss). `usable` is false, with
+    `unusable_reason`, when alpha or the asymptote ends at a bound of its search, or when the rms residual exceeds
+    POOR_RESIDUAL_SIGMAS x `noise` (the run-to-run noise, when known): then N_eff comes from interpolation only.
     """
     n = np.asarray(list(n_params), dtype=float)
     v = np.asarray(list(values), dtype=float)
@@ -176,10 +193,15 @@ def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction:
     y = sign * v
     n_ref = float(np.exp(np.mean(np.log(n))))
     x = n / n_ref
-    if _least_squares(x, y) is None:
+    bounds = _c_bounds(y, sign)
+    if _least_squares(x, y) is None or _least_squares(x, y, bounds) is None:
         return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
-    keep = _outliers(x, y)
-    alpha, c, a_ref, ssr = _least_squares(x[keep], y[keep])
+    keep = _outliers(x, y, bounds)
+    bounds = _c_bounds(y[keep], sign)
+    fitted = _least_squares(x[keep], y[keep], bounds)
+    if fitted is None:
+        return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
+    alpha, c, a_ref, ssr = fitted
     amp = a_ref * n_ref ** alpha
     pred = c + amp * n ** (-alpha)
     dof = int(keep.sum() - 3)
@@ -193,7 +215,21 @@ def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction:
         "sigma": float(math.sqrt(ssr / dof)) if dof > 0 else None, "dof": dof,
         "outliers": n[~keep].tolist(),
         "alpha_at_bound": bool(alpha <= ALPHA_GRID[0] + 1e-9 or alpha >= ALPHA_GRID[-1] - 1e-9),
-    }
+        "asymptote_bounds": [float(sign * bounds[0]), float(sign * bounds[1])],
+        "asymptote_at_bound": bool(np.isclose(c, bounds[0], rtol=0, atol=1e-9)
+                                   or np.isclose(c, bounds[1], rtol=0, atol=1e-9)),
+    } | _usability(alpha, c, bounds, float(np.sqrt(np.mean((v - sign * pred)[keep] ** 2))), noise)
+
+
+def _usability(alpha: float, c: float, bounds: tuple[float, float], rms: float, noise: float | None) -> dict:
+    reasons = []
+    if alpha <= ALPHA_GRID[0] + 1e-9 or alpha >= ALPHA_GRID[-1] - 1e-9:
+        reasons.append(f"alpha at its search bound ({alpha:.3g})")
+    if np.isclose(c, bounds[0], rtol=0, atol=1e-9) or np.isclose(c, bounds[1], rtol=0, atol=1e-9):
+        reasons.append("the asymptote at the edge of its physical range (0 or the best observed value)")
+    if noise and rms > POOR_RESIDUAL_SIGMAS * noise:
+        reasons.append(f"rms residual {rms:.3g} above {POOR_RESIDUAL_SIGMAS:g}x the run-to-run noise ({noise:.3g})")
+    return {"usable": not reasons, "unusable_reason": "; ".join(reasons) or None, "noise_sigma": noise}
 
 
 def predict(fit: dict, n: float) -> float:
@@ -374,6 +410,8 @@ def _run_of(record: dict) -> dict:
         "prefix_matching_max": _finite(_get(record, "aggregates", "prefix_matching_max")),
         "prefix_chance": _prefix_chance(p.get("eval") or {}),
         "epochwise": epochwise_double_descent(record.get("learning_curve")),
+        "curve": record.get("learning_curve"),
+        "mechanism": mechanism_lib.evidence(record),
     }
 
 
@@ -400,8 +438,10 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def analyze_study(records: list[dict], expected_points: list[dict] | None = None, study: str | None = None) -> dict:
-    """The content of analysis.json for a list of eval records (see the module docstring)."""
+def analyze_study(records: list[dict], expected_points: list[dict] | None = None, study: str | None = None,
+                  corpora: dict[str, dict] | None = None) -> dict:
+    """The content of analysis.json for a list of eval records (see the module docstring); `corpora` maps the
+    records' corpus ids to their manifests (for the split composition)."""
     from repeatlab import __version__
 
     if not isinstance(records, list) or not records:
@@ -480,6 +520,29 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
              f"{INDUCTION_FACTOR:g}x the uniform-attention score): {', '.join(no_induction)}; damage to copying and "
              "prefix matching means little there (train longer, or use a longer context)")
 
+    # ---- noise floors, suspect baselines, loss spikes
+    noise = noise_lib.noise_floors(run_list)
+    suspects = noise_lib.suspect_baselines(run_list, noise)
+    for row in suspects:
+        if row["outlier"] or row["not_converged"]:
+            what = " and ".join(x for x, flag in (("an outlier", row["outlier"]), ("not converged",
+                                                                                   row["not_converged"])) if flag)
+            warn("baseline_suspect", f"N = {_fmt(row['n_params'])}: the f = 0 baseline is {what}: "
+                 f"{'; '.join(row['notes'])}; damage at this size is also given against the pooled baseline "
+                 f"({row['pooled_runs']} runs: the baseline and E <= {noise_lib.LOW_E:g}, {row['pooled_mean']:.3f} "
+                 "nats)")
+    spikes = []
+    for r in run_list:
+        spike = noise_lib.loss_spike(r["curve"])
+        if spike:
+            spikes.append({"point_id": r["point_id"], "model": r["model"], "n_params": r["n_params"],
+                           "fraction": r["fraction"], "epochs": r["epochs"], "seed": r["seed"], **spike})
+            warn("loss_spike", f"N = {_fmt(r['n_params'])}, f = {r['fraction']:g}, E = {r['epochs']:g}, seed "
+                 f"{r['seed']}: the learning curve spikes from {spike['from_loss']:.2f} to {spike['to_loss']:.2f} "
+                 f"nats at {spike['at_tokens']:.3g} tokens"
+                 + (" and recovers" if spike["recovered"] else " and does not recover: treat this run as suspect"))
+    suspect_by_model = {(row["model"], row["n_params"]): row for row in suspects}
+
     # ---- baselines per metric
     fit_models = [(n, name) for n, name, ao in models if not ao] or [(n, name) for n, name, _ in models]
     other_family = len(fit_models) < len(models)  # attention-only models are not on the fitted law
@@ -507,12 +570,12 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
             ns = [p["n_params"] for p in pts]
             ms = [p["mean"] for p in pts]
             entry["range"] = [min(ms), max(ms)]
-            fit = fit_power_law(ns, ms, direction)
+            fit = fit_power_law(ns, ms, direction, noise=noise["pooled"]["sigma"] if metric == "test_loss" else None)
             if fit["ok"]:
                 entry["fit"] = fit
-                if fit["alpha_at_bound"]:
-                    warn("fit_bound", f"{metric}: the baseline fit's alpha ({fit['alpha']:.3g}) sits at the search "
-                         "bound; treat its N_eff with care")
+                if not fit["usable"]:
+                    warn("fit_unusable", f"{metric}: the baseline law is not usable for this study "
+                         f"({fit['unusable_reason']}); N_eff comes from interpolation between the baselines only")
             else:
                 entry["fit_note"] = fit["note"]
                 if "does not improve" in fit["note"]:
@@ -525,9 +588,13 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
     def effective(metric: str, value: float | None, n: float, attention_only: bool = False) -> dict:
         out = {"n_eff": None, "multiplier": None, "n_eff_method": None, "n_eff_fit": None, "multiplier_fit": None,
                "n_eff_interp": None, "multiplier_interp": None, "extrapolated": None, "extrapolation": None,
-               "multiplier_lower_bound": None}
+               "multiplier_note": None}
         b = baseline.get(metric)
-        if value is None or not b or not b["points"] or (attention_only and other_family):
+        if value is None or not b or not b["points"]:
+            return out
+        if attention_only and other_family:
+            out["multiplier_note"] = ("not meaningful for this study: attention-only models are another shape "
+                                      "family, not on the baselines' law")
             return out
         sign = sign_of(metric)
         lo, hi = b["range"]
@@ -536,8 +603,6 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
             out["extrapolated"], out["extrapolation"] = True, "better than the best baseline"
         elif sign * (value - worst_b) > 0:
             out["extrapolated"], out["extrapolation"] = True, "worse than the worst baseline"
-            # All the baselines support here: the point is worse than the smallest model, N_eff < N_smallest.
-            out["multiplier_lower_bound"] = n / min(p["n_params"] for p in b["points"])
         else:
             out["extrapolated"] = False
         if b["fit"]:
@@ -550,11 +615,18 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
             ne = invert_interpolation(b["interpolation"], value)
             out["n_eff_interp"] = ne
             out["multiplier_interp"] = None if ne is None else n / ne
-        if b["fit"]:
+        if b["fit"] and b["fit"]["usable"]:
             out["n_eff"], out["multiplier"], out["n_eff_method"] = out["n_eff_fit"], out["multiplier_fit"], "fit"
         elif b["interpolation"]:
             out["n_eff"], out["multiplier"] = out["n_eff_interp"], out["multiplier_interp"]
             out["n_eff_method"] = "interpolation"
+        if out["extrapolated"]:  # outside the baselines the study has no model to compare with: no number at all
+            out["multiplier_note"] = (f"not meaningful for this study: {out['extrapolation']} "
+                                      f"(baselines span N = {fmt_n(min(p['n_params'] for p in b['points']))}.."
+                                      f"{fmt_n(max(p['n_params'] for p in b['points']))})")
+            out["n_eff"] = out["multiplier"] = None
+        elif out["multiplier"] is None and out["n_eff_method"] is None:
+            out["multiplier_note"] = "not meaningful for this study: no usable baseline law or interpolation"
         return out
 
     def baseline_value(metric: str, name: str, n: float, attention_only: bool = False):
@@ -568,12 +640,41 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
             return predict(fit, n), "fit"
         return None, None
 
+    def _significance_of(m: dict, g: dict, kind: str) -> dict:
+        """Standard error, z and verdict of a test-loss damage, against the baseline and the pooled baseline."""
+        sigma = noise_lib.sigma_of(noise, g["model"], g["n_params"])
+        base = baseline_groups.get((g["model"], g["n_params"]))
+        n_point = len([v for v in m["values"] if v is not None])
+        out: dict[str, Any] = {"sigma": sigma, "damage_se": None, "z": None, "significant": None,
+                               "damage_pooled": None, "z_pooled": None, "significant_pooled": None}
+        if kind != "repeated" and kind != "control":
+            return out
+        if base:
+            out.update(noise_lib.significance(m["damage"], sigma, n_point, len(base["runs"])))
+        sus = suspect_by_model.get((g["model"], g["n_params"]))
+        if sus and m["mean"] is not None:
+            pooled = noise_lib.significance(m["mean"] - sus["pooled_mean"], sigma, n_point, sus["pooled_runs"])
+            out.update(damage_pooled=m["mean"] - sus["pooled_mean"], z_pooled=pooled["z"],
+                       significant_pooled=pooled["significant"])
+        return out
+
+    def _interior_significant(pts: list[dict], i: int, metric: str) -> bool | None:
+        """Whether the worst E's damage exceeds both ends of the E grid by SIGNIFICANCE standard errors."""
+        if not 0 < i < len(pts) - 1:
+            return False
+        p = pts[i]
+        sigma = noise_lib.sigma_of(noise, p["model"], p["n_params"])
+        verdicts = [noise_lib.difference_significant(p["metrics"][metric]["mean"], q["metrics"][metric]["mean"],
+                                                    sigma, p["n_seeds"], q["n_seeds"]) for q in (pts[0], pts[-1])]
+        return None if None in verdicts else all(verdicts)
+
     # ---- per run (CSV rows) and per group (seeds aggregated)
     run_rows = []
     for r in run_list:
         row = {k: r[k] for k in ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")}
         row.update({"repeated_loss": r["repeated_loss"], "icl_score": r["icl_score"],
-                    "prefix_matching_max": r["prefix_matching_max"], "metrics": {}})
+                    "prefix_matching_max": r["prefix_matching_max"], "metrics": {}, "icl": r["mechanism"]["icl"],
+                    "mechanism_verdict": r["mechanism"]["verdict"]})
         for metric in available:
             v = r["values"][metric]
             bv, _ = baseline_value(metric, r["model"], r["n_params"], r["attention_only"])
@@ -582,6 +683,11 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                                       else sign_of(metric) * (v - bv),
                                       "n_eff": eff["n_eff"], "multiplier": eff["multiplier"],
                                       "extrapolated": eff["extrapolated"]}
+        base_g = baseline_groups.get((r["model"], r["n_params"]))
+        if "test_loss" in row["metrics"] and base_g and (r["fraction"] > 0 or r["control"]):
+            row["metrics"]["test_loss"].update(noise_lib.significance(
+                row["metrics"]["test_loss"]["damage"], noise_lib.sigma_of(noise, r["model"], r["n_params"]), 1,
+                len(base_g["runs"])))
         row["epochwise"] = r["epochwise"]
         run_rows.append(row)
 
@@ -610,6 +716,8 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
             m["repetition_harm"] = None if (g["control"] or mean is None or cv is None) else s * (mean - cv)
             m["unique_data_loss"] = None if cv is None or bv is None else s * (cv - bv)
             m.update(effective(metric, mean, g["n_params"], g["attention_only"]))
+            if metric == "test_loss":
+                m.update(_significance_of(m, g, entry["kind"]))
             entry["metrics"][metric] = m
         ew = [r["epochwise"] for r in g["runs"] if r["epochwise"]]
         entry["epochwise"] = None if not ew else {
@@ -643,9 +751,14 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                     "edge": None if 0 < i < len(pts) - 1 else ("smallest E" if i == 0 else "largest E"),
                     "value": pm["mean"], "std": pm["std"], "damage": pm["damage"],
                     "repetition_harm": pm["repetition_harm"], "n_eff": pm["n_eff"], "multiplier": pm["multiplier"],
-                    "extrapolated": pm["extrapolated"], "multiplier_lower_bound": pm["multiplier_lower_bound"],
+                    "extrapolated": pm["extrapolated"], "multiplier_note": pm["multiplier_note"],
+                    "n_eff_method": pm["n_eff_method"],
                     "repeated_loss": p["repeated_loss"]["mean"],
                     "test_loss": p["metrics"]["test_loss"]["mean"],
+                    "n_seeds": p["n_seeds"],
+                    **({k: pm.get(k) for k in ("damage_se", "z", "significant", "damage_pooled", "z_pooled",
+                                               "significant_pooled", "sigma")} if metric == "test_loss" else {}),
+                    "interior_significant": _interior_significant(pts, i, metric) if metric == "test_loss" else None,
                 })
         worst[metric] = rows
     for w in worst.get("test_loss", []):
@@ -684,10 +797,18 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                             "note": "no damage without an f = 0 baseline at this size"})
             else:
                 row.update(region_edges(row["epochs"], dmg))
+                peak = [p for p in pts if p["epochs"] == row["peak_epochs"]]
+                row["significant"] = peak[0]["metrics"]["test_loss"].get("significant") if peak else None
+                if row["significant"] is False:
+                    row["note"] = "; ".join(x for x in (row.get("note"), f"the largest damage is within "
+                                                        f"{noise_lib.SIGNIFICANCE:g} standard errors of the noise: "
+                                                        "no region at this size") if x)
+                    row.update(left=None, right=None)
             per_model.append(row)
         fits = {}
         for side in ("left", "right"):
-            known = [(r["n_params"], r[side]) for r in per_model if r[side] is not None and not r["attention_only"]]
+            known = [(r["n_params"], r[side]) for r in per_model if r[side] is not None and not r["attention_only"]
+                     and r.get("significant") is not False]
             if not has_baseline:
                 fits[side] = {"ok": False, "note": "no fit: the region needs damage, which needs f = 0 baselines"}
             else:
@@ -709,6 +830,12 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
                           "max_rise_model": top["model"], "max_rise_n_params": top["n_params"],
                           "max_rise_epochs": top["epochs"], "tolerance": EPOCHWISE_TOLERANCE})
 
+    mechanism = _mechanism_section(run_list, worst.get("test_loss", []))
+    icl = _icl_section(run_list)
+    if any(r["mechanism"]["icl"]["note"] for r in run_list):
+        warn("icl_single_position", "some records predate the ICL estimate with an error bar (a single-position "
+             "score at fixed window offsets): their ICL is listed but not judged; evaluate them again for it")
+
     summary = {
         "records": len(records), "runs_used": len(run_list),
         "models": [{"model": name, "n_params": n, "attention_only": ao} for n, name, ao in models],
@@ -725,9 +852,71 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
         "metrics": {m: {"label": METRICS[m][0], "direction": METRICS[m][1], "field": FIELDS[m]} for m in available},
         "baseline": baseline, "points": points, "runs": run_rows, "worst": worst, "regions": regions,
         "epochwise": epochwise, "warnings": warnings, "missing": missing,
+        "noise": noise, "baseline_checks": suspects, "loss_spikes": spikes, "icl": icl, "mechanism": mechanism,
+        "corpus": _corpus_section(run_list, records, corpora or {}),
     }
     analysis["findings"] = findings(analysis)
     return _clean(analysis)
+
+
+def _icl_section(run_list: list[dict]) -> list[dict]:
+    """ICL per f = 0 baseline size: the mean over seeds, its standard error, and whether it is present."""
+    out = []
+    by_model: dict[tuple, list[dict]] = {}
+    for r in run_list:
+        if r["fraction"] == 0 and not r["control"]:
+            by_model.setdefault((r["n_params"], r["model"]), []).append(r)
+    for (n, name), rs in sorted(by_model.items()):
+        icls = [r["mechanism"]["icl"] for r in rs if r["mechanism"]["icl"]["score"] is not None]
+        if not icls:
+            continue
+        score = float(np.mean([i["score"] for i in icls]))
+        ses = [i["stderr"] for i in icls]
+        # every run reads the same windows, so the seeds' errors are correlated: the mean of their standard errors
+        # (the fully correlated case) rather than sqrt(sum se^2) / k, which would assume independent windows
+        se = None if any(x is None for x in ses) else float(np.mean(ses))
+        present = None if se is None else bool(score < -mechanism_lib.ICL_SE_FACTOR * se)
+        out.append({"model": name, "n_params": n, "score": score, "stderr": se, "runs": len(icls),
+                    "present": present, "per_run": [i["score"] for i in icls],
+                    "note": None if se is not None else icls[0]["note"] or "no standard error"})
+    return out
+
+
+def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
+    """Per run evidence, and baseline vs worst-E evidence per (N, f)."""
+    per_run = [{"point_id": r["point_id"], "model": r["model"], "n_params": r["n_params"], "fraction": r["fraction"],
+                "epochs": r["epochs"], "seed": r["seed"], "control": r["control"], **r["mechanism"]} for r in run_list]
+    at_worst = []
+    for w in worst_rows:
+        base = [r["mechanism"] for r in run_list if r["model"] == w["model"] and r["n_params"] == w["n_params"]
+                and r["fraction"] == 0 and not r["control"]]
+        worst = [r["mechanism"] for r in run_list if r["model"] == w["model"] and r["n_params"] == w["n_params"]
+                 and r["fraction"] == w["fraction"] and r["epochs"] == w["epochs"] and not r["control"]]
+        if base and worst:
+            at_worst.append({"model": w["model"], "n_params": w["n_params"], "fraction": w["fraction"],
+                             "epochs": w["epochs"], **mechanism_lib.damage_at_worst(base, worst)})
+    return {"clear_factor": mechanism_lib.CLEAR_FACTOR, "copy_gain_threshold": mechanism_lib.COPY_GAIN,
+            "per_run": per_run, "at_worst": at_worst}
+
+
+def _corpus_section(run_list: list[dict], records: list[dict], corpora: dict[str, dict]) -> list[dict]:
+    """The split composition of every corpus the records used (from its manifest, when the caller found it)."""
+    ids = sorted({str((rec.get("point") or {}).get("corpus_id")) for rec in records
+                  if isinstance(rec, dict) and isinstance(rec.get("point"), dict)})
+    out = []
+    for cid in ids:
+        manifest = corpora.get(cid)
+        if not manifest:
+            out.append({"corpus_id": cid, "composition": None, "note": "corpus manifest not found"})
+            continue
+        splits = manifest.get("splits") or {}
+        out.append({"corpus_id": cid, "chunk_tokens": manifest.get("chunk_tokens"),
+                    "documents": {k: v.get("documents") for k, v in splits.items()},
+                    "tokens": {k: v.get("tokens") for k, v in splits.items()},
+                    "composition": manifest.get("composition"), "warnings": manifest.get("warnings") or [],
+                    "note": None if manifest.get("composition") else "prepared before split composition was "
+                    "recorded: the splits were drawn per whole document"})
+    return out
 
 
 def _clean(obj: Any) -> Any:
@@ -754,63 +943,179 @@ def fmt_n(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _multiplier_text(entry: dict) -> str:
-    """N/N_eff as text. Worse than every baseline, an extrapolated N_eff means little (a log-linear end segment can
-    put it anywhere), so only the bound the baselines support is stated: more than N / N_smallest."""
-    if entry.get("multiplier_lower_bound") is not None:
-        return f"more than {entry['multiplier_lower_bound']:.2f}x (worse than every baseline)"
-    return f"{entry['multiplier']:.2f}x" + (" (extrapolated)" if entry["extrapolated"] else "")
+def multiplier_text(entry: dict) -> str:
+    """N/N_eff as text, or why the study cannot give one (never a bound phrased as a multiplier)."""
+    if entry.get("multiplier") is None:
+        return entry.get("multiplier_note") or "not meaningful for this study"
+    how = "interpolated between the baselines" if entry.get("n_eff_method") == "interpolation" else "from the fit"
+    return f"{entry['multiplier']:.2f}x smaller effective model ({how})"
+
+
+def damage_text(w: dict) -> str:
+    """'+0.104 nats +- 0.011 (9.5 sigma: significant)' for a worst-E row or a point's test-loss metrics."""
+    if w.get("damage") is None:
+        return "no damage without a baseline"
+    text = f"{w['damage']:+.3f} nats"
+    if w.get("damage_se") is None:
+        return text + " (no noise estimate: significance unknown)"
+    verdict = "significant" if w["significant"] else "within the noise, not significant"
+    return text + f" +- {w['damage_se']:.3f} ({w['z']:.1f} sigma: {verdict})"
+
+
+def _noise_sentence(analysis: dict) -> str | None:
+    rows = (analysis.get("noise") or {}).get("per_model") or []
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        if r["sigma"] is None:
+            parts.append(f"N = {fmt_n(r['n_params'])}: unknown")
+        else:
+            src = (f"{r['seed_dof']} seed and {r['low_e_dof']} low-E degrees of freedom" if r["source"] == "own"
+                   else "pooled over sizes")
+            parts.append(f"N = {fmt_n(r['n_params'])}: {r['sigma']:.3f} nats ({src})")
+    return ("Run-to-run noise of the test loss (from extra seeds and E <= 4 points): " + "; ".join(parts)
+            + ". A damage counts only beyond 3 standard errors; more seeds at the worst E narrow them.")
+
+
+def _baseline_sentence(analysis: dict) -> str | None:
+    base = analysis["baseline"].get("test_loss") or {}
+    fit = base.get("fit")
+    if fit and fit.get("usable", True):
+        return (f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
+                f"(rms residual {fit['rms_residual']:.4f} nats); effective sizes come from it."
+                + (f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
+                   if fit.get("outliers") else ""))
+    if fit:
+        return (f"The baseline law is not usable for this study ({fit['unusable_reason']}): effective sizes are "
+                "interpolated between the baselines, and given only for points inside their range; add model sizes "
+                "to fit a law.")
+    if base.get("fit_note"):
+        return (f"Baseline test loss: {base['fit_note']}; effective sizes are interpolated between the baselines "
+                "and given only for points inside their range." if base.get("interpolation")
+                else f"Baseline test loss: {base['fit_note']}.")
+    return None
+
+
+def _worst_sentence(w: dict, suspect: dict | None) -> str:
+    text = (f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g}: test loss "
+            f"{damage_text(w)}")
+    if w["edge"]:
+        text += f"; it is at the {w['edge']} of the grid, so the peak may lie outside it: widen the E grid"
+    elif w.get("interior_significant") is False:
+        text += "; the peak is not resolved from the ends of the E grid at 3 sigma (more seeds there would tell)"
+    elif w.get("interior_significant"):
+        text += "; an interior peak, above both ends of the E grid at 3 sigma"
+    if suspect and w.get("damage_pooled") is not None:
+        text += (f"; against the pooled baseline (the baseline is suspect) {w['damage_pooled']:+.3f} nats"
+                 + (f" ({w['z_pooled']:.1f} sigma)" if w.get("z_pooled") is not None else ""))
+    text += f"; effective size: {multiplier_text(w)}"
+    if w["repeated_loss"] is not None:
+        text += f"; repeated-subset loss {w['repeated_loss']:.3f}"
+    return text + "."
+
+
+def _icl_sentence(analysis: dict) -> str | None:
+    rows = analysis.get("icl") or []
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        if r["stderr"] is None:
+            parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} (single-position score without an error "
+                         "bar: not judged; evaluate again for the estimate)")
+        else:
+            if r["present"]:
+                verdict = "ICL present (below -2 standard errors)"
+            elif r["score"] > mechanism_lib.ICL_SE_FACTOR * r["stderr"]:
+                verdict = "no ICL: late positions cost more than early ones (beyond 2 standard errors)"
+            else:
+                verdict = "no ICL (within 2 standard errors of zero)"
+            parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} +- {r['stderr']:.3f} nats, {verdict}")
+    return "In-context learning at the f = 0 baselines (late minus early loss): " + "; ".join(parts) + "."
+
+
+def _mechanism_sentence(row: dict) -> str:
+    def val(key: str) -> str:
+        m = row[key]
+        if m["baseline"] is None:
+            return "n/a"
+        return f"{m['baseline']:.3f} -> {m['worst']:.3f}" if m["worst"] is not None else f"{m['baseline']:.3f}"
+
+    def verdicts(names: list[str]) -> str:
+        return " / ".join(names) + " (the seeds disagree)" if len(names) > 1 else (names[0] if names else "unknown")
+
+    base_v, worst_v = verdicts(row["baseline_verdicts"]), verdicts(row["worst_verdicts"])
+    text = (f"Mechanism at N = {fmt_n(row['n_params'])}, f = 0 -> f = {row['fraction']:g}, E = {row['epochs']:g} "
+            f"(the worst E): best previous-token head {val('previous_token_max')}, best prefix-matching head "
+            f"{val('prefix_matching_max')}, copy gain (copy 1 minus copies 2..n, nats) {val('copy_gain')}; "
+            f"baseline: {base_v}; worst E: {worst_v}")
+    if base_v == worst_v and base_v in ("no copying mechanism", "previous-token head, no copying"):
+        text += " (no induction mechanism to damage: read copying and prefix-matching damage as noise)"
+    return text + "."
+
+
+def _region_sentences(reg: dict) -> list[str]:
+    """The fitted edges of one fraction's poor-performance region, or what would give them."""
+    f = reg["fraction"]
+    rows = [r for r in reg["per_model"] if r.get("max_damage") is not None]
+    if rows and all(r.get("significant") is False for r in rows):
+        return [f"f = {f:g}: no poor-performance region: the largest damage is within 3 standard errors of the noise "
+                "at every size; more seeds (or more tokens per run) would tell."]
+    out = []
+    for side in ("left", "right"):
+        fe = reg["fits"][side]
+        if fe.get("ok"):
+            out.append(f"f = {f:g}: {side} edge of the poor-performance region E = {fe['k']:.3g} * "
+                       f"N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes).")
+        elif rows and all(r.get(f"{side}_censored") for r in rows if r.get("significant") is not False):
+            where = "above the largest" if side == "right" else "below the smallest"
+            out.append(f"f = {f:g}: the {side} edge lies {where} E of the grid at every size; widen the E grid "
+                       "to fit it.")
+        else:
+            out.append(f"f = {f:g}: {side} edge: {fe.get('note')}.")
+    return out
+
+
+def composition_shares(corpus: dict, split: str) -> str:
+    """'King James Bible 42% / Milton 11% / Shakespeare 47%' for one split of an analysis corpus entry."""
+    per = (corpus.get("composition") or {}).get(split, {})
+    return " / ".join(f"{src} {row['share']:.0%}" for src, row in per.items())
 
 
 def findings(analysis: dict) -> list[str]:
-    """Short sentences with the headline numbers, every one computed from the analysis dict."""
+    """Short sentences with the headline numbers, every one computed from the analysis dict and each one a reader
+    can act on."""
     out: list[str] = []
     s = analysis["summary"]
     out.append(f"{s['runs_used']} runs over {len(s['models'])} model size(s), fractions "
                f"{', '.join(f'{f:g}' for f in s['fractions'])}" + (" (partial: "
                f"{s['missing_points']} expected points missing)" if s["partial"] else "") + ".")
-    base = analysis["baseline"].get("test_loss") or {}
-    fit = base.get("fit")
-    if fit:
-        out.append(f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
-                   f"(rms residual {fit['rms_residual']:.4f} nats)."
-                   + (f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
-                      if fit.get("outliers") else ""))
-    elif base.get("fit_note"):
-        out.append(f"Baseline test loss: {base['fit_note']}"
-                   + ("; N_eff from the log-N interpolation only." if base.get("interpolation") else "."))
-    mech = {(m, w["n_params"], w["fraction"]): w for m in ("copying", "prefix_matching")
-            for w in analysis["worst"].get(m, [])}
+    for c in analysis.get("corpus") or []:
+        if c.get("composition"):
+            out.append(f"Corpus {c['corpus_id']}: the test split ({c['documents'].get('test')} documents) is "
+                       f"{composition_shares(c, 'test')} of its tokens, train {composition_shares(c, 'train')}."
+                       + (f" Warning: {c['warnings'][0]}." if c.get("warnings") else ""))
+        elif c.get("note") and c["note"].startswith("prepared before"):
+            out.append(f"Corpus {c['corpus_id']} was split per whole document before split composition was "
+                       "recorded: its test split may represent a few works only; prepare the corpus again.")
+    out += [x for x in (_noise_sentence(analysis), _baseline_sentence(analysis)) if x]
+    suspects = {(r["model"], r["n_params"]): r for r in analysis.get("baseline_checks") or []
+                if r["outlier"] or r["not_converged"]}
     for w in analysis["worst"].get("test_loss", []):
-        text = (f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g} "
-                f"({'interior' if w['interior'] else 'at the grid edge'})")
-        if w["damage"] is not None:
-            text += f", test loss {w['damage']:+.3f} nats"
-        if w["multiplier"] is not None:
-            text += f", an effective model {_multiplier_text(w)} smaller"
-        if w["repeated_loss"] is not None:
-            text += f", repeated-subset loss {w['repeated_loss']:.3f}"
-        extra = []
-        for metric, label in (("copying", "copying"), ("prefix_matching", "prefix matching")):
-            m = mech.get((metric, w["n_params"], w["fraction"]))
-            if m and m["multiplier"] is not None:
-                extra.append(f"{label} {_multiplier_text(m)} at E = {m['epochs']:g}")
-        if extra:
-            text += "; effective size at their own worst E: " + ", ".join(extra)
-        out.append(text + ".")
+        out.append(_worst_sentence(w, suspects.get((w["model"], w["n_params"]))))
     for reg in analysis["regions"]:
-        for side in ("left", "right"):
-            fe = reg["fits"][side]
-            if fe.get("ok"):
-                out.append(f"f = {reg['fraction']:g}: {side} edge of the poor-performance region E = "
-                           f"{fe['k']:.3g} * N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes).")
-            else:
-                out.append(f"f = {reg['fraction']:g}: {side} edge: {fe.get('note')}.")
+        out += _region_sentences(reg)
     for ew in analysis["epochwise"]:
         if ew["non_monotone_runs"]:
             out.append(f"f = {ew['fraction']:g}: {ew['non_monotone_runs']} of {ew['runs']} learning curves rise "
                        f"mid-training (largest rise {ew['max_rise']:.3f} nats at N = {fmt_n(ew['max_rise_n_params'])}, "
                        f"E = {ew['max_rise_epochs']:g}); {ew['falls_again_runs']} fall again.")
+    icl = _icl_sentence(analysis)
+    if icl:
+        out.append(icl)
+    for row in (analysis.get("mechanism") or {}).get("at_worst", []):
+        out.append(_mechanism_sentence(row))
     return out
 
 
@@ -847,6 +1152,24 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     return records, missing
 
 
+def corpus_manifests(root: str, records: list[dict]) -> dict[str, dict]:
+    """The manifests of the corpora the records used, where {root}/corpora/{id}/manifest.json exists."""
+    from repeatlab import storage
+    from repeatlab.errors import StorageError
+
+    out = {}
+    for cid in sorted({str((r.get("point") or {}).get("corpus_id")) for r in records if isinstance(r, dict)}):
+        url = storage.join(storage.normalize_root(root), "corpora", cid, "manifest.json")
+        try:
+            if storage.exists(url):
+                manifest = storage.read_json(url)
+                if isinstance(manifest, dict):
+                    out[cid] = manifest
+        except (StorageError, ValueError):
+            continue  # the analysis says the manifest was not found
+    return out
+
+
 def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
     """(root, study) from --config or --root/--study."""
     from repeatlab import storage
@@ -875,7 +1198,8 @@ def run_analysis(root: str, study: str) -> dict:
 
     records, _ = load_records(root, study)
     folder = study_url(root, study)
-    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study)
+    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
+                             corpora=corpus_manifests(root, records))
     storage.write_json(storage.join(folder, "analysis.json"), analysis)
     return analysis
 

@@ -3,8 +3,10 @@
     repeatlab archive --config pipelines/configs/demo.yaml --out docs/results/demo
 
 copies, from any storage root to any destination (both fsspec URLs or local paths):
-    study/config.yaml, points.json, analysis.json, report/*     (the study folder)
+    study/config.yaml, points.json, analysis.json, report/results.csv   (the study folder; the report's HTML,
+                                                    Markdown and figures are regenerated with `repeatlab report`)
     runs/{point_id}/point.json, plan.json, done.json, eval.json, train.jsonl   (per point; no plans, no checkpoints)
+    corpora/{corpus_id}/manifest.json      (the split composition the report shows; no token shards)
 
 `repeatlab analyze --root DEST --study NAME` and `repeatlab report` work on the archive, so a study run on a machine
 that is not kept can be re-analyzed later. Points without an eval.json are listed as missing, as in the analysis.
@@ -20,6 +22,7 @@ from repeatlab.errors import StorageError
 from repeatlab.grid import run_url, study_url
 
 STUDY_FILES = ("config.yaml", "points.json", "analysis.json")
+RECORD_SUFFIXES = (".csv", ".json")  # records only: figures and pages are made again from them
 RUN_FILES = ("point.json", "plan.json", "done.json", "eval.json", "train.jsonl")
 
 
@@ -39,6 +42,8 @@ def archive_study(root: str, study: str, out: str) -> dict:
             copied += 1
     report = storage.join(src_study, "report")
     for name in storage.listdir(report):
+        if not name.endswith(RECORD_SUFFIXES):
+            continue
         storage.write_bytes(storage.join(out_study, "report", name),
                             storage.read_bytes(storage.join(report, name)))
         copied += 1
@@ -51,6 +56,11 @@ def archive_study(root: str, study: str, out: str) -> dict:
                 storage.write_bytes(storage.join(out_run, name), storage.read_bytes(src))
                 copied += 1
                 evaluated += name == "eval.json"
+    for cid in sorted({str(p.get("corpus_id")) for p in points if p.get("corpus_id")}):
+        src = storage.join(root, "corpora", cid, "manifest.json")
+        if storage.exists(src):
+            storage.write_bytes(storage.join(out, "corpora", cid, "manifest.json"), storage.read_bytes(src))
+            copied += 1
     return {"files": copied, "points": len(points), "evaluated": evaluated, "out": out}
 
 

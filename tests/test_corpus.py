@@ -62,7 +62,8 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
 
     assert m["documents_read"] == 65 and m["duplicates_dropped"] == 3 and m["empty_dropped"] == 2
     assert set(m) == {"corpus_id", "format_version", "source", "tokenizer", "dtype", "documents_read",
-                      "duplicates_dropped", "empty_dropped", "splits", "config", "created_by"}
+                      "duplicates_dropped", "empty_dropped", "splits", "config", "created_by", "chunks",
+                      "chunk_tokens", "composition", "warnings"}
     assert m["format_version"] == 1 and m["created_by"].startswith("repeatlab ")
     assert m["source"]["url"] == src and m["source"]["format"] == "jsonl"
     (f,) = m["source"]["files"]
@@ -76,7 +77,8 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
     seen = {}
     for split in ("train", "test", "probe"):
         info = m["splits"][split]
-        assert set(info) == {"documents", "tokens", "bytes", "file", "sha256"} and info["file"] == f"{split}.bin"
+        assert set(info) == {"documents", "tokens", "bytes", "file", "sha256", "largest_document_tokens"}
+        assert info["file"] == f"{split}.bin"
         path = os.path.join(storage.local_path(url), info["file"])
         assert os.path.getsize(path) == info["bytes"] == 2 * info["tokens"]
         assert storage.sha256_of(path) == info["sha256"]

@@ -24,7 +24,7 @@ from test_scores import CONTEXT, VOCAB, build_induction_model
 
 SMALL_EVAL = EvalConfig(eval_tokens=512, copy_repeats=11, prefix_samples=4, prefix_random_tokens=10,
                         prefix_repeats=4, top_k_heads=3)
-EVAL_KEYS = {"point_id", "point", "step", "test_loss", "repeated_loss", "ood_loss", "copying", "icl_score", "icl_positions",
+EVAL_KEYS = {"point_id", "point", "step", "test_loss", "repeated_loss", "ood_loss", "copying", "icl_score", "icl_positions", "icl",
              "heads", "aggregates", "learning_curve"}
 AGGREGATE_KEYS = {"prefix_matching_max", "prefix_matching_top_mean", "previous_token_max", "copying_max"}
 
@@ -87,6 +87,7 @@ def test_evaluate_model_on_the_induction_model():
 
     assert out["icl_positions"] == [50 * CONTEXT // 512, 500 * CONTEXT // 512]
     assert out["icl_score"] < -1.0  # late positions are copied, early ones are not
+    assert out["icl"]["score"] == out["icl_score"] and out["icl_score"] < -2 * out["icl"]["stderr"]
     assert out["repeated_loss"] is not None and out["ood_loss"] is None
     assert out["test_loss"] > 0 and np.isfinite(out["test_loss"])
 
@@ -102,7 +103,38 @@ def test_loss_windows_are_contiguous_and_capped():
     with torch.no_grad():
         expected = model.per_token_loss(windows[:, :-1], windows[:, 1:])
     assert out["test_loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
-    assert out["icl_score"] == pytest.approx((expected[:, 15] - expected[:, 1]).mean().item(), rel=1e-5, abs=1e-6)
+    # the ICL estimate: random windows, late band minus early band, mean and standard error over windows
+    (e0, e1), (l0, l1) = evaluate.icl_bands(cfg, 16)
+    offsets, _ = evaluate.icl_window_offsets(test, 16, cfg.icl_windows, l1 + 1)
+    rows = torch.from_numpy(np.stack([test[o: o + 17] for o in offsets]).astype(np.int64))
+    with torch.no_grad():
+        loss = model.per_token_loss(rows[:, :-1], rows[:, 1:]).double()
+    scores = (loss[:, l0: l1 + 1].mean(1) - loss[:, e0: e1 + 1].mean(1)).numpy()
+    assert out["icl"]["windows"] == len(offsets) == min(cfg.icl_windows, len(test) - 16)
+    assert out["icl_score"] == out["icl"]["score"] == pytest.approx(scores.mean(), rel=1e-6, abs=1e-9)
+    assert out["icl"]["stderr"] == pytest.approx(scores.std(ddof=1) / np.sqrt(len(scores)), rel=1e-6)
+
+
+def test_icl_estimate_reads_random_offsets_inside_documents_with_an_error_bar():
+    """The old score read positions 12 and 125 of windows at multiples of the context: every run read the same
+    bytes, without an error bar. Now: many random offsets, a band of positions, a standard error."""
+    context = 128
+    tokens = text_like(40_000, seed=3, doc_len=999)  # documents of 999 tokens
+    cfg = dataclasses.replace(SMALL_EVAL, icl_windows=200)
+    (e0, e1), (l0, l1) = evaluate.icl_bands(cfg, context)
+    assert e0 < 12 < e1 and l0 < 125 <= l1 and e1 - e0 >= 2
+    offsets, inside = evaluate.icl_window_offsets(tokens, context, 200, l1 + 1)
+    assert len(offsets) == 200 == inside and len(set(offsets.tolist())) == 200
+    assert (offsets % context != 0).mean() > 0.9  # not the fixed window grid
+    for o in offsets:  # no document boundary before the late band
+        assert not (tokens[o: o + l1 + 1] == 0).any()
+    again, _ = evaluate.icl_window_offsets(tokens, context, 200, l1 + 1)
+    assert np.array_equal(offsets, again)  # every run of a study reads the same windows
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=VOCAB, context=context, n_layer=1, n_head=2, n_embd=16)).eval()
+    icl = evaluate.icl_estimate(model, tokens, cfg, context)
+    assert icl["windows"] == 200 and icl["stderr"] > 0 and icl["early_band"] == [e0, e1]
+    assert abs(icl["score"]) < 4 * icl["stderr"] + 0.05  # an untrained model has no ICL
 
 
 def test_probe_paragraphs_skip_eot_and_document_heads():

@@ -72,6 +72,12 @@ def test_every_file_and_figure_is_written(study):
         assert f"(fig-{fid}.png)" in md
     assert set(report.FIGURES) == {"loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves",
                                    "prefix_heads", "per_copy_loss", "region"}
+    for heading in ("Split composition of corpus synthetic", "Run-to-run noise of the test loss", "Baseline checks",
+                    "Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
+                    "Damage at every repeated point", "In-context learning at the f = 0 baselines",
+                    "Mechanism evidence"):
+        assert heading in md and heading in page, heading
+    assert "more than" not in md  # no bound phrased as a multiplier
 
 
 def test_page_is_self_contained(study):
@@ -135,15 +141,19 @@ def test_every_number_in_the_findings_is_in_the_analysis(study):
 
 
 WORST = re.compile(
-    r"At N = (?P<n>\S+), f = (?P<f>\S+), the worst E is (?P<e>\S+) \((?P<where>interior|at the grid edge)\), "
-    r"test loss (?P<damage>[-+][\d.]+) nats, an effective model (?P<mbound>more than )?(?P<mult>[\d.]+)x"
-    r"(?P<ext> \(extrapolated\)| \(worse than every baseline\))? smaller, "
-    r"repeated-subset loss (?P<rl>[\d.]+); effective size at their own worst E: "
-    r"copying (?P<cbound>more than )?(?P<cm>[\d.]+)x(?P<cext> \(extrapolated\)| \(worse than every baseline\))? "
-    r"at E = (?P<ce>\S+), "
-    r"prefix matching (?P<pbound>more than )?(?P<pm>[\d.]+)x(?P<pext> \(extrapolated\)| \(worse than every "
-    r"baseline\))? at E = (?P<pe>\S+)\.$")
-BASELINE = re.compile(r"Baseline test loss fit: L\(N\) = (\S+) \+ (\S+) \* N\^-(\S+) \(rms residual (\S+) nats\)\.$")
+    r"At N = (?P<n>\S+), f = (?P<f>\S+), the worst E is (?P<e>\S+): test loss (?P<damage>[-+][\d.]+)"
+    r" nats(?: \+- (?P<se>[\d.]+) \((?P<z>[-\d.]+) sigma: (?P<verdict>significant|within the noise, not "
+    r"significant)\)| \(no noise estimate: significance unknown\))(?P<clauses>.*?); effective size: "
+    r"(?:(?P<mult>[\d.]+)x smaller effective model \((?:from the fit|interpolated between the baselines)\)|"
+    r"(?P<note>not meaningful for this study: [^;]+))(?:; repeated-subset loss (?P<rl>[\d.]+))?\.$")
+NOISE = re.compile(r"Run-to-run noise of the test loss \(from extra seeds and E <= 4 points\): (.*)\. A damage "
+                   r"counts only beyond 3 standard errors; more seeds at the worst E narrow them\.$")
+ICL = re.compile(r"In-context learning at the f = 0 baselines \(late minus early loss\): (.*)\.$")
+MECH = re.compile(r"Mechanism at N = (\S+), f = 0 -> f = (\S+), E = (\S+) \(the worst E\): best previous-token head "
+                  r".*, best prefix-matching head .*, copy gain \(copy 1 minus copies 2\.\.n, nats\) .*; baseline: "
+                  r".*; worst E: .*\.$")
+BASELINE = re.compile(r"Baseline test loss fit: L\(N\) = (\S+) \+ (\S+) \* N\^-(\S+) \(rms residual (\S+) nats\); "
+                      r"effective sizes come from it\.$")
 EDGE = re.compile(r"f = (\S+): (left|right) edge of the poor-performance region "
                   r"E = (\S+) \* N\^(\S+) \((\d+) sizes\)\.$")
 EPOCHWISE = re.compile(r"f = (\S+): (\d+) of (\d+) learning curves rise mid-training \(largest rise (\S+) nats at "
@@ -151,14 +161,22 @@ EPOCHWISE = re.compile(r"f = (\S+): (\d+) of (\d+) learning curves rise mid-trai
 SUMMARY = re.compile(r"(\d+) runs over (\d+) model size\(s\), fractions (.*)\.$")
 
 
-def _check_multiplier(bound: str | None, number: str, note: str | None, entry: dict) -> None:
-    """A stated multiplier is the analysis's N/N_eff, or, worse than every baseline, its lower bound N/N_smallest."""
-    if entry["multiplier_lower_bound"] is not None:
-        assert bound and note == " (worse than every baseline)"
-        assert close(number, entry["multiplier_lower_bound"])
+def _check_multiplier(m: re.Match, entry: dict) -> None:
+    """A stated multiplier is the analysis's N/N_eff; without one, the analysis's note, never a bound."""
+    if entry["multiplier"] is None:
+        assert m["mult"] is None and m["note"] == entry["multiplier_note"]
+        assert m["note"].startswith("not meaningful for this study")
     else:
-        assert not bound and bool(note) is bool(entry["extrapolated"])
-        assert close(number, entry["multiplier"])
+        assert m["note"] is None and close(m["mult"], entry["multiplier"])
+
+
+def _check_damage(m: re.Match, entry: dict) -> None:
+    assert close(m["damage"], entry["damage"])
+    if entry["damage_se"] is None:
+        assert m["se"] is None
+    else:
+        assert close(m["se"], entry["damage_se"]) and close(m["z"], entry["z"])
+        assert (m["verdict"] == "significant") is entry["significant"] is (entry["z"] > 3)
 
 
 def test_findings_state_the_analysis_values(study):
@@ -180,14 +198,12 @@ def test_findings_state_the_analysis_values(study):
         elif m := WORST.match(line):
             n = next(n for n, f in worst["test_loss"] if close(m["n"], n) and f == float(m["f"]))
             key = (n, float(m["f"]))
-            w, cw, pw = worst["test_loss"][key], worst["copying"][key], worst["prefix_matching"][key]
+            w = worst["test_loss"][key]
             assert float(m["e"]) == w["epochs"]
-            assert (m["where"] == "interior") is w["interior"]
-            assert close(m["damage"], w["damage"])
-            _check_multiplier(m["mbound"], m["mult"], m["ext"], w)
-            assert float(m["ce"]) == cw["epochs"] and float(m["pe"]) == pw["epochs"]
-            _check_multiplier(m["cbound"], m["cm"], m["cext"], cw)
-            _check_multiplier(m["pbound"], m["pm"], m["pext"], pw)
+            assert ("at the largest E" in m["clauses"] or "at the smallest E" in m["clauses"]) is (not w["interior"])
+            _check_damage(m, w)
+            _check_multiplier(m, w)
+            assert close(m["rl"], w["repeated_loss"])
             # and the analysis is right: the stated worst E sits on the known peak of the synthetic damage
             assert abs(math.log(w["epochs"] / syn.peak_epochs(n))) <= syn.PLATEAU + math.log(2)
             seen_worst.add(key)
@@ -199,6 +215,18 @@ def test_findings_state_the_analysis_values(study):
             assert (int(m[2]), int(m[3]), int(m[7])) == (ew["non_monotone_runs"], ew["runs"], ew["falls_again_runs"])
             assert close(m[4], ew["max_rise"]) and close(m[5], ew["max_rise_n_params"])
             assert float(m[6]) == ew["max_rise_epochs"]
+        elif m := NOISE.match(line):
+            rows = {r["n_params"]: r for r in analysis["noise"]["per_model"]}
+            parts = m[1].split("; ")
+            assert len(parts) == len(rows)
+            for part, (n, row) in zip(parts, sorted(rows.items())):
+                assert part.startswith(f"N = {n:.3g}: {row['sigma']:.3f} nats")
+        elif m := ICL.match(line):
+            assert len(m[1].split("; N = ")) == len(analysis["icl"])
+        elif m := MECH.match(line):
+            row = next(r for r in analysis["mechanism"]["at_worst"] if close(m[1], r["n_params"])
+                       and float(m[2]) == r["fraction"] and float(m[3]) == r["epochs"])
+            assert row["previous_token_max"]["baseline"] is not None
         else:
             pytest.fail(f"a finding the test does not know: {line!r}")
     assert seen_worst == set(worst["test_loss"])
