@@ -292,3 +292,20 @@ def test_default_corpus_audit_prints_profile_and_danger(tmp_path, capsys):
     rc = main(["audit", "--corpus", "default", "--params", "1e6", "--out", str(tmp_path / "r")])
     text = capsys.readouterr().out
     assert rc == 0 and "Repetition profile" in text and "Danger reading for N = 1e+06" in text
+
+
+def test_kfp_component_runs_locally_and_logs_metrics(planted, tmp_path):
+    from kfp import local
+
+    from repeatlab.components.audit import audit_corpus
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    out = str(tmp_path / "audit")
+    task = audit_corpus(corpus_url=planted[0], out_url=out, params="1e8",
+                        write_deduplicated=str(tmp_path / "clean.jsonl"), remove="all",
+                        options_json=json.dumps({"min_span": 50}))
+    assert task.outputs["Output"] == str(tmp_path / "clean.jsonl")
+    assert json.loads((tmp_path / "audit" / "audit.json").read_text())["deduplicated"]["documents_dropped"] > 0
+    metrics = task.outputs["metrics"]
+    assert metrics.metadata["near_duplicate_clusters"] == 10
+    assert metrics.metadata["flagged_token_share"] == 0
