@@ -148,7 +148,9 @@ def suffix_array_counts(tokens: np.ndarray, k: int) -> np.ndarray:
 
     n = tokens.size
     if n < k:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int32)
+    if not tokens.flags.writeable or not tokens.flags.c_contiguous:
+        tokens = np.ascontiguousarray(tokens).copy()  # pydivsufsort passes a ctypes pointer: needs a writable array
     sa = divsufsort(tokens)
     lcp = kasai(tokens, sa)  # lcp[i] = common prefix of suffixes sa[i] and sa[i+1]
     group = np.empty(n, dtype=np.int32)
@@ -158,7 +160,7 @@ def suffix_array_counts(tokens: np.ndarray, k: int) -> np.ndarray:
     sizes = np.bincount(group)
     counts = np.empty(n, dtype=np.int32)
     counts[sa] = sizes[group]
-    return counts[: n - k + 1].astype(np.int64)
+    return counts[: n - k + 1]
 
 
 def _eot_windows(tokens: np.ndarray, k: int) -> np.ndarray:
@@ -169,18 +171,16 @@ def _eot_windows(tokens: np.ndarray, k: int) -> np.ndarray:
 
 def _sliding_max(values: np.ndarray, width: int, length: int) -> np.ndarray:
     """out[i] = max(values[max(0, i-width+1) .. min(i, len(values)-1)]) for i < length (1 where no window covers)."""
-    out = np.ones(length, dtype=np.int64)
     if values.size == 0:
-        return out
-    padded = np.concatenate((np.ones(width - 1, dtype=np.int64), values, np.ones(width - 1, dtype=np.int64)))
+        return np.ones(length, dtype=values.dtype)
+    ones = np.ones(width - 1, dtype=values.dtype)
+    padded = np.concatenate((ones, values, ones))
     # sparse table: m covers 2^j consecutive entries; combine two overlapping blocks for an exact width
-    m, span = padded.copy(), 1
+    m, span = padded, 1
     while span * 2 <= width:
         m[: m.size - span] = np.maximum(m[: m.size - span], m[span:])
         span *= 2
-    best = np.maximum(m[: m.size - (width - span)], m[width - span:])
-    out[:] = best[:length]
-    return out
+    return np.maximum(m[:length], m[width - span: width - span + length])
 
 
 class _FingerprintCounter:
@@ -223,9 +223,10 @@ class _FingerprintCounter:
 
     def counts(self, hashes: np.ndarray) -> np.ndarray:
         if self.table_h.size == 0:
-            return np.ones(hashes.size, dtype=np.int64)
+            return np.ones(hashes.size, dtype=np.int32)
         idx = np.minimum(np.searchsorted(self.table_h, hashes), self.table_h.size - 1)
-        return np.where(self.table_h[idx] == hashes, self.table_c[idx], 1)
+        found = self.table_h[idx] == hashes
+        return np.where(found, np.minimum(self.table_c[idx], np.iinfo(np.int32).max), 1).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -324,14 +325,18 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
                     raise CorpusError(f"{url}: more than {len(content_ids):,} distinct documents: their MinHash "
                                       f"signatures need over {settings.max_memory / 2**31:.2f} GiB, half of "
                                       "--max-memory; raise --max-memory or lower --num-perm")
+                if len(new_texts) >= 4096:
+                    flush_minhash()
             doc_content.append(cid)
             kept.append(text)
-        for ids in tok.encode_batch(kept):
-            doc_tokens.append(int(ids.size))
-            shards.add(ids)
-        if len(new_texts) >= 4096:
-            flush_minhash()
-        progress(f"read {f}: {len(docs):,} documents")
+        del docs
+        for lo in range(0, len(kept), 1024):  # batches: a whole file's token arrays at once would double its memory
+            for ids in tok.encode_batch(kept[lo: lo + 1024]):
+                doc_tokens.append(int(ids.size))
+                shards.add(ids)
+        n_docs = len(kept)
+        del kept
+        progress(f"read {f}: {n_docs:,} non-empty documents")
     flush_minhash()
     shards.flush()
     if not doc_content:
@@ -449,10 +454,12 @@ def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress):
             t_fp += time.perf_counter() - t
         first, last = shards.first_doc[i], (shards.first_doc[i + 1] if i + 1 < len(shards.first_doc) else len(doc_mult))
         lengths = doc_tokens[first:last] + 1
-        mult = np.maximum(_sliding_max(counts, k, toks.size), np.repeat(doc_mult[first:last], lengths))
-        u, c = np.unique(mult, return_counts=True)
-        for e, cnt in zip(u.tolist(), c.tolist()):
-            hist[e] = hist.get(e, 0) + cnt
+        mult = _sliding_max(counts, k, toks.size)
+        np.maximum(mult, np.repeat(doc_mult[first:last].astype(np.int32), lengths), out=mult)
+        found = np.bincount(mult)
+        for e in np.flatnonzero(found).tolist():
+            hist[e] = hist.get(e, 0) + int(found[e])
+        del mult
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         _segments(toks, counts, k, starts, first, seg_parts, span_info, tok)
         progress(f"shard {i + 1}/{len(shards.paths)}: {toks.size:,} tokens counted")
