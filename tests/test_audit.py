@@ -309,3 +309,32 @@ def test_kfp_component_runs_locally_and_logs_metrics(planted, tmp_path):
     metrics = task.outputs["metrics"]
     assert metrics.metadata["near_duplicate_clusters"] == 10
     assert metrics.metadata["flagged_token_share"] == 0
+
+
+def test_parquet_and_corrupt_inputs(planted, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [json.loads(line)["text"] for line in open(planted[0])]
+    pq.write_table(pa.table({"body": texts}), tmp_path / "c.parquet")
+    result, s = audit.run_audit(str(tmp_path / "c.parquet"), ScanSettings(),
+                                corpus_cfg=audit.CorpusConfig(text_field="body"))
+    assert s.histogram == scan(planted[0], ScanSettings()).histogram
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"\x1f\x8b" + b"not gzip at all")
+    rc = main(["audit", "--corpus", str(tmp_path / "bad.jsonl.gz"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corrupt compressed file" in err and err.count("\n") == 1
+
+
+@pytest.mark.storage
+def test_audit_reads_and_writes_object_storage(planted, s3_env, tmp_path):
+    from repeatlab import storage
+
+    src = storage.join(s3_env, "in", "planted.jsonl")
+    storage.write_bytes(src, Path(planted[0]).read_bytes())
+    out = storage.join(s3_env, "clean.jsonl.zst")
+    rc = main(["audit", "--corpus", src, "--out", storage.join(s3_env, "audit"), "--write-deduplicated", out,
+               "--remove", "all"])
+    assert rc == 0 and storage.exists(storage.join(s3_env, "audit", "index.html"))
+    again = scan(out, ScanSettings())
+    assert set(again.histogram) == {1}
