@@ -7,13 +7,12 @@ its share of tokens, red inside the region). Rendered in memory first; index.htm
 
 from __future__ import annotations
 
-import base64
 import html
 
 import numpy as np
 
 from repeatlab import storage
-from repeatlab.report import CSS, _fmt, _png
+from repeatlab.report import CSS, _fmt, _png, html_figures_and_tables, markdown_figures_and_tables
 
 FIGURES = {"profile": "Repetition profile: share of tokens whose content occurs E times",
            "damage_map": "The profile on the damage map: repeated buckets at this N against the poor-performance region"}
@@ -128,35 +127,15 @@ def _html(audit: dict, figures: dict, lines: list[str], title: str) -> str:
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
              '<h2 id="findings">Findings</h2><ul>']
     parts += [f"<li>{e(line.strip())}</li>" for line in lines]
-    parts.append('</ul><h2 id="figures">Figures</h2>')
-    for fid, caption in FIGURES.items():
-        png, reason = figures[fid]
-        if png:
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure id="fig-{fid}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
-        else:
-            parts.append(f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
-                         f"{e(reason or 'no data')}.</div>")
-    parts.append('<h2 id="tables">Tables</h2>')
-    for name, header, rows in _tables(audit):
-        parts.append(f"<h3>{e(name)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
+    parts.append("</ul>")
+    parts += html_figures_and_tables(FIGURES, figures, _tables(audit))
     parts.append(f"<p>All numbers: <code>audit.json</code>. Made by {e(audit['created_by'])}.</p></body></html>")
     return "\n".join(parts) + "\n"
 
 
 def _markdown(audit: dict, figures: dict, lines: list[str], title: str) -> str:
-    out = [f"# {title}", "", "## Findings", ""] + [f"- {line.strip()}" for line in lines] + ["", "## Figures", ""]
-    for fid, caption in FIGURES.items():
-        png, reason = figures[fid]
-        out += [f"![{caption}](fig-{fid}.png)" if png else f"> **{caption}**: figure skipped: {reason}.", ""]
-    out += ["## Tables", ""]
-    for name, header, rows in _tables(audit):
-        out += [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        out.append("")
+    out = [f"# {title}", "", "## Findings", ""] + [f"- {line.strip()}" for line in lines] + [""]
+    out += markdown_figures_and_tables(FIGURES, figures, _tables(audit))
     out.append("All numbers: `audit.json`.")
     return "\n".join(out) + "\n"
 
