@@ -99,28 +99,32 @@ def _bench_suffix_array(docs: list[str], sample_mb: float) -> dict:
 
 
 _CHILD = ("import resource, sys\nfrom repeatlab.cli import main\nrc = main(sys.argv[1:])\n"
-          "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+          "r = resource.getrusage(resource.RUSAGE_SELF)\n"
+          "print('MAXRSS', r.ru_maxrss, 'CPU', r.ru_utime + r.ru_stime, file=sys.stderr)\nsys.exit(rc)")
 
 
-def _audit_child(path: str, out: str) -> tuple[float, int, dict]:
-    """(wall seconds, peak RSS bytes, audit.json) of `repeatlab audit` in a fresh process."""
+def _audit_child(path: str, out: str) -> tuple[float, float, int, dict]:
+    """(wall seconds, CPU seconds, peak RSS bytes, audit.json) of `repeatlab audit` in a fresh process."""
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, "audit", "--corpus", path, "--params", "1e8", "--out", out,
                            "--json"], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"audit failed: {proc.stderr.strip()[-2000:]}")
-    peak = int(proc.stderr.rsplit("MAXRSS", 1)[1].split()[0]) * 1024  # ru_maxrss is KiB on Linux
-    return wall, peak, json.loads(proc.stdout)
+    fields = proc.stderr.rsplit("MAXRSS", 1)[1].split()
+    peak, cpu = int(fields[0]) * 1024, float(fields[2])  # ru_maxrss is KiB on Linux
+    return wall, cpu, peak, json.loads(proc.stdout)
 
 
 def _bench_end_to_end(path: str, file_bytes: int, tmp: str) -> dict:
     tiny = os.path.join(tmp, "tiny.jsonl")
     _write_jsonl(tiny, ["one small document " * 20])
-    _, fixed, _ = _audit_child(tiny, os.path.join(tmp, "audit-tiny"))  # interpreter, numpy, matplotlib, ...
-    wall, peak, result = _audit_child(path, os.path.join(tmp, "audit"))
+    _, _, fixed, _ = _audit_child(tiny, os.path.join(tmp, "audit-tiny"))  # interpreter, numpy, matplotlib, ...
+    wall, cpu, peak, result = _audit_child(path, os.path.join(tmp, "audit"))
     repeated = sum(r["fraction"] for r in result["profile"] if r["e_low"] >= 2)
-    return {"corpus_mb": file_bytes / 1e6, "wall_s": wall, "peak_rss_mb": peak / 1e6,
+    # on a shared machine CPU seconds are the steadier measure: the audit runs on one core (numpy, rensa,
+    # libdivsufsort single-threaded), so CPU time is what its wall time would be on an idle core
+    return {"corpus_mb": file_bytes / 1e6, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 1e6,
             "fixed_rss_mb_tiny_corpus": fixed / 1e6, "peak_rss_over_corpus": peak / file_bytes,
             "peak_above_fixed_over_corpus": (peak - fixed) / file_bytes, "stages_s": result["timings"],
             "shards": result["spans"]["shards"], "repeated_token_share": repeated,
