@@ -86,7 +86,7 @@ def place(rows: list[dict], n_params: float, analysis: dict | None, passes: floa
     for row in rows:
         if row["e_low"] < 2:
             continue
-        epochs = row["epochs"] * passes
+        epochs = max(row["epochs"] * passes, 1.0)  # fewer than one expected sighting: read as seen once
         r = danger.assess(n_params, min(row["fraction"], 0.999999), epochs, analysis)
         damage = (danger.predicted_damage(analysis, r["study_fraction"], n_params, epochs)
                   if analysis is not None and r["study_fraction"] else None)
@@ -294,7 +294,7 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
         raise ConfigError(f"--remove: {remove!r} is not allowed: 'flagged' or 'all'")
     plan = removal_plan(s, flagged)
     tok = load_tokenizer(tokenizer)
-    read_url, fmt, eff = resolve_corpus(audit["corpus"]["url"], corpus_cfg)
+    _, fmt, eff = resolve_corpus(audit["corpus"]["url"], corpus_cfg)
     counts = {"documents_in": 0, "documents_out": 0, "documents_dropped": 0, "documents_emptied": 0,
               "spans_cut": 0, "bytes_in": 0, "bytes_out": 0}
     from repeatlab import corpus
@@ -303,7 +303,7 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
         with open(tmp, "wb") as raw:
             sink = _compressed(raw, name)
             d = 0
-            for _, docs in iter_documents(read_url, fmt, eff, audit["corpus"]["files"]):
+            for docs in iter_documents(fmt, eff, [dict(f) for f in audit["corpus"]["files"]]):
                 for text in docs:
                     if not corpus.normalize(text):
                         continue

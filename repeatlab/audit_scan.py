@@ -115,16 +115,42 @@ def resolve_corpus(url: str, cfg: CorpusConfig | None = None) -> tuple[str, str,
     return corpus._resolve(cfg, log.info)
 
 
-def iter_documents(url: str, fmt: str, cfg: CorpusConfig, infos: list[dict] | None = None) -> Iterator[tuple[int, list[str]]]:
-    """(file index, documents) per input file, in prepare's order; files are read one at a time."""
+CHUNK_BYTES = 16 << 20  # JSONL files are parsed this many bytes at a time (whole lines)
+
+
+def document_chunks(raw: bytes, file_url: str, fmt: str, cfg: CorpusConfig) -> Iterator[list[str]]:
+    """The documents of one file, with prepare's parser, in order; JSONL in chunks of whole lines so a large file
+    never holds its lines, its parsed documents and its bytes at once (text and Parquet: the whole file)."""
     from repeatlab import corpus
 
-    files = [i["path"] for i in infos] if infos is not None else corpus.list_input_files(url)
-    for n, f in enumerate(files):
-        raw = storage.read_bytes(f)
-        if infos is not None and hashlib.sha256(raw).hexdigest() != infos[n]["sha256"]:
-            raise CorpusError(f"{f}: the file changed during the audit; run the audit again")
-        yield n, corpus.parse_documents(raw, f, corpus.detect_format(f, fmt), cfg)
+    file_fmt = corpus.detect_format(file_url, fmt)
+    if file_fmt != "jsonl":
+        yield corpus.parse_documents(raw, file_url, file_fmt, cfg)
+        return
+    data = corpus.decompress(raw, file_url)
+    if len(data) <= CHUNK_BYTES:
+        yield corpus.parse_documents(raw, file_url, file_fmt, cfg)
+        return
+    del raw  # the caller's reference remains; this one is not needed past decompression
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", min(start + CHUNK_BYTES, len(data)))
+        end = len(data) if end < 0 else end + 1
+        where = f"{file_url} (bytes {start}-{end})"  # parse errors name the chunk; their line numbers count from it
+        yield corpus.parse_documents(data[start:end], where, file_fmt, cfg)
+        start = end
+
+
+def iter_documents(fmt: str, cfg: CorpusConfig, infos: list[dict]) -> Iterator[list[str]]:
+    """Lists of documents in prepare's order, files read one at a time. Each info {"path"} gets the file's bytes and
+    sha256 on the first read; a later read with those recorded checks that the file did not change."""
+    for info in infos:
+        raw = storage.read_bytes(info["path"])
+        sha = hashlib.sha256(raw).hexdigest()
+        if info.setdefault("sha256", sha) != sha:
+            raise CorpusError(f"{info['path']}: the file changed during the audit; run the audit again")
+        info.setdefault("bytes", len(raw))
+        yield from document_chunks(raw, info["path"], fmt, cfg)
 
 
 def load_tokenizer(spec: str):
@@ -294,7 +320,6 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
     previews: list[str] = []  # first 300 characters of each distinct content
     empty = 0
     t_minhash = 0.0
-    infos = []
     sig_bytes = settings.num_perm * 4
 
     def flush_minhash() -> None:
@@ -305,11 +330,8 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
             t_minhash += time.perf_counter() - t
             new_texts.clear()
 
-    for f in files:
-        raw = storage.read_bytes(f)
-        infos.append({"path": f, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
-        docs = corpus.parse_documents(raw, f, corpus.detect_format(f, fmt), eff)
-        del raw
+    infos: list[dict] = [{"path": f} for f in files]
+    for docs in iter_documents(fmt, eff, infos):
         kept = []
         for text in docs:
             norm = corpus.normalize(text)
@@ -336,7 +358,7 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
                 shards.add(ids)
         n_docs = len(kept)
         del kept
-        progress(f"read {f}: {n_docs:,} non-empty documents")
+        progress(f"read {n_docs:,} non-empty documents")
     flush_minhash()
     shards.flush()
     if not doc_content:

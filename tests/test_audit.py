@@ -338,3 +338,16 @@ def test_audit_reads_and_writes_object_storage(planted, s3_env, tmp_path):
     assert rc == 0 and storage.exists(storage.join(s3_env, "audit", "index.html"))
     again = scan(out, ScanSettings())
     assert set(again.histogram) == {1}
+
+
+def test_large_jsonl_files_are_parsed_in_chunks_with_the_same_result(planted, planted_scan, tmp_path, monkeypatch):
+    from repeatlab import audit_scan
+
+    monkeypatch.setattr(audit_scan, "CHUNK_BYTES", 10_000)
+    chunked = scan(planted[0], ScanSettings())
+    assert chunked.histogram == planted_scan.histogram
+    assert chunked.doc_cluster.tolist() == planted_scan.doc_cluster.tolist()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(Path(planted[0]).read_text()[:30_000].rsplit("\n", 1)[0] + "\n{not json\n")
+    with pytest.raises(CorpusError, match=r"bad.jsonl \(bytes \d+-\d+\): line \d+: not valid JSON"):
+        scan(str(bad), ScanSettings())
