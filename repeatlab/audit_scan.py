@@ -183,7 +183,7 @@ def suffix_array_counts(tokens: np.ndarray, k: int) -> np.ndarray:
     group[0] = 0
     np.cumsum(lcp[:-1] < k, out=group[1:])  # a new group wherever neighbours share fewer than k tokens
     del lcp
-    sizes = np.bincount(group)
+    sizes = np.bincount(group).astype(np.int32)  # int32 throughout: the shard, not 8 bytes a token, sets memory
     counts = np.empty(n, dtype=np.int32)
     counts[sa] = sizes[group]
     return counts[: n - k + 1]
