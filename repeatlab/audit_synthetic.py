@@ -50,7 +50,7 @@ def near_duplicate(rng: random.Random, words: list[str], target: float, n: int =
 
 
 def make_planted_corpus(path: str, unique_docs: int = 400, words_per_doc: int = 150,
-                        exact_copies: tuple[int, ...] = (2, 5, 20), near_similarities: tuple[float, ...] = (0.9, 0.3),
+                        exact_copies: tuple[int, ...] = (2, 5, 20, 200), near_similarities: tuple[float, ...] = (0.9, 0.3),
                         near_pairs_each: int = 20, span_repeats: tuple[int, ...] = (3, 12), span_words: int = 40,
                         seed: int = 0) -> dict[str, Any]:
     """Write a JSONL corpus (gzip when path ends with .gz) and return its answer key."""
@@ -93,3 +93,27 @@ def make_planted_corpus(path: str, unique_docs: int = 400, words_per_doc: int = 
             fh.write(json.dumps({"text": t}) + "\n")
     key.update(documents=len(texts), bytes=sum(len(t) for t in texts), path=path)
     return key
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m repeatlab.audit_synthetic OUT.jsonl[.gz]`: write the planted corpus, print its answer key."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m repeatlab.audit_synthetic", description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("--unique-docs", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    key = make_planted_corpus(args.out, unique_docs=args.unique_docs, seed=args.seed)
+    brief = {"documents": key["documents"], "bytes": key["bytes"],
+             "exact": [{"copies": e["copies"], "tokens": e["tokens"]} for e in key["exact"]],
+             "near": [{"target": n["target"], "jaccard": round(n["jaccard"], 4)} for n in key["near"]],
+             "spans": [{"repeats": s["repeats"], "tokens": s["tokens"]} for s in key["spans"]]}
+    json.dump(brief, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -197,10 +197,20 @@ def test_write_deduplicated_removes_every_repeat_and_prepare_reads_it(planted, t
 
 def test_write_deduplicated_flagged_removes_only_the_flagged_buckets(planted, tmp_path):
     path, key = planted
-    result, s = audit.run_audit(path, ScanSettings(), n_params=1e8)  # paper region at 1e8: E 127..5100
+    result, s = audit.run_audit(path, ScanSettings(), n_params=1e8)  # paper region at 1e8: E 139..5100
     assert result["placement"]["flagged"] == []
     counts = audit.write_deduplicated(result, s, str(tmp_path / "same.jsonl"), remove="flagged")
     assert counts["documents_dropped"] == 0 and counts["spans_cut"] == 0
+
+    heavy = str(tmp_path / "heavy.jsonl")
+    make_planted_corpus(heavy, unique_docs=100, exact_copies=(5, 200), near_similarities=(), span_repeats=(3,))
+    result, s = audit.run_audit(heavy, ScanSettings(), n_params=1e8)
+    assert result["placement"]["flagged"] == [[128, 256]]
+    assert any("128-255:" in line and "is IN the poor-performance region" in line for line in audit.headline(result))
+    counts = audit.write_deduplicated(result, s, str(tmp_path / "light.jsonl"), remove="flagged")
+    assert counts["documents_dropped"] == 199 and counts["spans_cut"] == 0
+    left = scan(str(tmp_path / "light.jsonl"), ScanSettings()).histogram
+    assert 200 not in left and 5 in left and 3 in left  # only the flagged repetition went
 
 
 def test_failed_deduplicated_write_leaves_nothing_at_the_url(planted, tmp_path, monkeypatch):
