@@ -11,6 +11,7 @@ finished with a 64-bit mixer (splitmix64's finalizer). Two different windows sha
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,18 +50,22 @@ def _prefix(values: np.ndarray) -> np.ndarray:
     return pref
 
 
-def window_hashes(tokens: np.ndarray, k: int, chunk: int = 1 << 22) -> np.ndarray:
-    """64-bit fingerprint of every window tokens[p:p+k], p = 0..n-k (empty when n < k); chunked to bound memory."""
+def iter_window_hashes(tokens: np.ndarray, k: int, chunk: int = 1 << 20) -> Iterator[tuple[int, np.ndarray]]:
+    """(p0, fingerprints of the windows tokens[p:p+k] for p = p0, p0+1, ...) in chunks: memory follows the chunk."""
     n = tokens.size - k + 1
-    if n <= 0:
-        return np.zeros(0, dtype=np.uint64)
-    out = np.empty(n, dtype=np.uint64)
-    for lo in range(0, n, chunk):
+    for lo in range(0, max(n, 0), chunk):
         hi = min(lo + chunk, n)
         pref = _prefix(tokens[lo: hi + k - 1])
         with np.errstate(over="ignore"):
             # (pref[p+k] - pref[p]) / B^p: the window's hash independent of where the chunk starts
-            out[lo:hi] = mix64((pref[k:] - pref[:-k]) * _powers(_BASE_INV, hi - lo))
+            yield lo, mix64((pref[k:] - pref[:-k]) * _powers(_BASE_INV, hi - lo))
+
+
+def window_hashes(tokens: np.ndarray, k: int, chunk: int = 1 << 20) -> np.ndarray:
+    """64-bit fingerprint of every window tokens[p:p+k], p = 0..n-k (empty when n < k)."""
+    out = np.empty(max(tokens.size - k + 1, 0), dtype=np.uint64)
+    for lo, h in iter_window_hashes(tokens, k, chunk):
+        out[lo: lo + h.size] = h
     return out
 
 

@@ -37,10 +37,10 @@ from repeatlab import storage
 from repeatlab.audit_hashing import (
     candidate_pairs,
     estimated_jaccard,
+    iter_window_hashes,
     lsh_params,
     minhash_signatures,
     union_find,
-    window_hashes,
 )
 from repeatlab.config import CorpusConfig
 from repeatlab.errors import ConfigError, CorpusError
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 PARTITION_BITS = 6  # cross-shard pass: 64 fingerprint partitions on disk, one in memory at a time
 SA_BYTES_PER_TOKEN = 24  # suffix array + LCP + counts (int32 each) + group ids + token copy: measured peak
 EXAMPLES = 10
+MINHASH_BATCH_CHARS = 1 << 20
 
 
 @dataclasses.dataclass
@@ -59,7 +60,7 @@ class ScanSettings:
     threshold: float = 0.8  # Jaccard threshold for near-duplicates
     num_perm: int = 128
     seed: int = 1
-    shard_tokens: int = 8 << 20
+    shard_tokens: int = 4 << 20
     max_memory: int = 4 << 30  # bytes the in-memory parts (signatures, one shard's suffix array) may use
 
     def check(self) -> None:
@@ -216,34 +217,29 @@ class _FingerprintCounter:
         self.folder = folder
         self.parts = 1 << PARTITION_BITS
         self.table_h = np.zeros(0, dtype=np.uint64)
-        self.table_c = np.zeros(0, dtype=np.int64)
+        self.table_c = np.zeros(0, dtype=np.int32)
 
     def add(self, hashes: np.ndarray) -> None:
-        u, c = np.unique(hashes, return_counts=True)
-        cuts = np.searchsorted(u, (np.arange(1, self.parts, dtype=np.uint64) << np.uint64(64 - PARTITION_BITS)))
-        for part, (lo, hi) in enumerate(zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [u.size])))):
+        """Append one chunk's fingerprints to their partition files (sorted, so each partition is one slice)."""
+        h = np.sort(hashes)
+        cuts = np.searchsorted(h, (np.arange(1, self.parts, dtype=np.uint64) << np.uint64(64 - PARTITION_BITS)))
+        for part, (lo, hi) in enumerate(zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [h.size])))):
             if hi > lo:
                 with open(os.path.join(self.folder, f"h{part}"), "ab") as fh:
-                    fh.write(u[lo:hi].tobytes())
-                with open(os.path.join(self.folder, f"c{part}"), "ab") as fc:
-                    fc.write(c[lo:hi].astype(np.int64).tobytes())
+                    fh.write(h[lo:hi].tobytes())
 
     def finish(self) -> None:
-        """Sum each fingerprint's counts over shards; keep those seen more than once (sorted, for lookups)."""
+        """Count each fingerprint over the corpus, one partition in memory at a time; keep those seen twice or more."""
         hs, cs = [], []
         for part in range(self.parts):
             path = os.path.join(self.folder, f"h{part}")
             if not os.path.exists(path):
                 continue
-            h = np.fromfile(path, dtype=np.uint64)
-            c = np.fromfile(os.path.join(self.folder, f"c{part}"), dtype=np.int64)
+            u, c = np.unique(np.fromfile(path, dtype=np.uint64), return_counts=True)
             os.unlink(path)
-            os.unlink(os.path.join(self.folder, f"c{part}"))
-            u, inv = np.unique(h, return_inverse=True)
-            total = np.bincount(inv, weights=c).astype(np.int64)
-            keep = total > 1
+            keep = c > 1
             hs.append(u[keep])
-            cs.append(total[keep])
+            cs.append(np.minimum(c[keep], np.iinfo(np.int32).max).astype(np.int32))
         if hs:
             self.table_h, self.table_c = np.concatenate(hs), np.concatenate(cs)
 
@@ -251,8 +247,7 @@ class _FingerprintCounter:
         if self.table_h.size == 0:
             return np.ones(hashes.size, dtype=np.int32)
         idx = np.minimum(np.searchsorted(self.table_h, hashes), self.table_h.size - 1)
-        found = self.table_h[idx] == hashes
-        return np.where(found, np.minimum(self.table_c[idx], np.iinfo(np.int32).max), 1).astype(np.int32)
+        return np.where(self.table_h[idx] == hashes, self.table_c[idx], np.int32(1))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -320,15 +315,17 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
     previews: list[str] = []  # first 300 characters of each distinct content
     empty = 0
     t_minhash = 0.0
+    new_bytes = 0
     sig_bytes = settings.num_perm * 4
 
     def flush_minhash() -> None:
-        nonlocal t_minhash
+        nonlocal t_minhash, new_bytes
         if new_texts:
             t = time.perf_counter()
             signatures.append(minhash_signatures(new_texts, settings.ngram, settings.num_perm, settings.seed))
             t_minhash += time.perf_counter() - t
             new_texts.clear()
+        new_bytes = 0
 
     infos: list[dict] = [{"path": f} for f in files]
     for docs in iter_documents(fmt, eff, infos):
@@ -347,7 +344,8 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
                     raise CorpusError(f"{url}: more than {len(content_ids):,} distinct documents: their MinHash "
                                       f"signatures need over {settings.max_memory / 2**31:.2f} GiB, half of "
                                       "--max-memory; raise --max-memory or lower --num-perm")
-                if len(new_texts) >= 4096:
+                new_bytes += len(text)
+                if new_bytes >= MINHASH_BATCH_CHARS:  # shingle hashing holds ~30 bytes per character of the batch
                     flush_minhash()
             doc_content.append(cid)
             kept.append(text)
@@ -452,8 +450,9 @@ def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress):
         t = time.perf_counter()
         for i in range(len(shards.paths)):
             toks = shards.load(i)
-            h = window_hashes(toks, k)
-            counter.add(h[~_eot_windows(toks, k)])
+            eot = _eot_windows(toks, k)
+            for lo, h in iter_window_hashes(toks, k):
+                counter.add(h[~eot[lo: lo + h.size]])
         counter.finish()
         t_fp += time.perf_counter() - t
     hist: dict[int, int] = {}
@@ -469,7 +468,9 @@ def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress):
         counts[eot] = 1
         if multi:
             t = time.perf_counter()
-            global_counts = counter.counts(window_hashes(toks, k))
+            global_counts = np.empty(counts.size, dtype=np.int32)
+            for lo, h in iter_window_hashes(toks, k):
+                global_counts[lo: lo + h.size] = counter.counts(h)
             global_counts[eot] = 1
             below += int((global_counts < counts).sum())  # the fingerprint total can never be below the SA count
             counts = np.maximum(counts, global_counts)
