@@ -48,6 +48,7 @@ from repeatlab.errors import ConfigError, CorpusError
 log = logging.getLogger(__name__)
 
 PARTITION_BITS = 6  # cross-shard pass: 64 fingerprint partitions on disk, one in memory at a time
+FILTER_BITS = 27  # cross-shard lookups: a 16 MB bitmap in front of the table of repeated fingerprints
 SA_BYTES_PER_TOKEN = 24  # suffix array + LCP + counts (int32 each) + group ids + token copy: measured peak
 EXAMPLES = 10
 MINHASH_BATCH_CHARS = 1 << 20
@@ -242,12 +243,22 @@ class _FingerprintCounter:
             cs.append(np.minimum(c[keep], np.iinfo(np.int32).max).astype(np.int32))
         if hs:
             self.table_h, self.table_c = np.concatenate(hs), np.concatenate(cs)
+        # a bitmap over the top FILTER_BITS bits of the repeated fingerprints: most windows are unique and skip the
+        # binary search (which cost more than everything else in the pass)
+        self.filter = np.zeros(1 << (FILTER_BITS - 3), dtype=np.uint8)
+        top = self.table_h >> np.uint64(64 - FILTER_BITS)
+        np.bitwise_or.at(self.filter, top >> np.uint64(3), (1 << (top & np.uint64(7))).astype(np.uint8))
 
     def counts(self, hashes: np.ndarray) -> np.ndarray:
+        out = np.ones(hashes.size, dtype=np.int32)
         if self.table_h.size == 0:
-            return np.ones(hashes.size, dtype=np.int32)
-        idx = np.minimum(np.searchsorted(self.table_h, hashes), self.table_h.size - 1)
-        return np.where(self.table_h[idx] == hashes, self.table_c[idx], np.int32(1))
+            return out
+        top = hashes >> np.uint64(64 - FILTER_BITS)
+        maybe = np.flatnonzero(self.filter[top >> np.uint64(3)] & (1 << (top & np.uint64(7))).astype(np.uint8))
+        h = hashes[maybe]
+        idx = np.minimum(np.searchsorted(self.table_h, h), self.table_h.size - 1)
+        out[maybe] = np.where(self.table_h[idx] == h, self.table_c[idx], np.int32(1))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
