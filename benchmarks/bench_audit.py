@@ -15,7 +15,6 @@ end to end:   `repeatlab audit --corpus FILE --params 1e8` in a subprocess on a 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import random
@@ -134,12 +133,14 @@ def _bench_end_to_end(path: str, file_bytes: int, tmp: str) -> dict:
 
 def run(mb: float = 100, sample_mb: float = 8) -> dict:
     tmp = tempfile.mkdtemp(prefix="bench-audit-")
-    docs = _planted_corpus(int(mb * 1e6))
     path = os.path.join(tmp, "corpus.jsonl")
-    file_bytes = _write_jsonl(path, docs)
-    # a forked child's ru_maxrss starts at the parent's RSS: free the documents before starting the audit
-    del docs
-    gc.collect()
+    # generated in a child process: a forked child's ru_maxrss starts at its parent's RSS, so this process stays
+    # small until the audit children have run
+    subprocess.run([sys.executable, "-c", "import sys; from benchmarks.bench_audit import _planted_corpus; "
+                    "from benchmarks.bench_prepare import _write_jsonl; "
+                    "_write_jsonl(sys.argv[1], _planted_corpus(int(float(sys.argv[2]))))", path, str(mb * 1e6)],
+                   check=True)
+    file_bytes = os.path.getsize(path)
     out = {"end_to_end": _bench_end_to_end(path, file_bytes, tmp)}
     with open(path) as fh:
         docs = [json.loads(line)["text"] for line in fh]
