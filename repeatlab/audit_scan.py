@@ -232,6 +232,9 @@ class _FingerprintCounter:
     def finish(self) -> None:
         """Count each fingerprint over the corpus, one partition in memory at a time; keep those seen twice or more."""
         hs, cs = [], []
+        # a bitmap over the top FILTER_BITS bits of the repeated fingerprints: most windows are unique and skip the
+        # binary search (which cost more than everything else in the pass); filled one partition at a time
+        self.filter = np.zeros(1 << (FILTER_BITS - 3), dtype=np.uint8)
         for part in range(self.parts):
             path = os.path.join(self.folder, f"h{part}")
             if not os.path.exists(path):
@@ -241,13 +244,10 @@ class _FingerprintCounter:
             keep = c > 1
             hs.append(u[keep])
             cs.append(np.minimum(c[keep], np.iinfo(np.int32).max).astype(np.int32))
+            top = hs[-1] >> np.uint64(64 - FILTER_BITS)
+            np.bitwise_or.at(self.filter, top >> np.uint64(3), (1 << (top & np.uint64(7))).astype(np.uint8))
         if hs:
             self.table_h, self.table_c = np.concatenate(hs), np.concatenate(cs)
-        # a bitmap over the top FILTER_BITS bits of the repeated fingerprints: most windows are unique and skip the
-        # binary search (which cost more than everything else in the pass)
-        self.filter = np.zeros(1 << (FILTER_BITS - 3), dtype=np.uint8)
-        top = self.table_h >> np.uint64(64 - FILTER_BITS)
-        np.bitwise_or.at(self.filter, top >> np.uint64(3), (1 << (top & np.uint64(7))).astype(np.uint8))
 
     def counts(self, hashes: np.ndarray) -> np.ndarray:
         out = np.ones(hashes.size, dtype=np.int32)
