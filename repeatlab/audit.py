@@ -377,7 +377,7 @@ def add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ngram", default="5", help="word n-gram shingles for near-duplicates (default 5)")
     p.add_argument("--threshold", default="0.8", help="Jaccard threshold for near-duplicates (default 0.8)")
     p.add_argument("--num-perm", default="128", help="MinHash values per document (default 128)")
-    p.add_argument("--shard-tokens", default=str(4 << 20), help="tokens per suffix-array shard (default 4194304)")
+    p.add_argument("--shard-tokens", default=str(2 << 20), help="tokens per suffix-array shard (default 2097152)")
     p.add_argument("--max-memory", default=str(4 << 30), help="bytes for signatures and one shard (default 4 GiB)")
     p.add_argument("--out", help="folder for audit.json and the report (default file://./.repeatlab/audits/ID)")
     p.add_argument("--write-deduplicated", metavar="URL", help="write the corpus without the flagged repetition "
