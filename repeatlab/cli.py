@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("repeatlab.evaluate", "evaluate a trained point: losses, copying, ICL and per-head scores"),
     "analyze": ("repeatlab.analyze", "fit the baselines, effective sizes, worst E and the poor-performance region"),
     "danger": ("repeatlab.danger", "is repeating this data E times dangerous for a model of N parameters?"),
+    "audit": ("repeatlab.audit", "how much of a corpus is repeated how often, placed on the damage map"),
     "report": ("repeatlab.report", "write the study report (HTML, Markdown, CSV)"),
     "archive": ("repeatlab.archive", "copy a study's results (no checkpoints) to a folder or bucket to keep them"),
     "run": ("repeatlab.runner", "run a whole study (--local: through the KFP local runner)"),

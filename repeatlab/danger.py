@@ -131,6 +131,28 @@ def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> 
     return out
 
 
+def predicted_damage(analysis: dict, fraction: float, n: float, e: float) -> float | None:
+    """The study's test-loss damage (nats/token above its f = 0 baseline) at (N, E) for one of its fractions.
+
+    Interpolated linearly in log E per size, then in log N, held at the nearest size / E outside the study's range
+    (assess() reports that as extrapolated). None when the study measured no damage at this fraction. Used by
+    `repeatlab audit` to rank a corpus's repetition by the damage it would do.
+    """
+    pts = [p for p in analysis.get("points", []) if p.get("kind") == "repeated" and p["fraction"] == fraction
+           and (p["metrics"].get("test_loss") or {}).get("damage") is not None]
+    if not pts:
+        return None
+    sizes = sorted({p["n_params"] for p in pts})
+    per_size = []
+    for size in sizes:
+        rows = [p for p in pts if p["n_params"] == size]
+        per_size.append(_interp_1d(np.log([p["epochs"] for p in rows]),
+                                   np.array([p["metrics"]["test_loss"]["damage"] for p in rows]), math.log(e))[0])
+    if len(sizes) == 1:
+        return per_size[0]
+    return _interp_1d(np.log(sizes), np.array(per_size), math.log(n))[0]
+
+
 def assess(n_params: float, fraction: float, epochs: float, analysis: dict | None = None) -> dict:
     """The danger answer for (N, f, E), from a study's analysis or, without one, from the paper's region."""
     n, f, e = _check_inputs(n_params, fraction, epochs)

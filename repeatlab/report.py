@@ -459,6 +459,42 @@ def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return tables
 
 
+def html_figures_and_tables(captions: dict[str, str], figures: dict, tables: list) -> list[str]:
+    """The Figures and Tables sections of a report page (shared by the study and the audit report)."""
+    e = html.escape
+    parts = ['<h2 id="figures">Figures</h2>']
+    for fid, caption in captions.items():
+        png, reason = figures[fid]
+        if png:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure id="fig-{fid}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
+        else:
+            parts.append(f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
+                         f"{e(reason or 'no data')}.</div>")
+    parts.append('<h2 id="tables">Tables</h2>')
+    for name, header, rows in tables:
+        parts.append(f"<h3>{e(name)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    return parts
+
+
+def markdown_figures_and_tables(captions: dict[str, str], figures: dict, tables: list) -> list[str]:
+    """The Figures and Tables sections in Markdown (figures as fig-<id>.png beside report.md)."""
+    lines = ["## Figures", ""]
+    for fid, caption in captions.items():
+        png, reason = figures[fid]
+        lines += [f"![{caption}](fig-{fid}.png)" if png else f"> **{caption}**: figure skipped: {reason or 'no data'}.",
+                  ""]
+    lines += ["## Tables", ""]
+    for name, header, rows in tables:
+        lines += [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    return lines
+
+
 def _html(analysis: dict, figures: dict, title: str) -> str:
     e = html.escape
     s = analysis["summary"]
@@ -474,22 +510,7 @@ def _html(analysis: dict, figures: dict, title: str) -> str:
         parts.append('<h2 id="warnings">Warnings</h2><ul>')
         parts += [f'<li class="warning">{e(w["message"])}</li>' for w in analysis["warnings"]]
         parts.append("</ul>")
-    parts.append('<h2 id="figures">Figures</h2>')
-    for fid in FIGURES:
-        caption = FIGURE_SPECS[fid][0]
-        png, reason = figures[fid]
-        if png:
-            data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure id="fig-{fid}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
-        else:
-            parts.append(f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
-                         f"{e(reason or 'no data')}.</div>")
-    parts.append('<h2 id="tables">Tables</h2>')
-    for name, header, rows in _tables(analysis):
-        parts.append(f"<h3>{e(name)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
+    parts += html_figures_and_tables({fid: FIGURE_SPECS[fid][0] for fid in FIGURES}, figures, _tables(analysis))
     parts.append(f"<p>Per-run values: <code>results.csv</code>. Made by {e(analysis['created_by'])}.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -504,17 +525,7 @@ def _markdown(analysis: dict, figures: dict, title: str) -> str:
     lines += ["## Findings", ""] + [f"- {line}" for line in analysis["findings"]] + [""]
     if analysis["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w['message']}" for w in analysis["warnings"]] + [""]
-    lines += ["## Figures", ""]
-    for fid in FIGURES:
-        caption = FIGURE_SPECS[fid][0]
-        png, reason = figures[fid]
-        lines += [f"![{caption}](fig-{fid}.png)" if png else f"> **{caption}**: figure skipped: {reason or 'no data'}.",
-                  ""]
-    lines += ["## Tables", ""]
-    for name, header, rows in _tables(analysis):
-        lines += [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        lines.append("")
+    lines += markdown_figures_and_tables({fid: FIGURE_SPECS[fid][0] for fid in FIGURES}, figures, _tables(analysis))
     lines.append("Per-run values: `results.csv`.")
     return "\n".join(lines) + "\n"
 
