@@ -855,7 +855,7 @@ def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
         from repeatlab import config as config_lib
 
         cfg = config_lib.load(args.config)
-        storage.configure(cfg.storage.options)
+        storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
         return args.root or cfg.storage.root, cfg.name
     if not (args.root and args.study):
         raise AnalysisError("give --config study.yaml, or both --root and --study")
