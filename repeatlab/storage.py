@@ -436,11 +436,25 @@ def create_exclusive(url: str, data: bytes) -> bool:
             fs.pipe_file(path, bytes(data), mode="create")
         except FileExistsError:
             return False
-        except OSError as exc:  # s3fs maps a 412 without a Condition field to EINVAL
-            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+        except OSError as exc:  # s3fs maps a 412 without a Condition field (SeaweedFS, MinIO) to EINVAL
+            if _precondition_failed(exc):
                 return False
             raise
     return True
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 412 PreconditionFailed anywhere in the exception's chain (botocore's ClientError carries the code)."""
+    seen = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "PreconditionFailed" or status == 412:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def write_text(url: str, text: str) -> None:
