@@ -820,9 +820,12 @@ def findings(analysis: dict) -> list[str]:
 
 def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     """(eval records, expected points without an eval.json) of a study; AnalysisError when none was evaluated."""
+    import logging
+
     from repeatlab import storage
-    from repeatlab.errors import StorageError
+    from repeatlab.errors import IntegrityError, StorageError
     from repeatlab.grid import run_url, study_url
+    from repeatlab.integrity import check_record
 
     points_url = storage.join(study_url(root, study), "points.json")
     try:
@@ -839,8 +842,9 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
             missing.append(p)
             continue
         try:  # a corrupt eval.json counts as missing (the analysis says so) rather than stopping the whole study
-            records.append(json.loads(storage.read_bytes(url)))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            records.append(check_record(url, json.loads(storage.read_bytes(url))))
+        except (json.JSONDecodeError, UnicodeDecodeError, IntegrityError) as exc:
+            logging.getLogger(__name__).warning("%s: %s; counted as missing", url, str(exc).splitlines()[0])
             missing.append(p)
     if not records:
         raise AnalysisError(f"study {study!r}: none of its {len(points)} points has an eval.json under {root}/runs")

@@ -14,7 +14,7 @@ import time
 
 from repeatlab import storage
 from repeatlab.config import StudyConfig, loads
-from repeatlab.errors import TrainError
+from repeatlab.errors import StorageError, TrainError
 
 
 def load_study(study_config: str) -> StudyConfig:
@@ -84,7 +84,14 @@ def evaluate(run_url: str, log=print) -> dict:
     """Evaluate a trained point (reusing an eval.json of the same final checkpoint)."""
     eval_url = storage.join(run_url, "eval.json")
     if storage.exists(eval_url) and is_trained(run_url):
-        record = storage.read_json(eval_url)
+        from repeatlab.errors import IntegrityError
+        from repeatlab.integrity import check_record
+
+        try:
+            record = check_record(eval_url, storage.read_json(eval_url))
+        except (IntegrityError, StorageError) as exc:  # corrupt: evaluate again rather than publish it
+            log(f"evaluate: {exc}; evaluating again")
+            record = {}
         done = storage.read_json(storage.join(run_url, "done.json"))
         if record.get("step") == done.get("step"):
             log(f"evaluate: {run_url} already evaluated; reusing eval.json")

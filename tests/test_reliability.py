@@ -546,10 +546,10 @@ def test_killed_writer_temporaries_are_swept(tmp_path):
 
 
 def test_model_too_large_for_memory_is_refused_before_allocating():
+    import torch
+
     from repeatlab.model import GPTConfig
     from repeatlab.train import DistEnv, TrainError, check_memory
-
-    import torch
 
     huge = GPTConfig(vocab_size=256, context=64, n_layer=999, n_head=999, n_embd=999 * 32, name="d999")
     with pytest.raises(TrainError, match="d999") as info:
