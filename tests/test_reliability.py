@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repeatlab import config, integrity, storage
-from repeatlab.errors import ConfigError, IntegrityError, RepeatlabError, StorageError
+from repeatlab import config, storage
+from repeatlab.errors import ConfigError, RepeatlabError, StorageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -331,6 +331,9 @@ def test_lease_on_gcs(gcs_env, monkeypatch):
 
 
 def test_sealed_record_detects_a_changed_value(tmp_path):
+    from repeatlab import integrity
+    from repeatlab.errors import IntegrityError
+
     record = integrity.seal_record({"test_loss": np.float32(2.5), "nested": {"a": [1, 2]}})
     url = "file://" + str(tmp_path / "eval.json")
     storage.write_json(url, record)
@@ -343,6 +346,9 @@ def test_sealed_record_detects_a_changed_value(tmp_path):
 
 
 def test_shard_is_verified_once_per_process(tmp_path, monkeypatch):
+    from repeatlab import integrity
+    from repeatlab.errors import IntegrityError
+
     path = tmp_path / "train.bin"
     path.write_bytes(b"\x01\x00" * 1000)
     info = {"file": "train.bin", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -575,5 +581,7 @@ def test_rerun_advice_depends_on_the_failed_step():
     assert "resumes" in _rerun_advice("train", "file:///r")
 
 
-def test_repeatlab_errors_are_one_line():
+def test_integrity_errors_are_repeatlab_errors():
+    from repeatlab.errors import IntegrityError
+
     assert issubclass(IntegrityError, RepeatlabError)
