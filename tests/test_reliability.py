@@ -290,29 +290,12 @@ def test_contenders_for_a_stale_lease_get_exactly_one_owner(tmp_path, monkeypatc
     assert next(lease for lease in winners if not lease.lost).token == holder
 
 
-def test_lease_on_s3(s3_env, monkeypatch):
+@pytest.mark.parametrize("store", ["s3_env", "gcs_env"])
+def test_lease_on_object_stores(store, request, monkeypatch):
     from repeatlab.lease import Lease, LeaseError
 
     _lease_env(monkeypatch, ttl="30")  # object-store round trips under load take a while
-    run = s3_env + "/runs/p"
-    first = Lease(run, owner="first")
-    first.acquire(wait_s=0)
-    try:
-        with pytest.raises(LeaseError, match="first"):
-            Lease(run).acquire(wait_s=0.3)
-    finally:
-        first.release()
-    second = Lease(run)
-    second.acquire(wait_s=0)
-    second.release()
-    assert not storage.exists(storage.join(run, "lease.json"))
-
-
-def test_lease_on_gcs(gcs_env, monkeypatch):
-    from repeatlab.lease import Lease, LeaseError
-
-    _lease_env(monkeypatch, ttl="30")  # object-store round trips under load take a while
-    run = gcs_env + "/runs/p"
+    run = request.getfixturevalue(store) + "/runs/p"
     first = Lease(run, owner="first")
     first.acquire(wait_s=0)
     try:
