@@ -81,9 +81,11 @@ def stale_reason(record: dict, now: float | None = None) -> str | None:
 class Lease:
     """The lease on one run folder, held by this process (see the module docstring)."""
 
-    def __init__(self, run_url: str, owner: str = "repeatlab.train", ttl_s: float | None = None):
+    def __init__(self, run_url: str, owner: str = "repeatlab.train", ttl_s: float | None = None,
+                 job: str | None = None):
         self.url = storage.join(run_url, LEASE_NAME)
         self.owner = owner
+        self.job = job  # the torchrun job whose rank 0 holds the lease: its other ranks wait for this
         self.ttl_s = ttl_s if ttl_s is not None else _env_float("REPEATLAB_LEASE_TTL_S", 60.0)
         self.token = uuid.uuid4().hex
         self.lost: str | None = None
@@ -94,7 +96,7 @@ class Lease:
         now = time.time()
         return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
                 "pid_start": _process_start(os.getpid()), "token": self.token, "heartbeat": now,
-                "expires": now + self.ttl_s, "ttl_s": self.ttl_s}
+                "expires": now + self.ttl_s, "ttl_s": self.ttl_s, "job": self.job}
 
     def _read(self) -> dict | None:
         try:
@@ -181,3 +183,24 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def wait_for_job(run_url: str, job: str, done_name: str = "done.json", wait_s: float | None = None,
+                 poll_s: float | None = None) -> None:
+    """Ranks other than 0: wait until rank 0 of the same torchrun job holds the lease (or the run is done), so they
+    do not time out in the process group's rendezvous while rank 0 waits for another trainer."""
+    wait_s = wait_s if wait_s is not None else _env_float("REPEATLAB_LEASE_WAIT_S", 86_400.0)
+    poll_s = poll_s if poll_s is not None else _env_float("REPEATLAB_LEASE_POLL_S", 5.0)
+    url, done = storage.join(run_url, LEASE_NAME), storage.join(run_url, done_name)
+    deadline = time.monotonic() + wait_s + 2 * poll_s
+    while time.monotonic() < deadline:
+        if storage.exists(done):
+            return
+        try:
+            record = storage.read_json(url)
+        except StorageError:
+            record = None
+        if isinstance(record, dict) and record.get("job") == job:
+            return
+        time.sleep(min(poll_s, 0.25))
+    raise LeaseError(f"{url}: rank 0 of this job did not get the run's lease within {wait_s:.0f} s")

@@ -472,11 +472,16 @@ def train(run_url: str, max_steps: int | None = None, evaluate: bool = False) ->
 
 def _take_lease(run_url: str, env: DistEnv):
     """Rank 0 holds the run's lease (repeatlab.lease): one trainer per run folder. Other ranks follow rank 0."""
-    if env.rank != 0:
-        return None
-    from repeatlab.lease import Lease
+    from repeatlab.lease import Lease, wait_for_job
 
-    lease = Lease(run_url, owner=f"repeatlab.train (world size {env.world})")
+    job = None
+    if env.distributed:
+        job = "{}:{}/{}".format(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""),
+                                os.environ.get("TORCHELASTIC_RUN_ID", ""))
+    if env.rank != 0:
+        wait_for_job(run_url, job)
+        return None
+    lease = Lease(run_url, owner=f"repeatlab.train (world size {env.world})", job=job)
     lease.acquire(on_wait=lambda msg: _log(f"train: {msg}", env))
     return lease
 

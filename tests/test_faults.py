@@ -154,11 +154,18 @@ def test_run_local_killed_leaves_no_trainer(tmp_path):
 # Concurrent writers
 
 
-def test_two_trainers_of_one_run_train_it_once(corpus, tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_two_trainers_of_one_run_train_it_once(corpus, tmp_path, nproc):
+    """With checkpoint_every: 1, two trainers of one run used to collide ("step-0000006: not found (remove)"): now
+    the second waits for the first (its other ranks too, without timing out in the rendezvous) and finds it done."""
+    from repeatlab.launch import torchrun_command
+
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=160, train={"checkpoint_every": 1})
     env = _env(REPEATLAB_LEASE_POLL_S="0.2")
-    procs = [subprocess.Popen([PY, "-m", "repeatlab.train", "--run-url", run], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = (torchrun_command(run, nproc_per_node=2) if nproc == 2
+               else [PY, "-m", "repeatlab.train", "--run-url", run])
+    procs = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     logs = [o[1] for o in outs]
@@ -166,7 +173,7 @@ def test_two_trainers_of_one_run_train_it_once(corpus, tmp_path):
     assert sum("already trained" in log for log in logs) == 1
     assert any("waiting for" in log for log in logs)
     ref = make_run(tmp_path / "ref", corpus, point_id="p", sequences=160, train={"checkpoint_every": 1})
-    run_train(ref)
+    run_train(ref, nproc=nproc)
     np.testing.assert_array_equal(losses(run), losses(ref))
 
 
