@@ -276,8 +276,7 @@ def test_s3_server_frozen_mid_checkpoint_then_resume(s3_server, s3_env, tmp_path
         storage.write_bytes(storage.join(run, name), (local / name).read_bytes())
     shutil.rmtree(local)
     del local_run
-    server = s3_server.process if hasattr(s3_server, "process") else None
-    pid = server.pid if server else _server_pid(s3_server.endpoint_url)
+    pid = _server_pid(s3_server.endpoint_url)
     env = _env(REPEATLAB_CACHE=str(tmp_path / "cache"))
     proc = subprocess.Popen([PY, "-m", "repeatlab.train", "--run-url", run], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -296,7 +295,17 @@ def test_s3_server_frozen_mid_checkpoint_then_resume(s3_server, s3_env, tmp_path
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in storage.read_text(storage.join(run, "train.jsonl")).splitlines()]
-    assert [r["test_loss"] for r in rows] == list(losses(ref))
+    got = np.array([[r["train_loss"], r["test_loss"], r["repeated_loss"] or 0.0] for r in rows])
+    np.testing.assert_array_equal(got, losses(ref))
+    import io
+
+    import torch
+
+    done = storage.read_json(storage.join(run, "done.json"))
+    weights = torch.load(io.BytesIO(storage.read_bytes(storage.join(run, "checkpoints", done["checkpoint"],
+                                                                    "model.pt"))), weights_only=True)
+    wb = final_weights(ref)
+    assert all(np.array_equal(weights[k].numpy(), wb[k].numpy()) for k in wb)
 
 
 def _server_pid(endpoint: str) -> int:
