@@ -11,6 +11,10 @@ Tokens: `--token-file`, else the projected KFP service-account token (KF_PIPELIN
 /var/run/secrets/kubeflow/pipelines/token) when it exists, else none. A token is sent as `Authorization: Bearer ...`
 and is never printed or logged.
 
+Every API call is bounded: socket connect/read timeouts, a wall-clock limit per attempt, bounded retries with backoff
+(never a second create after a stall), and a deadline for the whole command (--deadline); the error names the call
+that stalled (docs/reliability.md).
+
 KFP cron expressions have 6 fields, seconds first (robfig/cron): '0 0 3 * * *' is 03:00:00 every day. A 5-field Unix
 cron would be read shifted by one field, so it is rejected with the 6-field spelling.
 """

@@ -9,6 +9,8 @@ Remote filesystems are imported lazily. Endpoints and credentials come from the 
 `configure(options)` (the study config's `storage.options`):
   s3://  REPEATLAB_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
   gs://  STORAGE_EMULATOR_HOST (emulators; token "anon"), GOOGLE_APPLICATION_CREDENTIALS, REPEATLAB_GCS_TOKEN
+Without credentials, gs:// and s3:// fail before the first request (require_credentials) unless the study sets
+`storage.anonymous: true`: no silent anonymous access (docs/reliability.md).
 """
 
 from __future__ import annotations
