@@ -94,8 +94,9 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize("how", ["SIGKILL the launcher's process group", "SIGTERM the launcher",
-                                 "SIGKILL the launcher alone"])
+@pytest.mark.parametrize("how", ["SIGKILL the launcher's process group",  # the others: slow (make test's budget)
+                                 pytest.param("SIGTERM the launcher", marks=pytest.mark.slow),
+                                 pytest.param("SIGKILL the launcher alone", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_trainers_die_with_their_launcher(corpus, tmp_path, launcher, how):
     run = make_run(tmp_path / "run", corpus, point_id="p", **LONG)
@@ -154,7 +155,7 @@ def test_run_local_killed_leaves_no_trainer(tmp_path):
 # Concurrent writers
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_trainers_of_one_run_train_it_once(corpus, tmp_path, nproc):
     """With checkpoint_every: 1, two trainers of one run used to collide ("step-0000006: not found (remove)"): now
     the second waits for the first (its other ranks too, without timing out in the rendezvous) and finds it done."""
