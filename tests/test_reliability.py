@@ -389,13 +389,23 @@ def stalling_kfp():
     server.server_close()
 
 
+def _cluster_study() -> config.StudyConfig:
+    """The demo study with an object-store root, as a cluster run needs (a file:// root is refused for submit)."""
+    import dataclasses
+
+    cfg = config.load(str(REPO / "pipelines/configs/demo.yaml"))
+    return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root="s3://mlpipeline/repeatlab"))
+
+
 @pytest.mark.parametrize("command", ["submit", "schedule"])
 def test_kfp_commands_end_when_the_server_stalls(tmp_path, stalling_kfp, command):
     pytest.importorskip("kfp")
     env = dict(os.environ, REPEATLAB_KFP_READ_TIMEOUT_S="2", REPEATLAB_KFP_CONNECT_TIMEOUT_S="1",
                REPEATLAB_KFP_BACKOFF_S="0.1", KF_PIPELINES_SA_TOKEN_PATH=str(tmp_path / "none"))
-    args = [sys.executable, "-m", "repeatlab", command, "--host", stalling_kfp, "--config",
-            str(REPO / "pipelines/configs/demo.yaml"), "--package", str(REPO / "pipelines/repetition_grid.yaml")]
+    study = tmp_path / "study.yaml"
+    study.write_text(json.dumps(_cluster_study().to_dict()))
+    args = [sys.executable, "-m", "repeatlab", command, "--host", stalling_kfp, "--config", str(study),
+            "--package", str(REPO / "pipelines/repetition_grid.yaml")]
     if command == "schedule":
         args += ["--cron", "0 0 3 * * *"]
     started = time.monotonic()
@@ -413,7 +423,7 @@ def test_kfp_command_deadline(tmp_path, stalling_kfp, monkeypatch):
 
     monkeypatch.setattr(kfp_client, "READ_TIMEOUT_S", 30.0)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "none"))
-    cfg = config.load(str(REPO / "pipelines/configs/demo.yaml"))
+    cfg = _cluster_study()
     started = time.monotonic()
     with pytest.raises(kfp_client.KfpError, match="stalled: no answer within 3 s"):
         kfp_client.submit(cfg, stalling_kfp, package_path=str(REPO / "pipelines/repetition_grid.yaml"),
