@@ -1125,9 +1125,12 @@ def findings(analysis: dict) -> list[str]:
 
 def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     """(eval records, expected points without an eval.json) of a study; AnalysisError when none was evaluated."""
+    import logging
+
     from repeatlab import storage
-    from repeatlab.errors import StorageError
+    from repeatlab.errors import IntegrityError, StorageError
     from repeatlab.grid import run_url, study_url
+    from repeatlab.integrity import check_record
 
     points_url = storage.join(study_url(root, study), "points.json")
     try:
@@ -1144,8 +1147,9 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
             missing.append(p)
             continue
         try:  # a corrupt eval.json counts as missing (the analysis says so) rather than stopping the whole study
-            records.append(json.loads(storage.read_bytes(url)))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            records.append(check_record(url, json.loads(storage.read_bytes(url))))
+        except (json.JSONDecodeError, UnicodeDecodeError, IntegrityError) as exc:
+            logging.getLogger(__name__).warning("%s: %s; counted as missing", url, str(exc).splitlines()[0])
             missing.append(p)
     if not records:
         raise AnalysisError(f"study {study!r}: none of its {len(points)} points has an eval.json under {root}/runs")
@@ -1178,7 +1182,7 @@ def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
         from repeatlab import config as config_lib
 
         cfg = config_lib.load(args.config)
-        storage.configure(cfg.storage.options)
+        storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
         return args.root or cfg.storage.root, cfg.name
     if not (args.root and args.study):
         raise AnalysisError("give --config study.yaml, or both --root and --study")

@@ -15,6 +15,7 @@ that is not kept can be re-analyzed later. Points without an eval.json are liste
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from repeatlab import storage
@@ -24,6 +25,17 @@ from repeatlab.grid import run_url, study_url
 STUDY_FILES = ("config.yaml", "points.json", "analysis.json")
 RECORD_SUFFIXES = (".csv", ".json")  # records only: figures and pages are made again from them
 RUN_FILES = ("point.json", "plan.json", "done.json", "eval.json", "train.jsonl")
+
+
+POINT_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def check_point_id(point: object, points_url: str) -> None:
+    """A point id becomes a path component: only a content hash is allowed (`../x` would escape --out)."""
+    pid = point.get("point_id") if isinstance(point, dict) else None
+    if not isinstance(pid, str) or not POINT_ID.fullmatch(pid):
+        raise StorageError(f"{points_url}: point_id {pid!r} is not allowed: a content hash of 8-64 characters "
+                           "0-9a-f; the file is corrupt or was edited")
 
 
 def archive_study(root: str, study: str, out: str) -> dict:
@@ -49,6 +61,7 @@ def archive_study(root: str, study: str, out: str) -> dict:
         copied += 1
     evaluated = 0
     for point in points:
+        check_point_id(point, points_url)
         run, out_run = run_url(root, point["point_id"]), run_url(out, point["point_id"])
         for name in RUN_FILES:
             src = storage.join(run, name)

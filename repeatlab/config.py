@@ -133,6 +133,7 @@ class EvalConfig:
 class StorageConfig:
     root: str = "file://./.repeatlab"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol fsspec options (no secrets)
+    anonymous: bool = False  # gs:// / s3:// without credentials: read public buckets anonymously (opt-in)
 
 
 @dataclass
@@ -240,6 +241,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        if value is None:  # `grid:` with nothing under it would silently mean the defaults
+            raise ConfigError(f"{path}: null is not allowed: expected a mapping (remove the line to use the defaults)")
         return _build(tp, value, path)
     if tp is Any:
         return value
@@ -454,11 +457,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
            "0 <= icl_early < icl_late < 512 (positions of a 512-token context, scaled to budget.context)")
 
     _check(bool(cfg.storage.root.strip()), "storage.root", cfg.storage.root, "a non-empty path or fsspec URL")
-    for proto, opts in cfg.storage.options.items():
-        for key in opts:
-            _check(not any(s in key.lower() for s in ("secret", "password", "token", "key")) or key == "token"
-                   and opts[key] in ("anon", "google_default", "cloud"), f"storage.options.{proto}.{key}", "<hidden>",
-                   "no credentials in a study config: use environment variables or a Kubernetes secret")
+    check_no_secrets(cfg)
 
     k = cfg.cluster
     _check(k.parallelism >= 1, "cluster.parallelism", k.parallelism, "an integer >= 1")
@@ -482,11 +481,110 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     for name in k.env:
         _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)), f"cluster.env.{name}", name,
                "an environment variable name")
-        _check(not any(s in name.upper() for s in ("SECRET", "PASSWORD", "TOKEN")), f"cluster.env.{name}", "<hidden>",
-               "no credentials in a study config: use cluster.storage_secret")
     if k.multinode:
         _check(t.nnodes >= 1, "train.nnodes", t.nnodes, "an integer >= 1")
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# No secrets in a study config: it is saved with every study, compiled into the pipeline YAML and printed in logs.
+#
+# A NAME is secret-looking when one of its words (split at _ - . and camelCase) is key(s), secret(s), token(s),
+# password(s), passwd, apikey(s), credential(s), private or privatekey, or when it contains secret, password, passwd,
+# apikey or credential anywhere (DBPASSWORD). Words, not substrings, for key/token/private: TOKENIZERS_PARALLELISM
+# and KEYCLOAK_URL are not secrets. Allowed: gcsfs's `token` when it names an auth mode (anon, google_default, cloud,
+# browser), and names of KMS keys (words kms: a key's id, not the key).
+# A VALUE is secret-looking when it holds a PEM block, a URL with a password (scheme://user:pass@host), an AWS access
+# key id (AKIA/ASIA...), a JWT, or an assignment such as `password=...` / `token: ...`.
+
+SECRET_WORDS = frozenset({"key", "keys", "secret", "secrets", "token", "tokens", "password", "passwords", "passwd",
+                          "apikey", "apikeys", "credential", "credentials", "private", "privatekey"})
+SECRET_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "credential")
+GCS_TOKEN_MODES = ("anon", "google_default", "cloud", "browser")
+_SECRET_VALUE_PATTERNS = (
+    r"-----BEGIN [A-Z ]*-----",
+    r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}",
+    r"(?:key|secret|token|password|passwd|apikey|credential)s?\s*[=:]\s*\S",
+)
+SECRET_HINT = ("no credentials in a study config (it is saved with the study, compiled into the pipeline and "
+               "logged): set them as environment variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...) "
+               "or, on a cluster, in a Kubernetes Secret named by cluster.storage_secret")
+
+
+def _words(name: str) -> list[str]:
+    import re
+
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def secret_looking_name(name: str) -> bool:
+    words = _words(name)
+    if "kms" in words:
+        return False
+    lowered = str(name).lower()
+    return bool(SECRET_WORDS.intersection(words)) or any(s in lowered for s in SECRET_SUBSTRINGS)
+
+
+def secret_looking_value(value: Any) -> bool:
+    import re
+
+    return isinstance(value, str) and any(re.search(p, value, flags=re.IGNORECASE) for p in _SECRET_VALUE_PATTERNS)
+
+
+def _secret_paths(value: Any, path: str):
+    """Paths (dotted) of secret-looking keys or values at any depth of a mapping / list."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if secret_looking_name(key) and not (str(key) == "token" and item in GCS_TOKEN_MODES):
+                yield where
+            else:
+                yield from _secret_paths(item, where)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _secret_paths(item, f"{path}[{i}]")
+    elif secret_looking_value(value):
+        yield path
+
+
+def check_no_secrets(cfg: StudyConfig) -> None:
+    """ConfigError naming the first secret-looking entry of storage.options or cluster.env (the value is hidden)."""
+    for where in _secret_paths(cfg.storage.options, "storage.options"):
+        raise ConfigError(f"{where}: <hidden> is not allowed: {SECRET_HINT}")
+    for name, value in cfg.cluster.env.items():
+        if secret_looking_name(name) or secret_looking_value(value):
+            raise ConfigError(f"cluster.env.{name}: <hidden> is not allowed: {SECRET_HINT}")
+
+
+class _UniqueKeyLoader:
+    """yaml.SafeLoader that rejects a key given twice in one mapping (YAML would silently keep the last value)."""
+
+    @staticmethod
+    def make():
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                seen = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one "
+                                          f"mapping (first at line {seen[key] + 1}); keep one")
+                    seen[key] = key_node.start_mark.line
+                return super().construct_mapping(node, deep=deep)
+
+        return Loader
+
+
+def safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, but a duplicate key is a ConfigError."""
+    import yaml
+
+    return yaml.load(text, Loader=_UniqueKeyLoader.make())  # noqa: S506 - a SafeLoader subclass
 
 
 def from_dict(data: Any) -> StudyConfig:
@@ -501,7 +599,9 @@ def load(url: str) -> StudyConfig:
 
     text = storage.read_text(url)
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{url}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -515,9 +615,7 @@ def load(url: str) -> StudyConfig:
 
 
 def loads(text: str) -> StudyConfig:
-    import yaml
-
-    return from_dict(yaml.safe_load(text))
+    return from_dict(safe_load_unique(text))
 
 
 def with_storage_root(study_config: str, storage_root: str) -> str:

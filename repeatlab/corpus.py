@@ -488,6 +488,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
         ood_infos, ood_held = _read_inputs(cfg.ood_url, log)
     corpus_id = corpus_id_of(eff, infos, ood_infos)
     out = corpus_url(root, corpus_id)
+    storage.sweep_stale_temporaries(out)  # shards half-written by a killed prepare
     manifest_url = storage.join(out, "manifest.json")
     if storage.exists(manifest_url):
         manifest = storage.read_json(manifest_url)
@@ -611,6 +612,9 @@ def open_split(corpus_url: str, split: str, manifest: dict) -> np.ndarray:
     if nbytes != info["bytes"] or nbytes % dtype.itemsize:
         raise CorpusError(f"{url}: {nbytes} bytes on disk, the manifest says {info['bytes']}: the shard is "
                           "truncated or from another prepare; prepare the corpus again")
+    from repeatlab.integrity import verify_shard
+
+    verify_shard(corpus_url, info, path)  # once per process and file
     if nbytes == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
@@ -666,7 +670,7 @@ def cli(argv: list[str]) -> int:
         from repeatlab import config as config_mod
 
         study = config_mod.load(args.config)
-        storage.configure(study.storage.options)
+        storage.configure(study.storage.options, anonymous=study.storage.anonymous)
         cfg = study.corpus
         root = args.root or study.storage.root
     else:

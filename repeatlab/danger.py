@@ -236,7 +236,7 @@ def load_analysis(study: str | None, config: str | None) -> dict | None:
         from repeatlab import config as config_lib
 
         cfg = config_lib.load(config)
-        storage.configure(cfg.storage.options)
+        storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
         url = storage.join(storage.normalize_root(cfg.storage.root), "studies", cfg.name, "analysis.json")
     elif study:
         url = study

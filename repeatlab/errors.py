@@ -41,3 +41,7 @@ class TrainError(RepeatlabError):
 
 class AnalysisError(RepeatlabError):
     """Eval records are missing or inconsistent for the analysis asked for."""
+
+
+class IntegrityError(RepeatlabError):
+    """A file's content does not match the sha256 recorded when it was written."""

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repeatlab import scores, storage
+from repeatlab import integrity, scores, storage
 from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
 from repeatlab.train import checkpoint_steps, checkpoint_url  # the trainer owns the checkpoint layout
@@ -415,12 +415,16 @@ def _strip_prefixes(state: dict) -> dict:
     return out
 
 
-def load_state_dict(url: str) -> dict:
-    """The model state_dict in a model.pt (a plain state_dict, or a dict with a "model" entry)."""
+def load_state_dict(url: str, expected_sha256: str | None = None) -> dict:
+    """The model state_dict in a model.pt (a plain state_dict, or a dict with a "model" entry), checked against
+    the sha256 its checkpoint's state.json recorded when given."""
     if not storage.exists(url):
         raise CheckpointError(f"{url}: checkpoint file not found")
+    data = storage.read_bytes(url)
+    integrity.check_bytes(url, data, expected_sha256, storage.join(url.rsplit("/", 1)[0], "state.json"),
+                          "train the point again from an earlier checkpoint (remove this checkpoint folder)")
     try:
-        state = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors: corrupt file
         raise CheckpointError(f"{url}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -468,7 +472,8 @@ def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any,
         raise CheckpointError(f"{checkpoint_url(run_url, step)}: no complete checkpoint at step {step}; "
                               f"available steps: {', '.join(map(str, steps))}")
     url = storage.join(checkpoint_url(run_url, step), "model.pt")
-    state = load_state_dict(url)
+    recorded = storage.read_json(storage.join(checkpoint_url(run_url, step), "state.json")).get("files") or {}
+    state = load_state_dict(url, recorded.get("model.pt"))
     model = build_model(point["model"])
     check_state_dict(state, model.state_dict(), url)
     try:
@@ -522,6 +527,17 @@ def eval_url(run_url: str, step: int | None, final_step: int) -> str:
     return storage.join(run_url, f"eval-step-{int(step):07d}.json")
 
 
+def short_split_warnings(test: np.ndarray, ood: np.ndarray | None, eval_tokens: int) -> list[str]:
+    """Say so when a split holds fewer tokens than eval.eval_tokens asks for: its loss is noisier than configured."""
+    notes = []
+    for name, tokens in (("test", test), ("ood", ood)):
+        if tokens is not None and len(tokens) < eval_tokens:
+            notes.append(f"the {name} split has {len(tokens)} tokens, fewer than eval.eval_tokens ({eval_tokens}): "
+                         f"its loss is measured on {len(tokens)} tokens only (a larger corpus or test_fraction "
+                         "gives the configured precision)")
+    return notes
+
+
 def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any] = print,
                  device: str = "auto") -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
@@ -551,6 +567,9 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
             if len(offsets):
                 repeated = _gather(train, offsets, context + 1).numpy()
 
+        notes = short_split_warnings(test, ood, cfg.eval_tokens)
+        for note in notes:
+            log(f"evaluate: warning: {note}")
         freqs = token_counts(train, int(point["model"]["vocab_size"]))
         metrics = evaluate_model(model, test, probe, freqs, cfg, context, repeated_windows=repeated,
                                  ood_tokens=ood, seed=int(point.get("seed", 0)), dist=dist)
@@ -558,9 +577,10 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
         # "step" (the evaluated checkpoint) is beyond the documented schema: steps.evaluate reuses an eval.json
         # only when its step is done.json's final step
         result = {"point_id": point.get("point_id"), "point": point, "step": used_step, **metrics,
-                  "learning_curve": read_learning_curve(run_url)}
+                  "learning_curve": read_learning_curve(run_url), "warnings": notes}
         if dist.rank == 0:
             out = eval_url(run_url, step, final_step)
+            result = integrity.seal_record(result)
             storage.write_json(out, result)
             log(json.dumps({
                 "event": "eval", "point_id": point.get("point_id"), "step": used_step,

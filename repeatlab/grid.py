@@ -188,7 +188,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--write", action="store_true", help="also write point.json files and points.json")
     args = parser.parse_args(argv)
     cfg = config_lib.load(args.config)
-    storage.configure(cfg.storage.options)
+    storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
     manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=lambda m: print(m, file=sys.stderr))
     curl = make_corpus_url(cfg.storage.root, manifest["corpus_id"])
     if args.write:

@@ -11,6 +11,10 @@ Tokens: `--token-file`, else the projected KFP service-account token (KF_PIPELIN
 /var/run/secrets/kubeflow/pipelines/token) when it exists, else none. A token is sent as `Authorization: Bearer ...`
 and is never printed or logged.
 
+Every API call is bounded: socket connect/read timeouts, a wall-clock limit per attempt, bounded retries with backoff
+(never a second create after a stall), and a deadline for the whole command (--deadline); the error names the call
+that stalled (docs/reliability.md).
+
 KFP cron expressions have 6 fields, seconds first (robfig/cron): '0 0 3 * * *' is 03:00:00 every day. A 5-field Unix
 cron would be read shifted by one field, so it is rejected with the 6-field spelling.
 """
@@ -25,6 +29,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -41,6 +46,14 @@ HOST_ENV = "KFP_HOST"
 NAMESPACE_ENV = "KFP_NAMESPACE"
 UI_HOST_ENV = "KF_PIPELINES_UI_ENDPOINT"
 PREFLIGHT_TIMEOUT_S = 10.0
+# Every KFP API call is bounded (docs/deploy.md): a connect and a read timeout on its socket, a wall-clock limit on
+# the call (covering kfp.Client's own loops), bounded retries with exponential backoff (calls that create something
+# are retried only when the request cannot have arrived), and a deadline for the whole submit/schedule.
+CONNECT_TIMEOUT_S = float(os.environ.get("REPEATLAB_KFP_CONNECT_TIMEOUT_S", "10"))
+READ_TIMEOUT_S = float(os.environ.get("REPEATLAB_KFP_READ_TIMEOUT_S", "60"))
+CALL_ATTEMPTS = int(os.environ.get("REPEATLAB_KFP_ATTEMPTS", "3"))
+BACKOFF_S = float(os.environ.get("REPEATLAB_KFP_BACKOFF_S", "2"))
+DEADLINE_S = float(os.environ.get("REPEATLAB_KFP_DEADLINE_S", "600"))
 
 
 class KfpError(RepeatlabError):
@@ -196,6 +209,104 @@ def _api_error(host: str, what: str, exc: BaseException) -> KfpError:
     return KfpError(f"KFP API {host}: {what} failed: {type(exc).__name__}: {reason}")
 
 
+class _Deadline:
+    """The whole command's time budget; every call gets at most what is left of it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.end = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+
+_deadline = _Deadline(DEADLINE_S)
+
+
+def _retryable(exc: BaseException, created: bool) -> bool:
+    """Worth another attempt? For calls that create something, only when the request cannot have arrived."""
+    import urllib3
+
+    try:
+        from kfp_server_api.exceptions import ApiException
+    except ImportError:  # pragma: no cover
+        ApiException = ()  # type: ignore[assignment]
+    if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                        ConnectionRefusedError)):
+        return True
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return _retryable(exc.reason, created) if exc.reason is not None else not created
+    if created:
+        return isinstance(exc, ApiException) and exc.status in (429, 503)  # refused before being applied
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429, 500, 502, 503, 504)
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError, TimeoutError))
+
+
+def _attempt(host: str, what: str, fn, outcome: dict) -> None:
+    try:
+        with _kfp_call(host, what):
+            outcome["value"] = fn()
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        outcome["error"] = exc
+
+
+def _bounded(host: str, what: str, fn, *, creates: bool = False):
+    """fn() with a wall-clock limit (READ_TIMEOUT_S + CONNECT_TIMEOUT_S, capped by the command's deadline) and up
+    to CALL_ATTEMPTS attempts with exponential backoff; one-line KfpError naming `what` on failure or stall.
+
+    A stalled attempt is abandoned in a daemon thread (the socket timeouts set by _bound_sockets end it too)."""
+    import threading
+
+    attempts = max(1, CALL_ATTEMPTS)
+    for attempt in range(1, attempts + 1):
+        remaining = _deadline.remaining()
+        if remaining <= 0:
+            raise KfpError(f"KFP API {host}: {what}: the command's deadline of {_deadline.seconds:.0f} s has passed "
+                           "(REPEATLAB_KFP_DEADLINE_S / --deadline)")
+        limit = min(READ_TIMEOUT_S + CONNECT_TIMEOUT_S, remaining)
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=_attempt, args=(host, what, fn, outcome), name=f"kfp-{what}", daemon=True)
+        worker.start()
+        worker.join(limit)
+        tries = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
+        if worker.is_alive():
+            error = KfpError(f"KFP API {host}: {what} stalled: no answer within {limit:.0f} s{tries}; check the API "
+                             "server and the network (REPEATLAB_KFP_READ_TIMEOUT_S sets the limit)")
+            if creates:  # the request may have arrived: never create twice
+                raise error
+        elif "error" in outcome:
+            error = outcome["error"]
+            cause = getattr(error, "__context__", None) or error
+            if not isinstance(error, KfpError) or not _retryable(cause, creates):
+                raise error
+        else:
+            return outcome["value"]
+        if attempt == attempts:
+            raise error
+        time.sleep(max(0.0, min(BACKOFF_S * 2 ** (attempt - 1), _deadline.remaining())))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _bound_sockets(client) -> None:
+    """Give every request of this kfp.Client a connect and a read timeout (kfp_server_api passes none, and urllib3
+    then waits forever)."""
+    import urllib3
+
+    try:
+        pool_manager = client._run_api.api_client.rest_client.pool_manager
+    except AttributeError:  # another kfp version: the wall-clock limit in _bounded still applies
+        return
+    request = pool_manager.request
+
+    def bounded_request(method, url, *args, timeout=None, **kwargs):
+        if timeout is None:
+            timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        return request(method, url, *args, timeout=timeout, **kwargs)
+
+    pool_manager.request = bounded_request
+
+
 @contextlib.contextmanager
 def _kfp_call(host: str, what: str):
     """Turn kfp / urllib3 failures into one-line KfpErrors; kfp's own prints ("Run details: ...") are dropped:
@@ -219,19 +330,24 @@ def _client(host: str, token: str | None, namespace: str | None):
     import kfp
 
     _preflight(host, token)
-    with _kfp_call(host, "connecting"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 and later"
-        kwargs: dict[str, Any] = {"host": host, "existing_token": token}
-        if namespace:
-            kwargs["namespace"] = namespace
-        return kfp.Client(**kwargs)
+    kwargs: dict[str, Any] = {"host": host, "existing_token": token}
+    if namespace:
+        kwargs["namespace"] = namespace
+
+    def connect():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "This client only works with KFP v2.0.0-beta.2 ..."
+            return kfp.Client(**kwargs)
+
+    client = _bounded(host, "connecting", connect)
+    _bound_sockets(client)
+    return client
 
 
 def _experiment_id(client, host: str, name: str, description: str, namespace: str | None) -> str:
     """Get the experiment by name, or create it (kfp's create_experiment looks it up first)."""
-    with _kfp_call(host, f"getting or creating experiment {name!r}"):
-        return client.create_experiment(name=name, description=description or None,
-                                        namespace=namespace).experiment_id
+    return _bounded(host, f"getting or creating experiment {name!r}", lambda: client.create_experiment(
+        name=name, description=description or None, namespace=namespace).experiment_id, creates=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -301,6 +417,14 @@ def _package(package_path: str | None, cfg: StudyConfig):
         yield path
 
 
+def _start_deadline(seconds: float | None) -> None:
+    global _deadline
+    seconds = DEADLINE_S if seconds is None else float(seconds)
+    if not seconds > 0:
+        raise ConfigError(f"--deadline {seconds!r}: a number of seconds > 0")
+    _deadline = _Deadline(seconds)
+
+
 def _utc_stamp() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
 
@@ -311,18 +435,19 @@ def _utc_stamp() -> str:
 
 def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, experiment: str | None = None,
            run_name: str | None = None, package_path: str | None = None, namespace: str | None = None,
-           service_account: str | None = None) -> dict:
+           service_account: str | None = None, deadline_s: float | None = None) -> dict:
     """Start one run of the study pipeline; returns {run_id, experiment_id, run_name, url}."""
     check_for_cluster(cfg)  # before anything is compiled or sent
+    _start_deadline(deadline_s)
     host = _normalize_host(host)
     experiment = experiment or cfg.name
     run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
     with _package(package_path, cfg) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
-        with _kfp_call(host, f"creating run {run_name!r}"):
-            run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=path,
-                                      params=run_parameters(cfg, path), service_account=service_account)
+        run = _bounded(host, f"creating run {run_name!r}", lambda: client.run_pipeline(
+            experiment_id=experiment_id, job_name=run_name, pipeline_package_path=path,
+            params=run_parameters(cfg, path), service_account=service_account), creates=True)
     return {"run_id": run.run_id, "experiment_id": experiment_id, "experiment": experiment, "run_name": run_name,
             "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}"}
 
@@ -330,12 +455,13 @@ def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, expe
 def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None = None,
              experiment: str | None = None, job_name: str | None = None, max_concurrency: int = 1,
              no_catchup: bool = True, package_path: str | None = None, namespace: str | None = None,
-             service_account: str | None = None) -> dict:
+             service_account: str | None = None, deadline_s: float | None = None) -> dict:
     """Create a recurring run of the study; returns {recurring_run_id, experiment_id, job_name, cron, url}.
 
     Refuses to create a second recurring run with the same name in the experiment (a retried Job would otherwise
     schedule the study twice).
     """
+    _start_deadline(deadline_s)
     cron = validate_cron(cron)
     check_for_cluster(cfg)
     if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or not 1 <= max_concurrency <= 10:
@@ -346,19 +472,20 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     with _package(package_path, cfg) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
-        with _kfp_call(host, f"listing recurring runs of experiment {experiment!r}"):
-            existing = client.list_recurring_runs(experiment_id=experiment_id, page_size=10, filter=json.dumps(
-                {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": job_name}]}))
+        existing = _bounded(host, f"listing recurring runs of experiment {experiment!r}",
+                            lambda: client.list_recurring_runs(experiment_id=experiment_id, page_size=10,
+                                                               filter=json.dumps({"predicates": [{
+                                                                   "operation": "EQUALS", "key": "display_name",
+                                                                   "stringValue": job_name}]})))
         for rr in existing.recurring_runs or []:
             if rr.display_name == job_name:
                 raise KfpError(f"recurring run {job_name!r} exists already in experiment {experiment!r} "
                                f"(id {rr.recurring_run_id}); pass another --job-name or delete it first")
-        with _kfp_call(host, f"creating recurring run {job_name!r}"):
-            rr = client.create_recurring_run(
-                experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
-                cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-                params=run_parameters(cfg, path), pipeline_package_path=path, enabled=True,
-                service_account=service_account)
+        rr = _bounded(host, f"creating recurring run {job_name!r}", lambda: client.create_recurring_run(
+            experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
+            cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
+            params=run_parameters(cfg, path), pipeline_package_path=path, enabled=True,
+            service_account=service_account), creates=True)
     return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
             "job_name": job_name, "cron": cron,
             "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}"}
@@ -380,6 +507,8 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help=f"KFP user namespace in multi-user mode (default: ${NAMESPACE_ENV})")
     p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
     p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help=f"seconds the whole command may take (default: $REPEATLAB_KFP_DEADLINE_S or {DEADLINE_S:.0f})")
     return p
 
 
@@ -398,7 +527,8 @@ def cli_submit(argv: list[str]) -> int:
     cfg, host = _load(args)
     token = read_token(args.token_file)
     out = submit(cfg, host, token=token, experiment=args.experiment, run_name=args.run_name,
-                 package_path=args.package, namespace=args.namespace, service_account=args.service_account)
+                 package_path=args.package, namespace=args.namespace, service_account=args.service_account,
+                 deadline_s=args.deadline)
     print(f"run_id: {out['run_id']}")
     print(f"run_name: {out['run_name']}")
     print(f"experiment: {out['experiment']} ({out['experiment_id']})")
@@ -418,7 +548,7 @@ def cli_schedule(argv: list[str]) -> int:
     token = read_token(args.token_file)
     out = schedule(cfg, host, cron, token=token, experiment=args.experiment, job_name=args.job_name,
                    max_concurrency=args.max_concurrency, no_catchup=not args.catchup, package_path=args.package,
-                   namespace=args.namespace, service_account=args.service_account)
+                   namespace=args.namespace, service_account=args.service_account, deadline_s=args.deadline)
     print(f"recurring_run_id: {out['recurring_run_id']}")
     print(f"job_name: {out['job_name']}")
     print(f"cron: {out['cron']}")

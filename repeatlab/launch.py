@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from typing import Any
 
@@ -107,9 +106,41 @@ def cli(argv: list[str]) -> int:
         env.setdefault("OMP_NUM_THREADS", "1")  # per rank; train.threads_per_rank overrides it inside the trainer
     print("repeatlab train: " + " ".join(command), file=sys.stderr, flush=True)
     try:
-        return subprocess.call(command, env=env)  # inherits stdout/stderr: output streams through
+        return run_trainer(command, env=env)  # inherits stdout/stderr: output streams through
     except KeyboardInterrupt:
         return 130
+
+
+ERROR_FILE_ENV = "REPEATLAB_ERROR_FILE"
+
+
+def run_trainer(command: list[str], env: dict[str, str] | None = None, **popen_kwargs) -> int:
+    """Run a trainer command (torchrun) tied to this process (repeatlab.proc.run_tied: it dies with us).
+
+    A trainer that fails with a RepeatlabError writes it to $REPEATLAB_ERROR_FILE (repeatlab.train.main); that
+    error is raised here again, so the user gets the trainer's one-line message and exit code 2, not only torchrun's
+    ChildFailedError. Other failures return the exit code.
+    """
+    import json
+    import tempfile
+
+    from repeatlab.errors import TrainError
+    from repeatlab.proc import run_tied
+
+    env = dict(os.environ if env is None else env)
+    fd, error_file = tempfile.mkstemp(prefix="repeatlab-train-error-", suffix=".json")
+    os.close(fd)
+    os.unlink(error_file)  # the trainer creates it only on failure
+    env[ERROR_FILE_ENV] = error_file
+    try:
+        rc = run_tied(command, env=env, **popen_kwargs)
+        if rc != 0 and os.path.exists(error_file):
+            with open(error_file, encoding="utf-8") as fh:
+                raise TrainError(json.load(fh)["message"])
+        return rc
+    finally:
+        if os.path.exists(error_file):
+            os.unlink(error_file)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

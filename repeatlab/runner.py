@@ -28,6 +28,18 @@ class PipelineRunError(RepeatlabError):
     """A pipeline run finished with a failed step."""
 
 
+# Steps whose failure comes from their inputs (config, corpus, plan): rerunning them unchanged fails the same way.
+INPUT_STEPS = ("prepare", "plan-grid", "plan_grid", "mix")
+
+
+def _rerun_advice(task: str, root: str) -> str:
+    if any(step in task for step in INPUT_STEPS):
+        return ("this step checks its inputs, so a rerun fails the same way until the error in its log above is "
+                f"fixed; finished points are kept in {root}/runs")
+    return (f"finished points are kept in {root}/runs and a rerun resumes the rest from their last checkpoints "
+            "(step logs above)")
+
+
 def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, log=print) -> dict:
     """Run the study through the KFP local runner; returns {status, report, study, seconds}."""
     import kfp.local
@@ -37,7 +49,7 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
 
     # Every step runs in a subprocess whose working folder is not guaranteed: make the storage root absolute.
     cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=storage.normalize_root(cfg.storage.root)))
-    storage.configure(cfg.storage.options)
+    storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
     if pipeline_root is None:
         base = storage.local_path(cfg.storage.root) if storage.is_local(cfg.storage.root) else os.path.abspath(".repeatlab")
         pipeline_root = os.path.join(base, "kfp-local", cfg.name)
@@ -60,11 +72,10 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
         pipeline(study_config=cfg.to_json())
     except RuntimeError as exc:
         failed = re.search(r"Inner task failed: (.*?)\.?$", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
+        task = failed.group(1) if failed else ""
         raise PipelineRunError(
             f"study {cfg.name!r}: the pipeline failed after {time.time() - started:.0f} s"
-            + (f" in {failed.group(1)}" if failed else "")
-            + f"; finished points are kept in {cfg.storage.root}/runs and a rerun trains only what is missing "
-            "(step logs above)"
+            + (f" in {task}" if task else "") + "; " + _rerun_advice(task, cfg.storage.root)
         ) from exc
     seconds = time.time() - started
     if not storage.exists(report):

@@ -9,18 +9,17 @@ same steps called directly against the pipeline to measure orchestration overhea
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
 from repeatlab import storage
 from repeatlab.config import StudyConfig, loads
-from repeatlab.errors import TrainError
+from repeatlab.errors import StorageError, TrainError
 
 
 def load_study(study_config: str) -> StudyConfig:
     cfg = loads(study_config)
-    storage.configure(cfg.storage.options)
+    storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
     return cfg
 
 
@@ -61,7 +60,7 @@ def train(run_url: str, nproc_per_node: int = 1, log=print, evaluate: bool = Tru
     evaluate: the training processes also evaluate the final checkpoint, so the evaluate step that follows only
     publishes eval.json instead of starting torch and loading the model a second time.
     """
-    from repeatlab.launch import torchrun_command
+    from repeatlab.launch import run_trainer, torchrun_command
 
     done_url = storage.join(run_url, "done.json")
     if storage.exists(done_url):
@@ -72,9 +71,9 @@ def train(run_url: str, nproc_per_node: int = 1, log=print, evaluate: bool = Tru
     env.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
     log("train: " + " ".join(command))
-    result = subprocess.run(command, env=env, stdout=sys.stdout, stderr=sys.stderr)
-    if result.returncode != 0:
-        raise TrainError(f"{run_url}: training exited with code {result.returncode} after "
+    returncode = run_trainer(command, env=env, stdout=sys.stdout, stderr=sys.stderr)
+    if returncode != 0:
+        raise TrainError(f"{run_url}: training exited with code {returncode} after "
                          f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint")
     if not storage.exists(done_url):
         raise TrainError(f"{run_url}: training exited cleanly but wrote no done.json")
@@ -85,7 +84,14 @@ def evaluate(run_url: str, log=print) -> dict:
     """Evaluate a trained point (reusing an eval.json of the same final checkpoint)."""
     eval_url = storage.join(run_url, "eval.json")
     if storage.exists(eval_url) and is_trained(run_url):
-        record = storage.read_json(eval_url)
+        from repeatlab.errors import IntegrityError
+        from repeatlab.integrity import check_record
+
+        try:
+            record = check_record(eval_url, storage.read_json(eval_url))
+        except (IntegrityError, StorageError) as exc:  # corrupt: evaluate again rather than publish it
+            log(f"evaluate: {exc}; evaluating again")
+            record = {}
         done = storage.read_json(storage.join(run_url, "done.json"))
         if record.get("step") == done.get("step"):
             log(f"evaluate: {run_url} already evaluated; reusing eval.json")

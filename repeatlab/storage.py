@@ -9,6 +9,8 @@ Remote filesystems are imported lazily. Endpoints and credentials come from the 
 `configure(options)` (the study config's `storage.options`):
   s3://  REPEATLAB_S3_ENDPOINT_URL (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
   gs://  STORAGE_EMULATOR_HOST (emulators; token "anon"), GOOGLE_APPLICATION_CREDENTIALS, REPEATLAB_GCS_TOKEN
+Without credentials, gs:// and s3:// fail before the first request (require_credentials) unless the study sets
+`storage.anonymous: true`: no silent anonymous access (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -24,15 +26,23 @@ from typing import Any
 from repeatlab.errors import StorageError
 
 _extra_options: dict[str, dict[str, Any]] = {}
+_anonymous = False  # storage.anonymous: the study opted in to unauthenticated access to gs:// and s3://
+_credentials_checked: dict[tuple, bool] = {}
 REMOTE_PROTOCOLS = ("s3", "gs", "gcs", "memory", "az", "abfs", "http", "https")
 
 
-def configure(options: dict[str, dict[str, Any]] | None) -> None:
+def configure(options: dict[str, dict[str, Any]] | None, anonymous: bool = False) -> None:
     """Set per-protocol fsspec options (e.g. {"s3": {"endpoint_url": ...}}) for the rest of the process.
+
+    anonymous: gs:// and s3:// without credentials read and write unauthenticated (storage.anonymous); otherwise
+    missing credentials are an error before the first request (see require_credentials).
 
     Filesystem instances made under the previous options (fsspec caches them, with their credentials, sessions and
     directory listings) are dropped, so the next call connects with the new options.
     """
+    global _anonymous
+    _anonymous = bool(anonymous)
+    _credentials_checked.clear()
     _extra_options.clear()
     for protocol, opts in (options or {}).items():
         _extra_options[protocol] = dict(opts)
@@ -114,7 +124,58 @@ def _options_for(protocol: str) -> dict[str, Any]:
     opts.update(_extra_options.get(protocol, {}))
     if protocol == "gcs":
         opts.update(_extra_options.get("gs", {}))
+    if _anonymous:
+        opts.setdefault("anon" if protocol == "s3" else "token", True if protocol == "s3" else "anon")
     return opts
+
+
+CREDENTIALS_HELP = {
+    "s3": ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a shared credentials file, or an "
+           "instance or pod role), or set storage.anonymous: true to read a public bucket without credentials"),
+    "gs": ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run `gcloud auth application-default "
+           "login`, use workload identity on GKE, or set storage.anonymous: true to read a public bucket without "
+           "credentials"),
+}
+
+
+def require_credentials(url: str, protocol: str, opts: dict[str, Any]) -> None:
+    """Fail in seconds, with how to configure them, when gs:// or s3:// would run without credentials.
+
+    Left alone, gcsfs falls back to anonymous access (a public bucket of the same name would be read) and an s3
+    request without credentials fails only after botocore's whole chain. Checked once per process and settings.
+    Emulators (STORAGE_EMULATOR_HOST) and explicit options (anon, token, key, profile) are the user's choice.
+    """
+    if protocol == "s3":
+        if opts.get("anon") or opts.get("key") or opts.get("profile") or opts.get("session"):
+            return
+        cache_key = ("s3", *(os.environ.get(k) for k in (
+            "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_EC2_METADATA_DISABLED")))
+        if cache_key not in _credentials_checked:
+            import botocore.session
+
+            _credentials_checked[cache_key] = botocore.session.get_session().get_credentials() is not None
+    elif protocol in ("gs", "gcs"):
+        if opts.get("token") not in (None, "google_default"):
+            return
+        cache_key = ("gs", os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"), os.environ.get("NO_GCE_CHECK"))
+        if cache_key not in _credentials_checked:
+            import google.auth
+            import google.auth.exceptions
+
+            try:
+                google.auth.default()
+                _credentials_checked[cache_key] = True
+            except google.auth.exceptions.GoogleAuthError:
+                _credentials_checked[cache_key] = False
+        opts["token"] = "google_default"  # never gcsfs's silent fallback to anonymous access
+    else:
+        return
+    if not _credentials_checked[cache_key]:
+        kind = "s3" if protocol == "s3" else "gs"
+        raise StorageError(f"{url}: no {kind}:// credentials found (and storage.anonymous is not set): "
+                           f"{CREDENTIALS_HELP[kind]}")
 
 
 def filesystem(url: str):
@@ -128,7 +189,9 @@ def filesystem(url: str):
         import fsspec
         from fsspec.core import url_to_fs
 
-        fs, path = url_to_fs(str(url), **_options_for(protocol))
+        opts = _options_for(protocol)
+        require_credentials(url, protocol, opts)
+        fs, path = url_to_fs(str(url), **opts)
     except ImportError as exc:
         extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol, protocol)
         raise StorageError(
@@ -169,7 +232,12 @@ def read_bytes(url: str) -> bytes:
 
 
 def read_text(url: str) -> str:
-    return read_bytes(url).decode("utf-8")
+    data = read_bytes(url)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StorageError(f"{url}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the "
+                           "file as UTF-8") from None
 
 
 def read_json(url: str) -> Any:
@@ -227,7 +295,7 @@ def atomic_local_file(url: str, suffix: str = "") -> Iterator[str]:
         folder = os.path.dirname(final)
         with _translate(url, "create folder"):
             os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(final) + "-", suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(os.path.basename(final)), suffix=suffix, dir=folder)
     else:
         fd, tmp = tempfile.mkstemp(prefix="repeatlab-upload-", suffix=suffix)
     os.close(fd)
@@ -247,6 +315,54 @@ def atomic_local_file(url: str, suffix: str = "") -> Iterator[str]:
             os.unlink(tmp)
 
 
+STALE_TEMPORARY_AGE_S = 24 * 3600
+
+
+def _host_tag() -> str:
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temporary_prefix(name: str) -> str:
+    """`.tmp-NAME~PID~HOST~`: a temporary file that says which process on which host is filling it."""
+    return f".tmp-{name}~{os.getpid()}~{_host_tag()}~"
+
+
+def sweep_stale_temporaries(folder_url: str, max_age_s: float = STALE_TEMPORARY_AGE_S) -> list[str]:
+    """Remove `.tmp-*` files that a killed writer left in a local folder; returns their names.
+
+    A temporary file is stale when its process is gone (same host: the pid in its name no longer exists) or when it
+    is older than max_age_s (another host, or a name without pid). Remote stores have no partial objects to sweep.
+    """
+    import re
+    import time
+
+    if not is_local(folder_url):
+        return []
+    folder = local_path(folder_url)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed, here, now = [], _host_tag(), time.time()
+    for name in names:
+        if not name.startswith(".tmp-"):
+            continue
+        path = os.path.join(folder, name)
+        owner = re.search(r"~(\d+)~([0-9a-f]{8})~", name)
+        try:
+            stale = now - os.path.getmtime(path) > max_age_s
+            if owner and owner.group(2) == here and os.path.isdir("/proc"):
+                stale = stale or not os.path.exists(f"/proc/{owner.group(1)}")
+            if stale:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
 _UMASK: int | None = None
 
 
@@ -263,6 +379,20 @@ def _umask() -> int:
     return _UMASK
 
 
+def write_failed(url: str, exc: BaseException, local_file: str) -> StorageError:
+    """One line for a write that failed below Python's OSError (torch's C++ writer), with the free space left."""
+    import shutil
+
+    folder = os.path.dirname(os.path.abspath(local_file))
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free in {folder}"
+    except OSError:
+        free = f"free space in {folder} unknown"
+    return StorageError(f"{url}: write failed ({first}); {free}: the disk is probably full (or a file-size limit "
+                        "was reached); free space or point storage.root elsewhere, then rerun")
+
+
 def write_bytes(url: str, data: bytes) -> None:
     protocol = protocol_of(url)
     if protocol not in ("file",):
@@ -273,6 +403,60 @@ def write_bytes(url: str, data: bytes) -> None:
     with atomic_local_file(url) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create `url` with `data` only if it does not exist, atomically; False when it exists already.
+
+    file://: a complete temporary file is hard-linked to the name (link(2) fails if the name exists). s3://: a PUT with
+    `If-None-Match: *` (s3fs mode="create"; AWS S3, SeaweedFS and MinIO answer 412 when the key exists). gs://: an
+    upload with `ifGenerationMatch=0` (gcsfs mode="create"). Other protocols are refused rather than faked.
+    """
+    protocol = protocol_of(url)
+    if protocol == "file":
+        final = local_path(url)
+        with _translate(url, "create folder"):
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(os.path.basename(final)), dir=os.path.dirname(final))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+            with _translate(url, "create"):
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return False
+            return True
+        finally:
+            os.unlink(tmp)
+    if protocol not in ("s3", "gs", "gcs"):
+        raise StorageError(f"{url}: atomic create-if-absent is not supported on {protocol}:// (file, s3, gs are)")
+    fs, path = filesystem(url)
+    with _translate(url, "create"):
+        try:
+            fs.pipe_file(path, bytes(data), mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # s3fs maps a 412 without a Condition field (SeaweedFS, MinIO) to EINVAL
+            if _precondition_failed(exc):
+                return False
+            raise
+    return True
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 412 PreconditionFailed anywhere in the exception's chain (botocore's ClientError carries the code)."""
+    seen = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "PreconditionFailed" or status == 412:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def write_text(url: str, text: str) -> None:

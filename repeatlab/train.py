@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from repeatlab import storage
+from repeatlab import integrity, storage
 from repeatlab.config import BudgetConfig, TrainConfig, stable_hash
 from repeatlab.errors import CheckpointError, PlanError, RepeatlabError, StorageError, TrainError
 
@@ -111,6 +111,11 @@ class Inputs:
     batch: int  # B, sequences per global batch
     steps: int
     config_hash: str
+    lease: Any = None  # repeatlab.lease.Lease on rank 0: checked before every write
+
+    def check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
 
 def _known(cls, data: dict) -> Any:
@@ -136,6 +141,15 @@ def _load_npy(url: str) -> np.ndarray:
         raise PlanError(f"{url}: not a readable .npy array ({exc})") from exc
 
 
+def _open_shard(corpus_url: str, manifest: dict, split: str, dtype: np.dtype) -> np.ndarray:
+    """Memory map of a corpus shard, its sha256 checked against the manifest once per process."""
+    url = storage.join(corpus_url, f"{split}.bin")
+    path = storage.cached_local_copy(url)
+    info = (manifest.get("splits") or {}).get(split) or {"file": f"{split}.bin"}
+    integrity.verify_shard(corpus_url, info, path)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
 def load_inputs(run_url: str, world: int) -> Inputs:
     """Read and check everything before anything is written; every failure is one line."""
     from repeatlab.model import GPTConfig
@@ -154,7 +168,11 @@ def load_inputs(run_url: str, world: int) -> Inputs:
 
     corpus_url = point["corpus_url"].rstrip("/")
     manifest = storage.read_json(storage.join(corpus_url, "manifest.json"))
-    plan_info = storage.read_json(storage.join(run_url, "plan.json"))
+    plan_url = storage.join(run_url, "plan.json")
+    if not storage.exists(plan_url):
+        raise PlanError(f"{plan_url}: not found: the point has no mixture plan yet; build it first "
+                        f"(repeatlab mix --run-url {run_url})")
+    plan_info = storage.read_json(plan_url)
     ids = {"plan.json": plan_info.get("corpus_id"), "point.json": point.get("corpus_id"),
            "manifest.json": manifest.get("corpus_id")}
     if len(set(ids.values())) != 1:
@@ -166,6 +184,7 @@ def load_inputs(run_url: str, world: int) -> Inputs:
                          f"{vocab} tokens (the model's vocabulary must be at least as large)")
     dtype = np.dtype(manifest.get("dtype", "uint16"))
 
+    integrity.verify_plan(run_url, plan_info)  # a flipped byte would silently train on other windows
     plan = _load_npy(storage.join(run_url, "plan.npy"))
     repeated = np.asarray(_load_npy(storage.join(run_url, "repeated.npy")), dtype=np.int64)
     if plan.ndim != 1 or len(plan) == 0:
@@ -173,17 +192,15 @@ def load_inputs(run_url: str, world: int) -> Inputs:
     if "sequences" in plan_info and int(plan_info["sequences"]) != len(plan):
         raise PlanError(f"{run_url}/plan.npy: {len(plan)} entries but plan.json says {plan_info['sequences']}")
 
-    train_path = storage.cached_local_copy(storage.join(corpus_url, "train.bin"))
-    train_data = np.memmap(train_path, dtype=dtype, mode="r")
+    train_data = _open_shard(corpus_url, manifest, "train", dtype)
     hi = int(plan.max())
     if int(plan.min()) < 0 or hi + context + 1 > len(train_data) or (len(repeated) and (
             int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > len(train_data))):
         raise PlanError(f"{run_url}/plan.npy: offsets run past the train shard ({len(train_data)} tokens, windows of "
                         f"{context + 1}); the plan was built for another corpus or context")
     test_data = None
-    test_url = storage.join(corpus_url, "test.bin")
-    if storage.exists(test_url):
-        test_data = np.memmap(storage.cached_local_copy(test_url), dtype=dtype, mode="r")
+    if storage.exists(storage.join(corpus_url, "test.bin")):
+        test_data = _open_shard(corpus_url, manifest, "test", dtype)
 
     batch = int(budget.batch_tokens) // context
     if batch < 1 or int(budget.batch_tokens) % context:
@@ -305,7 +322,10 @@ def _write_torch(url: str, obj: Any) -> str:
     import torch
 
     with storage.atomic_local_file(url) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # a full disk: "[enforce fail at inline_container.cc:...] unexpected pos ..."
+            raise storage.write_failed(url, exc, tmp) from None
         with open(tmp, "rb") as fh:
             return _sha256(fh.read())
 
@@ -334,6 +354,39 @@ def save_checkpoint(run_url: str, step: int, model_sd: dict, optim_sd: dict, rng
         if s not in keep_steps and s < step:
             storage.remove(checkpoint_url(run_url, s), recursive=True)
     return url
+
+
+# Bytes per parameter while training: fp32 weights, gradients and AdamW's two moments.
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def available_memory(device) -> int | None:
+    """Bytes this process can still allocate on `device` (None when unknown)."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if line.split()}
+        return info.get("MemAvailable")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_memory(model_cfg, device, env: DistEnv, parallelism: str) -> None:
+    """TrainError before allocating a model whose weights, gradients and optimizer state cannot fit (activations
+    not counted: this is the floor); FSDP shards them over the world, DDP keeps a full copy per rank."""
+    need = model_cfg.n_params_total * TRAIN_BYTES_PER_PARAM
+    if parallelism == "fsdp":
+        need //= max(1, env.world)
+    ranks_here = env.local_world if device.type == "cpu" else 1  # CPU ranks of this node share its memory
+    free = available_memory(device)
+    if free is not None and need * ranks_here > free:
+        raise TrainError(f"model {model_cfg.name or ''} ({model_cfg.n_params_total:.3g} parameters) needs at least "
+                         f"{need * ranks_here / 2**30:,.1f} GiB for weights, gradients and AdamW state on "
+                         f"{device.type} ({ranks_here} rank(s)), {free / 2**30:,.1f} GiB is available: choose a "
+                         "smaller model, train.parallelism: fsdp over more ranks, or a larger machine")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -405,7 +458,37 @@ def train(run_url: str, max_steps: int | None = None, evaluate: bool = False) ->
         _log(f"train: {run_url} already trained (step {done.get('step')}); nothing to do", env)
         return {"status": "already trained", **done}
 
+    lease = _take_lease(run_url, env)
+    try:
+        done = already_trained(run_url)  # the previous holder of the lease may have finished this run
+        if done is not None:
+            _log(f"train: {run_url} already trained (step {done.get('step')}); nothing to do", env)
+            return {"status": "already trained", **done}
+        return _train_leased(run_url, env, lease, max_steps, evaluate)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _take_lease(run_url: str, env: DistEnv):
+    """Rank 0 holds the run's lease (repeatlab.lease): one trainer per run folder. Other ranks follow rank 0."""
+    from repeatlab.lease import Lease, wait_for_job
+
+    job = None
+    if env.distributed:
+        job = "{}:{}/{}".format(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""),
+                                os.environ.get("TORCHELASTIC_RUN_ID", ""))
+    if env.rank != 0:
+        wait_for_job(run_url, job)
+        return None
+    lease = Lease(run_url, owner=f"repeatlab.train (world size {env.world})", job=job)
+    lease.acquire(on_wait=lambda msg: _log(f"train: {msg}", env))
+    return lease
+
+
+def _train_leased(run_url: str, env: DistEnv, lease, max_steps: int | None, evaluate: bool) -> dict:
     inputs = load_inputs(run_url, env.world)
+    inputs.lease = lease
     resume = find_checkpoint(inputs, env)  # raises on another config's checkpoint, before anything is written
 
     import torch
@@ -420,6 +503,7 @@ def train(run_url: str, max_steps: int | None = None, evaluate: bool = False) ->
     device = torch.device("cuda", env.local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    check_memory(inputs.model_cfg, device, env, tc.parallelism)
     backend = "nccl" if use_cuda else "gloo"
     timeout = timedelta(seconds=int(tc.process_group_timeout_s))
     if env.distributed:
@@ -582,6 +666,7 @@ def _train(inputs: Inputs, resume: dict | None, env: DistEnv, device, max_steps:
                      "config_hash": inputs.config_hash, "step": step, "steps": steps, "cursor": cursor,
                      "tokens": cursor * ctx, "world_size": W, "elapsed_s": elapsed,
                      "train_loss_sum": loss_sum, "train_loss_steps": loss_steps, "parallelism": tc.parallelism}
+            inputs.check_lease()
             save_checkpoint(run_url, step, msd, osd, rng, exposures, state, int(tc.keep_checkpoints))
         dist.barrier()
         return exposures
@@ -605,6 +690,7 @@ def _train(inputs: Inputs, resume: dict | None, env: DistEnv, device, max_steps:
             _log(f"train: stopped after step {step - 1} of {steps} (--max-steps {max_steps}); "
                  f"rerun to resume from the last checkpoint", env)
             return {"status": "stopped", "step": step - 1, "steps": steps}
+        inputs.check_lease()
         t0 = time.time()
         lo, hi = (step - 1) * B, min(step * B, len(inputs.plan))
         P = hi - lo
@@ -685,6 +771,7 @@ def _train(inputs: Inputs, resume: dict | None, env: DistEnv, device, max_steps:
                                    "max": int(exposures.max()) if len(exposures) else 0,
                                    "total": int(exposures.sum())}}
     if rank == 0:
+        inputs.check_lease()
         storage.write_json(storage.join(run_url, "done.json"), done)
         _log(f"train: done: {steps} steps, test loss {done['test_loss']}, repeated loss {done['repeated_loss']}, "
              f"repeated exposures {done['repeated_exposures']}", env)
@@ -706,13 +793,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="once trained, evaluate the final checkpoint in this process too (eval.json)")
     args = parser.parse_args(argv)
     env = dist_env()
+    from repeatlab.proc import die_with_parent
+
+    die_with_parent()  # a worker whose torchrun (or launcher) died stops instead of writing on its own
     try:
         train(args.run_url, max_steps=args.max_steps, evaluate=args.evaluate)
     except RepeatlabError as exc:
         if env.rank == 0:
             print(f"repeatlab train: error: {exc}", file=sys.stderr, flush=True)
+        _write_error_file(exc)
         return exc.exit_code
     return 0
+
+
+def _write_error_file(exc: RepeatlabError) -> None:
+    """Hand the one-line error to the launcher (repeatlab.launch.run_trainer), which raises it again."""
+    path = os.environ.get("REPEATLAB_ERROR_FILE")
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the first failing rank wins
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"message": str(exc), "type": type(exc).__name__}, fh)
 
 
 if __name__ == "__main__":

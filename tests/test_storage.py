@@ -288,6 +288,8 @@ def test_unreachable_s3_endpoint_fails_fast_with_one_line(monkeypatch):
 def test_configure_drops_cached_filesystems(monkeypatch):
     pytest.importorskip("s3fs")
     monkeypatch.setenv("REPEATLAB_S3_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")  # without credentials the storage helper refuses (no anonymous)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     first, _ = storage.filesystem("s3://bucket/a")
     assert storage.filesystem("s3://bucket/b")[0] is first  # fsspec reuses instances...
     storage.configure({"s3": {"key": "k", "secret": "s"}})

@@ -6,6 +6,7 @@ documented formats (docs/architecture.md). torchrun runs use 2 ranks and OMP_NUM
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from repeatlab import storage
+from repeatlab.errors import TrainError
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -91,8 +93,14 @@ def make_run(folder: Path, corpus_url: str, *, sequences: int = 166, fraction: f
              "train": tc, "eval": dict(eval_cfg or {})}
     (folder / "point.json").write_text(json.dumps(point))
     (folder / "plan.json").write_text(json.dumps({"corpus_id": plan_corpus_id, "point_id": point["point_id"],
-                                                  "sequences": sequences, "plan_sha256": "x"}))
+                                                  "sequences": sequences,
+                                                  "plan_sha256": _file_sha256(folder / "plan.npy"),
+                                                  "repeated_sha256": _file_sha256(folder / "repeated.npy")}))
     return "file://" + str(folder)
+
+
+def _file_sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -479,7 +487,11 @@ def test_launch_cli_runs_and_returns_exit_code(base, tmp_path):
     assert (Path(storage.local_path(run)) / "done.json").exists()
     assert launch.cli(["--run-url", run]) == 0  # already trained
     bad = make_run(tmp_path / "clibad", base["corpus"], sequences=40, batch=7)
-    assert launch.cli(["--run-url", bad]) != 0
+    with pytest.raises(TrainError, match="not divisible"):  # the trainer's one-line error, raised again here
+        launch.cli(["--run-url", bad])
+    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", bad], env=_env(), capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("repeatlab train: error: ")
 
 
 def test_trainer_component_appdef():
