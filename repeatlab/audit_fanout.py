@@ -32,6 +32,7 @@ from repeatlab.audit_scan import (
     _measure,
     _read,
     _Shards,
+    check_signature_memory,
     load_tokenizer,
     resolve_corpus,
     spill_fingerprints,
@@ -179,10 +180,7 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
             if gid == len(previews):
                 previews.append(meta["previews"][j])
                 signatures.append(sig[j: j + 1])
-        if len(content_ids) * settings.num_perm * 4 > settings.max_memory // 2:
-            raise CorpusError(f"{url}: more than {len(content_ids):,} distinct documents: their MinHash signatures "
-                              f"need over {settings.max_memory / 2**31:.2f} GiB, half of --max-memory; raise "
-                              "--max-memory or lower --num-perm")
+        check_signature_memory(url, len(content_ids), settings)
         first_doc = _load(storage.join(gurl, "shard_first_doc.npy"))
         docs_before = sum(a.size for a in doc_content)
         for i in range(meta["shards"]):

@@ -310,6 +310,14 @@ def scan(url: str, settings: ScanSettings, corpus_cfg: CorpusConfig | None = Non
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def check_signature_memory(url: str, distinct: int, settings: ScanSettings) -> None:
+    """MinHash signatures of the distinct documents may use half of --max-memory."""
+    if distinct * settings.num_perm * 4 > settings.max_memory // 2:
+        raise CorpusError(f"{url}: more than {distinct:,} distinct documents: their MinHash signatures need over "
+                          f"{settings.max_memory / 2**31:.2f} GiB, half of --max-memory; raise --max-memory or lower "
+                          "--num-perm")
+
+
 def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
     """Read the files of `infos` in order: content hash, MinHash signature (first copy) and token count per
     document, tokens into `shards`. Content ids count from 0 in first-appearance order (`content_keys`)."""
@@ -324,7 +332,6 @@ def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
     empty = 0
     t_minhash = 0.0
     new_bytes = 0
-    sig_bytes = settings.num_perm * 4
 
     def flush_minhash() -> None:
         nonlocal t_minhash, new_bytes
@@ -347,10 +354,7 @@ def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
             if cid == len(previews):  # first copy of this content
                 previews.append(text[:300])
                 new_texts.append(text)
-                if len(content_ids) * sig_bytes > settings.max_memory // 2:
-                    raise CorpusError(f"{url}: more than {len(content_ids):,} distinct documents: their MinHash "
-                                      f"signatures need over {settings.max_memory / 2**31:.2f} GiB, half of "
-                                      "--max-memory; raise --max-memory or lower --num-perm")
+                check_signature_memory(url, len(content_ids), settings)
                 new_bytes += len(text)
                 if new_bytes >= MINHASH_BATCH_CHARS:  # shingle hashing holds ~30 bytes per character of the batch
                     flush_minhash()
