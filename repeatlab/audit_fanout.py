@@ -88,6 +88,7 @@ def map_group(url: str, files: list[str], index: int, work_url: str, settings: S
     _, fmt, eff = resolve_corpus(url, corpus_cfg)
     dtype = np.dtype(np.uint8) if tok.vocab_size <= 256 else np.dtype(np.uint32)
     out = _group_url(work_url, index)
+    storage.remove(out, recursive=True)  # a rerun or retry: no file of an earlier run may survive into the reduce
     folder = tempfile.mkdtemp(prefix="repeatlab-audit-map-")
     try:
         t0 = time.perf_counter()

@@ -72,6 +72,21 @@ def test_plan_groups_are_contiguous_and_bounded(split_corpus):
         plan_groups(split_corpus, 0)
 
 
+def test_a_rerun_map_step_leaves_nothing_of_its_earlier_run(split_corpus, tmp_path):
+    """A retried map step on other files (or a changed corpus) must not leave stale partitions for the reduce."""
+    work = "file://" + str(tmp_path / "work")
+    settings = ScanSettings(shard_tokens=20_000)
+    plan = plan_groups(split_corpus, 2)
+    map_group(split_corpus, plan[0] + plan[1], 0, work, settings)  # more shards and fingerprints than group 0 has
+    stale = [storage.join(work, "group-00000", name) for name in ("shard-00099.npy", "h99")]
+    for url in stale:  # what an earlier run with more shards or partitions would leave
+        storage.write_bytes(url, b"stale")
+    map_group(split_corpus, plan[0], 0, work, settings)
+    assert not any(storage.exists(url) for url in stale)
+    map_group(split_corpus, plan[1], 1, work, settings)
+    _same_scan(reduce_groups(split_corpus, 2, work, settings), scan(split_corpus, settings))
+
+
 def test_reduce_names_a_missing_or_mismatched_group(split_corpus, tmp_path):
     work = "file://" + str(tmp_path / "work")
     plan = plan_groups(split_corpus, 2)
@@ -88,7 +103,7 @@ def test_checked_in_audit_pipeline_matches_a_fresh_compile(tmp_path):
 
     fresh = compile_audit_pipeline(str(tmp_path / "audit.yaml"))
     assert pathlib.Path(GOLDEN).read_text() == pathlib.Path(fresh).read_text(), (
-        "pipelines/audit_corpus.yaml is stale: run `python -m repeatlab.pipelines.audit_corpus` and review the diff")
+        "pipelines/audit_corpus.yaml is stale: run `make compile` and review the diff")
 
 
 def test_audit_pipeline_fans_out_and_reduces_after_the_loop():
