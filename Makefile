@@ -36,6 +36,7 @@ lint: install
 
 compile: install
 	$(PY) -m repeatlab compile --output pipelines/repetition_grid.yaml
+	$(PY) -m repeatlab.pipelines.audit_corpus
 
 images: install
 	./images/build.sh

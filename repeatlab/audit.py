@@ -190,8 +190,11 @@ def _range(b: dict) -> str:
 
 def run_audit(url: str, settings: ScanSettings, n_params: float | None = None, study: str | None = None,
               passes: float = 1.0, corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte",
-              strict_range: bool = False) -> tuple[dict, Scan]:
-    """Measure the corpus and place its profile on the damage map; returns (audit.json content, the scan)."""
+              strict_range: bool = False, scan_fn=None) -> tuple[dict, Scan]:
+    """Measure the corpus and place its profile on the damage map; returns (audit.json content, the scan).
+
+    scan_fn: what measures the corpus, called like `scan` (the fan-out's reduce step passes one that merges the
+    map steps' partial results)."""
     from repeatlab import danger
 
     if n_params is not None:
@@ -199,7 +202,7 @@ def run_audit(url: str, settings: ScanSettings, n_params: float | None = None, s
     if not (isinstance(passes, (int, float)) and math.isfinite(passes) and passes > 0):
         raise ConfigError(f"--passes: {passes!r} is not allowed: the number of passes over the corpus, > 0")
     analysis = load_study(study)  # before the long scan: a bad --study fails fast
-    s = scan(url, settings, corpus_cfg, tokenizer)
+    s = (scan_fn or scan)(url, settings, corpus_cfg, tokenizer)
     rows = profile(s.histogram, s.total_tokens)
     audit: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "created_by": f"repeatlab {__version__}",

@@ -310,14 +310,19 @@ def scan(url: str, settings: ScanSettings, corpus_cfg: CorpusConfig | None = Non
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
+def check_signature_memory(url: str, distinct: int, settings: ScanSettings) -> None:
+    """MinHash signatures of the distinct documents may use half of --max-memory."""
+    if distinct * settings.num_perm * 4 > settings.max_memory // 2:
+        raise CorpusError(f"{url}: more than {distinct:,} distinct documents: their MinHash signatures need over "
+                          f"{settings.max_memory / 2**31:.2f} GiB, half of --max-memory; raise --max-memory or lower "
+                          "--num-perm")
+
+
+def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
+    """Read the files of `infos` in order: content hash, MinHash signature (first copy) and token count per
+    document, tokens into `shards`. Content ids count from 0 in first-appearance order (`content_keys`)."""
     from repeatlab import corpus
 
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    read_url, fmt, eff = resolve_corpus(url, corpus_cfg)
-    files = corpus.list_input_files(read_url)
-    shards = _Shards(folder, settings.shard_tokens, dtype)
     content_ids: dict[bytes, int] = {}
     doc_content: list[int] = []
     doc_tokens: list[int] = []
@@ -327,7 +332,6 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
     empty = 0
     t_minhash = 0.0
     new_bytes = 0
-    sig_bytes = settings.num_perm * 4
 
     def flush_minhash() -> None:
         nonlocal t_minhash, new_bytes
@@ -338,7 +342,6 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
             new_texts.clear()
         new_bytes = 0
 
-    infos: list[dict] = [{"path": f} for f in files]
     for docs in iter_documents(fmt, eff, infos):
         kept = []
         for text in docs:
@@ -351,10 +354,7 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
             if cid == len(previews):  # first copy of this content
                 previews.append(text[:300])
                 new_texts.append(text)
-                if len(content_ids) * sig_bytes > settings.max_memory // 2:
-                    raise CorpusError(f"{url}: more than {len(content_ids):,} distinct documents: their MinHash "
-                                      f"signatures need over {settings.max_memory / 2**31:.2f} GiB, half of "
-                                      "--max-memory; raise --max-memory or lower --num-perm")
+                check_signature_memory(url, len(content_ids), settings)
                 new_bytes += len(text)
                 if new_bytes >= MINHASH_BATCH_CHARS:  # shingle hashing holds ~30 bytes per character of the batch
                     flush_minhash()
@@ -370,12 +370,35 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
         progress(f"read {n_docs:,} non-empty documents")
     flush_minhash()
     shards.flush()
+    return {"content_keys": list(content_ids), "doc_content": doc_content, "doc_tokens": doc_tokens,
+            "signatures": signatures, "previews": previews, "empty": empty, "minhash_s": t_minhash}
+
+
+def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
+    from repeatlab import corpus
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    read_url, fmt, eff = resolve_corpus(url, corpus_cfg)
+    files = corpus.list_input_files(read_url)
+    infos: list[dict] = [{"path": f} for f in files]
+    shards = _Shards(folder, settings.shard_tokens, dtype)
+    r = _read(url, infos, fmt, eff, settings, tok, shards, progress)
+    doc_content, doc_tokens, signatures, previews, empty, t_minhash = (
+        r["doc_content"], r["doc_tokens"], r["signatures"], r["previews"], r["empty"], r["minhash_s"])
     if not doc_content:
         raise CorpusError(f"{url}: no non-empty documents ({empty} empty) in {len(files)} file(s); the audit "
                           "needs at least one document with text")
     timings["read_tokenize_s"] = time.perf_counter() - t0 - t_minhash
     timings["minhash_s"] = t_minhash
+    return _measure(infos, empty, doc_content, doc_tokens, signatures, previews, shards, settings, tok, progress,
+                    timings, t0)
 
+
+def _measure(infos, empty, doc_content, doc_tokens, signatures, previews, shards, settings, tok, progress, timings,
+             t0, counter=None) -> Scan:
+    """Everything after reading: LSH clusters, span counts, the histogram. Shared by the single-process scan and the
+    fan-out's reduce step (repeatlab.audit_fanout), which passes the cross-shard counter its map steps filled."""
     doc_content_a = np.asarray(doc_content, dtype=np.int64)
     doc_tokens_a = np.asarray(doc_tokens, dtype=np.int64)
     content_count = np.bincount(doc_content_a)
@@ -393,7 +416,8 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
     first_doc_of_cluster[doc_cluster_content[::-1]] = rev
     doc_cluster = first_doc_of_cluster[doc_cluster_content]
 
-    histogram, segments, spans, t_sa, t_fp = _span_pass(shards, doc_mult, doc_tokens_a, settings, tok, progress)
+    histogram, segments, spans, t_sa, t_fp = _span_pass(shards, doc_mult, doc_tokens_a, settings, tok, progress,
+                                                        counter)
     timings["suffix_array_s"] = t_sa
     timings["cross_shard_s"] = t_fp
     timings["total_s"] = time.perf_counter() - t0
@@ -451,19 +475,24 @@ def _doc_examples(labels, content_count, cluster_mult, previews) -> list[dict]:
     return out
 
 
-def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress):
-    """Window counts per shard (SA; + fingerprints across shards), the E histogram and the repeated segments."""
+def spill_fingerprints(counter: _FingerprintCounter, toks: np.ndarray, k: int) -> None:
+    """Add every within-document window of one shard to the cross-shard spill (EOT windows span two documents)."""
+    eot = _eot_windows(toks, k)
+    for lo, h in iter_window_hashes(toks, k):
+        counter.add(h[~eot[lo: lo + h.size]])
+
+
+def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress, counter=None):
+    """Window counts per shard (SA; + fingerprints across shards), the E histogram and the repeated segments.
+    counter: a finished cross-shard counter (the fan-out's map steps spilled it); None counts here."""
     k = settings.min_span
     multi = len(shards.paths) > 1
     t_sa = t_fp = 0.0
-    counter = _FingerprintCounter(shards.folder) if multi else None
-    if multi:
+    if multi and counter is None:
+        counter = _FingerprintCounter(shards.folder)
         t = time.perf_counter()
         for i in range(len(shards.paths)):
-            toks = shards.load(i)
-            eot = _eot_windows(toks, k)
-            for lo, h in iter_window_hashes(toks, k):
-                counter.add(h[~eot[lo: lo + h.size]])
+            spill_fingerprints(counter, shards.load(i), k)
         counter.finish()
         t_fp += time.perf_counter() - t
     hist: dict[int, int] = {}
