@@ -35,7 +35,7 @@ from repeatlab.config import StudyConfig
 PIPELINE_NAME = "repeatlab-repetition-grid"
 
 
-def _on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelerators: bool = False):
+def on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelerators: bool = False):
     """Apply the study's cluster settings to one task (no-ops under the local runner).
 
     heavy: CPU/memory limits, /dev/shm, the timeout and retries of a compute step.
@@ -79,15 +79,15 @@ def build_pipeline(cfg: StudyConfig):
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
     def repetition_grid(study_config: str = default_config, storage_root: str = cfg.storage.root):
-        resolved = _on_cluster(resolve_study(study_config=study_config, storage_root=storage_root), cfg, c.image)
+        resolved = on_cluster(resolve_study(study_config=study_config, storage_root=storage_root), cfg, c.image)
         resolved.set_display_name("resolve study")
         study = resolved.output
-        prepared = _on_cluster(prepare_corpus(study_config=study), cfg, c.image)
+        prepared = on_cluster(prepare_corpus(study_config=study), cfg, c.image)
         prepared.set_display_name("prepare corpus")
-        grid = _on_cluster(plan_grid(study_config=study, corpus_url=prepared.outputs["Output"]), cfg, c.image)
+        grid = on_cluster(plan_grid(study_config=study, corpus_url=prepared.outputs["Output"]), cfg, c.image)
         grid.set_display_name("plan grid")
         with dsl.ParallelFor(grid.outputs["Output"], parallelism=c.parallelism, name="grid-point") as run_url:
-            planned = _on_cluster(mix(run_url=run_url), cfg, c.image)
+            planned = on_cluster(mix(run_url=run_url), cfg, c.image)
             if c.multinode:
                 resources = {"cpu": c.cpu, "memory": c.memory}
                 if c.accelerator_limit:
@@ -101,7 +101,7 @@ def build_pipeline(cfg: StudyConfig):
                         "storage_secret": c.storage_secret, "storage_secret_keys": c.storage_secret_keys,
                     }, sort_keys=True),
                 )
-                _on_cluster(trained, cfg, c.image)
+                on_cluster(trained, cfg, c.image)
                 # The TrainJob goes to this pod's namespace and its pods run as this pod's service account (the one
                 # KFP runs the pipeline as, which the RBAC in manifests/base/rbac.yaml lets create TrainJobs).
                 kubernetes.use_field_path_as_env(trained, env_name="POD_NAMESPACE", field_path="metadata.namespace")
@@ -109,12 +109,12 @@ def build_pipeline(cfg: StudyConfig):
                                                  field_path="spec.serviceAccountName")
                 kubernetes.set_timeout(trained, c.timeout_s + 600)
             else:
-                trained = _on_cluster(
+                trained = on_cluster(
                     train(run_url=planned.outputs["Output"], nproc_per_node=cfg.train.nproc_per_node),
                     cfg, c.train_image, accelerators=True,
                 )
-            evaluated = _on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.image, heavy=True)
-        analyzed = _on_cluster(analyze(study_config=study), cfg, c.image).after(evaluated)
-        _on_cluster(report(study_config=study, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
+            evaluated = on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.image, heavy=True)
+        analyzed = on_cluster(analyze(study_config=study), cfg, c.image).after(evaluated)
+        on_cluster(report(study_config=study, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
 
     return repetition_grid

@@ -109,7 +109,7 @@ def test_checked_in_audit_pipeline_matches_a_fresh_compile(tmp_path):
 def test_audit_pipeline_fans_out_and_reduces_after_the_loop():
     import yaml
 
-    spec = yaml.safe_load((REPO / "pipelines/audit_corpus.yaml").read_text())
+    spec = next(yaml.safe_load_all((REPO / "pipelines/audit_corpus.yaml").read_text()))  # then the platform spec
     root = spec["root"]["dag"]["tasks"]
     assert set(root) == {"audit-plan", "for-loop-1", "audit-reduce"}
     assert root["audit-reduce"]["dependentTasks"] == ["for-loop-1"]  # by .after: no Collected fan-in

@@ -152,3 +152,27 @@ def test_the_schema_check_has_teeth(tmp_path):
     pod["spec"]["activeDeadlineSeconds"] = "soon"
     problems = pod_problems({"train": pod}, cfg, versions=["1.37.0"])
     assert len(problems) == 1 and problems[0].startswith("train: invalid Pod for Kubernetes 1.37.0")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_audit_task_pod_is_valid_and_gets_the_storage_secret(overlay, tmp_path):
+    """The audit fan-out pipeline compiled with an overlay's study: every pod valid, the study's image and storage
+    secret on every task, CPU/memory limits and the deadline on map and reduce, and no GPU anywhere."""
+    from repeatlab.pipelines.audit_corpus import compile_audit_pipeline
+
+    cfg = study(overlay)
+    path = compile_audit_pipeline(str(tmp_path / "audit.yaml"), cfg)
+    spec, platform = yaml.safe_load_all(Path(path).read_text())
+    pods = render_pods(spec, platform)
+    assert set(pods) == {"audit-plan", "audit-map", "audit-reduce"}
+    assert pod_problems(pods, cfg) == []
+    c = cfg.cluster
+    for task, pod in pods.items():
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == c.image
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        assert refs == ({c.storage_secret} if c.storage_secret else set()), task
+        if task != "audit-plan":
+            assert container["resources"]["limits"]["memory"] == c.memory
+            assert pod["spec"]["activeDeadlineSeconds"] == c.timeout_s
