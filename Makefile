@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= pipelines/configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all bench lint compile images image-check clean
+.PHONY: install demo test test-all bench lint compile images image-check gpu-check clean
 
 install: $(STAMP)
 
@@ -45,6 +45,16 @@ images: install
 # uid 1000: repeatlab --help, the package imports, the trainer command's interpreter, a one-point two-rank study.
 image-check: install
 	./images/check.sh
+
+# On a machine with a CUDA GPU (the lent device): the CUDA tests (bf16, torch.compile, steps on the GPU), then the
+# trainer benchmark on the GPU, eager and compiled; JSON results under $(GPU_OUT) (default $$OUT, else .gpu-check).
+GPU_OUT ?= $(or $(OUT),.gpu-check)
+gpu-check: install
+	$(PY) -c "import torch; assert torch.cuda.is_available(), 'gpu-check: no CUDA device'; print(torch.cuda.get_device_name(0))"
+	mkdir -p $(GPU_OUT)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model.py
+	$(PY) -m benchmarks.bench_train --device cuda --quick --out $(GPU_OUT)/bench_train_eager.json
+	$(PY) -m benchmarks.bench_train --device cuda --quick --compile --out $(GPU_OUT)/bench_train_compiled.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
