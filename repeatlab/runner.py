@@ -12,6 +12,8 @@ subprocess of a Python component); kfp-kubernetes settings are ignored.
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
 import dataclasses
 import os
 import re
@@ -38,6 +40,19 @@ def _rerun_advice(task: str, root: str) -> str:
                 f"fixed; finished points are kept in {root}/runs")
     return (f"finished points are kept in {root}/runs and a rerun resumes the rest from their last checkpoints "
             "(step logs above)")
+
+
+@contextlib.contextmanager
+def print_restored():
+    """Put builtins.print back after a KFP local run. kfp.local indents print() while a task runs
+    (kfp/local/logging_utils.py, indented_print) and restores the function it saw on entry; the tasks of a ParallelFor
+    run in threads, so their restores interleave and an indented print outlives the run (every later line of the
+    process started with four spaces)."""
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
 
 
 def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, log=print) -> dict:
@@ -69,7 +84,8 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
     try:
         # The local orchestrator lets every submitted loop iteration finish before it reports a failed one, so one
         # failing point does not stop the others.
-        pipeline(study_config=cfg.to_json())
+        with print_restored():
+            pipeline(study_config=cfg.to_json())
     except RuntimeError as exc:
         failed = re.search(r"Inner task failed: (.*?)\.?$", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
         task = failed.group(1) if failed else ""

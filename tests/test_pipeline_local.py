@@ -135,3 +135,16 @@ def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env):
     assert {pid: done[pid] for pid in survivors} == survivors
     check_report(cfg, result)
     assert result["report"].startswith("s3://")
+
+
+def test_print_is_restored_after_a_local_run():
+    """kfp.local's indented print() can outlive a ParallelFor run (threads restore out of order): run_local puts it
+    back, so the CLI's own lines after the run are not indented."""
+    import builtins
+
+    from repeatlab.runner import print_restored
+
+    original = builtins.print
+    with print_restored():
+        builtins.print = lambda *args, **kwargs: original("    ", *args, **kwargs)  # what the leak leaves behind
+    assert builtins.print is original
