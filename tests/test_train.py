@@ -21,6 +21,7 @@ import pytest
 
 from repeatlab import storage
 from repeatlab.errors import TrainError
+from repeatlab.proc import descendants
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -291,25 +292,6 @@ def test_corrupt_and_partial_checkpoints_are_skipped(base, tmp_path):
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
 
 
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -341,7 +323,7 @@ def test_sigkill_of_torchrun_job_then_resume(base, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (ck / "step-0000003" / "state.json").exists():
         time.sleep(0.002)
-    victims = _descendants(proc.pid)  # torchrun starts its ranks in sessions of their own: kill them by pid
+    victims = descendants(proc.pid)  # torchrun starts its ranks in sessions of their own: kill them by pid
     for pid in [proc.pid, *victims]:
         try:
             os.kill(pid, signal.SIGKILL)
