@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_pipeline_local import tiny_study, write_corpus
-from test_train import PY, REPO, _descendants, _env, final_weights, losses, make_corpus, make_run, run_train
+from test_train import PY, REPO, _env, final_weights, losses, make_corpus, make_run, run_train
 
 from repeatlab import storage
+from repeatlab.proc import descendants
 
 # Long enough (75 steps of a 2-layer model) that a kill lands mid-run.
 LONG = dict(sequences=600, train={"checkpoint_every": 3, "keep_checkpoints": 100},
@@ -105,7 +106,7 @@ def test_trainers_die_with_their_launcher(corpus, tmp_path, launcher, how):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         assert _wait_for(lambda: (folder / "checkpoints" / "step-0000003" / "state.json").exists())
-        workers = _trainer_pids(_descendants(proc.pid))
+        workers = _trainer_pids(descendants(proc.pid))
         assert len(workers) == 2, "two trainer ranks are running"
         if how.startswith("SIGKILL the launcher's"):
             _kill_group_of(proc, signal.SIGKILL)
@@ -119,7 +120,7 @@ def test_trainers_die_with_their_launcher(corpus, tmp_path, launcher, how):
         assert not (folder / "done.json").exists()
     finally:
         _kill_group_of(proc, signal.SIGKILL)
-        for pid in _alive(_descendants(proc.pid)):
+        for pid in _alive(descendants(proc.pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     if not how.startswith("SIGKILL the launcher's"):
@@ -140,7 +141,7 @@ def test_run_local_killed_leaves_no_trainer(tmp_path):
         seen: set[int] = set()
 
         def training() -> bool:
-            seen.update(_trainer_pids(_descendants(proc.pid)))
+            seen.update(_trainer_pids(descendants(proc.pid)))
             return bool(seen)
 
         assert _wait_for(training, timeout_s=300, every_s=0.2)
