@@ -281,6 +281,131 @@ class GPT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# A pack: P models of one shape trained as one program
+
+
+def _param_key(name: str) -> str:
+    """A parameter name usable as a module attribute ("transformer.h.0.ln_1.weight" -> "transformer__h__0__...")."""
+    return name.replace(".", "__")
+
+
+class PackedGPT(nn.Module):
+    """P GPTs of one config with every parameter stacked along a leading model axis ([P, ...]), trained as one program:
+    each layer is one batched matmul (torch.baddbmm / bmm) over the P models instead of P small ones.
+
+    The models never mix: model p's output depends only on its own slice of every parameter and its own batch, so the
+    gradient of sum_p loss_p with respect to slice p is model p's own gradient. Parameter names are GPT's with dots as
+    "__"; `point_state_dict(p)` gives model p's slice under GPT's FQNs (a plain GPT loads it), and `from_models`
+    stacks P initialized GPTs, so each keeps the initial weights of its own seed. (repeatlab.train measured this
+    against torch.func stack_module_state + vmap: docs/benchmarks.md.)
+    """
+
+    def __init__(self, config: GPTConfig, size: int):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.size = int(size)
+        template = GPT(config)
+        self.names = [n for n, _ in template.named_parameters()]  # the tied wte / lm_head matrix once
+        self.state_keys = list(template.state_dict().keys())  # lm_head.weight too: what a GPT checkpoint holds
+        for name, p in template.named_parameters():
+            self.register_parameter(_param_key(name), nn.Parameter(p.detach().unsqueeze(0).repeat(
+                self.size, *([1] * p.dim()))))
+
+    @classmethod
+    def from_models(cls, models: list[GPT]) -> PackedGPT:
+        packed = cls(models[0].config, len(models))
+        with torch.no_grad():
+            for p, model in enumerate(models):
+                packed.load_point(p, model.state_dict())
+        return packed
+
+    def stacked(self, name: str) -> nn.Parameter:
+        return getattr(self, _param_key(name))
+
+    def _alias(self, key: str) -> str:
+        return "transformer.wte.weight" if key == "lm_head.weight" else key
+
+    def point_state_dict(self, p: int) -> dict[str, torch.Tensor]:
+        """Model p's weights as a GPT state dict (CPU copies, GPT's FQN keys and order)."""
+        return {k: self.stacked(self._alias(k)).detach()[p].to("cpu", copy=True) for k in self.state_keys}
+
+    def load_point(self, p: int, state_dict: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name in self.names:
+                self.stacked(name)[p].copy_(state_dict[name])
+
+    # The batched layers. x: [P, N, C] (N = batch x time), weights [P, out, in], biases [P, out].
+
+    def _linear(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        w, b = self.stacked(prefix + ".weight"), self.stacked(prefix + ".bias")
+        return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))  # [P, N, in] x [P, in, out] -> [P, N, out]
+
+    def _layer_norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        w, b = self.stacked(prefix + ".weight"), self.stacked(prefix + ".bias")
+        return F.layer_norm(x, (x.size(-1),)) * w.unsqueeze(1) + b.unsqueeze(1)
+
+    def _attention(self, x: torch.Tensor, prefix: str, B: int, T: int) -> torch.Tensor:
+        P, C, nh, hd = self.size, self.config.n_embd, self.config.n_head, self.config.head_dim
+        q, k, v = self._linear(x, prefix + ".c_attn").view(P * B, T, 3 * C).split(C, dim=2)
+        q = q.reshape(P * B, T, nh, hd).transpose(1, 2)  # (P*B, T, C) -> (P*B, nh, T, hd)
+        k = k.reshape(P * B, T, nh, hd).transpose(1, 2)
+        v = v.reshape(P * B, T, nh, hd).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (P*B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(P, B * T, C)  # heads side by side again
+        return self._linear(y, prefix + ".c_proj")
+
+    def _mlp(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        h = F.gelu(self._linear(x, prefix + ".c_fc"), approximate="tanh")
+        return self._linear(h, prefix + ".c_proj")
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """idx, targets: [P, B, T] token ids, model p reading idx[p]. Returns (logits [P, B, T, vocab], per-model
+        mean cross-entropy [P] or None)."""
+        P, B, T = idx.shape
+        if P != self.size or T > self.config.context:
+            raise ConfigError(f"idx: shape {tuple(idx.shape)} is not allowed: [{self.size}, batch, time <= "
+                              f"{self.config.context}]")
+        wte, V = self.stacked("transformer.wte.weight"), self.config.vocab_size
+        flat_ids = idx + torch.arange(P, device=idx.device).view(P, 1, 1) * V  # model p's rows of the stacked table
+        tok = F.embedding(flat_ids, wte.reshape(P * V, -1))  # (P, B, T, C)
+        x = (tok + self.stacked("transformer.wpe.weight")[:, None, :T]).reshape(P, B * T, -1)
+        for i in range(self.config.n_layer):
+            h = f"transformer.h.{i}"
+            x = x + self._attention(self._layer_norm(x, h + ".ln_1"), h + ".attn", B, T)
+            if not self.config.attention_only:
+                x = x + self._mlp(self._layer_norm(x, h + ".ln_2"), h + ".mlp")
+        logits = torch.bmm(self._layer_norm(x, "transformer.ln_f"), wte.transpose(1, 2))  # tied: (P, B*T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(P * B * T, V), targets.reshape(-1), reduction="none")
+            loss = loss.view(P, B * T).mean(dim=1)
+        return logits.view(P, B, T, V), loss
+
+    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                            device_type: str) -> torch.optim.AdamW:
+        """GPT.configure_optimizer over the stacked tensors: decay where the unstacked parameter has >= 2 dimensions.
+        AdamW is element-wise, so one step over [P, ...] is P independent steps, in one (fused on CUDA) call."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 3], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 3], "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), **extra)
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Per model, torch.nn.utils.clip_grad_norm_: model p's gradient scaled by min(1, max_norm / (||g_p|| + 1e-6)),
+        ||g_p|| the 2-norm over all of model p's gradients. Returns the P norms."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        sq = torch.stack([g.detach().reshape(self.size, -1).float().pow(2).sum(dim=1) for g in grads]).sum(dim=0)
+        norms = sq.sqrt()
+        coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+        return norms
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Closed forms (no module needed)
 
 

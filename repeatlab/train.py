@@ -43,53 +43,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
-import io
 import json
+import logging
 import math
 import os
 import sys
 import time
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from repeatlab import integrity, storage
+from repeatlab.checkpoint import (  # noqa: F401 - write_torch as _write_torch: the old name, still imported by tests
+    CHECKPOINT_FORMAT_VERSION,
+    checkpoint_name,
+    checkpoint_steps,
+    checkpoint_url,
+    find_checkpoint,
+    save_checkpoint,
+)
+from repeatlab.checkpoint import write_torch as _write_torch  # noqa: F401
 from repeatlab.config import BudgetConfig, TrainConfig, stable_hash
-from repeatlab.errors import CheckpointError, PlanError, RepeatlabError, StorageError, TrainError
+from repeatlab.distributed import DistEnv
+from repeatlab.errors import CheckpointError, PlanError, RepeatlabError, TrainError
 
-CHECKPOINT_FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
 # Train settings that change how a run is executed but not what it computes: they may differ on a resume.
 OPERATIONAL_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "nproc_per_node", "nnodes", "process_group_timeout_s",
-                          "threads_per_rank", "compile", "eval_points", "eval_sequences")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The distributed environment (torchrun's contract)
-
-
-@dataclasses.dataclass
-class DistEnv:
-    rank: int
-    local_rank: int
-    world: int
-    local_world: int
-    distributed: bool  # started by torchrun (the env contract is present)
-
-
-def dist_env() -> DistEnv:
-    env = os.environ
-    if "WORLD_SIZE" not in env or "RANK" not in env:
-        return DistEnv(0, 0, 1, 1, False)
-    world = int(env["WORLD_SIZE"])
-    return DistEnv(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", "0")), world=world,
-                   local_world=int(env.get("LOCAL_WORLD_SIZE", str(world))), distributed=True)
-
-
-def _log(msg: str, env: DistEnv | None = None) -> None:
-    if env is None or env.rank == 0:
-        print(msg, file=sys.stderr, flush=True)
+                          "threads_per_rank", "compile", "eval_points", "eval_sequences", "pack_size")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -244,118 +226,6 @@ def checkpoint_interval(steps: int, tc: TrainConfig) -> int:
     return int(tc.checkpoint_every) if tc.checkpoint_every > 0 else max(1, -(-steps // 10))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{int(step):07d}"
-
-
-def checkpoint_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, "checkpoints", checkpoint_name(step))
-
-
-def checkpoint_steps(run_url: str, complete_only: bool = False) -> list[int]:
-    """Steps of the checkpoint folders, ascending; with complete_only, those holding state.json (written last)."""
-    out = []
-    for name in storage.listdir(storage.join(run_url, "checkpoints")):
-        if name.startswith("step-") and name[5:].isdigit():
-            step = int(name[5:])
-            if not complete_only or storage.exists(storage.join(checkpoint_url(run_url, step), "state.json")):
-                out.append(step)
-    return sorted(out)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _torch_load_bytes(data: bytes) -> Any:
-    import torch
-
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def find_checkpoint(inputs: Inputs, env: DistEnv) -> dict | None:
-    """The latest complete, readable checkpoint of this config: {"step", "state", "model", "optim", "rng",
-    "exposures", "url"}; None when there is none. Another config's checkpoint raises CheckpointError."""
-    for step in reversed(checkpoint_steps(inputs.run_url)):
-        url = checkpoint_url(inputs.run_url, step)
-        state_url = storage.join(url, "state.json")
-        if not storage.exists(state_url):
-            _log(f"train: skipping incomplete checkpoint {url} (no state.json)", env)
-            continue
-        try:
-            state = storage.read_json(state_url)
-        except StorageError as exc:
-            _log(f"train: warning: skipping checkpoint {url}: {exc}", env)
-            continue
-        if state.get("point_id") != inputs.point.get("point_id") or state.get("config_hash") != inputs.config_hash:
-            raise CheckpointError(f"checkpoint {url} belongs to another config (point {state.get('point_id')}, "
-                                  f"config hash {state.get('config_hash')}; this point is "
-                                  f"{inputs.point.get('point_id')}, {inputs.config_hash}): move it away or use a new "
-                                  f"run folder")
-        try:
-            loaded: dict[str, Any] = {"step": int(state["step"]), "state": state, "url": url}
-            for name, key in (("model.pt", "model"), ("optim.pt", "optim"), ("rng.pt", "rng"),
-                              ("exposures.npy", "exposures")):
-                data = storage.read_bytes(storage.join(url, name))
-                expected = (state.get("files") or {}).get(name)
-                if expected and _sha256(data) != expected:
-                    raise CheckpointError(f"{name} does not match the sha256 in state.json (truncated or corrupt)")
-                if name.endswith(".npy"):
-                    loaded[key] = np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)
-                else:
-                    loaded[key] = _torch_load_bytes(data)
-            if len(loaded["exposures"]) != len(inputs.repeated):
-                raise CheckpointError("exposures.npy does not match repeated.npy")
-            return loaded
-        except Exception as exc:  # a corrupt file of any kind: fall back to the previous checkpoint
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _log(f"train: warning: skipping checkpoint {url}: {msg}; trying the previous one", env)
-            continue
-    return None
-
-
-def _write_torch(url: str, obj: Any) -> str:
-    import torch
-
-    with storage.atomic_local_file(url) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as exc:  # a full disk: "[enforce fail at inline_container.cc:...] unexpected pos ..."
-            raise storage.write_failed(url, exc, tmp) from None
-        with open(tmp, "rb") as fh:
-            return _sha256(fh.read())
-
-
-def _write_file(url: str, data: bytes) -> str:
-    storage.write_bytes(url, data)
-    return _sha256(data)
-
-
-def save_checkpoint(run_url: str, step: int, model_sd: dict, optim_sd: dict, rng: dict, exposures: np.ndarray,
-                    state: dict, keep: int) -> str:
-    """Rank 0: write one checkpoint, state.json last, then prune to the last `keep` complete checkpoints."""
-    url = checkpoint_url(run_url, step)
-    storage.remove(url, recursive=True)  # a partial leftover of an earlier attempt at this step
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(exposures, dtype=np.int64), allow_pickle=False)
-    files = {
-        "model.pt": _write_torch(storage.join(url, "model.pt"), model_sd),
-        "optim.pt": _write_torch(storage.join(url, "optim.pt"), optim_sd),
-        "rng.pt": _write_torch(storage.join(url, "rng.pt"), rng),
-        "exposures.npy": _write_file(storage.join(url, "exposures.npy"), buf.getvalue()),
-    }
-    storage.write_json(storage.join(url, "state.json"), {**state, "files": files})
-    keep_steps = set(checkpoint_steps(run_url, complete_only=True)[-max(1, keep):])
-    for s in checkpoint_steps(run_url):
-        if s not in keep_steps and s < step:
-            storage.remove(checkpoint_url(run_url, s), recursive=True)
-    return url
-
-
 # Bytes per parameter while training: fp32 weights, gradients and AdamW's two moments.
 TRAIN_BYTES_PER_PARAM = 16
 
@@ -374,19 +244,21 @@ def available_memory(device) -> int | None:
         return None
 
 
-def check_memory(model_cfg, device, env: DistEnv, parallelism: str) -> None:
-    """TrainError before allocating a model whose weights, gradients and optimizer state cannot fit (activations
-    not counted: this is the floor); FSDP shards them over the world, DDP keeps a full copy per rank."""
-    need = model_cfg.n_params_total * TRAIN_BYTES_PER_PARAM
+def check_memory(model_cfg: Any, device: Any, env: DistEnv, parallelism: str, pack_size: int = 1) -> None:
+    """TrainError before allocating a model (or a pack of pack_size models) whose weights, gradients and optimizer
+    state cannot fit (activations not counted: this is the floor); FSDP shards them over the world, DDP keeps a full
+    copy per rank."""
+    need = model_cfg.n_params_total * TRAIN_BYTES_PER_PARAM * max(1, int(pack_size))
     if parallelism == "fsdp":
         need //= max(1, env.world)
     ranks_here = env.local_world if device.type == "cpu" else 1  # CPU ranks of this node share its memory
     free = available_memory(device)
     if free is not None and need * ranks_here > free:
-        raise TrainError(f"model {model_cfg.name or ''} ({model_cfg.n_params_total:.3g} parameters) needs at least "
+        what = "model" if pack_size <= 1 else f"a pack of {pack_size} x model"
+        raise TrainError(f"{what} {model_cfg.name or ''} ({model_cfg.n_params_total:.3g} parameters) needs at least "
                          f"{need * ranks_here / 2**30:,.1f} GiB for weights, gradients and AdamW state on "
                          f"{device.type} ({ranks_here} rank(s)), {free / 2**30:,.1f} GiB is available: choose a "
-                         "smaller model, train.parallelism: fsdp over more ranks, or a larger machine")
+                         "smaller model or train.pack_size, train.parallelism: fsdp over more ranks, or a larger machine")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -428,11 +300,481 @@ def plan_exposures(plan: np.ndarray, repeated: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Models: one GPT (pack size 1, exactly the unpacked path), or a pack of them stacked along a leading model axis
+
+
+def _sync_context(train_model: Any, fsdp: bool, world: int, last: bool) -> Any:
+    """Gradient all-reduce only on the last micro-batch of a step (DDP's no_sync, FSDP's requires_gradient_sync)."""
+    if fsdp:
+        train_model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    return train_model.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+
+
+class SingleModel:
+    """Pack size 1: a plain GPT, DDP (W > 1) or FSDP2, torch's clip_grad_norm_, DCP's full state dicts."""
+
+    def __init__(self, point: Inputs, resume: dict | None, env: DistEnv) -> None:
+        import torch
+
+        from repeatlab.model import GPT
+
+        self.size, self.device, self.world = 1, env.device, env.world
+        self.fsdp = point.tc.parallelism == "fsdp"
+        torch.manual_seed(int(point.point.get("seed", 0)))  # identical init on every rank
+        self.raw = GPT(point.model_cfg)
+        if resume:
+            self.raw.load_state_dict(resume["model"])
+        self.raw.to(self.device)
+        self.train_model = self._wrap()
+        self.eval_model = self.raw  # FSDP all-gathers in forward: eval goes through the sharded module (the same object)
+        tc = point.tc
+        self.optimizer = self.raw.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2),
+                                                      self.device.type)
+        if resume:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.raw, self.optimizer, resume["optim"],
+                                     options=StateDictOptions(full_state_dict=True))
+
+    def _wrap(self) -> Any:
+        if self.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.raw.transformer.h:
+                fully_shard(block)
+            fully_shard(self.raw)
+            return self.raw
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            return DDP(self.raw, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return self.raw
+
+    def losses(self, run_model: Any, x: Any, y: Any) -> Any:
+        _, loss = run_model(x[0], y[0])
+        return loss.unsqueeze(0)
+
+    def logits(self, x: Any, y: Any) -> Any:
+        logits, _ = self.eval_model(x[0], y[0])
+        return logits.unsqueeze(0)
+
+    def clip_grads(self, max_norm: float) -> None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(self.train_model.parameters(), max_norm)
+
+    def state_dicts(self) -> list[tuple[dict, dict]]:
+        """[(model, optimizer)] full state dicts on the CPU; a collective under FSDP: every rank calls it."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return [(get_model_state_dict(self.raw, options=opts),
+                 get_optimizer_state_dict(self.raw, self.optimizer, options=opts))]
+
+
+class PackedModels:
+    """Pack size P > 1: repeatlab.model.PackedGPT, one batched forward/backward and one AdamW step for all P; DDP
+    (W > 1) averages every stacked gradient over ranks, which is each model's own average. Checkpoints hold each
+    point's slice in the unpacked format, so a point resumes in any pack, or alone."""
+
+    def __init__(self, points: list[Inputs], resumes: list[dict | None], env: DistEnv) -> None:
+        import torch
+
+        from repeatlab.model import GPT, PackedGPT
+
+        self.size, self.device, self.world, self.fsdp = len(points), env.device, env.world, False
+        models = []
+        for point, resume in zip(points, resumes):
+            torch.manual_seed(int(point.point.get("seed", 0)))  # each point's own init, as when trained alone
+            model = GPT(point.model_cfg)
+            if resume:
+                model.load_state_dict(resume["model"])
+            models.append(model)
+        self.raw = PackedGPT.from_models(models).to(self.device)
+        self.eval_model = self.raw
+        self.train_model = self.raw
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_model = DDP(self.raw, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        tc = points[0].tc
+        self.optimizer = self.raw.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2),
+                                                      self.device.type)
+        self.names = {id(self.raw.stacked(name)): name for name in self.raw.names}
+        if any(resumes):
+            self._load_optimizer([r["optim"] for r in resumes if r])
+
+    def _load_optimizer(self, states: list[dict]) -> None:
+        """Stack the points' unpacked optimizer states (the pack's points resume from the same step)."""
+        import torch
+
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                per_point = [s["state"][self.names[id(param)]] for s in states]
+                self.optimizer.state[param] = {
+                    key: (torch.stack([st[key] for st in per_point]).to(param.device) if per_point[0][key].dim()
+                          else per_point[0][key].clone().to(param.device if self.device.type == "cuda" else "cpu"))
+                    for key in per_point[0]}
+
+    def losses(self, run_model: Any, x: Any, y: Any) -> Any:
+        _, loss = run_model(x, y)
+        return loss
+
+    def logits(self, x: Any, y: Any) -> Any:
+        logits, _ = self.eval_model(x, y)
+        return logits
+
+    def clip_grads(self, max_norm: float) -> None:
+        self.raw.clip_grad_norm_(max_norm)
+
+    def _optimizer_state(self, p: int) -> dict:
+        state = {}
+        for param, st in self.optimizer.state.items():
+            state[self.names[id(param)]] = {k: (v[p] if v.dim() else v).to("cpu", copy=True) for k, v in st.items()}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [self.names[id(q)] for q in g["params"]]}
+                  for g in self.optimizer.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def state_dicts(self) -> list[tuple[dict, dict]]:
+        return [(self.raw.point_state_dict(p), self._optimizer_state(p)) for p in range(self.size)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Training
 
 
-def _progress_line(step, steps, loss, tok_s, eta_s) -> str:
+@dataclasses.dataclass
+class PointRun:
+    """One point's own training state in a pack: its curve, exposure counts and loss accumulators."""
+
+    inputs: Inputs
+    resume: dict | None
+    counter: ExposureCounter
+    base_exposures: np.ndarray
+    rows: list[dict]
+    loss_sum: float = 0.0  # train losses since the last curve row
+    loss_steps: int = 0
+    base_elapsed: float = 0.0  # training wall time of earlier sessions
+    session_tokens: int = 0
+    last_row: dict | None = None
+    exposures: np.ndarray | None = None  # totals at the last checkpoint
+
+    @classmethod
+    def start(cls, inputs: Inputs, resume: dict | None) -> PointRun:
+        state = resume["state"] if resume else {}
+        rows: list[dict] = []
+        jsonl = storage.join(inputs.run_url, "train.jsonl")
+        if resume and storage.exists(jsonl):
+            rows = [json.loads(line) for line in storage.read_text(jsonl).splitlines() if line.strip()]
+            rows = [r for r in rows if r.get("step", 0) <= resume["step"]]
+        base = resume["exposures"] if resume else np.zeros(len(inputs.repeated), dtype=np.int64)
+        return cls(inputs=inputs, resume=resume, counter=ExposureCounter(inputs.repeated), base_exposures=base,
+                   rows=rows, loss_sum=float(state.get("train_loss_sum", 0.0)),
+                   loss_steps=int(state.get("train_loss_steps", 0)), base_elapsed=float(state.get("elapsed_s", 0.0)))
+
+
+class Trainer:
+    """Trains a pack of >= 1 points of one shape and schedule in lockstep, in this process group.
+
+    setup() builds the models (each from its own seed, or its checkpoint), train_step() runs one optimizer step of
+    every point on its own plan's batch, eval_curves() appends a curve row per point, save() writes one checkpoint per
+    point; fit() is the loop. Each point keeps its run folder, plan, data order, exposures, curve, checkpoints and
+    done.json; a pack of one computes exactly what the unpacked trainer always did.
+    """
+
+    def __init__(self, points: list[Inputs], resumes: list[dict | None], env: DistEnv,
+                 max_steps: int | None = None) -> None:
+        self.points = points
+        self.resumes = resumes
+        self.env = env
+        self.max_steps = max_steps
+        first = points[0]
+        self.tc, self.ctx, self.steps, self.batch = first.tc, first.context, first.steps, first.batch
+        self.micro = int(self.tc.micro_batch_sequences) or self.batch // env.world
+        self.start_step = resumes[0]["step"] if resumes[0] else 0
+        self.runs: list[PointRun] = []
+        self.bank: Any = None
+        self.train_time = 0.0
+        self.session_start = time.time()
+
+    # -- setup
+
+    def setup(self) -> None:
+        import torch
+
+        device = self.env.device
+        self.bank = (SingleModel(self.points[0], self.resumes[0], self.env) if len(self.points) == 1
+                     else PackedModels(self.points, self.resumes, self.env))
+        self.run_model = self.bank.train_model
+        if device.type == "cuda" and self.tc.compile:
+            self.run_model = torch.compile(self.bank.train_model)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if device.type == "cuda" and self.tc.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
+        if self.resumes[0]:
+            rng = self.resumes[0]["rng"]
+            torch.set_rng_state(rng["torch"])
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+        self.runs = [PointRun.start(p, r) for p, r in zip(self.points, self.resumes)]
+        self._log_start()
+
+    def _log_start(self) -> None:
+        first, resume = self.points[0], self.resumes[0]
+        W = self.env.world
+        if resume and int(resume["state"].get("world_size", W)) != W:
+            log.info("train: resuming with world size %d (checkpoint had %s): correct, but not bit-identical to an "
+                     "uninterrupted run", W, resume["state"].get("world_size"))
+        for r in self.resumes:
+            if r:
+                log.info("train: resuming from %s (step %d/%d)", r["url"], self.start_step, self.steps)
+        if not resume:
+            what = first.run_url if len(self.points) == 1 else f"pack of {len(self.points)} points"
+            log.info("train: %s: %d steps of %d sequences x %d tokens (%d sequences), world size %d, %s, device %s",
+                     what, self.steps, self.batch, self.ctx, len(first.plan), W, self.tc.parallelism,
+                     self.env.device.type)
+
+    # -- one step
+
+    def _batch(self, positions: np.ndarray, record: bool) -> tuple[Any, Any]:
+        """[P, n, ctx] inputs and targets: point p's plan windows at these global-batch positions."""
+        import torch
+
+        rows = []
+        for run in self.runs:
+            plan = run.inputs.plan
+            offsets = np.asarray(plan[positions] if len(positions) else plan[:1], dtype=np.int64)
+            if record:
+                run.counter.add(offsets)
+            rows.append(windows(run.inputs.train_data, offsets, self.ctx))
+        t = torch.from_numpy(np.stack(rows)).to(self.env.device, non_blocking=True)
+        return t[:, :, :-1], t[:, :, 1:]
+
+    def train_step(self, step: int) -> np.ndarray:
+        """One optimizer step of every point; returns the points' mean train losses over the global batch."""
+        import torch
+        import torch.distributed as dist
+
+        W, rank, B = self.env.world, self.env.rank, self.batch
+        lo, hi = (step - 1) * B, min(step * B, len(self.points[0].plan))
+        n_batch = hi - lo
+        positions = np.arange(lo, hi)[rank::W]
+        calls = math.ceil(math.ceil(n_batch / W) / self.micro)  # micro-batches on the rank with the most sequences
+        lr = lr_at(step, self.steps, self.tc)
+        for group in self.bank.optimizer.param_groups:
+            group["lr"] = lr
+        local = torch.zeros(len(self.runs), dtype=torch.float64, device=self.env.device)
+        for j in range(calls):
+            sel = positions[j * self.micro:(j + 1) * self.micro]
+            n = len(sel)
+            x, y = self._batch(sel, record=n > 0)
+            with _sync_context(self.bank.train_model, self.bank.fsdp, W, j == calls - 1):
+                with self.autocast:
+                    losses = self.bank.losses(self.run_model, x, y)
+                # gradient = mean over the global batch after the mean over ranks: scale by n * W / n_batch
+                (losses.sum() * (n * W / n_batch)).backward()
+            local += losses.detach().double() * n
+        if self.tc.grad_clip > 0:
+            self.bank.clip_grads(self.tc.grad_clip)
+        self.bank.optimizer.step()
+        self.bank.optimizer.zero_grad(set_to_none=True)
+        dist.all_reduce(local)
+        return local.cpu().numpy() / n_batch
+
+    # -- curves
+
+    def _eval_offsets(self, run: PointRun, split: str) -> np.ndarray:
+        n = int(self.tc.eval_sequences)
+        if split == "repeated":
+            return np.asarray(run.inputs.repeated[:n], dtype=np.int64)
+        data = run.inputs.test_data
+        if data is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.arange(min(n, max(0, (len(data) - 1) // self.ctx)), dtype=np.int64) * self.ctx
+
+    def _eval_loss(self, split: str) -> list[float | None]:
+        """Mean loss per point on its first eval_sequences windows of `split`, sharded over ranks and all-reduced.
+        Points with fewer windows are padded with a copy of their first and the padding is not counted."""
+        import torch
+        import torch.distributed as dist
+        from torch.nn import functional as F
+
+        W, micro = self.env.world, self.micro
+        offsets = [self._eval_offsets(run, split) for run in self.runs]
+        longest = max(len(o) for o in offsets)
+        if longest == 0:
+            return [None] * len(self.runs)
+        mine = np.array_split(np.arange(longest), W)[self.env.rank]
+        calls = math.ceil(math.ceil(longest / W) / micro)
+        total = torch.zeros(len(self.runs), 2, dtype=torch.float64, device=self.env.device)
+        data = [run.inputs.test_data if split == "test" else run.inputs.train_data for run in self.runs]
+        self.bank.eval_model.eval()
+        with torch.no_grad():
+            for j in range(calls):
+                sel = mine[j * micro:(j + 1) * micro]
+                real = [sel[sel < len(o)] for o in offsets]  # this rank's windows that exist for each point
+                rows = [windows(d, o[idx] if len(idx) else (o[:1] if len(o) else offsets[0][:1]), self.ctx)
+                        for d, o, idx in zip(data, offsets, real)]
+                width = max(len(r) for r in rows)
+                t = torch.from_numpy(np.stack([np.resize(r, (width, self.ctx + 1)) for r in rows])).to(self.env.device)
+                x, y = t[:, :, :-1], t[:, :, 1:]
+                with self.autocast:
+                    logits = self.bank.logits(x, y)
+                for p, idx in enumerate(real):
+                    if len(idx):
+                        lp, yp = logits[p, :len(idx)], y[p, :len(idx)]
+                        total[p, 0] += F.cross_entropy(lp.float().reshape(-1, lp.size(-1)), yp.reshape(-1),
+                                                       reduction="sum").double()
+                        total[p, 1] += yp.numel()
+        self.bank.eval_model.train()
+        dist.all_reduce(total)
+        return [float(total[p, 0] / total[p, 1]) if len(o) else None for p, o in enumerate(offsets)]
+
+    def eval_curves(self, step: int, lr: float) -> None:
+        """Append one curve row per point and rewrite its train.jsonl (rank 0)."""
+        test, repeated = self._eval_loss("test"), self._eval_loss("repeated")
+        hi = min(step * self.batch, len(self.points[0].plan))
+        for run, test_loss, rep_loss in zip(self.runs, test, repeated):
+            tok_s = run.session_tokens / max(self.train_time, 1e-9)
+            run.last_row = {"step": step, "tokens": hi * self.ctx, "lr": lr,
+                            "train_loss": run.loss_sum / max(run.loss_steps, 1), "test_loss": test_loss,
+                            "repeated_loss": rep_loss, "tokens_per_s": tok_s,
+                            "elapsed_s": run.base_elapsed + time.time() - self.session_start}
+            run.loss_sum, run.loss_steps = 0.0, 0
+            run.rows.append(run.last_row)
+            if self.env.rank == 0:
+                storage.write_text(storage.join(run.inputs.run_url, "train.jsonl"),
+                                   "".join(json.dumps(r) + "\n" for r in run.rows))
+                if not self._tty():
+                    tl = "n/a" if test_loss is None else f"{test_loss:.4f}"
+                    rl = "n/a" if rep_loss is None else f"{rep_loss:.4f}"
+                    where = "" if len(self.runs) == 1 else f"{run.inputs.point.get('point_id')}: "
+                    log.info("train: %sstep %d/%d train %.4f test %s repeated %s lr %.3g %s tok/s", where, step,
+                             self.steps, run.last_row["train_loss"], tl, rl, lr, f"{tok_s:,.0f}")
+
+    def _tty(self) -> bool:
+        return sys.stderr.isatty() and self.env.rank == 0
+
+    # -- checkpoints
+
+    def _total_exposures(self, run: PointRun) -> np.ndarray:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.from_numpy(run.counter.counts.copy())
+        if self.env.device.type == "cuda":
+            t = t.to(self.env.device)
+        dist.all_reduce(t)
+        return run.base_exposures + t.cpu().numpy()
+
+    def state_dict(self, p: int, step: int, cursor: int, model_sd: dict, optim_sd: dict) -> dict:
+        """Everything of point p's checkpoint: model, optim, rng, exposures and state (state.json's content)."""
+        import torch
+
+        run, device = self.runs[p], self.env.device
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        state = {"format_version": CHECKPOINT_FORMAT_VERSION, "point_id": run.inputs.point.get("point_id"),
+                 "config_hash": run.inputs.config_hash, "step": step, "steps": self.steps, "cursor": cursor,
+                 "tokens": cursor * self.ctx, "world_size": self.env.world,
+                 "elapsed_s": run.base_elapsed + time.time() - self.session_start,
+                 "train_loss_sum": run.loss_sum, "train_loss_steps": run.loss_steps,
+                 "parallelism": self.tc.parallelism, "pack_size": len(self.runs)}
+        return {"model": model_sd, "optim": optim_sd, "rng": rng, "exposures": run.exposures, "state": state}
+
+    def save(self, step: int, cursor: int) -> None:
+        """One checkpoint per point in its own run folder (rank 0 writes; every rank joins the collectives)."""
+        import torch.distributed as dist
+
+        state_dicts = self.bank.state_dicts()
+        for p, run in enumerate(self.runs):
+            run.exposures = self._total_exposures(run)
+            if self.env.rank == 0:
+                sd = self.state_dict(p, step, cursor, *state_dicts[p])
+                run.inputs.check_lease()
+                save_checkpoint(run.inputs.run_url, step, sd["model"], sd["optim"], sd["rng"], sd["exposures"],
+                                sd["state"], int(self.tc.keep_checkpoints))
+        dist.barrier()
+
+    # -- the loop
+
+    def fit(self) -> list[dict]:
+        """Train from start_step to the end (or --max-steps); returns each point's result."""
+        evals = set(eval_steps(self.steps, self.tc.eval_points))
+        every = checkpoint_interval(self.steps, self.tc)
+        for step in range(self.start_step + 1, self.steps + 1):
+            if self.max_steps is not None and step > self.max_steps:
+                log.info("train: stopped after step %d of %d (--max-steps %d); rerun to resume from the last "
+                         "checkpoint", step - 1, self.steps, self.max_steps)
+                return [{"status": "stopped", "step": step - 1, "steps": self.steps} for _ in self.runs]
+            self._timed_step(step)
+            if step in evals:
+                self.eval_curves(step, lr_at(step, self.steps, self.tc))
+            if step % every == 0 or step == self.steps:
+                self.save(step, min(step * self.batch, len(self.points[0].plan)))
+        if self._tty():
+            sys.stderr.write("\n")
+        return [self._finish(run) for run in self.runs]
+
+    def _timed_step(self, step: int) -> None:
+        import torch
+
+        for run in self.runs:
+            run.inputs.check_lease()
+        t0 = time.time()
+        step_losses = self.train_step(step)
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        self.train_time += time.time() - t0
+        hi = min(step * self.batch, len(self.points[0].plan))
+        n_batch = hi - (step - 1) * self.batch
+        for run, loss in zip(self.runs, step_losses):
+            run.loss_sum += float(loss)
+            run.loss_steps += 1
+            run.session_tokens += n_batch * self.ctx
+        if self._tty():
+            tok_s = sum(r.session_tokens for r in self.runs) / max(self.train_time, 1e-9)
+            eta = (len(self.points[0].plan) - hi) * self.ctx * len(self.runs) / max(tok_s, 1e-9)
+            sys.stderr.write("\r" + _progress_line(step, self.steps, float(np.mean(step_losses)), tok_s, eta))
+            sys.stderr.flush()
+
+    def _finish(self, run: PointRun) -> dict:
+        """done.json of one point (rank 0 writes it)."""
+        import torch.distributed as dist
+
+        inputs, steps = run.inputs, self.steps
+        exposures = run.exposures if run.exposures is not None else run.base_exposures
+        last = run.last_row or (run.rows[-1] if run.rows else {})
+        done = {"point_id": inputs.point.get("point_id"), "config_hash": inputs.config_hash, "step": steps,
+                "steps": steps, "sequences": len(inputs.plan), "tokens": len(inputs.plan) * self.ctx,
+                "batch_sequences": self.batch, "last_batch_sequences": int(len(inputs.plan) - (steps - 1) * self.batch),
+                "world_size": self.env.world, "parallelism": self.tc.parallelism, "pack_size": len(self.runs),
+                "wall_time_s": run.base_elapsed + time.time() - self.session_start,
+                "checkpoint": checkpoint_name(steps),
+                "test_loss": last.get("test_loss"), "repeated_loss": last.get("repeated_loss"),
+                "repeated_exposures": {"sequences": len(exposures),
+                                       "min": int(exposures.min()) if len(exposures) else 0,
+                                       "max": int(exposures.max()) if len(exposures) else 0,
+                                       "total": int(exposures.sum())}}
+        if self.env.rank == 0:
+            inputs.check_lease()
+            storage.write_json(storage.join(inputs.run_url, "done.json"), done)
+            log.info("train: done: %s: %d steps, test loss %s, repeated loss %s, repeated exposures %s",
+                     inputs.run_url, steps, done["test_loss"], done["repeated_loss"], done["repeated_exposures"])
+        dist.barrier()
+        return {"status": "trained", **done}
+
+
+def _progress_line(step: int, steps: int, loss: float, tok_s: float, eta_s: float) -> str:
     return f"step {step}/{steps}  loss {loss:.4f}  {tok_s:,.0f} tok/s  ETA {eta_s:,.0f} s"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Entry: a pack of run folders
 
 
 def already_trained(run_url: str) -> dict | None:
@@ -448,29 +790,46 @@ def already_trained(run_url: str) -> dict | None:
 
 
 def train(run_url: str, max_steps: int | None = None, evaluate: bool = False) -> dict:
-    """Train (or resume) the point at run_url in this process; returns done.json's content, or a status dict.
+    """Train (or resume) the point at run_url in this process; returns done.json's content, or a status dict."""
+    return train_pack([run_url], max_steps=max_steps, evaluate=evaluate)[0]
 
-    evaluate: once training finishes, evaluate the final checkpoint here too (eval.json), in the same process group.
-    """
-    env = dist_env()
-    done = already_trained(run_url)
-    if done is not None:
-        _log(f"train: {run_url} already trained (step {done.get('step')}); nothing to do", env)
-        return {"status": "already trained", **done}
 
-    lease = _take_lease(run_url, env)
-    try:
-        done = already_trained(run_url)  # the previous holder of the lease may have finished this run
+def _skip_trained(run_urls: list[str]) -> tuple[list[str], dict[str, dict]]:
+    """(run URLs still to train, {run URL: 'already trained' result})."""
+    finished = {}
+    for url in run_urls:
+        done = already_trained(url)
         if done is not None:
-            _log(f"train: {run_url} already trained (step {done.get('step')}); nothing to do", env)
-            return {"status": "already trained", **done}
-        return _train_leased(run_url, env, lease, max_steps, evaluate)
+            log.info("train: %s already trained (step %s); nothing to do", url, done.get("step"))
+            finished[url] = {"status": "already trained", **done}
+    return [u for u in run_urls if u not in finished], finished
+
+
+def train_pack(run_urls: list[str], max_steps: int | None = None, evaluate: bool = False) -> list[dict]:
+    """Train (or resume) the points at run_urls together, as one pack, in this process; one result per URL.
+
+    Finished points are skipped (content addressing: never retrained), the others train in lockstep. evaluate: once
+    training finishes, evaluate each final checkpoint here too (eval.json), in the same process group.
+    """
+    env = DistEnv.from_env()
+    run_urls = [u.rstrip("/") for u in run_urls]
+    if len(set(run_urls)) != len(run_urls):
+        raise TrainError(f"--run-url: {run_urls} is not allowed: a run folder appears twice in the pack")
+    todo, results = _skip_trained(run_urls)
+    leases = [_take_lease(url, env) for url in sorted(todo)] if todo else []
+    try:
+        todo, finished = _skip_trained(todo)  # the previous holder of a lease may have finished its run
+        results.update(finished)
+        if todo:
+            results.update(zip(todo, _train_leased(todo, env, leases, max_steps, evaluate)))
     finally:
-        if lease is not None:
-            lease.release()
+        for lease in leases:
+            if lease is not None:
+                lease.release()
+    return [results[u] for u in run_urls]
 
 
-def _take_lease(run_url: str, env: DistEnv):
+def _take_lease(run_url: str, env: DistEnv) -> Any:
     """Rank 0 holds the run's lease (repeatlab.lease): one trainer per run folder. Other ranks follow rank 0."""
     from repeatlab.lease import Lease, wait_for_job
 
@@ -482,44 +841,90 @@ def _take_lease(run_url: str, env: DistEnv):
         wait_for_job(run_url, job)
         return None
     lease = Lease(run_url, owner=f"repeatlab.train (world size {env.world})", job=job)
-    lease.acquire(on_wait=lambda msg: _log(f"train: {msg}", env))
+    lease.acquire(on_wait=lambda msg: log.info("train: %s", msg))
     return lease
 
 
-def _train_leased(run_url: str, env: DistEnv, lease, max_steps: int | None, evaluate: bool) -> dict:
-    inputs = load_inputs(run_url, env.world)
-    inputs.lease = lease
-    resume = find_checkpoint(inputs, env)  # raises on another config's checkpoint, before anything is written
+PACK_FIELDS = ("model_cfg", "context", "batch", "steps")
 
-    import torch
+
+def check_pack(points: list[Inputs], world: int) -> None:
+    """TrainError unless the points can train in lockstep: one shape, context, batch, step schedule, corpus and
+    computation-determining train settings; FSDP only for a pack of one."""
+    first = points[0]
+    if len(points) > 1 and first.tc.parallelism == "fsdp":
+        raise TrainError("train.parallelism: 'fsdp' is not allowed with a pack of more than one point: packs are for "
+                         "models too small to shard; set train.pack_size: 1 or train.parallelism: ddp")
+
+    def schedule(p: Inputs) -> dict:
+        train = {k: v for k, v in dataclasses.asdict(p.tc).items() if k not in ("pack_size",)}
+        return {"model": dataclasses.asdict(p.model_cfg) | {"name": ""}, "context": p.context, "batch": p.batch,
+                "steps": p.steps, "sequences": len(p.plan), "train": train,
+                "corpus_url": p.point.get("corpus_url"), "budget": dataclasses.asdict(p.budget)}
+
+    want = schedule(first)
+    for p in points[1:]:
+        got = schedule(p)
+        for key in want:
+            if got[key] != want[key]:
+                raise TrainError(f"{p.run_url}: cannot share a pack with {first.run_url}: {key} differs "
+                                 f"({got[key]} vs {want[key]}); train them in separate packs (repeatlab grid shows "
+                                 "the packs)")
+
+
+def _resume_groups(points: list[Inputs], resumes: list[dict | None]) -> list[list[int]]:
+    """Indices of the points grouped by the step they resume from, earliest first: a pack trains in lockstep, so
+    points whose latest checkpoints differ (a crash between two points' checkpoint writes) train as separate packs."""
+    by_step: dict[int, list[int]] = {}
+    for i, resume in enumerate(resumes):
+        by_step.setdefault(resume["step"] if resume else 0, []).append(i)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _agree_on_resume(resumes: list[dict | None], env: DistEnv, what: str) -> None:
     import torch.distributed as dist
 
-    tc = inputs.tc
+    chosen: list[Any] = [None] * env.world
+    dist.all_gather_object(chosen, [r["step"] if r else 0 for r in resumes])
+    if any(c != chosen[0] for c in chosen):
+        raise CheckpointError(f"{what}: ranks found different latest checkpoints {chosen}; is storage shared?")
+
+
+def _train_leased(run_urls: list[str], env: DistEnv, leases: list[Any], max_steps: int | None,
+                  evaluate: bool) -> list[dict]:
+    points = [load_inputs(url, env.world) for url in run_urls]
+    by_url = {url: lease for url, lease in zip(sorted(run_urls), leases)}
+    for p in points:
+        p.lease = by_url.get(p.run_url)
+    check_pack(points, env.world)
+    # raises on another config's checkpoint, before anything is written
+    resumes = [find_checkpoint(p.run_url, p.point.get("point_id"), p.config_hash, len(p.repeated)) for p in points]
+
+    import torch
+
+    tc = points[0].tc
     if tc.threads_per_rank > 0:
         torch.set_num_threads(int(tc.threads_per_rank))
-    use_cuda = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainError("train.device: 'cuda' is not allowed here: no CUDA device is available")
-    device = torch.device("cuda", env.local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    check_memory(inputs.model_cfg, device, env, tc.parallelism)
-    backend = "nccl" if use_cuda else "gloo"
-    timeout = timedelta(seconds=int(tc.process_group_timeout_s))
-    if env.distributed:
-        dist.init_process_group(backend=backend, timeout=timeout)
-    else:
-        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    env.choose_device(tc.device)
+    check_memory(points[0].model_cfg, env.device, env, tc.parallelism, pack_size=len(points))
+    env.init_process_group(int(tc.process_group_timeout_s))
     try:
-        result = _train(inputs, resume, env, device, max_steps)
-        if evaluate and result.get("status") == "trained":
-            evaluate_here(run_url, device, env)
-        return result
+        _agree_on_resume(resumes, env, ", ".join(run_urls))
+        results: dict[int, dict] = {}
+        for group in _resume_groups(points, resumes):
+            trainer = Trainer([points[i] for i in group], [resumes[i] for i in group], env, max_steps)
+            trainer.setup()
+            results.update(zip(group, trainer.fit()))
+        if evaluate:
+            for point, i in zip(points, range(len(points))):
+                if results[i].get("status") == "trained":
+                    evaluate_here(point.run_url, env)
+        return [results[i] for i in range(len(points))]
     finally:
-        dist.destroy_process_group()
+        env.teardown()
 
 
-def evaluate_here(run_url: str, device, env: DistEnv) -> None:
+def evaluate_here(run_url: str, env: DistEnv) -> None:
     """Evaluate the final checkpoint in the training processes, reusing their torch, device and process group.
 
     A separate evaluate step would pay a second process start and torch import (most of a small run's wall time
@@ -529,254 +934,11 @@ def evaluate_here(run_url: str, device, env: DistEnv) -> None:
     from repeatlab.evaluate import evaluate_run
 
     try:
-        evaluate_run(run_url, log=lambda msg: _log(msg, env), device=device.type)
+        evaluate_run(run_url, log=lambda msg: log.info("%s", msg) if env.rank == 0 else None,
+                     device=env.device.type)
     except Exception as exc:  # noqa: BLE001 - see the docstring: the evaluate step retries and reports
-        print(f"train: rank {env.rank}: evaluation in the training process failed ({type(exc).__name__}: {exc}); "
-              "the evaluate step will evaluate this run again", file=sys.stderr, flush=True)
-
-
-def _train(inputs: Inputs, resume: dict | None, env: DistEnv, device, max_steps: int | None) -> dict:
-    import torch
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
-    )
-    from torch.nn import functional as F
-
-    from repeatlab.model import GPT
-
-    tc, ctx, W, rank = inputs.tc, inputs.context, env.world, env.rank
-    steps, B = inputs.steps, inputs.batch
-    run_url = inputs.run_url
-
-    # All ranks must resume from the same checkpoint.
-    chosen = [None] * W
-    dist.all_gather_object(chosen, resume["step"] if resume else 0)
-    if len(set(chosen)) != 1:
-        raise CheckpointError(f"{run_url}: ranks found different latest checkpoints {chosen}; is storage shared?")
-
-    torch.manual_seed(int(inputs.point.get("seed", 0)))  # identical init on every rank
-    model = GPT(inputs.model_cfg)
-    if resume:
-        model.load_state_dict(resume["model"])
-    model.to(device)
-    raw = model
-    fsdp = tc.parallelism == "fsdp"
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
-        train_model = model
-    elif W > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        train_model = model
-    optimizer = raw.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2), device.type)
-    sd_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    if resume:
-        set_optimizer_state_dict(raw, optimizer, resume["optim"], options=StateDictOptions(full_state_dict=True))
-        rng = resume["rng"]
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-    eval_model = model if fsdp else raw  # FSDP all-gathers in forward: eval must go through the sharded module
-    run_model = train_model
-    if device.type == "cuda" and tc.compile:
-        run_model = torch.compile(train_model)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" and tc.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
-
-    micro = int(tc.micro_batch_sequences) or B // W
-    start_step = resume["step"] if resume else 0
-    state0 = resume["state"] if resume else {}
-    base_elapsed = float(state0.get("elapsed_s", 0.0))
-    loss_sum = float(state0.get("train_loss_sum", 0.0))  # train losses since the last eval row
-    loss_steps = int(state0.get("train_loss_steps", 0))
-    base_exposures = resume["exposures"] if resume else np.zeros(len(inputs.repeated), dtype=np.int64)
-    counter = ExposureCounter(inputs.repeated)
-
-    rows: list[dict] = []
-    jsonl_url = storage.join(run_url, "train.jsonl")
-    if resume and storage.exists(jsonl_url):
-        rows = [json.loads(line) for line in storage.read_text(jsonl_url).splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("step", 0) <= start_step]
-    evals = set(eval_steps(steps, tc.eval_points))
-    every = checkpoint_interval(steps, tc)
-    tty = sys.stderr.isatty() and rank == 0
-
-    test_offsets = np.zeros(0, dtype=np.int64)
-    if inputs.test_data is not None:
-        n_test = min(int(tc.eval_sequences), max(0, (len(inputs.test_data) - 1) // ctx))
-        test_offsets = np.arange(n_test, dtype=np.int64) * ctx
-    rep_offsets = np.asarray(inputs.repeated[:int(tc.eval_sequences)], dtype=np.int64)
-
-    def to_device(win: np.ndarray):
-        t = torch.from_numpy(win).to(device, non_blocking=True)
-        return t[:, :-1], t[:, 1:]
-
-    def evaluate(data, offsets: np.ndarray) -> float | None:
-        if data is None or len(offsets) == 0:
-            return None
-        mine = np.array_split(offsets, W)[rank]
-        per = -(-len(offsets) // W)
-        calls = -(-per // micro)
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        eval_model.eval()
-        with torch.no_grad():
-            for j in range(calls):
-                sel = mine[j * micro:(j + 1) * micro]
-                real = len(sel) > 0
-                x, y = to_device(windows(data, sel if real else offsets[:1], ctx))
-                with autocast:
-                    logits, _ = eval_model(x, y)
-                if real:
-                    total[0] += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                                reduction="sum").double()
-                    total[1] += y.numel()
-        eval_model.train()
-        dist.all_reduce(total)
-        return float(total[0] / total[1])
-
-    def gather_state():
-        msd = get_model_state_dict(raw if not fsdp else model, options=sd_opts)
-        osd = get_optimizer_state_dict(raw if not fsdp else model, optimizer, options=sd_opts)
-        return msd, osd
-
-    def total_exposures() -> np.ndarray:
-        t = torch.from_numpy(counter.counts.copy())
-        if device.type == "cuda":
-            t = t.to(device)
-        dist.all_reduce(t)
-        return base_exposures + t.cpu().numpy()
-
-    def write_checkpoint(step: int, cursor: int, elapsed: float):
-        msd, osd = gather_state()
-        exposures = total_exposures()
-        if rank == 0:
-            rng = {"torch": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-            state = {"format_version": CHECKPOINT_FORMAT_VERSION, "point_id": inputs.point.get("point_id"),
-                     "config_hash": inputs.config_hash, "step": step, "steps": steps, "cursor": cursor,
-                     "tokens": cursor * ctx, "world_size": W, "elapsed_s": elapsed,
-                     "train_loss_sum": loss_sum, "train_loss_steps": loss_steps, "parallelism": tc.parallelism}
-            inputs.check_lease()
-            save_checkpoint(run_url, step, msd, osd, rng, exposures, state, int(tc.keep_checkpoints))
-        dist.barrier()
-        return exposures
-
-    if resume:
-        if int(resume["state"].get("world_size", W)) != W:
-            _log(f"train: resuming with world size {W} (checkpoint had {resume['state'].get('world_size')}): "
-                 f"correct, but not bit-identical to an uninterrupted run", env)
-        _log(f"train: resuming from {resume['url']} (step {start_step}/{steps})", env)
-    else:
-        _log(f"train: {run_url}: {steps} steps of {B} sequences x {ctx} tokens ({len(inputs.plan)} sequences), "
-             f"world size {W}, {tc.parallelism}, device {device.type}", env)
-
-    session_start = time.time()
-    session_tokens = 0
-    train_time = 0.0
-    step = start_step
-    last_row = None
-    for step in range(start_step + 1, steps + 1):
-        if max_steps is not None and step > max_steps:
-            _log(f"train: stopped after step {step - 1} of {steps} (--max-steps {max_steps}); "
-                 f"rerun to resume from the last checkpoint", env)
-            return {"status": "stopped", "step": step - 1, "steps": steps}
-        inputs.check_lease()
-        t0 = time.time()
-        lo, hi = (step - 1) * B, min(step * B, len(inputs.plan))
-        P = hi - lo
-        positions = np.arange(lo, hi)[rank::W]
-        calls = math.ceil(math.ceil(P / W) / micro)  # micro-batches on the rank with the most sequences
-        lr = lr_at(step, steps, tc)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        local_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for j in range(calls):
-            sel = positions[j * micro:(j + 1) * micro]
-            n = len(sel)
-            offsets = np.asarray(inputs.plan[sel], dtype=np.int64) if n else np.asarray(inputs.plan[:1],
-                                                                                          dtype=np.int64)
-            if n:
-                counter.add(offsets)
-            x, y = to_device(windows(inputs.train_data, offsets, ctx))
-            last = j == calls - 1
-            if fsdp:
-                model.set_requires_gradient_sync(last)
-                sync = contextlib.nullcontext()
-            else:
-                sync = train_model.no_sync() if (W > 1 and not last) else contextlib.nullcontext()
-            with sync:
-                with autocast:
-                    _, loss = run_model(x, y)
-                # gradient = mean over the global batch after the mean over ranks: scale by n * W / P
-                (loss * (n * W / P)).backward()
-            local_loss += loss.detach().double() * n
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(train_model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        dist.all_reduce(local_loss)
-        step_loss = float(local_loss) / P
-        loss_sum += step_loss
-        loss_steps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time += time.time() - t0
-        session_tokens += P * ctx
-        tok_s = session_tokens / max(train_time, 1e-9)
-        if tty:
-            eta = (len(inputs.plan) - hi) * ctx / max(tok_s, 1e-9)
-            print("\r" + _progress_line(step, steps, step_loss, tok_s, eta), end="", file=sys.stderr, flush=True)
-        if step in evals:
-            test_loss = evaluate(inputs.test_data, test_offsets)
-            rep_loss = evaluate(inputs.train_data, rep_offsets)
-            last_row = {"step": step, "tokens": hi * ctx, "lr": lr, "train_loss": loss_sum / max(loss_steps, 1),
-                        "test_loss": test_loss, "repeated_loss": rep_loss, "tokens_per_s": tok_s,
-                        "elapsed_s": base_elapsed + time.time() - session_start}
-            loss_sum, loss_steps = 0.0, 0
-            rows.append(last_row)
-            if rank == 0:
-                storage.write_text(jsonl_url, "".join(json.dumps(r) + "\n" for r in rows))
-                if not tty:
-                    tl = "n/a" if test_loss is None else f"{test_loss:.4f}"
-                    rl = "n/a" if rep_loss is None else f"{rep_loss:.4f}"
-                    print(f"train: step {step}/{steps} train {last_row['train_loss']:.4f} test {tl} repeated {rl} "
-                          f"lr {lr:.3g} {tok_s:,.0f} tok/s", file=sys.stderr, flush=True)
-        if step % every == 0 or step == steps:
-            exposures = write_checkpoint(step, hi, base_elapsed + time.time() - session_start)
-    if tty:
-        print(file=sys.stderr)
-
-    if start_step == steps:  # the final checkpoint was written but done.json was not
-        exposures = base_exposures
-    done = {"point_id": inputs.point.get("point_id"), "config_hash": inputs.config_hash, "step": steps,
-            "steps": steps, "sequences": len(inputs.plan), "tokens": len(inputs.plan) * ctx,
-            "batch_sequences": B, "last_batch_sequences": int(len(inputs.plan) - (steps - 1) * B),
-            "world_size": W, "parallelism": tc.parallelism,
-            "wall_time_s": base_elapsed + time.time() - session_start,
-            "checkpoint": checkpoint_name(steps),
-            "test_loss": (last_row or (rows[-1] if rows else {})).get("test_loss"),
-            "repeated_loss": (last_row or (rows[-1] if rows else {})).get("repeated_loss"),
-            "repeated_exposures": {"sequences": len(exposures),
-                                   "min": int(exposures.min()) if len(exposures) else 0,
-                                   "max": int(exposures.max()) if len(exposures) else 0,
-                                   "total": int(exposures.sum())}}
-    if rank == 0:
-        inputs.check_lease()
-        storage.write_json(storage.join(run_url, "done.json"), done)
-        _log(f"train: done: {steps} steps, test loss {done['test_loss']}, repeated loss {done['repeated_loss']}, "
-             f"repeated exposures {done['repeated_exposures']}", env)
-    dist.barrier()
-    return {"status": "trained", **done}
+        log.error("train: rank %d: evaluation in the training process failed (%s: %s); the evaluate step will "
+                  "evaluate this run again", env.rank, type(exc).__name__, exc)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -785,25 +947,36 @@ def _train(inputs: Inputs, resume: dict | None, env: DistEnv, device, max_steps:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repeatlab.train",
-                                     description="Train one grid point (under torchrun or as one process).")
-    parser.add_argument("--run-url", required=True, help="the run folder holding point.json and the plan")
+                                     description="Train one grid point, or a pack of them (under torchrun or as one "
+                                                 "process).")
+    parser.add_argument("--run-url", required=True, nargs="+", action="extend",
+                        help="the run folder holding point.json and the plan; several: train them as one pack")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="testing: stop after this step as if preempted (no final checkpoint, no done.json)")
     parser.add_argument("--evaluate", action="store_true",
                         help="once trained, evaluate the final checkpoint in this process too (eval.json)")
     args = parser.parse_args(argv)
-    env = dist_env()
+    env = DistEnv.from_env()
+    _configure_logging(env)
     from repeatlab.proc import die_with_parent
 
     die_with_parent()  # a worker whose torchrun (or launcher) died stops instead of writing on its own
     try:
-        train(args.run_url, max_steps=args.max_steps, evaluate=args.evaluate)
+        train_pack(args.run_url, max_steps=args.max_steps, evaluate=args.evaluate)
     except RepeatlabError as exc:
         if env.rank == 0:
             print(f"repeatlab train: error: {exc}", file=sys.stderr, flush=True)
         _write_error_file(exc)
         return exc.exit_code
     return 0
+
+
+def _configure_logging(env: DistEnv) -> None:
+    """Progress on stderr from rank 0 only (other ranks: errors only), unless the application configured logging."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(message)s")
+    root.setLevel(logging.INFO if env.rank == 0 else logging.ERROR)
 
 
 def _write_error_file(exc: RepeatlabError) -> None:
