@@ -1,7 +1,9 @@
 """The repetition-grid pipeline: prepare once, fan out over the grid points, then analyse and report from storage.
 
-    resolve -> prepare_corpus -> plan_grid -> ParallelFor(point): mix -> train -> evaluate
-            -> (after the whole loop) analyze -> report
+    resolve -> prepare_corpus -> plan_grid -> ParallelFor(point): mix
+            -> plan_packs -> ParallelFor(pack): train (the pack's points as one batched program, repeatlab.packs)
+            -> ParallelFor(point): evaluate -> (after the whole loop) analyze -> report
+    (cluster.multinode: no packs, one loop over points: mix -> train_multinode -> evaluate)
 
 The pipeline's runtime parameters are the study config (YAML/JSON text) and the storage root (empty: the study's own),
 so a run from the Kubeflow UI can change the study and where it writes. Cluster settings (images, GPUs, CPU and memory,
@@ -28,7 +30,7 @@ from repeatlab.components.plan_grid import plan_grid
 from repeatlab.components.prepare_corpus import prepare_corpus
 from repeatlab.components.report import report
 from repeatlab.components.resolve_study import resolve_study
-from repeatlab.components.train import train
+from repeatlab.components.train import plan_packs, train
 from repeatlab.components.train_multinode import train_multinode
 from repeatlab.config import StudyConfig
 
@@ -72,6 +74,20 @@ def on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelera
     return task
 
 
+def train_packs(cfg: StudyConfig, study, grid, planned):
+    """After every point is mixed: train the packs (a ParallelFor over packs), then evaluate every point (a
+    ParallelFor over points); returns the evaluate task, which analyze runs after."""
+    c = cfg.cluster
+    packs = on_cluster(plan_packs(study_config=study), cfg, c.image).after(planned)
+    packs.set_display_name("plan packs")
+    with dsl.ParallelFor(packs.output, parallelism=c.parallelism, name="pack") as pack:
+        trained = on_cluster(train(run_urls=pack, nproc_per_node=cfg.train.nproc_per_node), cfg, c.train_image,
+                             accelerators=True)
+    with dsl.ParallelFor(grid.outputs["Output"], parallelism=c.parallelism, name="evaluate-point") as run_url:
+        evaluated = on_cluster(evaluate(run_url=run_url), cfg, c.image, heavy=True).after(trained)
+    return evaluated
+
+
 def build_pipeline(cfg: StudyConfig):
     """The pipeline function for a study: its config is the default of the `study_config` parameter."""
     default_config = cfg.to_json()
@@ -108,12 +124,9 @@ def build_pipeline(cfg: StudyConfig):
                 kubernetes.use_field_path_as_env(trained, env_name="POD_SERVICE_ACCOUNT",
                                                  field_path="spec.serviceAccountName")
                 kubernetes.set_timeout(trained, c.timeout_s + 600)
-            else:
-                trained = on_cluster(
-                    train(run_url=planned.outputs["Output"], nproc_per_node=cfg.train.nproc_per_node),
-                    cfg, c.train_image, accelerators=True,
-                )
-            evaluated = on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.image, heavy=True)
+                evaluated = on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.image, heavy=True)
+        if not c.multinode:
+            evaluated = train_packs(cfg, study, grid, planned)
         analyzed = on_cluster(analyze(study_config=study), cfg, c.image).after(evaluated)
         on_cluster(report(study_config=study, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
 

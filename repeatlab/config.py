@@ -114,6 +114,7 @@ class TrainConfig:
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     process_group_timeout_s: int = 600
     threads_per_rank: int = 0  # torch.set_num_threads; 0: leave torch's default
+    pack_size: int = 8  # points of one shape and schedule trained as one batched program (repeatlab.packs)
 
 
 @dataclass
@@ -433,6 +434,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _check(t.process_group_timeout_s >= 10, "train.process_group_timeout_s", t.process_group_timeout_s,
            "an integer >= 10 seconds")
     _check(t.threads_per_rank >= 0, "train.threads_per_rank", t.threads_per_rank, "an integer >= 0")
+    _check(t.pack_size >= 1, "train.pack_size", t.pack_size, "an integer >= 1")
+    _check(t.pack_size == 1 or t.parallelism != "fsdp", "train.pack_size", t.pack_size,
+           "1 with train.parallelism: fsdp (packs are for models too small to shard)")
     sequences_per_step = b.batch_tokens // b.context
     world = t.nproc_per_node * t.nnodes
     _check(sequences_per_step % world == 0, "budget.batch_tokens", b.batch_tokens,

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from repeatlab import integrity, scores, storage
+from repeatlab.checkpoint import checkpoint_steps, checkpoint_url
 from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
-from repeatlab.checkpoint import checkpoint_steps, checkpoint_url
 
 EOT_ID = 0
 COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)

@@ -19,7 +19,7 @@ from repeatlab.config import StudyConfig, stable_hash
 # point trained on 1 CPU or 8 GPUs is the same point.
 EXECUTION_ONLY_TRAIN_FIELDS = (
     "nproc_per_node", "nnodes", "device", "compile", "threads_per_rank", "checkpoint_every",
-    "keep_checkpoints", "process_group_timeout_s", "micro_batch_sequences",
+    "keep_checkpoints", "process_group_timeout_s", "micro_batch_sequences", "pack_size",
 )
 
 
@@ -167,7 +167,17 @@ def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str, log=None) -> li
     study = study_url(root, cfg.name)
     storage.write_text(storage.join(study, "config.yaml"), cfg.to_yaml())
     storage.write_json(storage.join(study, "points.json"), points)
+    storage.write_json(storage.join(study, "packs.json"), study_packs(cfg, points))
     return points
+
+
+def study_packs(cfg: StudyConfig, points: list[dict]) -> list[dict]:
+    """The points grouped into training packs (repeatlab.packs), each with its run URLs."""
+    from repeatlab.packs import plan_packs
+
+    root = storage.normalize_root(cfg.storage.root)
+    packs = plan_packs(points, cfg.train.pack_size, cfg.cluster.memory)
+    return [{**pack, "run_urls": [run_url(root, pid) for pid in pack["point_ids"]]} for pack in packs]
 
 
 def describe(point: dict) -> str:
@@ -200,7 +210,12 @@ def cli(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(points, indent=2, sort_keys=True))
     else:
+        from repeatlab.packs import describe_packs
+
         for point in points:
             print(describe(point))
-        print(f"{len(points)} points")
+        packs = study_packs(cfg, points)
+        for line in describe_packs(packs, points):
+            print(line)
+        print(f"{len(points)} points in {len(packs)} packs (train.pack_size {cfg.train.pack_size})")
     return 0

@@ -34,11 +34,12 @@ DEFAULT_IMAGE = "ghcr.io/repeatlab/repeatlab:0.1.0"
 # torchrun
 
 
-def torchrun_command(run_url: str, nproc_per_node: int, nnodes: int = 1, *, node_rank: int | None = None,
+def torchrun_command(run_url: str | list[str], nproc_per_node: int, nnodes: int = 1, *, node_rank: int | None = None,
                      rdzv_endpoint: str | None = None, rdzv_id: str | None = None, rdzv_backend: str = "c10d",
                      max_restarts: int = 0, max_steps: int | None = None, evaluate: bool = False,
                      python: str | None = None) -> list[str]:
-    """The torchrun command line that trains `run_url` with `nproc_per_node` processes on each of `nnodes` nodes.
+    """The torchrun command line that trains `run_url` (several: one pack) with `nproc_per_node` processes on each of
+    `nnodes` nodes.
 
     evaluate: the workers also evaluate the final checkpoint (eval.json) before they exit, in the same processes.
     """
@@ -70,7 +71,7 @@ def torchrun_command(run_url: str, nproc_per_node: int, nnodes: int = 1, *, node
         cmd += ["--max-steps", str(int(max_steps))]
     if evaluate:
         cmd += ["--evaluate"]
-    cmd += ["--run-url", run_url]
+    cmd += ["--run-url", *([run_url] if isinstance(run_url, str) else run_url)]
     return cmd
 
 
@@ -89,14 +90,15 @@ def cli(argv: list[str]) -> int:
     from repeatlab import storage
 
     parser = argparse.ArgumentParser(prog="repeatlab train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-url", required=True, help="the run folder ({root}/runs/{point_id})")
+    parser.add_argument("--run-url", required=True, nargs="+", action="extend",
+                        help="the run folder ({root}/runs/{point_id}); several: train them as one pack")
     parser.add_argument("--nproc-per-node", type=int, default=None, help="processes per node (default: point.json)")
     parser.add_argument("--nnodes", type=int, default=None, help="nodes (default: point.json)")
     parser.add_argument("--evaluate", action="store_true",
                         help="also evaluate the final checkpoint (eval.json) in the training processes")
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    train_cfg = (storage.read_json(storage.join(args.run_url, "point.json")).get("train") or {})
+    train_cfg = (storage.read_json(storage.join(args.run_url[0], "point.json")).get("train") or {})
     nproc = args.nproc_per_node or int(train_cfg.get("nproc_per_node", 1) or 1)
     nnodes = args.nnodes or int(train_cfg.get("nnodes", 1) or 1)
     command = torchrun_command(args.run_url, nproc_per_node=nproc, nnodes=nnodes, max_steps=args.max_steps,

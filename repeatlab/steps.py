@@ -60,24 +60,48 @@ def train(run_url: str, nproc_per_node: int = 1, log=print, evaluate: bool = Tru
     evaluate: the training processes also evaluate the final checkpoint, so the evaluate step that follows only
     publishes eval.json instead of starting torch and loading the model a second time.
     """
+    return train_pack([run_url], nproc_per_node=nproc_per_node, log=log, evaluate=evaluate)[0]
+
+
+def plan_packs(study_config: str) -> list[str]:
+    """The study's training packs (written by plan_grid to packs.json), each a JSON list of run URLs: the items of
+    the train fan-out. Strings, not lists: the local runner turns values inside list parameters into floats."""
+    import json
+
+    from repeatlab import grid
+
+    cfg = load_study(study_config)
+    packs = storage.read_json(storage.join(grid.study_url(cfg.storage.root, cfg.name), "packs.json"))
+    return [json.dumps(pack["run_urls"]) for pack in packs]
+
+
+def train_pack(run_urls: list[str], nproc_per_node: int = 1, log=print, evaluate: bool = True) -> list[dict]:
+    """Train the points of one pack together with torchrun as a subprocess; finished points are skipped (and a
+    pack whose points are all finished starts no process). One {"skipped", **done.json} per run URL."""
     from repeatlab.launch import run_trainer, torchrun_command
 
-    done_url = storage.join(run_url, "done.json")
-    if storage.exists(done_url):
-        log(f"train: {run_url} already trained; skipping")
-        return {"skipped": True, **storage.read_json(done_url)}
-    command = torchrun_command(run_url, nproc_per_node=nproc_per_node, evaluate=evaluate)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    started = time.time()
-    log("train: " + " ".join(command))
-    returncode = run_trainer(command, env=env, stdout=sys.stdout, stderr=sys.stderr)
-    if returncode != 0:
-        raise TrainError(f"{run_url}: training exited with code {returncode} after "
-                         f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint")
-    if not storage.exists(done_url):
-        raise TrainError(f"{run_url}: training exited cleanly but wrote no done.json")
-    return {"skipped": False, **storage.read_json(done_url)}
+    todo = [url for url in run_urls if not is_trained(url)]
+    for url in run_urls:
+        if url not in todo:
+            log(f"train: {url} already trained; skipping")
+    if todo:
+        command = torchrun_command(todo, nproc_per_node=nproc_per_node, evaluate=evaluate)
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        started = time.time()
+        log("train: " + " ".join(command))
+        returncode = run_trainer(command, env=env, stdout=sys.stdout, stderr=sys.stderr)
+        if returncode != 0:
+            raise TrainError(f"{' '.join(todo)}: training exited with code {returncode} after "
+                             f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last "
+                             "checkpoint")
+    results = []
+    for url in run_urls:
+        done_url = storage.join(url, "done.json")
+        if not storage.exists(done_url):
+            raise TrainError(f"{url}: training exited cleanly but wrote no done.json")
+        results.append({"skipped": url not in todo, **storage.read_json(done_url)})
+    return results
 
 
 def evaluate(run_url: str, log=print) -> dict:
@@ -136,9 +160,16 @@ def report(study_config: str, log=print) -> dict:
 
 def run_study_directly(study_config: str, log=print) -> dict:
     """Every step in order in this process, no KFP: the baseline for the pipeline-overhead benchmark."""
+    import json
+
     prepared = prepare(study_config, log=log)
     cfg = load_study(study_config)
-    for run_url in plan_grid(study_config, prepared["corpus_url"]):
-        run_point(run_url, nproc_per_node=cfg.train.nproc_per_node, log=log)
+    run_urls = plan_grid(study_config, prepared["corpus_url"])
+    for run_url in run_urls:
+        mix(run_url, log=log)
+    for pack in plan_packs(study_config):
+        train_pack(json.loads(pack), nproc_per_node=cfg.train.nproc_per_node, log=log)
+    for run_url in run_urls:
+        evaluate(run_url, log=log)
     analyze(study_config, log=log)
     return report(study_config, log=log)
