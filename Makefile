@@ -47,7 +47,8 @@ image-check: install
 	./images/check.sh
 
 # On a machine with a CUDA GPU (the lent device): the CUDA tests (bf16, torch.compile, steps on the GPU), then the
-# trainer benchmark on the GPU, eager and compiled; JSON results under $(GPU_OUT) (default $$OUT, else .gpu-check).
+# trainer benchmark on the GPU, eager and compiled, and the packed-training benchmark (bench_pack); JSON results
+# under $(GPU_OUT) (default $$OUT, else .gpu-check).
 GPU_OUT ?= $(or $(OUT),.gpu-check)
 gpu-check: install
 	$(PY) -c "import torch; assert torch.cuda.is_available(), 'gpu-check: no CUDA device'; print(torch.cuda.get_device_name(0))"
@@ -55,6 +56,7 @@ gpu-check: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model.py
 	$(PY) -m benchmarks.bench_train --device cuda --quick --out $(GPU_OUT)/bench_train_eager.json
 	$(PY) -m benchmarks.bench_train --device cuda --quick --compile --out $(GPU_OUT)/bench_train_compiled.json
+	$(PY) -m benchmarks.bench_pack --device cuda --quick --out $(GPU_OUT)/bench_pack.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

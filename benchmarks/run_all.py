@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-BENCHMARKS = ("bench_prepare", "bench_mix", "bench_train", "bench_pipeline", "bench_audit")
+BENCHMARKS = ("bench_prepare", "bench_mix", "bench_train", "bench_pack", "bench_pipeline", "bench_audit")
 
 
 def main() -> int:

@@ -37,21 +37,24 @@ def _docs(path):
 def test_dag_shape():
     spec = _docs(GOLDEN)[0]
     root_tasks = spec["root"]["dag"]["tasks"]
-    assert set(root_tasks) == {"resolve-study", "prepare-corpus", "plan-grid", "for-loop-1", "analyze", "report"}
+    assert set(root_tasks) == {"resolve-study", "prepare-corpus", "plan-grid", "for-loop-1", "plan-packs",
+                               "for-loop-2", "for-loop-3", "analyze", "report"}
     # The fan-in: analyze waits for the whole loop and reads the eval.json records from storage; no dsl.Collected
     # input, which KFP backends before 2.14 leave unresolved (docs/deploy.md, "Fan-in").
-    assert "for-loop-1" in root_tasks["analyze"]["dependentTasks"]
+    assert "for-loop-3" in root_tasks["analyze"]["dependentTasks"]
     assert set(root_tasks["analyze"]["inputs"]["parameters"]) == {"study_config"}
     assert "Collected" not in pathlib.Path(GOLDEN).read_text() and "parameterExpressionSelector" not in str(spec)
-    for name in ("prepare-corpus", "plan-grid", "analyze", "report"):
+    for name in ("prepare-corpus", "plan-grid", "plan-packs", "analyze", "report"):
         source = root_tasks[name]["inputs"]["parameters"]["study_config"]["taskOutputParameter"]
         assert source["producerTask"] == "resolve-study"
-    loop = root_tasks["for-loop-1"]
-    assert loop["iteratorPolicy"]["parallelismLimit"] == config.load(DEFAULT_CONFIG).cluster.parallelism
-    loop_tasks = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
-    assert set(loop_tasks) == {"mix", "train", "evaluate"}
-    assert loop_tasks["train"]["dependentTasks"] == ["mix"]
-    assert loop_tasks["evaluate"]["dependentTasks"] == ["train"]
+    # mix every point, then train the packs, then evaluate every point: three loops in that order
+    assert "for-loop-1" in root_tasks["plan-packs"]["dependentTasks"]
+    assert "plan-packs" in root_tasks["for-loop-2"]["dependentTasks"]
+    assert "for-loop-2" in root_tasks["for-loop-3"]["dependentTasks"]
+    parallelism = config.load(DEFAULT_CONFIG).cluster.parallelism
+    for n, tasks in ((1, {"mix"}), (2, {"train"}), (3, {"evaluate"})):
+        assert root_tasks[f"for-loop-{n}"]["iteratorPolicy"]["parallelismLimit"] == parallelism
+        assert set(spec["components"][f"comp-for-loop-{n}"]["dag"]["tasks"]) == tasks
 
 
 def test_cluster_settings_are_compiled_in(tmp_path):
@@ -83,7 +86,7 @@ def test_cluster_settings_are_compiled_in(tmp_path):
     assert "nodeSelector" not in executors["exec-evaluate"] and "tolerations" not in executors["exec-evaluate"]
     assert {"name": "REPEATLAB_S3_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"} in container["env"]
     assert spec["root"]["dag"]["tasks"]["for-loop-1"]["componentRef"]
-    retry = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["train"]["retryPolicy"]
+    retry = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["train"]["retryPolicy"]  # the loop over packs
     assert retry["maxRetryCount"] == 2
     # every component uses the preinstalled kfp: no pip install in the container command
     for executor in spec["deploymentSpec"]["executors"].values():
