@@ -106,7 +106,7 @@ def _step_fn(cfg, size: int, device: str, vmap: bool):
 
         params, buffers = stack_module_state(models)
         params = {k: torch.nn.Parameter(v) for k, v in params.items()}
-        base = GPT(cfg).to("meta")
+        base = GPT(cfg).to(device)  # its own weights are replaced by the stacked ones in every call
 
         def loss_one(p, b, xi, yi):
             return functional_call(base, (p, b), (xi, yi))[1]
@@ -159,6 +159,7 @@ def kernel(device: str, steps: int, ceiling: float, shapes=SHAPES, sizes=PACK_SI
             rows.append({"model": cfg.name, "n_params_nonembed": cfg.n_params_nonembed, "pack": size,
                          "step_s": seconds, "tokens_per_s": tok_s, "speedup_vs_pack_1": tok_s / base,
                          "mfu": tok_s * flops / ceiling})
+            print(f"bench_pack: {rows[-1]}", file=sys.stderr, flush=True)
         vmap_s = step_time(cfg, 8, device, steps, vmap=True)
         rows.append({"model": cfg.name, "n_params_nonembed": cfg.n_params_nonembed, "pack": 8, "impl": "vmap",
                      "step_s": vmap_s, "tokens_per_s": 8 * (BATCH // 2) * CONTEXT / vmap_s,

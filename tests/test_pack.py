@@ -2,8 +2,8 @@
 
 The equivalence tolerance (docs/architecture.md, "Packed training"): fp32 on CPU, a pack and a lone model compute the
 same sums in a different order (one batched matmul over P models instead of one per model, layer norm's affine part
-outside the fused kernel), so losses agree to float rounding, measured at <= 3e-7 nats on these curves, and the
-final weights to a relative norm difference of about 1e-3: Adam divides by sqrt(v), turning rounding-level gradient
+outside the fused kernel), so losses agree to float rounding, measured at <= 2.4e-7 nats on these curves, and the
+final weights to a relative norm difference of <= 8.8e-4: Adam divides by sqrt(v), turning rounding-level gradient
 differences on near-zero entries into steps of order lr (the same bound test_train uses for DDP vs one process).
 """
 
@@ -35,7 +35,7 @@ from repeatlab import storage
 
 CURVE_ATOL = 2e-6  # nats; measured <= 3e-7 (see the module docstring)
 WEIGHT_REL = 1e-3
-EVAL_REL = 1e-4  # eval.json's losses and scores from the final weights; measured <= 2e-5
+EVAL_REL = 1e-4  # eval.json's losses and ICL score from the final weights; measured <= 1.2e-6
 SMALL_EVAL = {"eval_tokens": 256, "copy_repeats": 3, "prefix_samples": 4, "prefix_random_tokens": 5,
               "prefix_repeats": 3, "top_k_heads": 2}  # sized for the 16-token context
 POINTS = (("a", {}), ("b", {"seed": 3, "fraction": 0.0}), ("c", {"seed": 1, "fraction": 0.5, "n_rep": 2}))
