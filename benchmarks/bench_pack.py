@@ -10,8 +10,9 @@ runs_per_hour: K points of one shape (the demo's: byte vocabulary, context 128, 
     all K as one pack (one process). runs/hour = K / wall seconds x 3600; ratio = packed / one at a time. Both on one
     thread (the demo's train.threads_per_rank), back to back, so the same load falls on both.
 kernel: per model size and pack size P in 1, 2, 4, 8, 16, the train step alone (forward, backward, AdamW on the
-    stacked parameters; P = 1 is the plain GPT), 16 sequences of 128 tokens per model; tokens/s = P x 2048 / median
-    step time, MFU = tokens/s x 6N + 6 n_layer context n_embd (Kaplan) / the matmul ceiling measured in the same run
+    stacked parameters; P = 1 is the plain GPT), 16 sequences of 128 tokens per model, one thread on CPU (the demo's
+    train.threads_per_rank); the variants take turns, one step each per round; tokens/s = P x 2048 / the fastest
+    round's step time, MFU = tokens/s x 6N + 6 n_layer context n_embd (Kaplan) / the matmul ceiling measured in the same run
     (benchmarks.bench_train.matmul_ceiling). Also the same step through torch.func (stack_module_state + vmap over
     functional_call of one GPT) at P = 8: the implementation choice (batched matmuls, repeatlab.model.PackedGPT).
 The machines are shared: read the ratios (measured seconds apart), not the absolute numbers.
@@ -133,37 +134,40 @@ def _step_fn(cfg, size: int, device: str, vmap: bool):
     return step
 
 
-def step_time(cfg, size: int, device: str, steps: int, vmap: bool = False) -> float:
-    step = _step_fn(cfg, size, device, vmap)
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def step_times(cfg, device: str, rounds: int, sizes=PACK_SIZES) -> dict:
+    """{pack size or "vmap-8": [seconds per step, one per round]}: every variant once per round, in turn, so a
+    burst of other work on the machine falls on all of them alike."""
+    variants = {size: _step_fn(cfg, size, device, vmap=False) for size in sizes}
+    variants["vmap-8"] = _step_fn(cfg, 8, device, vmap=True)
+    for step in variants.values():
+        step()  # warm-up
+    times: dict = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, step in variants.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
-def kernel(device: str, steps: int, ceiling: float, shapes=SHAPES, sizes=PACK_SIZES) -> list[dict]:
+def kernel(device: str, rounds: int, ceiling: float, shapes=SHAPES, sizes=PACK_SIZES) -> list[dict]:
+    """tokens/s from the fastest round (other work only ever slows a step down) and from the median round."""
     from repeatlab.model import training_flops_per_token
 
     rows = []
     for shape in shapes:
         cfg = _config(shape)
         flops = training_flops_per_token(cfg.n_params_nonembed, cfg.n_layer, cfg.n_embd, CONTEXT)
-        base = None
-        for size in sizes:
-            seconds = step_time(cfg, size, device, steps)
-            tok_s = size * (BATCH // 2) * CONTEXT / seconds
-            base = base or tok_s
+        times = step_times(cfg, device, rounds, sizes)
+        base = (BATCH // 2) * CONTEXT / min(times[1])
+        for name, seconds in times.items():
+            size = 8 if name == "vmap-8" else name
+            tok_s = size * (BATCH // 2) * CONTEXT / min(seconds)
             rows.append({"model": cfg.name, "n_params_nonembed": cfg.n_params_nonembed, "pack": size,
-                         "step_s": seconds, "tokens_per_s": tok_s, "speedup_vs_pack_1": tok_s / base,
-                         "mfu": tok_s * flops / ceiling})
+                         "impl": "vmap" if name == "vmap-8" else ("gpt" if size == 1 else "bmm"),
+                         "step_s_best": min(seconds), "step_s_median": statistics.median(seconds),
+                         "tokens_per_s": tok_s, "speedup_vs_pack_1": tok_s / base, "mfu": tok_s * flops / ceiling})
             print(f"bench_pack: {rows[-1]}", file=sys.stderr, flush=True)
-        vmap_s = step_time(cfg, 8, device, steps, vmap=True)
-        rows.append({"model": cfg.name, "n_params_nonembed": cfg.n_params_nonembed, "pack": 8, "impl": "vmap",
-                     "step_s": vmap_s, "tokens_per_s": 8 * (BATCH // 2) * CONTEXT / vmap_s,
-                     "mfu": 8 * (BATCH // 2) * CONTEXT / vmap_s * flops / ceiling})
     return rows
 
 
@@ -171,13 +175,14 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = threads or (1 if device == "cpu" else None)  # CPU: one core, the demo's train.threads_per_rank
     if threads:
         torch.set_num_threads(threads)
     ceiling = matmul_ceiling(device)
-    steps = 3 if quick else 6
+    rounds = 3 if quick else 5
     shapes = SHAPES[:2] if quick and device == "cpu" else SHAPES
-    result = {"machine": machine(device), "device": device, "matmul_ceiling": ceiling,
-              "kernel": kernel(device, steps, ceiling["flops"], shapes)}
+    result = {"machine": machine(device), "device": device, "threads": threads, "matmul_ceiling": ceiling,
+              "kernel": kernel(device, rounds, ceiling["flops"], shapes)}
     # the trainer end to end, one thread per process (the demo's setting); train.device auto picks a GPU if present
     result["runs_per_hour"] = runs_per_hour(points=4 if quick else 8, sequences=512 if quick else 1024,
                                                 shape=SHAPES[1])
@@ -189,9 +194,8 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
 def table(result: dict) -> str:
     lines = [f"{'model':<14}{'N':>9}{'pack':>6}{'impl':>7}{'tokens/s':>12}{'x pack 1':>10}{'MFU':>8}"]
     for r in result["kernel"]:
-        lines.append(f"{r['model']:<14}{r['n_params_nonembed']:>9,}{r['pack']:>6}{r.get('impl', 'bmm'):>7}"
-                     f"{r['tokens_per_s']:>12,.0f}{r.get('speedup_vs_pack_1', float('nan')):>10.2f}"
-                     f"{r['mfu']:>8.1%}")
+        lines.append(f"{r['model']:<14}{r['n_params_nonembed']:>9,}{r['pack']:>6}{r['impl']:>7}"
+                     f"{r['tokens_per_s']:>12,.0f}{r['speedup_vs_pack_1']:>10.2f}{r['mfu']:>8.1%}")
     rph = result.get("runs_per_hour")
     if rph:
         lines.append(f"runs/hour ({rph['points']} points of {rph['model']}, {rph['tokens_per_point']:,} tokens each): "

@@ -66,9 +66,18 @@ def max_pack_size(point: dict, pod_memory: str) -> int:
     return max(1, int(budget * MEMORY_FRACTION) // max(1, point_train_bytes(point)))
 
 
+def point_cost(point: dict) -> float:
+    """Training FLOPs of one point (6 x all parameters, the tied unembedding included, + attention, per token)."""
+    m, b = point["model"], point["budget"]
+    per_token = 6 * int(m["n_params_total"]) + 6 * int(m["n_layer"]) * int(b["context"]) * int(m["n_embd"])
+    return float(per_token) * int(b["total_tokens"])
+
+
 def plan_packs(points: list[dict], pack_size: int, pod_memory: str) -> list[dict]:
-    """Group points into packs, in grid order within each group; returns [{"point_ids", "size_limit", "split",
-    "note"}]. `split` is true when memory, not pack_size, limited the pack."""
+    """Group points into packs, in grid order within each pack; returns [{"point_ids", "size_limit", "split",
+    "note", "cost_flops"}], the most expensive pack first: the fan-out starts packs in this order, so the longest
+    ones do not start last and leave the other slots idle at the end (longest-processing-time-first). `split` is
+    true when memory, not pack_size, limited the pack."""
     groups: dict[str, list[dict]] = {}
     for point in points:
         groups.setdefault(pack_key(point), []).append(point)
@@ -85,9 +94,10 @@ def plan_packs(points: list[dict], pack_size: int, pod_memory: str) -> list[dict
                     f"into packs of {limit}")
             log.warning("grid: %s", note)
         for start in range(0, len(members), limit):
-            packs.append({"point_ids": [p["point_id"] for p in members[start:start + limit]],
-                          "size_limit": limit, "split": split, "note": note})
-    return packs
+            chunk = members[start:start + limit]
+            packs.append({"point_ids": [p["point_id"] for p in chunk], "size_limit": limit, "split": split,
+                          "note": note, "cost_flops": sum(point_cost(p) for p in chunk)})
+    return sorted(packs, key=lambda pack: -pack["cost_flops"])  # stable: equal costs keep grid order
 
 
 def describe_packs(packs: list[dict], points: list[dict]) -> list[str]:

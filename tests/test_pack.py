@@ -277,7 +277,8 @@ def test_packs_group_by_shape_and_schedule_and_respect_pack_size():
     points = ([_point(f"a{i}", seed=i) for i in range(6)] + [_point("w0", n_embd=32), _point("w1", n_embd=32)]
               + [_point("lr", train={**_point("x")["train"], "learning_rate": 1e-3})])
     packs = plan_packs(points, pack_size=4, pod_memory="8Gi")
-    assert [p["point_ids"] for p in packs] == [["a0", "a1", "a2", "a3"], ["a4", "a5"], ["w0", "w1"], ["lr"]]
+    # the most expensive pack first: 2 points of width 32 cost more than 4 of width 16
+    assert [p["point_ids"] for p in packs] == [["w0", "w1"], ["a0", "a1", "a2", "a3"], ["a4", "a5"], ["lr"]]
     assert not any(p["split"] for p in packs)
 
 
@@ -291,3 +292,26 @@ def test_a_pack_too_big_for_memory_is_split_and_grid_says_so(caplog):
         packs = plan_packs(points, pack_size=8, pod_memory=pod)
     assert [len(p["point_ids"]) for p in packs] == [3, 3, 2] and all(p["split"] for p in packs)
     assert "split into packs of 3" in packs[0]["note"] and "split into packs of 3" in caplog.text
+
+
+def test_study_packs_of_the_demo_config(tmp_path):
+    """The demo study's points grouped by model size into packs of at most train.pack_size, every point once, with
+    its run URL; what `repeatlab grid` lists and plan_grid writes to packs.json."""
+    import dataclasses
+
+    from repeatlab import config, grid
+    from repeatlab.packs import describe_packs
+
+    cfg = config.load(str(REPO / "pipelines" / "configs" / "demo.yaml"))
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root="file://" + str(tmp_path)))
+    points = grid.grid_points(cfg, "cid", "file:///c", 256)
+    packs = grid.study_packs(cfg, points)
+    assert sorted(pid for p in packs for pid in p["point_ids"]) == sorted(p["point_id"] for p in points)
+    assert all(len(p["point_ids"]) <= cfg.train.pack_size for p in packs)
+    by_id = {p["point_id"]: p for p in points}
+    for pack in packs:
+        assert len({by_id[pid]["model"]["n_embd"] for pid in pack["point_ids"]}) == 1
+        assert pack["run_urls"] == [grid.run_url(cfg.storage.root, pid) for pid in pack["point_ids"]]
+    assert len(packs) >= len(cfg.models)
+    lines = describe_packs(packs, points)
+    assert len(lines) == len(packs) and lines[0].startswith("pack 1: ")
