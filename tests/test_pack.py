@@ -315,3 +315,11 @@ def test_study_packs_of_the_demo_config(tmp_path):
     assert len(packs) >= len(cfg.models)
     lines = describe_packs(packs, points)
     assert len(lines) == len(packs) and lines[0].startswith("pack 1: ")
+
+
+def test_launchers_pass_every_run_url_of_a_pack():
+    from repeatlab.launch import torchrun_command
+
+    cmd = torchrun_command(["file:///r/a", "file:///r/b"], nproc_per_node=2, evaluate=True)
+    assert cmd[-6:] == ["-m", "repeatlab.train", "--evaluate", "--run-url", "file:///r/a", "file:///r/b"]
+    assert torchrun_command("file:///r/a", nproc_per_node=1)[-2:] == ["--run-url", "file:///r/a"]
