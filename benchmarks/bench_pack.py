@@ -80,11 +80,23 @@ def runs_per_hour(points: int, sequences: int, shape: tuple[int, int, int]) -> d
 
 
 def _lighter_curves(run_url: str) -> None:
-    """The demo's curve and checkpoint settings (write_run asks for a row every step, for bench_train's timing)."""
+    """The demo's curve and checkpoint settings (write_run asks for a row every step, for bench_train's timing), and
+    the plan's real sha256 (the trainer checks it)."""
+    import hashlib
+
     path = run_url.removeprefix("file://")
-    point = json.load(open(os.path.join(path, "point.json")))
+    with open(os.path.join(path, "point.json")) as fh:
+        point = json.load(fh)
     point["train"].update(eval_points=10, eval_sequences=32, checkpoint_every=0, keep_checkpoints=2)
-    json.dump(point, open(os.path.join(path, "point.json"), "w"))
+    with open(os.path.join(path, "point.json"), "w") as fh:
+        json.dump(point, fh)
+    with open(os.path.join(path, "plan.json")) as fh:
+        plan_info = json.load(fh)
+    for name in ("plan", "repeated"):
+        with open(os.path.join(path, f"{name}.npy"), "rb") as fh:
+            plan_info[f"{name}_sha256"] = hashlib.sha256(fh.read()).hexdigest()
+    with open(os.path.join(path, "plan.json"), "w") as fh:
+        json.dump(plan_info, fh)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -171,7 +183,8 @@ def kernel(device: str, rounds: int, ceiling: float, shapes=SHAPES, sizes=PACK_S
     return rows
 
 
-def run(quick: bool = False, device: str | None = None, threads: int | None = None) -> dict:
+def run(quick: bool = False, device: str | None = None, threads: int | None = None,
+        parts: tuple[str, ...] = ("kernel", "runs")) -> dict:
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,9 +195,10 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
     rounds = 3 if quick else 5
     shapes = SHAPES[:2] if quick and device == "cpu" else SHAPES
     result = {"machine": machine(device), "device": device, "threads": threads, "matmul_ceiling": ceiling,
-              "kernel": kernel(device, rounds, ceiling["flops"], shapes)}
+              "kernel": kernel(device, rounds, ceiling["flops"], shapes) if "kernel" in parts else []}
     # the trainer end to end, one thread per process (the demo's setting); train.device auto picks a GPU if present
-    result["runs_per_hour"] = runs_per_hour(points=4 if quick else 8, sequences=512 if quick else 1024,
+    if "runs" in parts:
+        result["runs_per_hour"] = runs_per_hour(points=4 if quick else 8, sequences=512 if quick else 1024,
                                                 shape=SHAPES[1])
     ceiling_end = matmul_ceiling(device)
     result["matmul_ceiling_end"] = ceiling_end
@@ -210,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the kernel measurement")
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--parts", default="kernel,runs", help="kernel, runs (runs per hour) or both (default)")
     args = p.parse_args(argv)
-    result = run(quick=args.quick, device=args.device, threads=args.threads)
+    result = run(quick=args.quick, device=args.device, threads=args.threads, parts=tuple(args.parts.split(",")))
     print(table(result), file=sys.stderr)
     text = json.dumps(result, indent=2)
     if args.out:
