@@ -359,7 +359,8 @@ class PackedGPT(nn.Module):
         h = F.gelu(self._linear(x, prefix + ".c_fc"), approximate="tanh")
         return self._linear(h, prefix + ".c_proj")
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx, targets: [P, B, T] token ids, model p reading idx[p]. Returns (logits [P, B, T, vocab], per-model
         mean cross-entropy [P] or None)."""
         P, B, T = idx.shape

@@ -64,15 +64,16 @@ def train(run_url: str, nproc_per_node: int = 1, log=print, evaluate: bool = Tru
 
 
 def plan_packs(study_config: str) -> list[str]:
-    """The study's training packs (written by plan_grid to packs.json), each a JSON list of run URLs: the items of
-    the train fan-out. Strings, not lists: the local runner turns values inside list parameters into floats."""
+    """The study's training packs (repeatlab.packs, from the points.json plan_grid wrote), each a JSON list of run
+    URLs: the items of the train fan-out. Strings, not lists: the local runner turns values inside list parameters
+    into floats."""
     import json
 
     from repeatlab import grid
 
     cfg = load_study(study_config)
-    packs = storage.read_json(storage.join(grid.study_url(cfg.storage.root, cfg.name), "packs.json"))
-    return [json.dumps(pack["run_urls"]) for pack in packs]
+    points = storage.read_json(storage.join(grid.study_url(cfg.storage.root, cfg.name), "points.json"))
+    return [json.dumps(pack["run_urls"]) for pack in grid.study_packs(cfg, points)]
 
 
 def train_pack(run_urls: list[str], nproc_per_node: int = 1, log=print, evaluate: bool = True) -> list[dict]:

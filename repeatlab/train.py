@@ -612,13 +612,14 @@ class Trainer:
         calls = math.ceil(math.ceil(longest / W) / micro)
         total = torch.zeros(len(self.runs), 2, dtype=torch.float64, device=self.env.device)
         data = [run.inputs.test_data if split == "test" else run.inputs.train_data for run in self.runs]
+        filler = next(o[:1] for o in offsets if len(o))  # a window for points without one (f = 0: no repeats)
         self.bank.eval_model.eval()
         with torch.no_grad():
             for j in range(calls):
                 sel = mine[j * micro:(j + 1) * micro]
                 real = [sel[sel < len(o)] for o in offsets]  # this rank's windows that exist for each point
-                rows = [windows(d, o[idx] if len(idx) else (o[:1] if len(o) else offsets[0][:1]), self.ctx)
-                        for d, o, idx in zip(data, offsets, real)]
+                rows = [windows(d, o[idx] if len(idx) else (o[:1] if len(o) else filler), self.ctx)
+                        for d, o, idx in zip(data, offsets, real)]  # one corpus: any point's window reads the same
                 width = max(len(r) for r in rows)
                 t = torch.from_numpy(np.stack([np.resize(r, (width, self.ctx + 1)) for r in rows])).to(self.env.device)
                 x, y = t[:, :, :-1], t[:, :, 1:]
@@ -890,16 +891,43 @@ def _agree_on_resume(resumes: list[dict | None], env: DistEnv, what: str) -> Non
         raise CheckpointError(f"{what}: ranks found different latest checkpoints {chosen}; is storage shared?")
 
 
+def _load_points(run_urls: list[str], world: int) -> tuple[list[Inputs], list[dict | None], list[tuple[str, Any]]]:
+    """(inputs, latest checkpoints, failures): a point whose inputs or checkpoints are bad is set aside with its
+    one-line error, so it does not keep the rest of its pack from training (the rerun retries it alone)."""
+    points, resumes, failed = [], [], []
+    for url in run_urls:
+        try:
+            point = load_inputs(url, world)
+            # raises on another config's checkpoint, before anything is written
+            resumes.append(find_checkpoint(url, point.point.get("point_id"), point.config_hash, len(point.repeated)))
+            points.append(point)
+        except RepeatlabError as exc:
+            failed.append((url, exc))
+            if len(run_urls) > 1:
+                log.error("train: %s: %s; training the other points of the pack", url, exc)
+    return points, resumes, failed
+
+
 def _train_leased(run_urls: list[str], env: DistEnv, leases: list[Any], max_steps: int | None,
                   evaluate: bool) -> list[dict]:
-    points = [load_inputs(url, env.world) for url in run_urls]
-    by_url = {url: lease for url, lease in zip(sorted(run_urls), leases)}
-    for p in points:
-        p.lease = by_url.get(p.run_url)
-    check_pack(points, env.world)
-    # raises on another config's checkpoint, before anything is written
-    resumes = [find_checkpoint(p.run_url, p.point.get("point_id"), p.config_hash, len(p.repeated)) for p in points]
+    points, resumes, failed = _load_points(run_urls, env.world)
+    if points:
+        by_url = {url: lease for url, lease in zip(sorted(run_urls), leases)}
+        for p in points:
+            p.lease = by_url.get(p.run_url)
+        check_pack(points, env.world)
+        results = dict(zip((p.run_url for p in points), _train_points(points, resumes, env, max_steps, evaluate)))
+    if failed:
+        url, exc = failed[0]
+        if not points:
+            raise exc
+        raise type(exc)(f"{url}: {exc} (the other {len(points)} point(s) of its pack trained; fix it and rerun)")
+    return [results[url] for url in run_urls]
 
+
+def _train_points(points: list[Inputs], resumes: list[dict | None], env: DistEnv, max_steps: int | None,
+                  evaluate: bool) -> list[dict]:
+    """Train the (compatible) points in this process group: one Trainer per group of equal resume steps."""
     import torch
 
     tc = points[0].tc
@@ -909,14 +937,14 @@ def _train_leased(run_urls: list[str], env: DistEnv, leases: list[Any], max_step
     check_memory(points[0].model_cfg, env.device, env, tc.parallelism, pack_size=len(points))
     env.init_process_group(int(tc.process_group_timeout_s))
     try:
-        _agree_on_resume(resumes, env, ", ".join(run_urls))
+        _agree_on_resume(resumes, env, ", ".join(p.run_url for p in points))
         results: dict[int, dict] = {}
         for group in _resume_groups(points, resumes):
             trainer = Trainer([points[i] for i in group], [resumes[i] for i in group], env, max_steps)
             trainer.setup()
             results.update(zip(group, trainer.fit()))
         if evaluate:
-            for point, i in zip(points, range(len(points))):
+            for i, point in enumerate(points):
                 if results[i].get("status") == "trained":
                     evaluate_here(point.run_url, env)
         return [results[i] for i in range(len(points))]

@@ -323,3 +323,14 @@ def test_launchers_pass_every_run_url_of_a_pack():
     cmd = torchrun_command(["file:///r/a", "file:///r/b"], nproc_per_node=2, evaluate=True)
     assert cmd[-6:] == ["-m", "repeatlab.train", "--evaluate", "--run-url", "file:///r/a", "file:///r/b"]
     assert torchrun_command("file:///r/a", nproc_per_node=1)[-2:] == ["--run-url", "file:///r/a"]
+
+
+def test_a_bad_point_does_not_keep_its_pack_from_training(tmp_path, corpus):
+    """A point whose inputs are refused is set aside: the pack's other points train, then the step fails with the
+    bad point's one-line error (a rerun retries only it)."""
+    runs = make_points(tmp_path, corpus)[:2]
+    bad = make_run(tmp_path / "bad", corpus, point_id="bad", model={"n_head": 3})  # 16 is not a multiple of 3
+    proc = run_pack(runs[0], bad, runs[1], check=False)
+    _refused(proc, "bad", "n_head", "the other 2 point(s) of its pack trained")
+    assert all(storage.exists(storage.join(r, "done.json")) for r in runs)
+    assert not storage.exists(storage.join(bad, "done.json"))
