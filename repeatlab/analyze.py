@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -1127,12 +1126,12 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     """(eval records, expected points without an eval.json) of a study; AnalysisError when none was evaluated."""
     import logging
 
-    from repeatlab import storage
-    from repeatlab.errors import IntegrityError, StorageError
-    from repeatlab.grid import run_url, study_url
+    from repeatlab import layout, storage
+    from repeatlab.errors import IntegrityError, RecordError, StorageError
     from repeatlab.integrity import check_record
+    from repeatlab.records import EvalRecord
 
-    points_url = storage.join(study_url(root, study), "points.json")
+    points_url = layout.Study(layout.study_url(root, study)).points
     try:
         points = storage.read_json(points_url)
     except StorageError as exc:
@@ -1142,13 +1141,14 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
         raise AnalysisError(f"{points_url}: expected a list of points")
     records, missing = [], []
     for p in points:
-        url = storage.join(run_url(root, str(p.get("point_id"))), "eval.json")
+        url = layout.Run(layout.run_url(root, str(p.get("point_id")))).eval
         if not storage.exists(url):
             missing.append(p)
             continue
         try:  # a corrupt eval.json counts as missing (the analysis says so) rather than stopping the whole study
-            records.append(check_record(url, json.loads(storage.read_bytes(url))))
-        except (json.JSONDecodeError, UnicodeDecodeError, IntegrityError) as exc:
+            data = check_record(url, json.loads(storage.read_bytes(url)))
+            records.append(EvalRecord.from_json(data, where=url).to_json())
+        except (json.JSONDecodeError, UnicodeDecodeError, IntegrityError, RecordError) as exc:
             logging.getLogger(__name__).warning("%s: %s; counted as missing", url, str(exc).splitlines()[0])
             missing.append(p)
     if not records:
@@ -1158,12 +1158,12 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
 
 def corpus_manifests(root: str, records: list[dict]) -> dict[str, dict]:
     """The manifests of the corpora the records used, where {root}/corpora/{id}/manifest.json exists."""
-    from repeatlab import storage
+    from repeatlab import layout, storage
     from repeatlab.errors import StorageError
 
     out = {}
     for cid in sorted({str((r.get("point") or {}).get("corpus_id")) for r in records if isinstance(r, dict)}):
-        url = storage.join(storage.normalize_root(root), "corpora", cid, "manifest.json")
+        url = layout.Corpus(layout.corpus_url(root, cid)).manifest
         try:
             if storage.exists(url):
                 manifest = storage.read_json(url)
@@ -1197,32 +1197,11 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
 
 def run_analysis(root: str, study: str) -> dict:
     """Load, analyze and write {root}/studies/{study}/analysis.json (atomically); return the analysis."""
-    from repeatlab import storage
-    from repeatlab.grid import study_url
+    from repeatlab import layout, storage
 
     records, _ = load_records(root, study)
-    folder = study_url(root, study)
-    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
+    folder = layout.Study(layout.study_url(root, study))
+    analysis = analyze_study(records, storage.read_json(folder.points), study=study,
                              corpora=corpus_manifests(root, records))
-    storage.write_json(storage.join(folder, "analysis.json"), analysis)
+    storage.write_json(folder.analysis, analysis)
     return analysis
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab analyze", description=__doc__.split("\n\n")[0])
-    add_study_args(parser)
-    parser.add_argument("--json", action="store_true", help="print analysis.json instead of the summary")
-    args = parser.parse_args(argv)
-    root, study = resolve_study(args)
-    analysis = run_analysis(root, study)
-    if args.json:
-        print(json.dumps(analysis, indent=2, sort_keys=True))
-        return 0
-    for line in analysis["findings"]:
-        print(line)
-    for w in analysis["warnings"]:
-        print(f"warning: {w['message']}", file=sys.stderr)
-    from repeatlab import storage
-
-    print(f"wrote {storage.join(storage.normalize_root(root), 'studies', study, 'analysis.json')}")
-    return 0

@@ -19,7 +19,6 @@ Outputs: audit.json, and a report (index.html, report.md, fig-*.png) in the styl
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import io
@@ -367,67 +366,9 @@ def _number(name: str, value: str, kind=float):
         raise ConfigError(f"{name}: {value!r} is not a number") from None
 
 
-def add_audit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", required=True, help="corpus file, folder, glob or fsspec URL, or 'default'")
-    p.add_argument("--params", help="non-embedding parameters N of the model to train (e.g. 1e9)")
-    p.add_argument("--study", help="analysis.json URL or study YAML of a fitted study; default: the paper's region")
-    p.add_argument("--passes", default="1", help="passes over the corpus in training (multiplies E; default 1)")
-    p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--split-on-blank-lines", action="store_true")
-    p.add_argument("--tokenizer", default="byte", help="'byte' (default) or a tokenizer.json URL")
-    p.add_argument("--min-span", default="50", help="shortest repeated span counted, in tokens (default 50)")
-    p.add_argument("--ngram", default="5", help="word n-gram shingles for near-duplicates (default 5)")
-    p.add_argument("--threshold", default="0.8", help="Jaccard threshold for near-duplicates (default 0.8)")
-    p.add_argument("--num-perm", default="128", help="MinHash values per document (default 128)")
-    p.add_argument("--shard-tokens", default=str(2 << 20), help="tokens per suffix-array shard (default 2097152)")
-    p.add_argument("--max-memory", default=str(4 << 30), help="bytes for signatures and one shard (default 4 GiB)")
-    p.add_argument("--out", help="folder for audit.json and the report (default file://./.repeatlab/audits/ID)")
-    p.add_argument("--write-deduplicated", metavar="URL", help="write the corpus without the flagged repetition "
-                   "(.jsonl, .jsonl.gz or .jsonl.zst)")
-    p.add_argument("--remove", default="flagged", choices=["flagged", "all"],
-                   help="what --write-deduplicated removes: the flagged buckets (default) or all repetition")
-    p.add_argument("--strict-range", action="store_true", help="fail instead of reporting an extrapolated reading")
-    p.add_argument("--json", action="store_true", help="print audit.json instead of the summary")
-
-
-def settings_from_args(args) -> ScanSettings:
+def settings_from_args(args: Any) -> ScanSettings:
     return ScanSettings(min_span=_number("--min-span", args.min_span, int), ngram=_number("--ngram", args.ngram, int),
                         threshold=_number("--threshold", args.threshold),
                         num_perm=_number("--num-perm", args.num_perm, int),
                         shard_tokens=_number("--shard-tokens", args.shard_tokens, int),
                         max_memory=_number("--max-memory", args.max_memory, int))
-
-
-def cli(argv: list[str]) -> int:
-    from repeatlab.audit_report import write_audit_report
-
-    p = argparse.ArgumentParser(prog="repeatlab audit", description=__doc__.split("\n\n")[0])
-    add_audit_args(p)
-    args = p.parse_args(argv)
-    settings = settings_from_args(args)
-    settings.check()
-    cfg = CorpusConfig(url=args.corpus, format=args.format, text_field=args.text_field,
-                       split_on_blank_lines=args.split_on_blank_lines)
-    if args.write_deduplicated and args.remove == "flagged" and args.params is None:
-        raise ConfigError("--remove flagged needs --params (which buckets are flagged depends on N); give --params "
-                          "or use --remove all")
-    audit, s = run_audit(args.corpus, settings, args.params, args.study, _number("--passes", args.passes), cfg,
-                         args.tokenizer, args.strict_range)
-    if args.write_deduplicated:
-        audit["deduplicated"] = write_deduplicated(audit, s, args.write_deduplicated, args.remove, cfg, args.tokenizer)
-    out = args.out or storage.join(storage.normalize_root("file://./.repeatlab"), "audits", audit["audit_id"])
-    paths = write_audit_report(audit, out)
-    if args.json:
-        print(json.dumps(audit, indent=2, sort_keys=True, default=storage._json_default))
-        return 0
-    for line in headline(audit):
-        print(line)
-    if audit.get("deduplicated"):
-        d = audit["deduplicated"]
-        print(f"wrote {d['url']}: {d['documents_out']:,} of {d['documents_in']:,} documents kept "
-              f"({d['documents_dropped']:,} duplicates dropped, {d['spans_cut']:,} repeated spans cut, "
-              f"{d['documents_emptied']:,} emptied); {d['bytes_out']:,} of {d['bytes_in']:,} bytes")
-    print(f"wrote {paths['audit.json']}, {paths['index.html']}, {paths['report.md']}")
-    return 0
-

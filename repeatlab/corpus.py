@@ -13,7 +13,6 @@ reading the documents again. The manifest is written last, so an interrupted pre
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
@@ -25,10 +24,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from repeatlab import __version__, storage
+from repeatlab import __version__, layout, storage
 from repeatlab.config import CorpusConfig, stable_hash
-from repeatlab.errors import ConfigError, CorpusError, StorageError
-from repeatlab.tokenizer import EOT_ID, TOKENIZER_FILE, BPETokenizer, ByteTokenizer, token_dtype
+from repeatlab.errors import CorpusError, StorageError
+from repeatlab.tokenizer import EOT_ID, BPETokenizer, ByteTokenizer, token_dtype
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "probe")
@@ -43,8 +42,7 @@ _KEEP_IN_MEMORY = 512 << 20  # hold raw inputs between hashing and parsing up to
 # Finding and reading input files
 
 
-def corpus_url(root: str, corpus_id: str) -> str:
-    return storage.join(storage.normalize_root(root), "corpora", corpus_id)
+corpus_url = layout.corpus_url  # {root}/corpora/{corpus_id}
 
 
 def _file_url(fs, url: str, path: str) -> str:
@@ -439,28 +437,6 @@ def _resolve(cfg: CorpusConfig, log: Callable) -> tuple[str, str, CorpusConfig]:
     return cfg.url, cfg.format, dataclasses.replace(cfg, chunk_tokens=cfg.chunk_tokens or 0)
 
 
-def _check_config(cfg: CorpusConfig) -> None:
-    if cfg.tokenizer == "byte" and cfg.vocab_size != 256:
-        raise ConfigError(f"corpus.vocab_size: {cfg.vocab_size!r} is not allowed: 256 for the byte tokenizer")
-    if cfg.tokenizer == "bpe" and not 512 <= cfg.vocab_size <= 1 << 20:
-        raise ConfigError(f"corpus.vocab_size: {cfg.vocab_size!r} is not allowed: between 512 and 1048576 for BPE")
-    if cfg.tokenizer not in ("byte", "bpe"):
-        raise ConfigError(f"corpus.tokenizer: {cfg.tokenizer!r} is not allowed: expected 'byte' or 'bpe'")
-    if cfg.format not in ("auto", "text", "jsonl", "parquet"):
-        raise ConfigError(f"corpus.format: {cfg.format!r} is not allowed: expected auto, text, jsonl or parquet")
-    for name in ("test_fraction", "probe_fraction"):
-        v = getattr(cfg, name)
-        if not 0 < v < 0.5:
-            raise ConfigError(f"corpus.{name}: {v!r} is not allowed: a fraction in (0, 0.5)")
-    if cfg.test_fraction + cfg.probe_fraction >= 0.5:
-        raise ConfigError(f"corpus.probe_fraction: {cfg.probe_fraction!r} is not allowed: test_fraction + "
-                          "probe_fraction must stay below 0.5")
-    if cfg.chunk_tokens is not None and (isinstance(cfg.chunk_tokens, bool) or not isinstance(cfg.chunk_tokens, int)
-                                         or (cfg.chunk_tokens != 0 and cfg.chunk_tokens < 256)):
-        raise ConfigError(f"corpus.chunk_tokens: {cfg.chunk_tokens!r} is not allowed: null (automatic), 0 (off) or "
-                          "an integer number of tokens >= 256")
-
-
 def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | None = None) -> str:
     """Content address: the input files' (bytes, sha256) in order + every setting that changes the output."""
     settings = dataclasses.asdict(cfg)
@@ -477,19 +453,46 @@ def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | N
     })
 
 
-def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
-    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
-    _check_config(cfg)
-    t0 = time.perf_counter()
+@dataclasses.dataclass
+class Inputs:
+    """A corpus config's input files, hashed (the bytes kept in memory up to _KEEP_IN_MEMORY), and its id."""
+
+    fmt: str
+    eff: CorpusConfig  # the effective config ('default' resolved, chunk_tokens decided)
+    infos: list[dict]
+    held: dict[str, bytes]
+    ood_infos: list[dict] | None
+    ood_held: dict[str, bytes]
+    corpus_id: str
+
+
+def resolve_inputs(cfg: CorpusConfig, log: Callable = print) -> Inputs:
+    """Read and hash the input files; nothing is written to the study's storage."""
     url, fmt, eff = _resolve(cfg, log)
     infos, held = _read_inputs(url, log)
     ood_infos, ood_held = (None, {})
     if cfg.ood_url:
         ood_infos, ood_held = _read_inputs(cfg.ood_url, log)
-    corpus_id = corpus_id_of(eff, infos, ood_infos)
+    return Inputs(fmt, eff, infos, held, ood_infos, ood_held, corpus_id_of(eff, infos, ood_infos))
+
+
+def identify(cfg: CorpusConfig, root: str, log: Callable = print) -> tuple[str, dict | None]:
+    """(corpus id, its manifest under `root` or None when not prepared yet), without preparing anything."""
+    corpus_id = resolve_inputs(cfg, log).corpus_id
+    manifest_url = layout.Corpus(corpus_url(root, corpus_id)).manifest
+    return corpus_id, (load_manifest(corpus_url(root, corpus_id)) if storage.exists(manifest_url) else None)
+
+
+def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
+    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
+    t0 = time.perf_counter()
+    inputs = resolve_inputs(cfg, log)
+    fmt, eff, infos, held = inputs.fmt, inputs.eff, inputs.infos, inputs.held
+    ood_infos, ood_held, corpus_id = inputs.ood_infos, inputs.ood_held, inputs.corpus_id
     out = corpus_url(root, corpus_id)
+    files = layout.Corpus(out)
     storage.sweep_stale_temporaries(out)  # shards half-written by a killed prepare
-    manifest_url = storage.join(out, "manifest.json")
+    manifest_url = files.manifest
     if storage.exists(manifest_url):
         manifest = storage.read_json(manifest_url)
         if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
@@ -533,9 +536,9 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
         doc_lengths: list[int] = []
         arr = tokens_of(tok, splits[name], dtype, lengths=doc_lengths)
         lengths[name] = np.asarray(doc_lengths, dtype=np.int64)
-        sha = _write_array(storage.join(out, f"{name}.bin"), arr)
+        sha = _write_array(files.split(name), arr)
         split_info[name] = {"documents": len(splits[name]), "tokens": int(arr.size), "bytes": int(arr.nbytes),
-                            "file": f"{name}.bin", "sha256": sha,
+                            "file": files.split_file(name), "sha256": sha,
                             "largest_document_tokens": int(lengths[name].max()) if len(lengths[name]) else 0}
         del arr
     composition = split_composition(split_sources, lengths)
@@ -549,13 +552,13 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
         if not ood_docs:
             raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus (corpus.ood_url)")
         arr = tokens_of(tok, ood_docs, dtype)
-        sha = _write_array(storage.join(out, "ood.bin"), arr)
+        sha = _write_array(files.split("ood"), arr)
         split_info["ood"] = {"documents": len(ood_docs), "tokens": int(arr.size), "bytes": int(arr.nbytes),
-                             "file": "ood.bin", "sha256": sha}
+                             "file": files.split_file("ood"), "sha256": sha}
         del arr
     if isinstance(tok, BPETokenizer):
-        tok.save(storage.join(out, TOKENIZER_FILE))
-    storage.write_json(storage.join(out, "config.json"), dataclasses.asdict(cfg))
+        tok.save(files.tokenizer)
+    storage.write_json(files.config, dataclasses.asdict(cfg))
 
     source = {"url": cfg.url, "format": formats[0] if len(set(formats)) == 1 else "mixed", "files": infos}
     if ood_infos is not None:
@@ -586,7 +589,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
 
 
 def load_manifest(corpus_url: str) -> dict:
-    url = storage.join(corpus_url, "manifest.json")
+    url = layout.Corpus(corpus_url).manifest
     if not storage.exists(url):
         raise CorpusError(f"{url}: not found: this corpus was never prepared (or its prepare was interrupted); "
                           "run `repeatlab prepare`")
@@ -601,7 +604,7 @@ def open_split(corpus_url: str, split: str, manifest: dict) -> np.ndarray:
     """Read-only memory map of a split's token shard (remote shards are cached locally first)."""
     info = manifest.get("splits", {}).get(split)
     if info is None:
-        raise CorpusError(f"{storage.join(corpus_url, 'manifest.json')}: no split {split!r}; allowed: "
+        raise CorpusError(f"{layout.Corpus(corpus_url).manifest}: no split {split!r}; allowed: "
                           f"{', '.join(manifest.get('splits', {}))}")
     url = storage.join(corpus_url, info["file"])
     path = storage.cached_local_copy(url)
@@ -646,54 +649,3 @@ def _summary_head(manifest: dict, tok: dict, parts: str) -> str:
             f"file(s), {manifest['source']['format']}): {manifest['documents_read']:,} documents read, "
             f"{manifest['duplicates_dropped']:,} exact duplicates and {manifest['empty_dropped']:,} empty dropped; "
             f"{tok['kind']} tokenizer, vocab {tok['vocab_size']:,}, {manifest['dtype']} shards; {parts}.")
-
-
-def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="repeatlab prepare", description="Read, deduplicate, split and tokenize a "
-                                "corpus into token shards under {root}/corpora/{corpus_id}/.")
-    p.add_argument("--config", help="study YAML: uses its corpus and storage sections")
-    p.add_argument("--url", help="corpus file, folder, glob or fsspec URL, or 'default'")
-    p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"])
-    p.add_argument("--text-field")
-    p.add_argument("--split-on-blank-lines", action="store_true", default=None)
-    p.add_argument("--tokenizer", choices=["byte", "bpe"])
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192 with --tokenizer bpe); byte: 256")
-    p.add_argument("--ood-url")
-    p.add_argument("--chunk-tokens", type=int, help="cut documents into pieces of about this many byte tokens before "
-                   "the split (0: off; default: automatic, on for the default corpus)")
-    p.add_argument("--source-field", help="JSONL key / Parquet column naming each document's source")
-    p.add_argument("--root", help="storage root (default: the config's storage.root, else file://./.repeatlab)")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    args = p.parse_args(argv)
-
-    if args.config:
-        from repeatlab import config as config_mod
-
-        study = config_mod.load(args.config)
-        storage.configure(study.storage.options, anonymous=study.storage.anonymous)
-        cfg = study.corpus
-        root = args.root or study.storage.root
-    else:
-        cfg = CorpusConfig()
-        root = args.root or "file://./.repeatlab"
-    overrides = {"url": args.url, "format": args.format, "text_field": args.text_field,
-                 "split_on_blank_lines": args.split_on_blank_lines, "tokenizer": args.tokenizer,
-                 "vocab_size": args.vocab_size, "ood_url": args.ood_url, "chunk_tokens": args.chunk_tokens,
-                 "source_field": args.source_field}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.tokenizer == "bpe" and args.vocab_size is None and cfg.vocab_size == 256:
-        overrides["vocab_size"] = 8192
-    if args.tokenizer == "byte" and args.vocab_size is None:
-        overrides["vocab_size"] = 256
-    cfg = dataclasses.replace(cfg, **overrides)
-    import sys
-
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    manifest = prepare_corpus(cfg, root, log=log)
-    url = corpus_url(root, manifest["corpus_id"])
-    if args.json:
-        print(json.dumps(manifest, indent=2, sort_keys=True))
-    else:
-        print(summary(manifest, url))
-        print(url)
-    return 0

@@ -10,8 +10,6 @@ the tokenizer.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from typing import Any
 
@@ -230,14 +228,14 @@ def _answer(r: dict) -> str:
 
 
 def load_analysis(study: str | None, config: str | None) -> dict | None:
-    from repeatlab import storage
+    from repeatlab import layout, storage
 
     if config:
         from repeatlab import config as config_lib
 
         cfg = config_lib.load(config)
         storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
-        url = storage.join(storage.normalize_root(cfg.storage.root), "studies", cfg.name, "analysis.json")
+        url = layout.Study(layout.study_url(cfg.storage.root, cfg.name)).analysis
     elif study:
         url = study
     else:
@@ -248,23 +246,3 @@ def load_analysis(study: str | None, config: str | None) -> dict | None:
     if not isinstance(data, dict) or "regions" not in data:
         raise AnalysisError(f"{url}: not an analysis.json (no 'regions')")
     return data
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab danger", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", required=True, help="non-embedding parameters N (e.g. 1e9)")
-    parser.add_argument("--fraction", required=True, help="fraction f of the tokens that are repeats, in [0, 1)")
-    parser.add_argument("--epochs", required=True, help="how many times the repeated subset is seen, E >= 1")
-    parser.add_argument("--study", help="URL of a study's analysis.json")
-    parser.add_argument("--config", help="study YAML (reads {root}/studies/{name}/analysis.json)")
-    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
-    args = parser.parse_args(argv)
-    _check_inputs(args.params, args.fraction, args.epochs)
-    result = assess(args.params, args.fraction, args.epochs, load_analysis(args.study, args.config))
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return 0
-    print(result["answer"])
-    for line in ([result["fraction_note"]] if result["fraction_note"] else []) + result["notes"]:
-        print(f"  note: {line}")
-    return 0

@@ -29,14 +29,12 @@ ranks, their sums and counts all-reduced, and rank 0 writes eval.json; one plain
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import itertools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from repeatlab import integrity, scores, storage
+from repeatlab import integrity, layout, scores, storage
 from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
-from repeatlab.train import checkpoint_steps, checkpoint_url  # the trainer owns the checkpoint layout
+from repeatlab.records import EvalRecord, Point
 
 EOT_ID = 0
 COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
@@ -83,11 +81,9 @@ class _Dist:
 # The pure core
 
 
-def _eval_config(cfg: Any) -> EvalConfig:
-    if isinstance(cfg, EvalConfig):
-        return cfg
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    return EvalConfig(**{k: v for k, v in dict(cfg or {}).items() if k in names})
+def _eval_config(cfg: EvalConfig | dict[str, Any]) -> EvalConfig:
+    """An EvalConfig (validated; an unknown key is a ConfigError, never dropped) of a dict or an EvalConfig."""
+    return cfg if isinstance(cfg, EvalConfig) else EvalConfig(**cfg)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -402,7 +398,11 @@ def token_counts(tokens: np.ndarray, vocab_size: int, limit: int = TOKEN_COUNT_L
 
 def list_checkpoints(run_url: str) -> list[int]:
     """Steps of the complete checkpoints (those with state.json), ascending."""
-    return checkpoint_steps(run_url, complete_only=True)
+    return layout.Run(run_url).checkpoint_steps(complete_only=True)
+
+
+def checkpoint_url(run_url: str, step: int) -> str:
+    return layout.Run(run_url).checkpoint(step)
 
 
 def _strip_prefixes(state: dict) -> dict:
@@ -421,7 +421,7 @@ def load_state_dict(url: str, expected_sha256: str | None = None) -> dict:
     if not storage.exists(url):
         raise CheckpointError(f"{url}: checkpoint file not found")
     data = storage.read_bytes(url)
-    integrity.check_bytes(url, data, expected_sha256, storage.join(url.rsplit("/", 1)[0], "state.json"),
+    integrity.check_bytes(url, data, expected_sha256, storage.join(url.rsplit("/", 1)[0], layout.CHECKPOINT_STATE),
                           "train the point again from an earlier checkpoint (remove this checkpoint folder)")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -462,17 +462,18 @@ def build_model(model_cfg: dict):
 
 def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any, int]:
     """(GPT with the checkpoint's weights, its step): the latest complete checkpoint, or the one at `step`."""
+    run = layout.Run(run_url)
     steps = list_checkpoints(run_url)
     if not steps:
-        raise CheckpointError(f"{storage.join(run_url, 'checkpoints')}: no complete checkpoint (with state.json) "
+        raise CheckpointError(f"{run.checkpoints}: no complete checkpoint (with {layout.CHECKPOINT_STATE}) "
                               f"to evaluate; train the point first")
     if step is None:
         step = steps[-1]
     elif int(step) not in steps:
         raise CheckpointError(f"{checkpoint_url(run_url, step)}: no complete checkpoint at step {step}; "
                               f"available steps: {', '.join(map(str, steps))}")
-    url = storage.join(checkpoint_url(run_url, step), "model.pt")
-    recorded = storage.read_json(storage.join(checkpoint_url(run_url, step), "state.json")).get("files") or {}
+    url = run.checkpoint_file(step, "model.pt")
+    recorded = storage.read_json(run.checkpoint_state(step)).get("files") or {}
     state = load_state_dict(url, recorded.get("model.pt"))
     model = build_model(point["model"])
     check_state_dict(state, model.state_dict(), url)
@@ -484,7 +485,7 @@ def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any,
 
 
 def read_learning_curve(run_url: str) -> list[dict]:
-    url = storage.join(run_url, "train.jsonl")
+    url = layout.Run(run_url).train_log
     if not storage.exists(url):
         return []
     rows = []
@@ -522,9 +523,7 @@ def _setup_dist(device: str) -> tuple[_Dist, bool]:
 
 def eval_url(run_url: str, step: int | None, final_step: int) -> str:
     """{run}/eval.json for the final checkpoint; {run}/eval-step-XXXXXXX.json for an earlier one."""
-    if step is None or int(step) == final_step:
-        return storage.join(run_url, "eval.json")
-    return storage.join(run_url, f"eval-step-{int(step):07d}.json")
+    return layout.Run(run_url).eval_at(step, final_step)
 
 
 def short_split_warnings(test: np.ndarray, ood: np.ndarray | None, eval_tokens: int) -> list[str]:
@@ -542,26 +541,28 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
                  device: str = "auto") -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
     started = time.time()
-    point = storage.read_json(storage.join(run_url, "point.json"))
+    run = layout.Run(run_url)
+    point_record = Point.read(run.point)
+    point = point_record.to_json()
     dist, created = _setup_dist(device)
     try:
         model, used_step = load_model(run_url, point, step)
         model.to(dist.device)
-        context = int(point["model"]["context"])
-        corpus_url = point["corpus_url"]
+        context = int(point_record.model["context"])
+        corpus_url = point_record.corpus_url
         manifest = _load_manifest(corpus_url)
-        if point.get("corpus_id") and manifest.get("corpus_id") and manifest["corpus_id"] != point["corpus_id"]:
-            raise CorpusError(f"{corpus_url}: corpus id {manifest['corpus_id']} does not match the point's "
-                              f"{point['corpus_id']}")
+        if manifest.get("corpus_id") != point_record.corpus_id:
+            raise CorpusError(f"{corpus_url}: corpus id {manifest.get('corpus_id')} does not match the point's "
+                              f"{point_record.corpus_id}")
         train = _open_split(corpus_url, "train", manifest)
         test = _open_split(corpus_url, "test", manifest)
         probe = _open_split(corpus_url, "probe", manifest)
         ood = _open_split(corpus_url, "ood", manifest) if "ood" in manifest.get("splits", {}) else None
-        cfg = _eval_config(point.get("eval"))
+        cfg = point_record.eval_config()
 
         repeated = None
-        rep_url = storage.join(run_url, "repeated.npy")
-        if float(point.get("fraction", 0.0)) > 0 and not point.get("control", False) and storage.exists(rep_url):
+        rep_url = run.repeated_npy
+        if point_record.fraction > 0 and not point_record.control and storage.exists(rep_url):
             offsets = np.load(io.BytesIO(storage.read_bytes(rep_url)), allow_pickle=False).astype(np.int64)
             offsets = offsets[: max(1, cfg.eval_tokens // context)]
             if len(offsets):
@@ -570,20 +571,20 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
         notes = short_split_warnings(test, ood, cfg.eval_tokens)
         for note in notes:
             log(f"evaluate: warning: {note}")
-        freqs = token_counts(train, int(point["model"]["vocab_size"]))
+        freqs = token_counts(train, int(point_record.model["vocab_size"]))
         metrics = evaluate_model(model, test, probe, freqs, cfg, context, repeated_windows=repeated,
-                                 ood_tokens=ood, seed=int(point.get("seed", 0)), dist=dist)
+                                 ood_tokens=ood, seed=point_record.seed, dist=dist)
         final_step = list_checkpoints(run_url)[-1]
         # "step" (the evaluated checkpoint) is beyond the documented schema: steps.evaluate reuses an eval.json
         # only when its step is done.json's final step
-        result = {"point_id": point.get("point_id"), "point": point, "step": used_step, **metrics,
+        result = {"point_id": point_record.point_id, "point": point, "step": used_step, **metrics,
                   "learning_curve": read_learning_curve(run_url), "warnings": notes}
         if dist.rank == 0:
             out = eval_url(run_url, step, final_step)
-            result = integrity.seal_record(result)
+            result = EvalRecord.from_json(integrity.seal_record(result), where=out).to_json()
             storage.write_json(out, result)
             log(json.dumps({
-                "event": "eval", "point_id": point.get("point_id"), "step": used_step,
+                "event": "eval", "point_id": point_record.point_id, "step": used_step,
                 "test_loss": result["test_loss"], "repeated_loss": result["repeated_loss"],
                 "ood_loss": result["ood_loss"],
                 "copy_last": (result["copying"] or {}).get("last_copy"),
@@ -598,18 +599,3 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
             import torch.distributed as tdist
 
             tdist.destroy_process_group()
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-url", required=True, help="run folder holding point.json ({root}/runs/{point_id})")
-    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
-                        help="evaluate the checkpoint at this step (default: the latest complete one)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    args = parser.parse_args(argv)
-    evaluate_run(args.run_url, step=args.checkpoint, log=lambda msg: print(msg, flush=True), device=args.device)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))

@@ -39,6 +39,11 @@ def study_url(root: str, study: str) -> str:
     return storage.join(storage.normalize_root(root), STUDIES, study)
 
 
+def audits_url(root: str) -> str:
+    """Where `repeatlab audit` writes its reports by default: {root}/audits/{audit_id}/."""
+    return storage.join(storage.normalize_root(root), "audits")
+
+
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{int(step):07d}"
 
