@@ -84,7 +84,7 @@ def setup(fmt: str | None = None, level: int | str = logging.INFO, stream: Any =
     handler.addFilter(RankZeroFilter())
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
+    logger.propagate = True  # pytest's caplog and an application's root handlers still see the records
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

@@ -178,14 +178,14 @@ class Done(Record):
 
 @dataclass
 class EvalRecord(Record):
-    """eval.json. `icl`, `warnings` and `record_sha256` are absent from records made before they existed."""
+    """eval.json. `step` (the evaluated checkpoint), `icl`, `warnings` and `record_sha256` are absent from records
+    made before they existed."""
 
     NAME: ClassVar[str] = "eval.json"
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("icl", "warnings", "record_sha256")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("step", "icl", "warnings", "record_sha256")
 
     point_id: str
     point: dict[str, Any]
-    step: int
     test_loss: float
     repeated_loss: float | None
     ood_loss: float | None
@@ -195,6 +195,7 @@ class EvalRecord(Record):
     heads: dict[str, Any]
     aggregates: dict[str, float | None]
     learning_curve: list[dict[str, Any]]
+    step: int | None = None
     icl: dict[str, Any] | None = None
     warnings: list[str] | None = None
     record_sha256: str | None = None

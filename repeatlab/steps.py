@@ -114,7 +114,7 @@ def evaluate(run_url: str, log=print) -> dict:
         except (IntegrityError, StorageError, RecordError) as exc:  # corrupt: evaluate again, never publish it
             log(f"evaluate: {exc}; evaluating again")
             record = None
-        if record is not None and record["step"] == Done.read(run.done).step:
+        if record is not None and record.get("step") == Done.read(run.done).step:
             log(f"evaluate: {run_url} already evaluated; reusing {run.eval}")
             return record
     from repeatlab.evaluate import evaluate_run  # torch: only imported when there is something to evaluate

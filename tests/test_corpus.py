@@ -209,13 +209,14 @@ def test_cli_flags_json_and_config(tmp_path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text(f"name: t\ncorpus:\n  url: {src}\n  test_fraction: 0.2\n  probe_fraction: 0.2\n"
                      f"storage:\n  root: {root}\n")
-    assert corpus.cli(["--config", str(study)]) == 0
+    from repeatlab.cli import main
+
+    assert main(["prepare", "--config", str(study)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "40 documents read" in out[-2] and out[-1].startswith("file://") and "/corpora/" in out[-1]
-    assert corpus.cli(["--config", str(study), "--json"]) == 0
+    assert main(["prepare", "--config", str(study), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert out[-1].endswith(m["corpus_id"]) and m["documents_read"] == 40
-    from repeatlab.cli import main
 
     many = write_jsonl(tmp_path / "many.jsonl", docs_(200, seed=4), field="body")
     assert main(["prepare", "--url", many, "--text-field", "body", "--root", root, "--json"]) == 0
