@@ -177,9 +177,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from repeatlab.evaluate import evaluate_run
+    from repeatlab.evaluate import evaluate_run, headline
 
-    evaluate_run(args.run_url, step=args.checkpoint, log=_info, device=args.device)
+    record = evaluate_run(args.run_url, step=args.checkpoint, log=_info, device=args.device)
+    print(json.dumps(headline(record)))
     return 0
 
 

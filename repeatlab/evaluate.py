@@ -537,6 +537,16 @@ def short_split_warnings(test: np.ndarray, ood: np.ndarray | None, eval_tokens: 
     return notes
 
 
+def headline(record: dict) -> dict:
+    """The eval record's main numbers, one JSON object (what `repeatlab evaluate` prints on stdout)."""
+    copying = record.get("copying") or {}
+    return {"event": "eval", "point_id": record["point_id"], "step": record.get("step"),
+            "test_loss": record["test_loss"], "repeated_loss": record["repeated_loss"],
+            "ood_loss": record["ood_loss"], "copy_last": copying.get("last_copy"),
+            "copy_mean_2_to_last": copying.get("mean_copies_2_to_last"), "icl_score": record["icl_score"],
+            "icl_stderr": (record.get("icl") or {}).get("stderr"), **record["aggregates"]}
+
+
 def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any] = print,
                  device: str = "auto") -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
@@ -583,16 +593,8 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
             out = eval_url(run_url, step, final_step)
             result = EvalRecord.from_json(integrity.seal_record(result), where=out).to_json()
             storage.write_json(out, result)
-            log(json.dumps({
-                "event": "eval", "point_id": point_record.point_id, "step": used_step,
-                "test_loss": result["test_loss"], "repeated_loss": result["repeated_loss"],
-                "ood_loss": result["ood_loss"],
-                "copy_last": (result["copying"] or {}).get("last_copy"),
-                "copy_mean_2_to_last": (result["copying"] or {}).get("mean_copies_2_to_last"),
-                "icl_score": result["icl_score"], "icl_stderr": (result.get("icl") or {}).get("stderr"),
-                **result["aggregates"],
-                "world_size": dist.world, "seconds": round(time.time() - started, 2), "output": out,
-            }, sort_keys=False))
+            log(json.dumps({**headline(result), "world_size": dist.world,
+                            "seconds": round(time.time() - started, 2), "output": out}, sort_keys=False))
         return result
     finally:
         if created:
