@@ -180,7 +180,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from repeatlab.evaluate import evaluate_run, headline
 
     record = evaluate_run(args.run_url, step=args.checkpoint, log=_info, device=args.device)
-    print(json.dumps(headline(record)))
+    if logs.rank() in (None, 0):  # under torchrun: rank 0 prints the result once
+        import os
+
+        print(json.dumps({**headline(record), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}))
     return 0
 
 

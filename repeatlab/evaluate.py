@@ -601,3 +601,11 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
             import torch.distributed as tdist
 
             tdist.destroy_process_group()
+
+
+if __name__ == "__main__":  # `python -m repeatlab.evaluate` under torchrun: the `repeatlab evaluate` command
+    import sys
+
+    from repeatlab.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))
