@@ -21,10 +21,11 @@ import json
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from repeatlab import __version__, layout, storage
+from repeatlab import __version__, layout, logs, storage
 from repeatlab.config import CorpusConfig, stable_hash
 from repeatlab.errors import CorpusError, StorageError
 from repeatlab.tokenizer import EOT_ID, BPETokenizer, ByteTokenizer, token_dtype
@@ -483,31 +484,18 @@ def identify(cfg: CorpusConfig, root: str, log: Callable = print) -> tuple[str, 
     return corpus_id, (load_manifest(corpus_url(root, corpus_id)) if storage.exists(manifest_url) else None)
 
 
-def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
-    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
-    t0 = time.perf_counter()
-    inputs = resolve_inputs(cfg, log)
-    fmt, eff, infos, held = inputs.fmt, inputs.eff, inputs.infos, inputs.held
-    ood_infos, ood_held, corpus_id = inputs.ood_infos, inputs.ood_held, inputs.corpus_id
-    out = corpus_url(root, corpus_id)
-    files = layout.Corpus(out)
-    storage.sweep_stale_temporaries(out)  # shards half-written by a killed prepare
-    manifest_url = files.manifest
-    if storage.exists(manifest_url):
-        manifest = storage.read_json(manifest_url)
-        if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
-            log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
-            return manifest
-
+def _split_documents(cfg: CorpusConfig, inputs: Inputs) -> tuple[dict, dict, dict, list[str]]:
+    """(documents per split, counts, sources per split, formats of the files): parsed, deduplicated and split by
+    hash; CorpusError when a split is empty."""
     is_default = cfg.url.strip() == "default"
     # the default corpus names each work's file in "source"; its collection is the source of the composition
-    docs, formats, doc_sources = _documents(infos, held, dataclasses.replace(eff, source_field="source")
-                                            if is_default else eff, fmt)
+    docs, formats, doc_sources = _documents(inputs.infos, inputs.held, dataclasses.replace(
+        inputs.eff, source_field="source") if is_default else inputs.eff, inputs.fmt)
     if is_default:
         from repeatlab.default_corpus import collection_of
 
         doc_sources = [collection_of(label) for label in doc_sources]
-    splits, counts, split_sources = dedup_and_split(docs, eff, doc_sources)
+    splits, counts, split_sources = dedup_and_split(docs, inputs.eff, doc_sources)
     del docs, doc_sources
     kept = sum(len(v) for v in splits.values())
     if kept == 0:
@@ -521,6 +509,39 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
                 f"test_fraction={cfg.test_fraction} and probe_fraction={cfg.probe_fraction} leave none for {name}; "
                 "add documents (or use corpus.split_on_blank_lines for one document per paragraph), raise the "
                 "fraction, or change corpus.split_salt")
+    return splits, counts, split_sources, formats
+
+
+def _write_ood(cfg: CorpusConfig, inputs: Inputs, tok: Any, dtype: np.dtype, files: layout.Corpus) -> dict:
+    """Tokenize and write the out-of-distribution split; its manifest entry."""
+    ood_docs, _, _ = _documents(inputs.ood_infos or [], inputs.ood_held,
+                                dataclasses.replace(inputs.eff, format="auto", source_field=None), "auto")
+    ood_docs = [d for d in ood_docs if normalize(d)]
+    if not ood_docs:
+        raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus "
+                          "(corpus.ood_url)")
+    arr = tokens_of(tok, ood_docs, dtype)
+    sha = _write_array(files.split("ood"), arr)
+    return {"documents": len(ood_docs), "tokens": int(arr.size), "bytes": int(arr.nbytes),
+            "file": files.split_file("ood"), "sha256": sha}
+
+
+def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
+    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
+    t0 = time.perf_counter()
+    inputs = resolve_inputs(cfg, log)
+    eff, infos, ood_infos, corpus_id = inputs.eff, inputs.infos, inputs.ood_infos, inputs.corpus_id
+    out = corpus_url(root, corpus_id)
+    files = layout.Corpus(out)
+    storage.sweep_stale_temporaries(out)  # shards half-written by a killed prepare
+    manifest_url = files.manifest
+    if storage.exists(manifest_url):
+        manifest = storage.read_json(manifest_url)
+        if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
+            log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
+            return manifest
+
+    splits, counts, split_sources, formats = _split_documents(cfg, inputs)
     t_read = time.perf_counter()
 
     if eff.tokenizer == "byte":
@@ -532,7 +553,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
 
     split_info: dict[str, dict] = {}
     lengths: dict[str, np.ndarray] = {}
-    for name in SPLITS:
+    for name in logs.progress(SPLITS, desc="tokenize splits", unit="split"):
         doc_lengths: list[int] = []
         arr = tokens_of(tok, splits[name], dtype, lengths=doc_lengths)
         lengths[name] = np.asarray(doc_lengths, dtype=np.int64)
@@ -546,16 +567,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
     for message in split_warning_list:
         log(f"warning: {message}")
     if ood_infos is not None:
-        ood_docs, _, _ = _documents(ood_infos, ood_held, dataclasses.replace(eff, format="auto", source_field=None),
-                                    "auto")
-        ood_docs = [d for d in ood_docs if normalize(d)]
-        if not ood_docs:
-            raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus (corpus.ood_url)")
-        arr = tokens_of(tok, ood_docs, dtype)
-        sha = _write_array(files.split("ood"), arr)
-        split_info["ood"] = {"documents": len(ood_docs), "tokens": int(arr.size), "bytes": int(arr.nbytes),
-                             "file": files.split_file("ood"), "sha256": sha}
-        del arr
+        split_info["ood"] = _write_ood(cfg, inputs, tok, dtype, files)
     if isinstance(tok, BPETokenizer):
         tok.save(files.tokenizer)
     storage.write_json(files.config, dataclasses.asdict(cfg))

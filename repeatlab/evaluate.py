@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repeatlab import integrity, layout, scores, storage
+from repeatlab import integrity, layout, logs, scores, storage
 from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
 from repeatlab.records import EvalRecord, Point
@@ -117,7 +117,7 @@ def _loss_stats(
     mine = windows[list(dist.shard(len(windows)))]
     stats = torch.zeros(2 + len(positions), dtype=torch.float64)
     bs = _batch_size(windows.shape[1])
-    for start in range(0, len(mine), bs):
+    for start in logs.progress(range(0, len(mine), bs), desc="evaluate: loss", unit="batch"):
         chunk = mine[start: start + bs].to(device)
         loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, T]
         stats[0] += loss.sum()

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from repeatlab import layout, storage
+from repeatlab import layout, logs, storage
 from repeatlab.config import StudyConfig, loads
 from repeatlab.errors import StorageError, TrainError
 from repeatlab.records import Done, EvalRecord, Execution, Point
@@ -163,7 +163,7 @@ def run_study_directly(study_config: str, log=print) -> dict:
     """Every step in order in this process, no KFP: the baseline for the pipeline-overhead benchmark."""
     prepared = prepare(study_config, log=log)
     cfg = load_study(study_config)
-    for run_url in plan_grid(study_config, prepared["corpus_url"]):
+    for run_url in logs.progress(plan_grid(study_config, prepared["corpus_url"]), desc="study", unit="point"):
         run_point(run_url, nproc_per_node=cfg.train.nproc_per_node, log=log)
     analyze(study_config, log=log)
     return report(study_config, log=log)
