@@ -306,7 +306,7 @@ def noise_checks(st: _Study) -> tuple[list[dict], list[dict]]:
 
 def _baseline_entry(st: _Study, metric: str, fit_models: list[tuple[float, str]]) -> dict:
     direction = METRICS[metric][1]
-    pts = []
+    pts: list[dict[str, Any]] = []
     for n, name in fit_models:
         g = st.baseline_groups.get((name, n))
         if not g:
@@ -361,9 +361,9 @@ def _extrapolation(sign: float, value: float, value_range: list[float]) -> tuple
 
 def effective(st: _Study, metric: str, value: float | None, n: float, attention_only: bool = False) -> dict:
     """N_eff and the multiplier N / N_eff of a value of `metric` at size n: by the usable law, else interpolation."""
-    out = {"n_eff": None, "multiplier": None, "n_eff_method": None, "n_eff_fit": None, "multiplier_fit": None,
-           "n_eff_interp": None, "multiplier_interp": None, "extrapolated": None, "extrapolation": None,
-           "multiplier_note": None}
+    out: dict[str, Any] = {"n_eff": None, "multiplier": None, "n_eff_method": None, "n_eff_fit": None,
+                           "multiplier_fit": None, "n_eff_interp": None, "multiplier_interp": None,
+                           "extrapolated": None, "extrapolation": None, "multiplier_note": None}
     b = st.baseline.get(metric)
     if value is None or not b or not b["points"]:
         return out
@@ -734,7 +734,7 @@ def _corpus_section(run_list: list[dict], records: list[dict], corpora: dict[str
     """The split composition of every corpus the records used (from its manifest, when the caller found it)."""
     ids = sorted({str((rec.get("point") or {}).get("corpus_id")) for rec in records
                   if isinstance(rec, dict) and isinstance(rec.get("point"), dict)})
-    out = []
+    out: list[dict[str, Any]] = []
     for cid in ids:
         manifest = corpora.get(cid)
         if not manifest:

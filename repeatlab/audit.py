@@ -297,7 +297,7 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
     plan = removal_plan(s, flagged)
     tok = load_tokenizer(tokenizer)
     _, fmt, eff = resolve_corpus(audit["corpus"]["url"], corpus_cfg)
-    counts = {"documents_in": 0, "documents_out": 0, "documents_dropped": 0, "documents_emptied": 0,
+    counts: dict[str, Any] = {"documents_in": 0, "documents_out": 0, "documents_dropped": 0, "documents_emptied": 0,
               "spans_cut": 0, "bytes_in": 0, "bytes_out": 0}
     from repeatlab import corpus
 

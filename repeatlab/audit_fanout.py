@@ -108,7 +108,7 @@ def map_group(url: str, files: list[str], index: int, work_url: str, settings: S
                 storage.write_bytes(storage.join(out, f"h{part}"), open(path, "rb").read())
         sig = (np.concatenate(r["signatures"]) if r["signatures"]
                else np.zeros((0, settings.num_perm), dtype=np.uint32))
-        arrays = {"keys": np.frombuffer(b"".join(r["content_keys"]), dtype=np.uint8).reshape(-1, 16),
+        arrays: dict[str, np.ndarray] = {"keys": np.frombuffer(b"".join(r["content_keys"]), dtype=np.uint8).reshape(-1, 16),
                   "doc_content": np.asarray(r["doc_content"], dtype=np.int64),
                   "doc_tokens": np.asarray(r["doc_tokens"], dtype=np.int64), "signatures": sig,
                   "shard_first_doc": np.asarray(shards.first_doc, dtype=np.int64)}
@@ -206,14 +206,15 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
         raise CorpusError(f"{url}: no non-empty documents ({empty} empty) in {len(infos)} file(s); the audit "
                           "needs at least one document with text")
     t = time.perf_counter()
+    exact_counter: _FingerprintCounter | None = counter
     if len(shards.paths) > 1:
         counter.finish()  # sum each fingerprint partition over all groups
     else:
-        counter = None  # one shard in all: the suffix array alone is exact
+        exact_counter = None  # one shard in all: the suffix array alone is exact
     timings = {"read_tokenize_s": read_s, "minhash_s": minhash_s, "fingerprint_merge_s": time.perf_counter() - t,
                "merge_s": time.perf_counter() - t0}
     return _measure(infos, empty, all_content.tolist(), np.concatenate(doc_tokens).tolist(), signatures, previews,
-                    shards, settings, tok, log.info, timings, t0, counter)
+                    shards, settings, tok, log.info, timings, t0, exact_counter)
 
 
 def publish_kfp_outputs(result: dict, out_url: str, audit_json, html, markdown, metrics) -> None:

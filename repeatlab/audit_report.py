@@ -61,7 +61,8 @@ def _fig_damage_map(audit: dict):
                         label=f"study {side} edge: E = {fit['k']:.3g} N^{fit['alpha']:.2f}")
             pts = [(m["n_params"], m[side]) for m in region["per_model"] if m[side] is not None]
             if pts:
-                ax.scatter(*zip(*pts), color="k", marker=mk, s=18, label=f"measured {side} edges")
+                xs, ys = zip(*pts)
+                ax.scatter(xs, ys, color="k", marker=mk, s=18, label=f"measured {side} edges")
             elif not fit and p["buckets"][0][f"{side}_edge"] is not None:
                 ax.axhline(p["buckets"][0][f"{side}_edge"], color="k", ls=ls, lw=1, label=f"study {side} edge")
     ax.axvline(n, color="C0", lw=1, label=f"N = {n:.3g}")

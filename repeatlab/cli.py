@@ -23,6 +23,9 @@ from repeatlab import logs
 
 Handler = Callable[[argparse.Namespace], int]
 
+# The commands whose arguments are defined here, in the order `repeatlab --help` lists them.
+COMMANDS = ("prepare", "mix", "grid", "train", "evaluate", "analyze", "danger", "audit", "report", "archive", "run",
+            "compile")
 # Commands whose arguments their own module still parses: name -> (module, function, one-line help).
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "family": ("repeatlab.model", "cli", "list the model family with non-embedding parameter counts"),
@@ -490,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] == "help":
         parser.print_help()
         return 0
-    names = set(DELEGATED) | set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    names = set(DELEGATED) | set(COMMANDS)
     command = next((a for a in argv if a in names), None)
     try:
         if command in DELEGATED:

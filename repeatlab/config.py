@@ -614,7 +614,7 @@ class _UniqueKeyLoader:
 
         class Loader(yaml.SafeLoader):
             def construct_mapping(self, node, deep=False):
-                seen = {}
+                seen: dict[Any, int] = {}
                 for key_node, _ in node.value:
                     key = self.construct_object(key_node, deep=deep)
                     if key in seen:

@@ -381,7 +381,7 @@ def tokens_of(tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024,
 
 def _write_array(url: str, arr: np.ndarray) -> str:
     """Write `arr` atomically; returns its sha256."""
-    data = memoryview(np.ascontiguousarray(arr)).cast("B")
+    data = np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data
     with storage.atomic_local_file(url) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
     return hashlib.sha256(data).hexdigest()
@@ -471,7 +471,8 @@ def resolve_inputs(cfg: CorpusConfig, log: Callable = print) -> Inputs:
     """Read and hash the input files; nothing is written to the study's storage."""
     url, fmt, eff = _resolve(cfg, log)
     infos, held = _read_inputs(url, log)
-    ood_infos, ood_held = (None, {})
+    ood_infos: list[dict] | None = None
+    ood_held: dict[str, bytes] = {}
     if cfg.ood_url:
         ood_infos, ood_held = _read_inputs(cfg.ood_url, log)
     return Inputs(fmt, eff, infos, held, ood_infos, ood_held, corpus_id_of(eff, infos, ood_infos))
@@ -545,7 +546,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
     t_read = time.perf_counter()
 
     if eff.tokenizer == "byte":
-        tok = ByteTokenizer()
+        tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
     else:
         log(f"training a BPE tokenizer (vocab {eff.vocab_size}) on {len(splits['train'])} train documents")
         tok = BPETokenizer.train(splits["train"], eff.vocab_size)
@@ -572,7 +573,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
         tok.save(files.tokenizer)
     storage.write_json(files.config, dataclasses.asdict(cfg))
 
-    source = {"url": cfg.url, "format": formats[0] if len(set(formats)) == 1 else "mixed", "files": infos}
+    source: dict[str, Any] = {"url": cfg.url, "format": formats[0] if len(set(formats)) == 1 else "mixed", "files": infos}
     if ood_infos is not None:
         source["ood_url"] = cfg.ood_url
         source["ood_files"] = ood_infos

@@ -17,7 +17,7 @@ import numpy as np
 
 from repeatlab.errors import AnalysisError
 
-PAPER = {
+PAPER: dict[str, Any] = {
     "left": {"k": 4.2e6, "alpha": -0.56}, "right": {"k": 5.1e7, "alpha": -0.50},
     "total_tokens": 100e9, "fraction": 0.10, "n_range": [1.57e6, 8.05e8], "epochs_range": [1.0, 1e4],
     "source": "Hernandez et al. 2022 (arXiv 2205.10487), T = 100B tokens, f = 10%, GPT-2 BPE tokenizer",

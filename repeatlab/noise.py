@@ -208,11 +208,11 @@ def suspect_baselines(runs: list[dict], noise: dict, metric: str = METRIC) -> li
                                     f"than {SIGNIFICANCE:g} standard errors ({limit:.3f})")
         sigma = sigma_of(noise, name, n)
         drops = [final_drop_per_doubling(r.get("curve")) for r in base_runs]
-        drops = [d for d in drops if d is not None]
-        others = [final_drop_per_doubling(r.get("curve")) for r in rs if r not in base_runs]
-        others = [d for d in others if d is not None]
-        if drops and sigma:
-            drop = max(drops)
+        drops_known = [d for d in drops if d is not None]
+        others_all = [final_drop_per_doubling(r.get("curve")) for r in rs if r not in base_runs]
+        others = [d for d in others_all if d is not None]
+        if drops_known and sigma:
+            drop = max(drops_known)
             row["final_drop_per_doubling"] = drop
             reference = float(np.median(others)) if others else 0.0
             if drop > SIGNIFICANCE * sigma and drop > STEEP_FACTOR * max(reference, 0.0):

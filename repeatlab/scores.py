@@ -268,7 +268,7 @@ def aggregate(scores: Any, top_k: int) -> dict[str, float]:
     return {"max": head_max(scores), "top_mean": top_k_mean(scores, top_k)}
 
 
-def to_nested(scores: Any) -> list[list[float]]:
+def to_nested(scores: Any) -> list[list[float | None]]:
     """[layer][head] plain floats (NaN becomes None) for JSON."""
     s = torch.as_tensor(scores, dtype=torch.float64)
     return [[None if np.isnan(v) else float(v) for v in row] for row in s.tolist()]

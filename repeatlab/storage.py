@@ -447,7 +447,7 @@ def create_exclusive(url: str, data: bytes) -> bool:
 
 def _precondition_failed(exc: BaseException) -> bool:
     """An S3 412 PreconditionFailed anywhere in the exception's chain (botocore's ClientError carries the code)."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         response = getattr(seen, "response", None)
         if isinstance(response, dict):
@@ -470,7 +470,7 @@ def write_json(url: str, obj: Any) -> None:
 def _json_default(obj: Any) -> Any:
     import dataclasses
 
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
