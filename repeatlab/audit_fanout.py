@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.audit_scan import (
     PARTITION_BITS,
     Scan,
@@ -69,12 +69,12 @@ def write_plan(url: str, groups: int, work_url: str, corpus_cfg: CorpusConfig | 
     """Plan the groups and store them at `<work_url>/plan.json` (the map and reduce steps read it); returns the
     group indexes the pipeline's ParallelFor iterates over."""
     plan = plan_groups(url, groups, corpus_cfg)
-    storage.write_json(storage.join(work_url, "plan.json"), {"corpus_url": url, "groups": plan})
+    storage.write_json(storage.join(work_url, layout.AUDIT_PLAN), {"corpus_url": url, "groups": plan})
     return list(range(len(plan)))
 
 
 def read_plan(work_url: str) -> list[list[str]]:
-    plan_url = storage.join(work_url, "plan.json")
+    plan_url = storage.join(work_url, layout.AUDIT_PLAN)
     if not storage.exists(plan_url):
         raise CorpusError(f"{plan_url}: no plan; the audit's plan step did not run or work_url changed")
     return storage.read_json(plan_url)["groups"]

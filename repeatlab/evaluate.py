@@ -472,9 +472,9 @@ def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any,
     elif int(step) not in steps:
         raise CheckpointError(f"{checkpoint_url(run_url, step)}: no complete checkpoint at step {step}; "
                               f"available steps: {', '.join(map(str, steps))}")
-    url = run.checkpoint_file(step, "model.pt")
+    url = run.checkpoint_file(step, layout.MODEL_FILE)
     recorded = storage.read_json(run.checkpoint_state(step)).get("files") or {}
-    state = load_state_dict(url, recorded.get("model.pt"))
+    state = load_state_dict(url, recorded.get(layout.MODEL_FILE))
     model = build_model(point["model"])
     check_state_dict(state, model.state_dict(), url)
     try:

@@ -17,14 +17,20 @@ from dataclasses import dataclass
 from repeatlab import storage
 
 CORPORA, RUNS, STUDIES = "corpora", "runs", "studies"
+# Record file names (records.py names its errors after them)
+POINT, EXECUTION, DONE, EVAL, POINTS = "point.json", "execution.json", "done.json", "eval.json", "points.json"
+MANIFEST, TOKENIZER = "manifest.json", "tokenizer.json"
+LEASE = "lease.json"
+MODEL_FILE = "model.pt"
+AUDIT_PLAN = "plan.json"  # the audit fan-out's work folder: {work_url}/plan.json
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 # The files of one checkpoint; state.json is written last, so a checkpoint without it is incomplete.
-CHECKPOINT_FILES = ("model.pt", "optim.pt", "rng.pt", "exposures.npy")
+CHECKPOINT_FILES = (MODEL_FILE, "optim.pt", "rng.pt", "exposures.npy")
 CHECKPOINT_STATE = "state.json"
 # The records of a run and of a study that `repeatlab archive` keeps (no checkpoints, no plans' arrays).
-RUN_RECORDS = ("point.json", "plan.json", "done.json", "eval.json", "train.jsonl")
-STUDY_RECORDS = ("config.yaml", "points.json", "analysis.json")
+RUN_RECORDS = (POINT, "plan.json", DONE, EVAL, "train.jsonl")
+STUDY_RECORDS = ("config.yaml", POINTS, "analysis.json")
 
 
 def corpus_url(root: str, corpus_id: str) -> str:
@@ -56,7 +62,7 @@ class Corpus:
 
     @property
     def manifest(self) -> str:
-        return storage.join(self.url, "manifest.json")
+        return storage.join(self.url, MANIFEST)
 
     @property
     def config(self) -> str:
@@ -64,7 +70,7 @@ class Corpus:
 
     @property
     def tokenizer(self) -> str:
-        return storage.join(self.url, "tokenizer.json")
+        return storage.join(self.url, TOKENIZER)
 
     @staticmethod
     def split_file(split: str) -> str:
@@ -86,11 +92,11 @@ class Run:
 
     @property
     def point(self) -> str:
-        return self.file("point.json")
+        return self.file(POINT)
 
     @property
     def execution(self) -> str:
-        return self.file("execution.json")
+        return self.file(EXECUTION)
 
     @property
     def plan_json(self) -> str:
@@ -110,11 +116,11 @@ class Run:
 
     @property
     def done(self) -> str:
-        return self.file("done.json")
+        return self.file(DONE)
 
     @property
     def eval(self) -> str:
-        return self.file("eval.json")
+        return self.file(EVAL)
 
     def eval_at(self, step: int | None, final_step: int) -> str:
         """eval.json for the final checkpoint; eval-step-NNNNNNN.json for an earlier one."""
@@ -124,7 +130,7 @@ class Run:
 
     @property
     def lease(self) -> str:
-        return self.file("lease.json")
+        return self.file(LEASE)
 
     @property
     def checkpoints(self) -> str:
@@ -167,7 +173,7 @@ class Study:
 
     @property
     def points(self) -> str:
-        return storage.join(self.url, "points.json")
+        return storage.join(self.url, POINTS)
 
     @property
     def analysis(self) -> str:

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.config import EXECUTION_ONLY_TRAIN_FIELDS, BudgetConfig, EvalConfig, StudyConfig, TrainConfig
 from repeatlab.errors import RecordError
 
@@ -83,7 +83,7 @@ class Point(Record):
     """point.json. `train` holds the settings that change the computation only (EXECUTION_ONLY_TRAIN_FIELDS are in
     Execution); records written before that split hold them too and are read as they are."""
 
-    NAME: ClassVar[str] = "point.json"
+    NAME: ClassVar[str] = layout.POINT
 
     point_id: str
     corpus_id: str
@@ -128,7 +128,7 @@ class Execution(Record):
     plan (unlike point.json, which is content-addressed and written once), so an edited device, micro-batch or
     thread count takes effect on a rerun of an existing point."""
 
-    NAME: ClassVar[str] = "execution.json"
+    NAME: ClassVar[str] = layout.EXECUTION
 
     point_id: str
     train: dict[str, Any]
@@ -155,7 +155,7 @@ def train_settings(point: Point, execution: Execution | None) -> TrainConfig:
 class Done(Record):
     """done.json: written by rank 0 after the final checkpoint; its presence means the point is trained."""
 
-    NAME: ClassVar[str] = "done.json"
+    NAME: ClassVar[str] = layout.DONE
 
     point_id: str
     config_hash: str
@@ -181,7 +181,7 @@ class EvalRecord(Record):
     """eval.json. `step` (the evaluated checkpoint), `icl`, `warnings` and `record_sha256` are absent from records
     made before they existed."""
 
-    NAME: ClassVar[str] = "eval.json"
+    NAME: ClassVar[str] = layout.EVAL
     OPTIONAL: ClassVar[tuple[str, ...]] = ("step", "icl", "warnings", "record_sha256")
 
     point_id: str
@@ -215,7 +215,7 @@ class StudyPoints:
     points: list[Point] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "points.json") -> StudyPoints:
+    def from_json(cls, data: Any, where: str = layout.POINTS) -> StudyPoints:
         if not isinstance(data, list):
             raise RecordError(f"{where}: {type(data).__name__} is not allowed: expected a JSON list of points")
         return cls([Point.from_json(p, where=f"{where}[{i}]") for i, p in enumerate(data)])
