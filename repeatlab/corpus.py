@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from repeatlab.config import CorpusConfig, stable_hash
 from repeatlab.errors import CorpusError, StorageError
 from repeatlab.tokenizer import EOT_ID, BPETokenizer, ByteTokenizer, token_dtype
 
+_log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "probe")
 TEXT_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -467,7 +469,7 @@ class Inputs:
     corpus_id: str
 
 
-def resolve_inputs(cfg: CorpusConfig, log: Callable = print) -> Inputs:
+def resolve_inputs(cfg: CorpusConfig, log: Callable[[str], object] = _log.info) -> Inputs:
     """Read and hash the input files; nothing is written to the study's storage."""
     url, fmt, eff = _resolve(cfg, log)
     infos, held = _read_inputs(url, log)
@@ -478,7 +480,7 @@ def resolve_inputs(cfg: CorpusConfig, log: Callable = print) -> Inputs:
     return Inputs(fmt, eff, infos, held, ood_infos, ood_held, corpus_id_of(eff, infos, ood_infos))
 
 
-def identify(cfg: CorpusConfig, root: str, log: Callable = print) -> tuple[str, dict | None]:
+def identify(cfg: CorpusConfig, root: str, log: Callable[[str], object] = _log.info) -> tuple[str, dict | None]:
     """(corpus id, its manifest under `root` or None when not prepared yet), without preparing anything."""
     corpus_id = resolve_inputs(cfg, log).corpus_id
     manifest_url = layout.Corpus(corpus_url(root, corpus_id)).manifest
@@ -527,7 +529,7 @@ def _write_ood(cfg: CorpusConfig, inputs: Inputs, tok: Any, dtype: np.dtype, fil
             "file": files.split_file("ood"), "sha256": sha}
 
 
-def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
+def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = _log.info) -> dict:
     """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
     t0 = time.perf_counter()
     inputs = resolve_inputs(cfg, log)

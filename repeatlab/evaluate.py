@@ -33,6 +33,7 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import math
 import os
 import time
@@ -47,6 +48,7 @@ from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
 from repeatlab.records import EvalRecord, Point
 
+_log = logging.getLogger(__name__)
 EOT_ID = 0
 COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
 PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
@@ -547,7 +549,7 @@ def headline(record: dict) -> dict:
             "icl_stderr": (record.get("icl") or {}).get("stderr"), **record["aggregates"]}
 
 
-def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any] = print,
+def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any] = _log.info,
                  device: str = "auto") -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
     started = time.time()

@@ -87,6 +87,13 @@ def setup(fmt: str | None = None, level: int | str = logging.INFO, stream: Any =
     logger.propagate = True  # pytest's caplog and an application's root handlers still see the records
 
 
+def ensure_configured() -> None:
+    """setup() unless logging is configured already (by the CLI, or by an application's root handlers): the steps
+    call it, so a KFP component's INFO lines reach its pod log without the component configuring anything."""
+    if not logging.getLogger("repeatlab").handlers and not logging.getLogger().handlers:
+        setup()
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Iterate with a tqdm bar where a person watches (a terminal, human format, rank 0), silently otherwise."""
     show = sys.stderr.isatty() and log_format() == "human" and rank() in (None, 0)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +34,7 @@ from repeatlab import layout, storage
 from repeatlab.errors import PlanError
 from repeatlab.records import Point
 
+_log = logging.getLogger(__name__)
 PLAN_FORMAT_VERSION = 1
 UNEVEN_RULE = (
     "when R is not a multiple of n_rep, the first R mod n_rep repeated sequences (in random order) are seen "
@@ -187,7 +190,7 @@ def load_array(url: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
 
 
-def mix_run(run_url: str, log=print) -> dict:
+def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
     """Build and write the plan of the point described by `{run_url}/point.json`; reuse a complete plan."""
     from repeatlab.corpus import load_manifest
 

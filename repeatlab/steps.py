@@ -8,23 +8,28 @@ same steps called directly against the pipeline to measure orchestration overhea
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from repeatlab import layout, logs, storage
 from repeatlab.config import StudyConfig, loads
 from repeatlab.errors import StorageError, TrainError
 from repeatlab.records import Done, EvalRecord, Execution, Point
 
+_log = logging.getLogger(__name__)
+
 
 def load_study(study_config: str) -> StudyConfig:
+    logs.ensure_configured()
     cfg = loads(study_config)
     storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
     return cfg
 
 
-def prepare(study_config: str, log=print) -> dict:
+def prepare(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Prepare (or reuse) the study's corpus; returns {corpus_id, corpus_url, manifest}."""
     from repeatlab.corpus import prepare_corpus
 
@@ -45,7 +50,8 @@ def plan_grid(study_config: str, corpus_url: str) -> list[str]:
     return [layout.run_url(cfg.storage.root, p["point_id"]) for p in points]
 
 
-def mix(run_url: str, log=print) -> dict:
+def mix(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
+    logs.ensure_configured()
     from repeatlab.mix import mix_run
 
     return mix_run(run_url, log=log)
@@ -70,7 +76,7 @@ def execution_of(run: layout.Run) -> dict:
     return Point.read(run.point).train
 
 
-def train(run_url: str, nproc_per_node: int | None = None, log=print, evaluate: bool = True, *,
+def train(run_url: str, nproc_per_node: int | None = None, log: Callable[[str], object] = _log.info, evaluate: bool = True, *,
           nnodes: int | None = None, max_steps: int | None = None) -> dict:
     """Train one point with torchrun as a subprocess (resuming from its last checkpoint); skip a finished point.
 
@@ -78,6 +84,7 @@ def train(run_url: str, nproc_per_node: int | None = None, log=print, evaluate: 
     evaluate: the training processes also evaluate the final checkpoint, so the evaluate step that follows only
     publishes eval.json instead of starting torch and loading the model a second time.
     """
+    logs.ensure_configured()
     from repeatlab.launch import run_trainer, torchrun_command
 
     run = layout.Run(run_url)
@@ -101,8 +108,9 @@ def train(run_url: str, nproc_per_node: int | None = None, log=print, evaluate: 
     return {"skipped": False, **Done.read(run.done).to_json()}
 
 
-def evaluate(run_url: str, log=print) -> dict:
+def evaluate(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
     """Evaluate a trained point (reusing an eval.json of the same final checkpoint)."""
+    logs.ensure_configured()
     run = layout.Run(run_url)
     if storage.exists(run.eval) and run.is_trained():
         from repeatlab.errors import IntegrityError, RecordError
@@ -122,14 +130,14 @@ def evaluate(run_url: str, log=print) -> dict:
     return evaluate_run(run_url, log=log)
 
 
-def run_point(run_url: str, nproc_per_node: int = 1, log=print) -> dict:
+def run_point(run_url: str, nproc_per_node: int = 1, log: Callable[[str], object] = _log.info) -> dict:
     """mix -> train -> evaluate for one point (what one ParallelFor iteration does)."""
     mix(run_url, log=log)
     train(run_url, nproc_per_node=nproc_per_node, log=log)
     return evaluate(run_url, log=log)
 
 
-def analyze(study_config: str, log=print) -> dict:
+def analyze(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Fit the study from the eval records in storage; writes and returns analysis.json."""
     from repeatlab import analyze as analyze_lib
 
@@ -145,7 +153,7 @@ def report_title(study: str) -> str:
     return f"repeatlab study: {study}"
 
 
-def report(study_config: str, log=print) -> dict:
+def report(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Write the study report; returns the URLs of index.html, report.md and results.csv."""
     from repeatlab import analyze as analyze_lib
     from repeatlab.report import write_report
@@ -159,7 +167,7 @@ def report(study_config: str, log=print) -> dict:
     return paths
 
 
-def run_study_directly(study_config: str, log=print) -> dict:
+def run_study_directly(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Every step in order in this process, no KFP: the baseline for the pipeline-overhead benchmark."""
     prepared = prepare(study_config, log=log)
     cfg = load_study(study_config)
