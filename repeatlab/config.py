@@ -63,6 +63,25 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 
 
+_SECTION_PATHS: dict[type, str] = {}  # section class -> its path in a study (for errors of a section built alone)
+
+
+def _section(cls: type) -> Any:
+    """A pydantic dataclass whose construction raises ConfigError, one line with the dotted path, like loading a
+    study does (`CorpusConfig(chunk_tokens=1.5)` and `dataclasses.replace(...)` included)."""
+    built = dataclass(config=SECTION)(cls)
+    pydantic_init = built.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            pydantic_init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc, built, _SECTION_PATHS.get(built, ""))) from None
+
+    built.__init__ = __init__
+    return built
+
+
 def _check(condition: bool, path: str, value: Any, allowed: str) -> None:
     if not condition:
         raise ConfigError(f"{path}: {value!r} is not allowed: {allowed}")
@@ -78,7 +97,7 @@ def _positive_ints(section: Any, prefix: str, names: tuple[str, ...], minimum: i
 # Sections
 
 
-@dataclass(config=SECTION)
+@_section
 class CorpusConfig:
     """Where the documents come from and how they become tokens."""
 
@@ -118,7 +137,7 @@ class CorpusConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class BudgetConfig:
     """The same token budget T for every run: repeats replace unique tokens, they are not added."""
 
@@ -136,7 +155,7 @@ class BudgetConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class FamilyConfig:
     """The shape family that target sizes are resolved in: width = depth * aspect_ratio, fixed head size."""
 
@@ -150,7 +169,7 @@ class FamilyConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class ModelSpec:
     """One model of the study: a named/explicit shape, or a target non-embedding size resolved in the family.
     Checked by StudyConfig, which knows its index in `models` and the grid's fractions."""
@@ -182,7 +201,7 @@ class ModelSpec:
             _check(f in grid_fractions, f"{p}.fractions[{j}]", f, f"one of grid.fractions {grid_fractions}")
 
 
-@dataclass(config=SECTION)
+@_section
 class ExtraSeeds:
     """More seeds at the key points (the paper's boundary fits were noisy)."""
 
@@ -191,7 +210,7 @@ class ExtraSeeds:
     epochs: list[Float] = field(default_factory=list)  # empty: all
 
 
-@dataclass(config=SECTION)
+@_section
 class GridConfig:
     fractions: list[Float] = field(default_factory=lambda: [0.0, 0.5])  # f; 0 is the baseline
     epochs: list[Float] = field(default_factory=lambda: [2, 8, 32, 128, 512])  # E, repeated epochs
@@ -222,7 +241,7 @@ class GridConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class TrainConfig:
     learning_rate: Float = 2e-3
     min_lr_ratio: Float = 0.1  # cosine decay to this fraction of the peak over the whole budget
@@ -266,7 +285,7 @@ class TrainConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class EvalConfig:
     eval_tokens: Int = 65_536  # test and repeated-subset loss, per split
     copy_repeats: Int = 11
@@ -293,7 +312,7 @@ class EvalConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class StorageConfig:
     root: Str = "file://./.repeatlab"
     options: dict[Str, dict[Str, Any]] = field(default_factory=dict)  # per protocol fsspec options (no secrets)
@@ -307,7 +326,7 @@ class StorageConfig:
         return self
 
 
-@dataclass(config=SECTION)
+@_section
 class ClusterConfig:
     """Settings that only matter on a Kubernetes cluster (ignored by the local runner)."""
 
@@ -369,7 +388,7 @@ def _default_models() -> list[ModelSpec]:
     return [ModelSpec(n_layer=2, n_embd=64, n_head=4)]
 
 
-@dataclass(config=SECTION)
+@_section
 class StudyConfig:
     name: Str = "study"
     description: Str = ""
@@ -476,9 +495,9 @@ def _step_into(tp: Any, key: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
-    """(dotted path, annotation at the end, annotation of its parent) of a pydantic error location."""
-    path, tp, parent = "", StudyConfig, StudyConfig
+def _walk(loc: tuple[Any, ...], root: Any, prefix: str = "") -> tuple[str, Any, Any]:
+    """(dotted path, annotation at the end, annotation of its parent) of a pydantic error location in `root`."""
+    path, tp, parent = prefix, root, root
     for key in loc:
         below, real = _step_into(tp, key)
         if not real:
@@ -488,9 +507,9 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
     return path, tp, parent
 
 
-def _one_line(exc: ValidationError) -> str:
+def _one_line(exc: ValidationError, root: Any = None, prefix: str = "") -> str:
     error = exc.errors(include_url=False)[0]
-    path, tp, parent = _walk(tuple(error["loc"]))
+    path, tp, parent = _walk(tuple(error["loc"]), root or StudyConfig, prefix)
     value = error.get("input")
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         allowed = sorted(f.name for f in dataclasses.fields(_strip(parent)))
@@ -501,6 +520,9 @@ def _one_line(exc: ValidationError) -> str:
 
 
 _STUDY = TypeAdapter(StudyConfig)
+_SECTION_PATHS.update({CorpusConfig: "corpus", BudgetConfig: "budget", FamilyConfig: "family", GridConfig: "grid",
+                       ExtraSeeds: "grid.extra_seeds", TrainConfig: "train", EvalConfig: "eval",
+                       StorageConfig: "storage", ClusterConfig: "cluster", ModelSpec: "models[]"})
 
 
 # ----------------------------------------------------------------------------------------------------------------------

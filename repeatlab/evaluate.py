@@ -4,7 +4,8 @@
 complete checkpoint, and writes `{run}/eval.json` (docs/architecture.md). `evaluate_model(...)` is the pure core: a
 model and token arrays in, the metrics dict out, no files.
 
-What is measured (shared/PAPER.md):
+What is measured (Hernandez et al. 2022, arXiv 2205.10487; Olsson et al. 2022, "In-context Learning and Induction
+Heads"):
   test_loss      mean per-token loss over up to eval.eval_tokens tokens of test.bin, in contiguous non-overlapping
                  windows of context + 1 tokens (the training window layout)
   repeated_loss  the same over the repeated subset's windows (repeated.npy offsets into train.bin); null for f = 0

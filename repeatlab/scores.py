@@ -7,7 +7,7 @@ Pure functions: inputs (patterns, tokens, models) are never modified. Attention 
     (what `GPT.forward_with_attention` returns),
 and tokens as [query] or [batch, query]. Scores come back as a float64 tensor [layer, head].
 
-Definitions (shared/PAPER.md, Olsson et al. 2022):
+Definitions (Olsson et al. 2022, "In-context Learning and Induction Heads"; Hernandez et al. 2022, arXiv 2205.10487):
   prefix matching  for each query token that occurred earlier in the sequence, the attention mass on the positions
                    right after its earlier occurrences (summed over all of them); averaged over such queries, then
                    over samples. Samples: BOS, then R random tokens repeated K times.
