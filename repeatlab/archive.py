@@ -29,8 +29,10 @@ def check_point_id(point: object, points_url: str) -> None:
     """A point id becomes a path component: only a content hash is allowed (`../x` would escape --out)."""
     pid = point.get("point_id") if isinstance(point, dict) else None
     if not isinstance(pid, str) or not POINT_ID.fullmatch(pid):
-        raise StorageError(f"{points_url}: point_id {pid!r} is not allowed: a content hash of 8-64 characters "
-                           "0-9a-f; the file is corrupt or was edited")
+        raise StorageError(
+            f"{points_url}: point_id {pid!r} is not allowed: a content hash of 8-64 characters "
+            "0-9a-f; the file is corrupt or was edited"
+        )
 
 
 def archive_study(root: str, study: str, out: str) -> dict:
@@ -51,8 +53,9 @@ def archive_study(root: str, study: str, out: str) -> dict:
     for name in storage.listdir(report):
         if not name.endswith(RECORD_SUFFIXES):
             continue
-        storage.write_bytes(storage.join(layout.Study(out_study).report, name),
-                            storage.read_bytes(storage.join(report, name)))
+        storage.write_bytes(
+            storage.join(layout.Study(out_study).report, name), storage.read_bytes(storage.join(report, name))
+        )
         copied += 1
     evaluated = 0
     for point in points:

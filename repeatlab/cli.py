@@ -24,13 +24,29 @@ from repeatlab import logs
 Handler = Callable[[argparse.Namespace], int]
 
 # The commands whose arguments are defined here, in the order `repeatlab --help` lists them.
-COMMANDS = ("prepare", "mix", "grid", "train", "evaluate", "analyze", "danger", "audit", "report", "archive", "run",
-            "compile")
+COMMANDS = (
+    "prepare",
+    "mix",
+    "grid",
+    "train",
+    "evaluate",
+    "analyze",
+    "danger",
+    "audit",
+    "report",
+    "archive",
+    "run",
+    "compile",
+)
 # Commands whose arguments their own module still parses: name -> (module, function, one-line help).
 DELEGATED: dict[str, tuple[str, str, str]] = {
     "family": ("repeatlab.model", "cli", "list the model family with non-embedding parameter counts"),
     "submit": ("repeatlab.kfp_client", "cli_submit", "submit a study to a Kubeflow Pipelines API"),
-    "schedule": ("repeatlab.kfp_client", "cli_schedule", "create a recurring run of a study on a Kubeflow Pipelines API"),
+    "schedule": (
+        "repeatlab.kfp_client",
+        "cli_schedule",
+        "create a recurring run of a study on a Kubeflow Pipelines API",
+    ),
 }
 
 
@@ -79,13 +95,16 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _log_args(p: argparse.ArgumentParser, default: Any = None) -> None:
-    p.add_argument("--log-format", choices=logs.FORMATS, default=default,
-                   help=f"log lines on stderr: human (default) or json (also ${logs.FORMAT_ENV})")
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=default,
+        help=f"log lines on stderr: human (default) or json (also ${logs.FORMAT_ENV})",
+    )
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="also log debug lines")
 
 
-STUDY, CONFIG, RUN_URL, JSON = (_parent(_study_args), _parent(_config_arg), _parent(_run_url_arg),
-                                _parent(_json_arg))
+STUDY, CONFIG, RUN_URL, JSON = (_parent(_study_args), _parent(_config_arg), _parent(_run_url_arg), _parent(_json_arg))
 LOGGING = _parent(lambda p: _log_args(p, default=argparse.SUPPRESS))  # after the command too, without clobbering
 
 
@@ -116,14 +135,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         cfg, root = study.corpus, args.root or study.storage.root
     else:
         cfg, root = CorpusConfig(), args.root or "file://./.repeatlab"
-    overrides = {"url": args.url, "format": args.format, "text_field": args.text_field,
-                 "split_on_blank_lines": args.split_on_blank_lines, "tokenizer": args.tokenizer,
-                 "vocab_size": args.vocab_size, "ood_url": args.ood_url, "chunk_tokens": args.chunk_tokens,
-                 "source_field": args.source_field}
+    overrides = {
+        "url": args.url,
+        "format": args.format,
+        "text_field": args.text_field,
+        "split_on_blank_lines": args.split_on_blank_lines,
+        "tokenizer": args.tokenizer,
+        "vocab_size": args.vocab_size,
+        "ood_url": args.ood_url,
+        "chunk_tokens": args.chunk_tokens,
+        "source_field": args.source_field,
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.vocab_size is None and args.tokenizer:  # a tokenizer switch brings its own default vocabulary
-        overrides["vocab_size"] = 256 if args.tokenizer == "byte" else (8192 if cfg.vocab_size == 256 else
-                                                                        cfg.vocab_size)
+        overrides["vocab_size"] = (
+            256 if args.tokenizer == "byte" else (8192 if cfg.vocab_size == 256 else cfg.vocab_size)
+        )
     manifest = prepare_corpus(dataclasses.replace(cfg, **overrides), root, log=_info)
     if args.json:
         _dump(manifest)
@@ -172,8 +199,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from repeatlab import steps
 
-    result = steps.train(args.run_url, nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
-                         evaluate=args.evaluate, max_steps=args.max_steps, log=_info)
+    result = steps.train(
+        args.run_url,
+        nproc_per_node=args.nproc_per_node,
+        nnodes=args.nnodes,
+        evaluate=args.evaluate,
+        max_steps=args.max_steps,
+        log=_info,
+    )
     if args.json:
         _dump(result)
     return 0
@@ -229,16 +262,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     settings = audit.settings_from_args(args)
     settings.check()
-    cfg = CorpusConfig(url=args.corpus, format=args.format, text_field=args.text_field,
-                       split_on_blank_lines=args.split_on_blank_lines)
+    cfg = CorpusConfig(
+        url=args.corpus, format=args.format, text_field=args.text_field, split_on_blank_lines=args.split_on_blank_lines
+    )
     if args.write_deduplicated and args.remove == "flagged" and args.params is None:
-        raise ConfigError("--remove flagged needs --params (which buckets are flagged depends on N); give --params "
-                          "or use --remove all")
-    result, scanned = audit.run_audit(args.corpus, settings, args.params, args.study,
-                                      audit._number("--passes", args.passes), cfg, args.tokenizer, args.strict_range)
+        raise ConfigError(
+            "--remove flagged needs --params (which buckets are flagged depends on N); give --params "
+            "or use --remove all"
+        )
+    result, scanned = audit.run_audit(
+        args.corpus,
+        settings,
+        args.params,
+        args.study,
+        audit._number("--passes", args.passes),
+        cfg,
+        args.tokenizer,
+        args.strict_range,
+    )
     if args.write_deduplicated:
-        result["deduplicated"] = audit.write_deduplicated(result, scanned, args.write_deduplicated, args.remove, cfg,
-                                                          args.tokenizer)
+        result["deduplicated"] = audit.write_deduplicated(
+            result, scanned, args.write_deduplicated, args.remove, cfg, args.tokenizer
+        )
     out = args.out or storage.join(layout.audits_url("file://./.repeatlab"), result["audit_id"])
     paths = write_audit_report(result, out)
     if args.json:
@@ -248,9 +293,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(line)
     if result.get("deduplicated"):
         d = result["deduplicated"]
-        print(f"wrote {d['url']}: {d['documents_out']:,} of {d['documents_in']:,} documents kept "
-              f"({d['documents_dropped']:,} duplicates dropped, {d['spans_cut']:,} repeated spans cut, "
-              f"{d['documents_emptied']:,} emptied); {d['bytes_out']:,} of {d['bytes_in']:,} bytes")
+        print(
+            f"wrote {d['url']}: {d['documents_out']:,} of {d['documents_in']:,} documents kept "
+            f"({d['documents_dropped']:,} duplicates dropped, {d['spans_cut']:,} repeated spans cut, "
+            f"{d['documents_emptied']:,} emptied); {d['bytes_out']:,} of {d['bytes_in']:,} bytes"
+        )
     print(f"wrote {paths['audit.json']}, {paths['index.html']}, {paths['report.md']}")
     return 0
 
@@ -266,8 +313,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if storage.exists(folder.analysis) and not args.reanalyze:
         analysis = storage.read_json(folder.analysis)
     else:
-        analysis = analyze_study(records, storage.read_json(folder.points), study=study,
-                                 corpora=corpus_manifests(root, records))
+        analysis = analyze_study(
+            records, storage.read_json(folder.points), study=study, corpora=corpus_manifests(root, records)
+        )
         storage.write_json(folder.analysis, analysis)
     paths = write_report(analysis, records, args.out or folder.report, steps.report_title(study))
     for line in analysis["findings"][:6]:
@@ -281,8 +329,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
     root, study = resolve_study(args)
     result = archive_study(root, study, args.out)
-    _info(f"archived {study}: {result['files']} files, {result['evaluated']} of {result['points']} points evaluated "
-          f"-> {result['out']}")
+    _info(
+        f"archived {study}: {result['files']} files, {result['evaluated']} of {result['points']} points evaluated "
+        f"-> {result['out']}"
+    )
     return 0
 
 
@@ -319,8 +369,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest))
         return 0
     with tempfile.TemporaryDirectory(prefix="repeatlab-compile-") as folder:
-        path = compile_pipeline(os.path.join(folder, "pipeline.yaml"), cfg,
-                                kubernetes_manifest=args.kubernetes_manifest)
+        path = compile_pipeline(
+            os.path.join(folder, "pipeline.yaml"), cfg, kubernetes_manifest=args.kubernetes_manifest
+        )
         with open(path, encoding="utf-8") as fh:
             sys.stdout.write(fh.read())
     return 0
@@ -358,19 +409,29 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-tokens", default=str(2 << 20), help="tokens per suffix-array shard (default 2097152)")
     p.add_argument("--max-memory", default=str(4 << 30), help="bytes for signatures and one shard (default 4 GiB)")
     p.add_argument("--out", help="folder for audit.json and the report (default file://./.repeatlab/audits/ID)")
-    p.add_argument("--write-deduplicated", metavar="URL", help="write the corpus without the flagged repetition "
-                   "(.jsonl, .jsonl.gz or .jsonl.zst)")
-    p.add_argument("--remove", default="flagged", choices=["flagged", "all"],
-                   help="what --write-deduplicated removes: the flagged buckets (default) or all repetition")
+    p.add_argument(
+        "--write-deduplicated",
+        metavar="URL",
+        help="write the corpus without the flagged repetition (.jsonl, .jsonl.gz or .jsonl.zst)",
+    )
+    p.add_argument(
+        "--remove",
+        default="flagged",
+        choices=["flagged", "all"],
+        help="what --write-deduplicated removes: the flagged buckets (default) or all repetition",
+    )
     p.add_argument("--strict-range", action="store_true", help="fail instead of reporting an extrapolated reading")
     p.add_argument("--json", action="store_true", help="print audit.json instead of the summary")
 
 
-
 def _add_prepare(sub: Any) -> None:
-    p = sub.add_parser("prepare", parents=[LOGGING], help="read, deduplicate, split and tokenize a corpus into shards",
-                       description="Read, deduplicate, split and tokenize a corpus into token shards under "
-                                   "{root}/corpora/{corpus_id}/ (reused when already prepared).")
+    p = sub.add_parser(
+        "prepare",
+        parents=[LOGGING],
+        help="read, deduplicate, split and tokenize a corpus into shards",
+        description="Read, deduplicate, split and tokenize a corpus into token shards under "
+        "{root}/corpora/{corpus_id}/ (reused when already prepared).",
+    )
     p.add_argument("--config", help="study YAML: uses its corpus and storage sections")
     p.add_argument("--url", help="corpus file, folder, glob or fsspec URL, or 'default'")
     p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"])
@@ -379,8 +440,12 @@ def _add_prepare(sub: Any) -> None:
     p.add_argument("--tokenizer", choices=["byte", "bpe"])
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192 with --tokenizer bpe); byte: 256")
     p.add_argument("--ood-url")
-    p.add_argument("--chunk-tokens", type=int, help="cut documents into pieces of about this many byte tokens "
-                   "before the split (0: off; default: automatic, on for the default corpus)")
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        help="cut documents into pieces of about this many byte tokens "
+        "before the split (0: off; default: automatic, on for the default corpus)",
+    )
     p.add_argument("--source-field", help="JSONL key / Parquet column naming each document's source")
     p.add_argument("--root", help="storage root (default: the config's storage.root, else file://./.repeatlab)")
     _json_arg(p)
@@ -388,86 +453,151 @@ def _add_prepare(sub: Any) -> None:
 
 
 def _add_steps(sub: Any) -> None:
-    p = sub.add_parser("mix", parents=[RUN_URL, JSON, LOGGING], help="build the exact mixture plan of one grid point",
-                       description="Build the exact mixture plan (plan.npy, repeated.npy, plan.json) of the point "
-                                   "in --run-url; a complete plan is reused.")
+    p = sub.add_parser(
+        "mix",
+        parents=[RUN_URL, JSON, LOGGING],
+        help="build the exact mixture plan of one grid point",
+        description="Build the exact mixture plan (plan.npy, repeated.npy, plan.json) of the point "
+        "in --run-url; a complete plan is reused.",
+    )
     p.set_defaults(handler=cmd_mix)
-    p = sub.add_parser("grid", parents=[CONFIG, JSON, LOGGING], help="list a study's grid points and their ids",
-                       description="List a study's grid points with their content-addressed ids. Writes nothing "
-                                   "unless --write.")
-    p.add_argument("--write", action="store_true",
-                   help="prepare the corpus if needed and write point.json, execution.json and points.json")
+    p = sub.add_parser(
+        "grid",
+        parents=[CONFIG, JSON, LOGGING],
+        help="list a study's grid points and their ids",
+        description="List a study's grid points with their content-addressed ids. Writes nothing unless --write.",
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="prepare the corpus if needed and write point.json, execution.json and points.json",
+    )
     p.set_defaults(handler=cmd_grid)
-    p = sub.add_parser("train", parents=[RUN_URL, JSON, LOGGING], help="train one grid point under torchrun",
-                       description="Train one grid point: torchrun with an explicit --nproc-per-node, resuming "
-                                   "from the last checkpoint; a trained point is skipped. The same step the "
-                                   "pipeline runs.")
-    p.add_argument("--nproc-per-node", type=int, default=None,
-                   help="processes per node (default: the run's execution.json, else 1)")
+    p = sub.add_parser(
+        "train",
+        parents=[RUN_URL, JSON, LOGGING],
+        help="train one grid point under torchrun",
+        description="Train one grid point: torchrun with an explicit --nproc-per-node, resuming "
+        "from the last checkpoint; a trained point is skipped. The same step the "
+        "pipeline runs.",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        help="processes per node (default: the run's execution.json, else 1)",
+    )
     p.add_argument("--nnodes", type=int, default=None, help="nodes (default: the run's execution.json, else 1)")
-    p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
-                   help="do not evaluate the final checkpoint in the training processes (the pipeline does)")
+    p.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="do not evaluate the final checkpoint in the training processes (the pipeline does)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_train)
-    p = sub.add_parser("evaluate", parents=[RUN_URL, LOGGING], help="evaluate a trained point -> eval.json",
-                       description="Evaluate a trained point: losses, copying, ICL and per-head scores -> eval.json.")
-    p.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
-                   help="evaluate the checkpoint at this step (default: the latest complete one)")
+    p = sub.add_parser(
+        "evaluate",
+        parents=[RUN_URL, LOGGING],
+        help="evaluate a trained point -> eval.json",
+        description="Evaluate a trained point: losses, copying, ICL and per-head scores -> eval.json.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="evaluate the checkpoint at this step (default: the latest complete one)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(handler=cmd_evaluate)
 
 
 def _add_results(sub: Any) -> None:
-    p = sub.add_parser("analyze", parents=[STUDY, JSON, LOGGING], help="fit the study -> analysis.json",
-                       description="Fit the baselines, effective sizes, worst E and the poor-performance region "
-                                   "from the study's eval records; writes analysis.json.")
+    p = sub.add_parser(
+        "analyze",
+        parents=[STUDY, JSON, LOGGING],
+        help="fit the study -> analysis.json",
+        description="Fit the baselines, effective sizes, worst E and the poor-performance region "
+        "from the study's eval records; writes analysis.json.",
+    )
     p.set_defaults(handler=cmd_analyze)
-    p = sub.add_parser("danger", parents=[JSON, LOGGING], help="is repeating this data E times dangerous at N?",
-                       description="Is repeating a fraction f of the data E times dangerous for a model of N "
-                                   "non-embedding parameters? From a study's region, else the paper's.")
+    p = sub.add_parser(
+        "danger",
+        parents=[JSON, LOGGING],
+        help="is repeating this data E times dangerous at N?",
+        description="Is repeating a fraction f of the data E times dangerous for a model of N "
+        "non-embedding parameters? From a study's region, else the paper's.",
+    )
     p.add_argument("--params", required=True, help="non-embedding parameters N (e.g. 1e9)")
     p.add_argument("--fraction", required=True, help="fraction f of the tokens that are repeats, in [0, 1)")
     p.add_argument("--epochs", required=True, help="how many times the repeated subset is seen, E >= 1")
     p.add_argument("--study", help="URL of a study's analysis.json")
     p.add_argument("--config", help="study YAML (reads {root}/studies/{name}/analysis.json)")
     p.set_defaults(handler=cmd_danger)
-    p = sub.add_parser("audit", parents=[LOGGING], help="how much of a corpus is repeated, on the damage map",
-                       description="How much of a corpus is repeated how often, placed on the damage map.")
+    p = sub.add_parser(
+        "audit",
+        parents=[LOGGING],
+        help="how much of a corpus is repeated, on the damage map",
+        description="How much of a corpus is repeated how often, placed on the damage map.",
+    )
     _audit_args(p)
     p.set_defaults(handler=cmd_audit)
-    p = sub.add_parser("report", parents=[STUDY, LOGGING], help="write the study report (HTML, Markdown, CSV)",
-                       description="Write the study report (HTML, Markdown, CSV) from analysis.json.")
+    p = sub.add_parser(
+        "report",
+        parents=[STUDY, LOGGING],
+        help="write the study report (HTML, Markdown, CSV)",
+        description="Write the study report (HTML, Markdown, CSV) from analysis.json.",
+    )
     p.add_argument("--out", help="output folder (default {root}/studies/{study}/report)")
     p.add_argument("--reanalyze", action="store_true", help="recompute the analysis even if analysis.json exists")
     p.set_defaults(handler=cmd_report)
-    p = sub.add_parser("archive", parents=[STUDY, LOGGING], help="copy a study's records to keep them",
-                       description="Copy a study's records (no checkpoints, no figures) to a folder or bucket.")
+    p = sub.add_parser(
+        "archive",
+        parents=[STUDY, LOGGING],
+        help="copy a study's records to keep them",
+        description="Copy a study's records (no checkpoints, no figures) to a folder or bucket.",
+    )
     p.add_argument("--out", required=True, help="destination root (a folder or an fsspec URL)")
     p.set_defaults(handler=cmd_archive)
 
 
 def _add_pipeline(sub: Any) -> None:
-    p = sub.add_parser("run", parents=[CONFIG, LOGGING], help="run a whole study (locally unless --host)",
-                       description="Run a whole study: through the KFP local runner on this machine, or, with "
-                                   "--host, submitted to that Kubeflow Pipelines API.")
+    p = sub.add_parser(
+        "run",
+        parents=[CONFIG, LOGGING],
+        help="run a whole study (locally unless --host)",
+        description="Run a whole study: through the KFP local runner on this machine, or, with "
+        "--host, submitted to that Kubeflow Pipelines API.",
+    )
     p.add_argument("--local", action="store_true", help="run on this machine (the default without --host)")
     p.add_argument("--host", help="a Kubeflow Pipelines API to submit to instead (as `repeatlab submit`)")
     p.add_argument("--root", default=None, help="override storage.root (file://, s3://, gs://)")
     p.add_argument("--pipeline-root", default=None, help="local folder for KFP's step artifacts")
     p.set_defaults(handler=cmd_run)
-    p = sub.add_parser("compile", parents=[LOGGING], help="compile the pipeline to YAML (stdout or --output)",
-                       description="Compile the pipeline to YAML, on stdout unless --output is given (the "
-                                   "checked-in pipelines/repetition_grid.yaml is written by `make compile`).")
+    p = sub.add_parser(
+        "compile",
+        parents=[LOGGING],
+        help="compile the pipeline to YAML (stdout or --output)",
+        description="Compile the pipeline to YAML, on stdout unless --output is given (the "
+        "checked-in pipelines/repetition_grid.yaml is written by `make compile`).",
+    )
     p.add_argument("--config", default=None, help="study YAML (default: pipelines/configs/paper-small-kubeflow.yaml)")
     p.add_argument("--output", default=None, help="write the YAML here instead of stdout")
-    p.add_argument("--kubernetes-manifest", action="store_true",
-                   help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML")
+    p.add_argument(
+        "--kubernetes-manifest",
+        action="store_true",
+        help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML",
+    )
     p.set_defaults(handler=cmd_compile)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repeatlab", description="Measure how repeated training data damages "
-                                     "language models (Hernandez et al. 2022), locally or as a Kubeflow pipeline.")
+    parser = argparse.ArgumentParser(
+        prog="repeatlab",
+        description="Measure how repeated training data damages "
+        "language models (Hernandez et al. 2022), locally or as a Kubeflow pipeline.",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     _log_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -500,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             index = argv.index(command)
             top = parser.parse_args(argv[:index])
             logs.setup(top.log_format, "DEBUG" if top.verbose else "INFO")
-            return _delegate(command, argv[index + 1:])
+            return _delegate(command, argv[index + 1 :])
         args = parser.parse_args(argv)
         if args.version:
             from repeatlab import __version__

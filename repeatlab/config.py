@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
@@ -35,8 +35,15 @@ SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
 # (the same point trained on 1 CPU or 8 GPUs is the same point), kept out of point.json and written to the run's
 # execution.json instead, which every plan rewrites (records.Execution).
 EXECUTION_ONLY_TRAIN_FIELDS = (
-    "nproc_per_node", "nnodes", "device", "compile", "threads_per_rank", "checkpoint_every",
-    "keep_checkpoints", "process_group_timeout_s", "micro_batch_sequences",
+    "nproc_per_node",
+    "nnodes",
+    "device",
+    "compile",
+    "threads_per_rank",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "process_group_timeout_s",
+    "micro_batch_sequences",
 )
 
 
@@ -63,23 +70,23 @@ Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 
 
+_T = TypeVar("_T")
 _SECTION_PATHS: dict[type, str] = {}  # section class -> its path in a study (for errors of a section built alone)
 
 
-def _section(cls: type) -> Any:
-    """A pydantic dataclass whose construction raises ConfigError, one line with the dotted path, like loading a
-    study does (`CorpusConfig(chunk_tokens=1.5)` and `dataclasses.replace(...)` included)."""
-    built = dataclass(config=SECTION)(cls)
-    pydantic_init = built.__init__
+def _config_errors(cls: type[_T]) -> type[_T]:
+    """Stacked on a pydantic dataclass: building it raises ConfigError, one line with the dotted path, like loading
+    a study does (`CorpusConfig(chunk_tokens=1.5)` and `dataclasses.replace(...)` included)."""
+    pydantic_init = cls.__init__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
             pydantic_init(self, *args, **kwargs)
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc, built, _SECTION_PATHS.get(built, ""))) from None
+            raise ConfigError(_one_line(exc, cls, _SECTION_PATHS.get(cls, ""))) from None
 
-    built.__init__ = __init__
-    return built
+    setattr(cls, "__init__", __init__)  # noqa: B010 - mypy refuses assigning to a method
+    return cls
 
 
 def _check(condition: bool, path: str, value: Any, allowed: str) -> None:
@@ -97,7 +104,8 @@ def _positive_ints(section: Any, prefix: str, names: tuple[str, ...], minimum: i
 # Sections
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class CorpusConfig:
     """Where the documents come from and how they become tokens."""
 
@@ -124,20 +132,37 @@ class CorpusConfig:
         if self.tokenizer == "byte":
             _check(self.vocab_size == 256, "corpus.vocab_size", self.vocab_size, "256 for the byte tokenizer")
         else:
-            _check(512 <= self.vocab_size <= 1 << 20, "corpus.vocab_size", self.vocab_size,
-                   "between 512 and 1048576 for the BPE tokenizer")
-        _check(self.chunk_tokens is None or self.chunk_tokens == 0 or self.chunk_tokens >= 256, "corpus.chunk_tokens",
-               self.chunk_tokens, "null (automatic), 0 (off) or an integer number of tokens >= 256")
-        _check(self.source_field is None or bool(self.source_field), "corpus.source_field", self.source_field,
-               "null (the input file names the source) or a non-empty field name")
+            _check(
+                512 <= self.vocab_size <= 1 << 20,
+                "corpus.vocab_size",
+                self.vocab_size,
+                "between 512 and 1048576 for the BPE tokenizer",
+            )
+        _check(
+            self.chunk_tokens is None or self.chunk_tokens == 0 or self.chunk_tokens >= 256,
+            "corpus.chunk_tokens",
+            self.chunk_tokens,
+            "null (automatic), 0 (off) or an integer number of tokens >= 256",
+        )
+        _check(
+            self.source_field is None or bool(self.source_field),
+            "corpus.source_field",
+            self.source_field,
+            "null (the input file names the source) or a non-empty field name",
+        )
         _check(0 < self.test_fraction < 0.5, "corpus.test_fraction", self.test_fraction, "a fraction in (0, 0.5)")
         _check(0 < self.probe_fraction < 0.5, "corpus.probe_fraction", self.probe_fraction, "a fraction in (0, 0.5)")
-        _check(self.test_fraction + self.probe_fraction < 0.5, "corpus.probe_fraction", self.probe_fraction,
-               "test_fraction + probe_fraction must stay below 0.5")
+        _check(
+            self.test_fraction + self.probe_fraction < 0.5,
+            "corpus.probe_fraction",
+            self.probe_fraction,
+            "test_fraction + probe_fraction must stay below 0.5",
+        )
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class BudgetConfig:
     """The same token budget T for every run: repeats replace unique tokens, they are not added."""
 
@@ -148,14 +173,23 @@ class BudgetConfig:
     @model_validator(mode="after")
     def _ranges(self) -> BudgetConfig:
         _check(8 <= self.context <= 1 << 17, "budget.context", self.context, "an integer in [8, 131072]")
-        _check(self.batch_tokens >= self.context and self.batch_tokens % self.context == 0, "budget.batch_tokens",
-               self.batch_tokens, f"a positive multiple of budget.context ({self.context})")
-        _check(self.total_tokens >= self.batch_tokens, "budget.total_tokens", self.total_tokens,
-               f"at least one batch (budget.batch_tokens = {self.batch_tokens})")
+        _check(
+            self.batch_tokens >= self.context and self.batch_tokens % self.context == 0,
+            "budget.batch_tokens",
+            self.batch_tokens,
+            f"a positive multiple of budget.context ({self.context})",
+        )
+        _check(
+            self.total_tokens >= self.batch_tokens,
+            "budget.total_tokens",
+            self.total_tokens,
+            f"at least one batch (budget.batch_tokens = {self.batch_tokens})",
+        )
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class FamilyConfig:
     """The shape family that target sizes are resolved in: width = depth * aspect_ratio, fixed head size."""
 
@@ -169,7 +203,8 @@ class FamilyConfig:
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class ModelSpec:
     """One model of the study: a named/explicit shape, or a target non-embedding size resolved in the family.
     Checked by StudyConfig, which knows its index in `models` and the grid's fractions."""
@@ -185,23 +220,34 @@ class ModelSpec:
     def check(self, p: str, grid_fractions: list[float]) -> None:
         explicit = [self.n_layer, self.n_embd, self.n_head]
         if self.target_params is not None:
-            _check(all(x is None for x in explicit), f"{p}.target_params", self.target_params,
-                   "either target_params or an explicit shape (n_layer, n_embd, n_head), not both")
+            _check(
+                all(x is None for x in explicit),
+                f"{p}.target_params",
+                self.target_params,
+                "either target_params or an explicit shape (n_layer, n_embd, n_head), not both",
+            )
             _check(self.target_params > 0, f"{p}.target_params", self.target_params, "a positive parameter count")
         elif any(x is not None for x in explicit) or self.name is None:
             if self.n_layer is None or self.n_embd is None or self.n_head is None:
-                raise ConfigError(f"{p}: {dict(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head)!r} is "
-                                  "not allowed: an explicit shape needs n_layer, n_embd and n_head (or give "
-                                  "target_params)")
+                raise ConfigError(
+                    f"{p}: {dict(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head)!r} is "
+                    "not allowed: an explicit shape needs n_layer, n_embd and n_head (or give "
+                    "target_params)"
+                )
             _check(self.n_layer >= 1, f"{p}.n_layer", self.n_layer, "an integer >= 1")
             _check(self.n_head >= 1, f"{p}.n_head", self.n_head, "an integer >= 1")
-            _check(self.n_embd >= 1 and self.n_embd % self.n_head == 0, f"{p}.n_embd", self.n_embd,
-                   f"a positive multiple of n_head ({self.n_head})")
+            _check(
+                self.n_embd >= 1 and self.n_embd % self.n_head == 0,
+                f"{p}.n_embd",
+                self.n_embd,
+                f"a positive multiple of n_head ({self.n_head})",
+            )
         for j, f in enumerate(self.fractions or []):
             _check(f in grid_fractions, f"{p}.fractions[{j}]", f, f"one of grid.fractions {grid_fractions}")
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class ExtraSeeds:
     """More seeds at the key points (the paper's boundary fits were noisy)."""
 
@@ -210,7 +256,8 @@ class ExtraSeeds:
     epochs: list[Float] = field(default_factory=list)  # empty: all
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class GridConfig:
     fractions: list[Float] = field(default_factory=lambda: [0.0, 0.5])  # f; 0 is the baseline
     epochs: list[Float] = field(default_factory=lambda: [2, 8, 32, 128, 512])  # E, repeated epochs
@@ -224,8 +271,12 @@ class GridConfig:
         for i, f in enumerate(self.fractions):
             _check(0.0 <= f < 1.0, f"grid.fractions[{i}]", f, "a repeated fraction must be in [0, 1)")
         _check(len(set(self.fractions)) == len(self.fractions), "grid.fractions", self.fractions, "no duplicates")
-        _check(len(self.epochs) >= 1 or self.fractions == [0.0], "grid.epochs", self.epochs,
-               "at least one repeated-epoch count")
+        _check(
+            len(self.epochs) >= 1 or self.fractions == [0.0],
+            "grid.epochs",
+            self.epochs,
+            "at least one repeated-epoch count",
+        )
         for i, epochs in enumerate(self.epochs):
             _check(epochs >= 1.0, f"grid.epochs[{i}]", epochs, "repeated epochs E must be >= 1")
         _check(len(set(self.epochs)) == len(self.epochs), "grid.epochs", self.epochs, "no duplicates")
@@ -233,15 +284,16 @@ class GridConfig:
         for i, s in enumerate(self.seeds + self.extra_seeds.seeds):
             _check(0 <= s < 2**31, f"grid.seeds[{i}]", s, "an integer in [0, 2^31)")
         for i, f in enumerate(self.extra_seeds.fractions):
-            _check(f in self.fractions, f"grid.extra_seeds.fractions[{i}]", f,
-                   f"one of grid.fractions {self.fractions}")
+            _check(
+                f in self.fractions, f"grid.extra_seeds.fractions[{i}]", f, f"one of grid.fractions {self.fractions}"
+            )
         for i, epochs in enumerate(self.extra_seeds.epochs):
-            _check(epochs in self.epochs, f"grid.extra_seeds.epochs[{i}]", epochs,
-                   f"one of grid.epochs {self.epochs}")
+            _check(epochs in self.epochs, f"grid.extra_seeds.epochs[{i}]", epochs, f"one of grid.epochs {self.epochs}")
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class TrainConfig:
     learning_rate: Float = 2e-3
     min_lr_ratio: Float = 0.1  # cosine decay to this fraction of the peak over the whole budget
@@ -276,16 +328,25 @@ class TrainConfig:
         _positive_ints(self, "train", ("eval_points", "eval_sequences"))
         _positive_ints(self, "train", ("checkpoint_every",), minimum=0)
         _positive_ints(self, "train", ("keep_checkpoints",))
-        _check(self.nproc_per_node >= 1, "train.nproc_per_node", self.nproc_per_node,
-               "an explicit integer >= 1 ('auto' counts the node's CPUs, not the pod's)")
+        _check(
+            self.nproc_per_node >= 1,
+            "train.nproc_per_node",
+            self.nproc_per_node,
+            "an explicit integer >= 1 ('auto' counts the node's CPUs, not the pod's)",
+        )
         _positive_ints(self, "train", ("nnodes",))
-        _check(self.process_group_timeout_s >= 10, "train.process_group_timeout_s", self.process_group_timeout_s,
-               "an integer >= 10 seconds")
+        _check(
+            self.process_group_timeout_s >= 10,
+            "train.process_group_timeout_s",
+            self.process_group_timeout_s,
+            "an integer >= 10 seconds",
+        )
         _positive_ints(self, "train", ("threads_per_rank",), minimum=0)
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class EvalConfig:
     eval_tokens: Int = 65_536  # test and repeated-subset loss, per split
     copy_repeats: Int = 11
@@ -301,18 +362,25 @@ class EvalConfig:
     def _ranges(self) -> EvalConfig:
         _check(self.copy_repeats >= 2, "eval.copy_repeats", self.copy_repeats, "an integer >= 2")
         _check(self.prefix_samples >= 1, "eval.prefix_samples", self.prefix_samples, "an integer >= 1")
-        _check(self.prefix_random_tokens >= 2, "eval.prefix_random_tokens", self.prefix_random_tokens,
-               "an integer >= 2")
+        _check(
+            self.prefix_random_tokens >= 2, "eval.prefix_random_tokens", self.prefix_random_tokens, "an integer >= 2"
+        )
         _check(self.prefix_repeats >= 2, "eval.prefix_repeats", self.prefix_repeats, "an integer >= 2")
         _check(self.top_k_heads >= 1, "eval.top_k_heads", self.top_k_heads, "an integer >= 1")
-        _check(self.icl_windows >= 2, "eval.icl_windows", self.icl_windows,
-               "an integer >= 2 (a standard error needs two)")
-        _check(0 <= self.icl_early < self.icl_late < 512, "eval.icl_late", self.icl_late,
-               "0 <= icl_early < icl_late < 512 (positions of a 512-token context, scaled to budget.context)")
+        _check(
+            self.icl_windows >= 2, "eval.icl_windows", self.icl_windows, "an integer >= 2 (a standard error needs two)"
+        )
+        _check(
+            0 <= self.icl_early < self.icl_late < 512,
+            "eval.icl_late",
+            self.icl_late,
+            "0 <= icl_early < icl_late < 512 (positions of a 512-token context, scaled to budget.context)",
+        )
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class StorageConfig:
     root: Str = "file://./.repeatlab"
     options: dict[Str, dict[Str, Any]] = field(default_factory=dict)  # per protocol fsspec options (no secrets)
@@ -326,7 +394,8 @@ class StorageConfig:
         return self
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class ClusterConfig:
     """Settings that only matter on a Kubernetes cluster (ignored by the local runner)."""
 
@@ -345,7 +414,8 @@ class ClusterConfig:
     tolerations: list[dict[Str, Str]] = field(default_factory=list)
     storage_secret: Str | None = None  # Kubernetes secret whose keys become env vars of every step
     storage_secret_keys: dict[Str, Str] = field(  # secret key -> env var (MinIO's secret in a Kubeflow install)
-        default_factory=lambda: {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"})
+        default_factory=lambda: {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+    )
     env: dict[Str, Str] = field(default_factory=dict)  # plain env vars of every step (no secrets), e.g. S3 endpoint
     timeout_s: Int = 86_400
     retries: Int = 1
@@ -360,15 +430,23 @@ class ClusterConfig:
             self.accelerator_type = "nvidia.com/gpu"
         _check_accelerator(self.accelerator_type)
         if self.accelerator_limit:
-            _check(image_repository(self.train_image) != image_repository(self.image), "cluster.train_image",
-                   self.train_image, f"the CPU image (cluster.image) cannot use the {self.accelerator_limit} GPU(s) "
-                   "of cluster.accelerator_limit: use the CUDA image, e.g. ghcr.io/repeatlab/repeatlab-cuda:0.1.0, "
-                   "or set cluster.accelerator_limit: 0")
+            _check(
+                image_repository(self.train_image) != image_repository(self.image),
+                "cluster.train_image",
+                self.train_image,
+                f"the CPU image (cluster.image) cannot use the {self.accelerator_limit} GPU(s) "
+                "of cluster.accelerator_limit: use the CUDA image, e.g. ghcr.io/repeatlab/repeatlab-cuda:0.1.0, "
+                "or set cluster.accelerator_limit: 0",
+            )
         _check(self.retries >= 0, "cluster.retries", self.retries, "an integer >= 0")
         _check(self.timeout_s >= 60, "cluster.timeout_s", self.timeout_s, "an integer >= 60 seconds")
         for name, value in self.env.items():
-            _check(bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)), f"cluster.env.{name}", name,
-                   "an environment variable name")
+            _check(
+                bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)),
+                f"cluster.env.{name}",
+                name,
+                "an environment variable name",
+            )
             if secret_looking_name(name) or secret_looking_value(value):
                 raise ConfigError(f"cluster.env.{name}: <hidden> is not allowed: {SECRET_HINT}")
         return self
@@ -376,19 +454,28 @@ class ClusterConfig:
 
 def _check_accelerator(name: str) -> None:
     problem = container_resource_name_problem(name)
-    _check(problem is None, "cluster.accelerator_type", name,
-           f"{problem}: write the accelerator's Kubernetes resource name, e.g. nvidia.com/gpu, and select the GPU "
-           "model with cluster.node_selector (e.g. cloud.google.com/gke-accelerator: nvidia-l4)")
-    _check(name not in STANDARD_CONTAINER_RESOURCES and not name.startswith("hugepages-"),
-           "cluster.accelerator_type", name, "an accelerator resource such as nvidia.com/gpu, "
-           "not cpu/memory (set those with cluster.cpu and cluster.memory)")
+    _check(
+        problem is None,
+        "cluster.accelerator_type",
+        name,
+        f"{problem}: write the accelerator's Kubernetes resource name, e.g. nvidia.com/gpu, and select the GPU "
+        "model with cluster.node_selector (e.g. cloud.google.com/gke-accelerator: nvidia-l4)",
+    )
+    _check(
+        name not in STANDARD_CONTAINER_RESOURCES and not name.startswith("hugepages-"),
+        "cluster.accelerator_type",
+        name,
+        "an accelerator resource such as nvidia.com/gpu, "
+        "not cpu/memory (set those with cluster.cpu and cluster.memory)",
+    )
 
 
 def _default_models() -> list[ModelSpec]:
     return [ModelSpec(n_layer=2, n_embd=64, n_head=4)]
 
 
-@_section
+@_config_errors
+@dataclass(config=SECTION)
 class StudyConfig:
     name: Str = "study"
     description: Str = ""
@@ -404,9 +491,12 @@ class StudyConfig:
 
     @model_validator(mode="after")
     def _cross_field(self) -> StudyConfig:
-        _check(bool(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.name)), "name", self.name,
-               "lowercase letters, digits and '-', 1-63 characters, starting and ending alphanumeric "
-               "(a Kubernetes name)")
+        _check(
+            bool(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.name)),
+            "name",
+            self.name,
+            "lowercase letters, digits and '-', 1-63 characters, starting and ending alphanumeric (a Kubernetes name)",
+        )
         _check(len(self.models) >= 1, "models", self.models, "at least one model")
         for i, spec in enumerate(self.models):
             spec.check(f"models[{i}]", self.grid.fractions)
@@ -431,21 +521,33 @@ class StudyConfig:
 def _check_batch(budget: BudgetConfig, train: TrainConfig) -> None:
     sequences_per_step = budget.batch_tokens // budget.context
     world = train.nproc_per_node * train.nnodes
-    _check(sequences_per_step % world == 0, "budget.batch_tokens", budget.batch_tokens,
-           f"the global batch of {sequences_per_step} sequences must divide evenly over "
-           f"{world} ranks (train.nproc_per_node x train.nnodes)")
+    _check(
+        sequences_per_step % world == 0,
+        "budget.batch_tokens",
+        budget.batch_tokens,
+        f"the global batch of {sequences_per_step} sequences must divide evenly over "
+        f"{world} ranks (train.nproc_per_node x train.nnodes)",
+    )
     per_rank = sequences_per_step // world
     micro = train.micro_batch_sequences
-    _check(micro >= 0 and (micro == 0 or per_rank % micro == 0), "train.micro_batch_sequences", micro,
-           f"0 or a divisor of the per-rank batch ({per_rank} sequences)")
+    _check(
+        micro >= 0 and (micro == 0 or per_rank % micro == 0),
+        "train.micro_batch_sequences",
+        micro,
+        f"0 or a divisor of the per-rank batch ({per_rank} sequences)",
+    )
 
 
 def _check_eval_fits(ev: EvalConfig, budget: BudgetConfig) -> None:
-    _check(ev.eval_tokens >= budget.context, "eval.eval_tokens", ev.eval_tokens,
-           f"at least one context ({budget.context})")
-    _check(1 + ev.prefix_random_tokens * ev.prefix_repeats <= budget.context, "eval.prefix_random_tokens",
-           ev.prefix_random_tokens,
-           f"1 + prefix_random_tokens x prefix_repeats must fit budget.context ({budget.context})")
+    _check(
+        ev.eval_tokens >= budget.context, "eval.eval_tokens", ev.eval_tokens, f"at least one context ({budget.context})"
+    )
+    _check(
+        1 + ev.prefix_random_tokens * ev.prefix_repeats <= budget.context,
+        "eval.prefix_random_tokens",
+        ev.prefix_random_tokens,
+        f"1 + prefix_random_tokens x prefix_repeats must fit budget.context ({budget.context})",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -520,9 +622,20 @@ def _one_line(exc: ValidationError, root: Any = None, prefix: str = "") -> str:
 
 
 _STUDY = TypeAdapter(StudyConfig)
-_SECTION_PATHS.update({CorpusConfig: "corpus", BudgetConfig: "budget", FamilyConfig: "family", GridConfig: "grid",
-                       ExtraSeeds: "grid.extra_seeds", TrainConfig: "train", EvalConfig: "eval",
-                       StorageConfig: "storage", ClusterConfig: "cluster", ModelSpec: "models[]"})
+_SECTION_PATHS.update(
+    {
+        CorpusConfig: "corpus",
+        BudgetConfig: "budget",
+        FamilyConfig: "family",
+        GridConfig: "grid",
+        ExtraSeeds: "grid.extra_seeds",
+        TrainConfig: "train",
+        EvalConfig: "eval",
+        StorageConfig: "storage",
+        ClusterConfig: "cluster",
+        ModelSpec: "models[]",
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -578,8 +691,25 @@ def image_repository(image: str) -> str:
 # A VALUE is secret-looking when it holds a PEM block, a URL with a password (scheme://user:pass@host), an AWS access
 # key id (AKIA/ASIA...), a JWT, or an assignment such as `password=...` / `token: ...`.
 
-SECRET_WORDS = frozenset({"key", "keys", "secret", "secrets", "token", "tokens", "password", "passwords", "passwd",
-                          "apikey", "apikeys", "credential", "credentials", "private", "privatekey"})
+SECRET_WORDS = frozenset(
+    {
+        "key",
+        "keys",
+        "secret",
+        "secrets",
+        "token",
+        "tokens",
+        "password",
+        "passwords",
+        "passwd",
+        "apikey",
+        "apikeys",
+        "credential",
+        "credentials",
+        "private",
+        "privatekey",
+    }
+)
 SECRET_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "credential")
 GCS_TOKEN_MODES = ("anon", "google_default", "cloud", "browser")
 _SECRET_VALUE_PATTERNS = (
@@ -589,9 +719,11 @@ _SECRET_VALUE_PATTERNS = (
     r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}",
     r"(?:key|secret|token|password|passwd|apikey|credential)s?\s*[=:]\s*\S",
 )
-SECRET_HINT = ("no credentials in a study config (it is saved with the study, compiled into the pipeline and "
-               "logged): set them as environment variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...) "
-               "or, on a cluster, in a Kubernetes Secret named by cluster.storage_secret")
+SECRET_HINT = (
+    "no credentials in a study config (it is saved with the study, compiled into the pipeline and "
+    "logged): set them as environment variables (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...) "
+    "or, on a cluster, in a Kubernetes Secret named by cluster.storage_secret"
+)
 
 
 def _words(name: str) -> list[str]:
@@ -640,8 +772,10 @@ class _UniqueKeyLoader:
                 for key_node, _ in node.value:
                     key = self.construct_object(key_node, deep=deep)
                     if key in seen:
-                        raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one "
-                                          f"mapping (first at line {seen[key] + 1}); keep one")
+                        raise ConfigError(
+                            f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one "
+                            f"mapping (first at line {seen[key] + 1}); keep one"
+                        )
                     seen[key] = key_node.start_mark.line
                 return super().construct_mapping(node, deep=deep)
 
@@ -717,9 +851,13 @@ def is_local_root(root: str) -> bool:
 
 def check_for_cluster(cfg: StudyConfig) -> StudyConfig:
     """What a cluster cannot grant or run, stopped before anything is compiled or sent (ConfigError, one line)."""
-    _check(not is_local_root(cfg.storage.root), "storage.root", cfg.storage.root,
-           "a cluster run needs shared object storage that every pod reaches (gs://BUCKET/..., s3://BUCKET/...); "
-           "a local path or file:// root is a different folder in each pod")
+    _check(
+        not is_local_root(cfg.storage.root),
+        "storage.root",
+        cfg.storage.root,
+        "a cluster run needs shared object storage that every pod reaches (gs://BUCKET/..., s3://BUCKET/...); "
+        "a local path or file:// root is a different folder in each pod",
+    )
     return cfg
 
 

@@ -44,11 +44,12 @@ def _solve_at_alphas(x: np.ndarray, y: np.ndarray, alphas, c_bounds: tuple[float
         a_coef = np.where(clamped != c, refit, a_coef)
         c = clamped
     r = y - (c[:, None] + a_coef[:, None] * b)
-    return c, a_coef, np.where(a_coef > 0, np.sum(r ** 2, axis=1), np.inf), r
+    return c, a_coef, np.where(a_coef > 0, np.sum(r**2, axis=1), np.inf), r
 
 
-def _best_alpha(x: np.ndarray, y: np.ndarray, grid: np.ndarray = ALPHA_GRID,
-                c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> float | None:
+def _best_alpha(
+    x: np.ndarray, y: np.ndarray, grid: np.ndarray = ALPHA_GRID, c_bounds: tuple[float, float] = (-np.inf, np.inf)
+) -> float | None:
     """The least-squares alpha: the whole grid, then finer grids around the best one; None if A' <= 0 always."""
     cand = grid
     total = _solve_at_alphas(x, y, cand, c_bounds)[2]
@@ -67,8 +68,9 @@ def _c_bounds(y: np.ndarray, sign: float) -> tuple[float, float]:
     return (0.0, float(np.min(y))) if sign > 0 else (-1.0, float(np.min(y)))
 
 
-def _least_squares(x: np.ndarray, y: np.ndarray,
-                   c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float, float] | None:
+def _least_squares(
+    x: np.ndarray, y: np.ndarray, c_bounds: tuple[float, float] = (-np.inf, np.inf)
+) -> tuple[float, float, float, float] | None:
     """(alpha, c, A', sum of squared residuals) of the least-squares law, None when no alpha has A' > 0."""
     alpha = _best_alpha(x, y, c_bounds=c_bounds)
     if alpha is None:
@@ -97,7 +99,7 @@ def _outliers(x: np.ndarray, y: np.ndarray, c_bounds: tuple[float, float] = (-np
             t2 = (full[3] - fit[3]) / max(fit[3] / (rest.sum() - 3), floor)
             if best is None or t2 > best[0]:
                 best = (t2, i)
-        if best is None or best[0] <= OUTLIER_T ** 2:
+        if best is None or best[0] <= OUTLIER_T**2:
             break
         keep[best[1]] = False
     return keep
@@ -106,8 +108,9 @@ def _outliers(x: np.ndarray, y: np.ndarray, c_bounds: tuple[float, float] = (-np
 POOR_RESIDUAL_SIGMAS = 3.0  # an rms residual above this many noise sigmas: the law does not describe the baselines
 
 
-def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction: str = "lower",
-                  noise: float | None = None) -> dict:
+def fit_power_law(
+    n_params: Iterable[float], values: Iterable[float], direction: str = "lower", noise: float | None = None
+) -> dict:
     """Robust fit of a baseline law to (N, value) pairs. Returns a dict with `ok` and either the parameters or `note`.
 
     lower is better: value = L_inf + A * N^-alpha;  higher is better: value = S_inf - A * N^-alpha.
@@ -121,8 +124,12 @@ def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction:
     form = "L_inf + A * N^-alpha" if sign > 0 else "S_inf - A * N^-alpha"
     sizes = len(np.unique(n))
     if sizes < 3:
-        return {"ok": False, "form": form, "note": f"no fit: {sizes} model size(s); the 3-parameter law needs at "
-                "least 3" + (" (interpolation only)" if sizes == 2 else "")}
+        return {
+            "ok": False,
+            "form": form,
+            "note": f"no fit: {sizes} model size(s); the 3-parameter law needs at "
+            "least 3" + (" (interpolation only)" if sizes == 2 else ""),
+        }
     y = sign * v
     n_ref = float(np.exp(np.mean(np.log(n))))
     x = n / n_ref
@@ -135,22 +142,31 @@ def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction:
     if fitted is None:
         return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
     alpha, c, a_ref, ssr = fitted
-    amp = a_ref * n_ref ** alpha
+    amp = a_ref * n_ref**alpha
     pred = c + amp * n ** (-alpha)
     dof = int(keep.sum() - 3)
     return {
-        "ok": True, "form": form, "direction": direction,
-        "asymptote": float(sign * c), "A": float(amp), "alpha": float(alpha),
-        "n_ref": n_ref, "A_at_n_ref": float(a_ref),
-        "n_params": n.tolist(), "observed": v.tolist(), "predicted": (sign * pred).tolist(),
+        "ok": True,
+        "form": form,
+        "direction": direction,
+        "asymptote": float(sign * c),
+        "A": float(amp),
+        "alpha": float(alpha),
+        "n_ref": n_ref,
+        "A_at_n_ref": float(a_ref),
+        "n_params": n.tolist(),
+        "observed": v.tolist(),
+        "predicted": (sign * pred).tolist(),
         "residuals": (v - sign * pred).tolist(),
         "rms_residual": float(np.sqrt(np.mean((v - sign * pred)[keep] ** 2))),
-        "sigma": float(math.sqrt(ssr / dof)) if dof > 0 else None, "dof": dof,
+        "sigma": float(math.sqrt(ssr / dof)) if dof > 0 else None,
+        "dof": dof,
         "outliers": n[~keep].tolist(),
         "alpha_at_bound": bool(alpha <= ALPHA_GRID[0] + 1e-9 or alpha >= ALPHA_GRID[-1] - 1e-9),
         "asymptote_bounds": [float(sign * bounds[0]), float(sign * bounds[1])],
-        "asymptote_at_bound": bool(np.isclose(c, bounds[0], rtol=0, atol=1e-9)
-                                   or np.isclose(c, bounds[1], rtol=0, atol=1e-9)),
+        "asymptote_at_bound": bool(
+            np.isclose(c, bounds[0], rtol=0, atol=1e-9) or np.isclose(c, bounds[1], rtol=0, atol=1e-9)
+        ),
     } | _usability(alpha, c, bounds, float(np.sqrt(np.mean((v - sign * pred)[keep] ** 2))), noise)
 
 
@@ -206,8 +222,12 @@ def make_interpolation(n_params: Iterable[float], values: Iterable[float], direc
     order = np.argsort(n)
     sign = 1.0 if direction == "lower" else -1.0
     y = _isotonic_decreasing(sign * np.asarray(list(values), dtype=float)[order])
-    return {"method": "piecewise-linear in log N through the baseline means, made monotone (isotonic)",
-            "direction": direction, "log_n": np.log(n[order]).tolist(), "values": (sign * y).tolist()}
+    return {
+        "method": "piecewise-linear in log N through the baseline means, made monotone (isotonic)",
+        "direction": direction,
+        "log_n": np.log(n[order]).tolist(),
+        "values": (sign * y).tolist(),
+    }
 
 
 def invert_interpolation(interp: dict, value: float) -> float | None:
@@ -249,8 +269,16 @@ def region_edges(epochs: Iterable[float], damage: Iterable[float], level: float 
     d = np.asarray(list(damage), dtype=float)
     order = np.argsort(e)
     e, d = e[order], d[order]
-    out: dict[str, Any] = {"max_damage": None, "peak_epochs": None, "threshold": None, "left": None, "right": None,
-                           "left_censored": False, "right_censored": False, "note": None}
+    out: dict[str, Any] = {
+        "max_damage": None,
+        "peak_epochs": None,
+        "threshold": None,
+        "left": None,
+        "right": None,
+        "left_censored": False,
+        "right_censored": False,
+        "note": None,
+    }
     if len(e) == 0:
         out["note"] = "no points"
         return out
@@ -287,6 +315,13 @@ def fit_edge(n_params: Iterable[float], edges: Iterable[float]) -> dict:
     ln, le = np.log(n), np.log(e)
     alpha, logk = np.polyfit(ln, le, 1)
     resid = le - (logk + alpha * ln)
-    return {"ok": True, "k": float(math.exp(logk)), "alpha": float(alpha), "n_sizes": len(np.unique(n)),
-            "n_params": n.tolist(), "edges": e.tolist(), "log_residuals": resid.tolist(),
-            "rms_log_residual": float(np.sqrt(np.mean(resid ** 2)))}
+    return {
+        "ok": True,
+        "k": float(math.exp(logk)),
+        "alpha": float(alpha),
+        "n_sizes": len(np.unique(n)),
+        "n_params": n.tolist(),
+        "edges": e.tolist(),
+        "log_residuals": resid.tolist(),
+        "rms_log_residual": float(np.sqrt(np.mean(resid**2))),
+    }

@@ -27,34 +27,49 @@ def resolve_models(cfg: StudyConfig, vocab_size: int) -> list[dict]:
     models = []
     for i, spec in enumerate(cfg.models):
         gpt = model_lib.resolve_model(spec, cfg.family, vocab_size, cfg.budget.context, where=f"models[{i}]")
-        models.append({
-            "name": gpt.name,
-            "n_layer": gpt.n_layer,
-            "n_embd": gpt.n_embd,
-            "n_head": gpt.n_head,
-            "mlp_ratio": gpt.mlp_ratio,
-            "attention_only": gpt.attention_only,
-            "vocab_size": vocab_size,
-            "context": cfg.budget.context,
-            "n_params_nonembed": gpt.n_params_nonembed,  # Kaplan's convention: what the scaling fits use
-            "n_params_total": gpt.n_params_total,  # Chinchilla's: tied embedding once, plus positions
-            "fractions": spec.fractions,
-        })
+        models.append(
+            {
+                "name": gpt.name,
+                "n_layer": gpt.n_layer,
+                "n_embd": gpt.n_embd,
+                "n_head": gpt.n_head,
+                "mlp_ratio": gpt.mlp_ratio,
+                "attention_only": gpt.attention_only,
+                "vocab_size": vocab_size,
+                "context": cfg.budget.context,
+                "n_params_nonembed": gpt.n_params_nonembed,  # Kaplan's convention: what the scaling fits use
+                "n_params_total": gpt.n_params_total,  # Chinchilla's: tied embedding once, plus positions
+                "fractions": spec.fractions,
+            }
+        )
     return models
 
 
-def make_point(cfg: StudyConfig, model: dict, corpus_id: str, corpus_url: str, fraction: float,
-               epochs: float, seed: int, control: bool = False) -> dict[str, Any]:
+def make_point(
+    cfg: StudyConfig,
+    model: dict,
+    corpus_id: str,
+    corpus_url: str,
+    fraction: float,
+    epochs: float,
+    seed: int,
+    control: bool = False,
+) -> dict[str, Any]:
     """point.json's content (records.Point): the settings that determine the run, without the execution-only ones."""
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in EXECUTION_ONLY_TRAIN_FIELDS}
     point = Point(
-        point_id="", corpus_id=corpus_id, corpus_url=corpus_url,
+        point_id="",
+        corpus_id=corpus_id,
+        corpus_url=corpus_url,
         model={k: v for k, v in model.items() if k != "fractions"},
         fraction=float(fraction),
         # E is meaningless for the f = 0 baseline and for unique-only controls: 0 there.
         epochs=float(epochs) if fraction > 0 and not control else 0.0,
-        seed=int(seed), control=bool(control),
-        budget=dataclasses.asdict(cfg.budget), train=train, eval=dataclasses.asdict(cfg.eval),
+        seed=int(seed),
+        control=bool(control),
+        budget=dataclasses.asdict(cfg.budget),
+        train=train,
+        eval=dataclasses.asdict(cfg.eval),
     )
     point.point_id = stable_hash(point.content())
     return point.to_json()
@@ -68,8 +83,10 @@ def grid_points(cfg: StudyConfig, corpus_id: str, corpus_url: str, vocab_size: i
     def seeds_for(fraction: float, epochs: float | None) -> list[int]:
         seeds = list(g.seeds)
         extra = g.extra_seeds
-        if extra.seeds and (not extra.fractions or fraction in extra.fractions) and (
-            epochs is None or not extra.epochs or epochs in extra.epochs
+        if (
+            extra.seeds
+            and (not extra.fractions or fraction in extra.fractions)
+            and (epochs is None or not extra.epochs or epochs in extra.epochs)
         ):
             seeds += [s for s in extra.seeds if s not in seeds]
         return seeds
@@ -112,18 +129,26 @@ def check_points(points: list[dict]) -> list[str]:
             continue
         budget = point["budget"]
         try:
-            counts = plan_counts(total_tokens=budget["total_tokens"], context=budget["context"],
-                                 fraction=point["fraction"], epochs=point["epochs"])
+            counts = plan_counts(
+                total_tokens=budget["total_tokens"],
+                context=budget["context"],
+                fraction=point["fraction"],
+                epochs=point["epochs"],
+            )
         except PlanError as exc:
             raise PlanError(f"grid point {describe(point).split('  ', 1)[1].strip()}: {exc}") from None
         where = f"f = {point['fraction']:g}, E = {point['epochs']:g}"
         realized = counts["realized_epochs"]
         if abs(realized - point["epochs"]) > EPOCHS_TOLERANCE * point["epochs"]:
-            warnings.append(f"{where}: the repeated subset rounds to {counts['n_repeated']} sequence(s), so E is "
-                            f"{realized:.4g} (not {point['epochs']:g}); raise f or T, or lower E")
+            warnings.append(
+                f"{where}: the repeated subset rounds to {counts['n_repeated']} sequence(s), so E is "
+                f"{realized:.4g} (not {point['epochs']:g}); raise f or T, or lower E"
+            )
         elif counts["n_repeated"] < MIN_REPEATED_SEQUENCES:
-            warnings.append(f"{where}: the repeated subset is {counts['n_repeated']} sequence "
-                            f"({counts['n_repeated'] * budget['context']} tokens)")
+            warnings.append(
+                f"{where}: the repeated subset is {counts['n_repeated']} sequence "
+                f"({counts['n_repeated'] * budget['context']} tokens)"
+            )
     return sorted(set(warnings))
 
 
@@ -152,5 +177,7 @@ def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str) -> list[dict]:
 def describe(point: dict) -> str:
     kind = "control" if point["control"] else ("baseline" if point["fraction"] == 0 else f"E={point['epochs']:g}")
     m = point["model"]
-    return (f"{point['point_id']}  {m['name']:<16} N={m['n_params_nonembed']:<9} f={point['fraction']:<5g} "
-            f"{kind:<10} seed={point['seed']}")
+    return (
+        f"{point['point_id']}  {m['name']:<16} N={m['n_params_nonembed']:<9} f={point['fraction']:<5g} "
+        f"{kind:<10} seed={point['seed']}"
+    )

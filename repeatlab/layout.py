@@ -154,7 +154,7 @@ class Run:
         """Steps of the checkpoint folders, ascending; with complete_only, those holding state.json."""
         steps = []
         for name in storage.listdir(self.checkpoints):
-            digits = name[len(CHECKPOINT_PREFIX):]
+            digits = name[len(CHECKPOINT_PREFIX) :]
             if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit():
                 if not complete_only or storage.exists(self.checkpoint_state(int(digits))):
                     steps.append(int(digits))

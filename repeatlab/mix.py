@@ -85,8 +85,12 @@ def plan_counts(*, total_tokens: int, context: int, fraction: float, epochs: flo
                 f"epochs: the repeated subset f*T/E = {fraction * total_tokens / epochs:.0f} tokens is shorter than "
                 f"one sequence ({context} tokens); lower E (at most {repeated_exposures}) or raise f or T"
             )
-    return {"sequences": sequences, "repeated_exposures": repeated_exposures, "n_repeated": n_repeated,
-            "realized_epochs": repeated_exposures / n_repeated if n_repeated else 0.0}
+    return {
+        "sequences": sequences,
+        "repeated_exposures": repeated_exposures,
+        "n_repeated": n_repeated,
+        "realized_epochs": repeated_exposures / n_repeated if n_repeated else 0.0,
+    }
 
 
 def build_plan(
@@ -101,8 +105,7 @@ def build_plan(
     salt: str = "",
 ) -> Plan:
     """Build the plan for one point; raises PlanError with a one-line reason when it cannot be built as asked."""
-    counts = plan_counts(total_tokens=total_tokens, context=context, fraction=fraction, epochs=epochs,
-                         control=control)
+    counts = plan_counts(total_tokens=total_tokens, context=context, fraction=fraction, epochs=epochs, control=control)
     windows = count_windows(train_tokens, context)
     sequences, repeated_exposures, n_repeated = counts["sequences"], counts["repeated_exposures"], counts["n_repeated"]
     n_unique = sequences - repeated_exposures
@@ -138,8 +141,12 @@ def build_plan(
     realized_exposures = 0 if control else repeated_exposures
     info = {
         "format_version": PLAN_FORMAT_VERSION,
-        "requested": {"fraction": fraction, "epochs": epochs, "total_tokens": int(total_tokens),
-                      "repeated_tokens": fraction * total_tokens / epochs if fraction > 0 and epochs else 0.0},
+        "requested": {
+            "fraction": fraction,
+            "epochs": epochs,
+            "total_tokens": int(total_tokens),
+            "repeated_tokens": fraction * total_tokens / epochs if fraction > 0 and epochs else 0.0,
+        },
         "realized": {
             "fraction": realized_exposures / sequences,
             "epochs": (repeated_exposures / n_repeated) if n_repeated else 0.0,
@@ -203,8 +210,9 @@ def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
             return info
     manifest = load_manifest(point.corpus_url)
     if manifest["corpus_id"] != point.corpus_id:
-        raise PlanError(f"{point.corpus_url}: corpus id {manifest['corpus_id']} does not match the point's "
-                        f"{point.corpus_id}")
+        raise PlanError(
+            f"{point.corpus_url}: corpus id {manifest['corpus_id']} does not match the point's {point.corpus_id}"
+        )
     budget = point.budget_config()
     plan = build_plan(
         train_tokens=manifest["splits"]["train"]["tokens"],
@@ -224,7 +232,7 @@ def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
 def summarize(info: dict) -> str:
     r = info["realized"]
     if info["control"]:
-        return (f"control plan: {info['sequences']} unique sequences ({r['total_tokens']} tokens), no repeats")
+        return f"control plan: {info['sequences']} unique sequences ({r['total_tokens']} tokens), no repeats"
     if not info["repeated_sequences"]:
         return f"baseline plan: {info['sequences']} unique sequences ({r['total_tokens']} tokens), no repeats"
     return (

@@ -22,8 +22,18 @@ from repeatlab.errors import RecordError
 
 R = TypeVar("R", bound="Record")
 
-MODEL_FIELDS = ("name", "n_layer", "n_embd", "n_head", "mlp_ratio", "attention_only", "vocab_size", "context",
-                "n_params_nonembed", "n_params_total")
+MODEL_FIELDS = (
+    "name",
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "mlp_ratio",
+    "attention_only",
+    "vocab_size",
+    "context",
+    "n_params_nonembed",
+    "n_params_total",
+)
 
 
 def _names(cls: Any) -> set[str]:
@@ -51,8 +61,9 @@ class Record:
     @classmethod
     def from_json(cls: type[R], data: Any, where: str | None = None) -> R:
         fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-        required = {f.name for f in fields if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         data = _check_keys(data, {f.name for f in fields}, required, where or cls.NAME)
         record = cls(**data)
         record.check(where or cls.NAME)
@@ -118,8 +129,17 @@ class Point(Record):
         execution-only settings (the same point trained on 1 CPU or 8 GPUs is the same point)."""
         train = {k: v for k, v in self.train.items() if k not in EXECUTION_ONLY_TRAIN_FIELDS}
         model = {k: v for k, v in self.model.items() if k != "name"}
-        return {"corpus_id": self.corpus_id, "model": model, "fraction": self.fraction, "epochs": self.epochs,
-                "seed": self.seed, "control": self.control, "budget": self.budget, "train": train, "version": 1}
+        return {
+            "corpus_id": self.corpus_id,
+            "model": model,
+            "fraction": self.fraction,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            "control": self.control,
+            "budget": self.budget,
+            "train": train,
+            "version": 1,
+        }
 
 
 @dataclass

@@ -35,8 +35,11 @@ def prepare(study_config: str, log: Callable[[str], object] = _log.info) -> dict
 
     cfg = load_study(study_config)
     manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=log)
-    return {"corpus_id": manifest["corpus_id"],
-            "corpus_url": layout.corpus_url(cfg.storage.root, manifest["corpus_id"]), "manifest": manifest}
+    return {
+        "corpus_id": manifest["corpus_id"],
+        "corpus_url": layout.corpus_url(cfg.storage.root, manifest["corpus_id"]),
+        "manifest": manifest,
+    }
 
 
 def plan_grid(study_config: str, corpus_url: str) -> list[str]:
@@ -76,8 +79,15 @@ def execution_of(run: layout.Run) -> dict:
     return Point.read(run.point).train
 
 
-def train(run_url: str, nproc_per_node: int | None = None, log: Callable[[str], object] = _log.info, evaluate: bool = True, *,
-          nnodes: int | None = None, max_steps: int | None = None) -> dict:
+def train(
+    run_url: str,
+    nproc_per_node: int | None = None,
+    log: Callable[[str], object] = _log.info,
+    evaluate: bool = True,
+    *,
+    nnodes: int | None = None,
+    max_steps: int | None = None,
+) -> dict:
     """Train one point with torchrun as a subprocess (resuming from its last checkpoint); skip a finished point.
 
     nproc_per_node / nnodes: default to the run's execution settings (execution.json), else 1.
@@ -92,15 +102,21 @@ def train(run_url: str, nproc_per_node: int | None = None, log: Callable[[str], 
         log(f"train: {run_url} already trained; skipping")
         return {"skipped": True, **Done.read(run.done).to_json()}
     execution = execution_of(run)
-    command = torchrun_command(run_url, nproc_per_node=nproc_per_node or int(execution.get("nproc_per_node", 1)),
-                               nnodes=nnodes or int(execution.get("nnodes", 1)), max_steps=max_steps,
-                               evaluate=evaluate)
+    command = torchrun_command(
+        run_url,
+        nproc_per_node=nproc_per_node or int(execution.get("nproc_per_node", 1)),
+        nnodes=nnodes or int(execution.get("nnodes", 1)),
+        max_steps=max_steps,
+        evaluate=evaluate,
+    )
     started = time.time()
     log("train: " + " ".join(command))
     returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
     if returncode != 0:
-        raise TrainError(f"{run_url}: training exited with code {returncode} after "
-                         f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint")
+        raise TrainError(
+            f"{run_url}: training exited with code {returncode} after "
+            f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint"
+        )
     if not run.is_trained():
         if max_steps is not None:  # testing: stopped as if preempted
             return {"skipped": False, "stopped_at": max_steps}
@@ -117,8 +133,9 @@ def evaluate(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
         from repeatlab.integrity import check_record
 
         try:
-            record: dict | None = EvalRecord.from_json(check_record(run.eval, storage.read_json(run.eval)),
-                                                       where=run.eval).to_json()
+            record: dict | None = EvalRecord.from_json(
+                check_record(run.eval, storage.read_json(run.eval)), where=run.eval
+            ).to_json()
         except (IntegrityError, StorageError, RecordError) as exc:  # corrupt: evaluate again, never publish it
             log(f"evaluate: {exc}; evaluating again")
             record = None

@@ -25,8 +25,12 @@ def module_name(path: Path) -> str:
 def _is_main_block(node: ast.AST) -> bool:
     """`if __name__ == "__main__":`: a script entry point, not a dependency of the module."""
     test = getattr(node, "test", None)
-    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__")
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+    )
 
 
 def _walk(tree: ast.AST) -> Iterator[ast.AST]:
@@ -97,8 +101,10 @@ def long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> 
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 if length > limit:
-                    out.append(f"{path.relative_to(package.parent)}:{node.lineno}: {node.name} is {length} lines "
-                               f"(more than {limit})")
+                    out.append(
+                        f"{path.relative_to(package.parent)}:{node.lineno}: {node.name} is {length} lines "
+                        f"(more than {limit})"
+                    )
     return out
 
 

@@ -20,13 +20,16 @@ def _study(tmp_path: Path, **train) -> Path:
     docs = [f"Doc {i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(40, 90))) for i in range(80)]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    study = {"name": "clitest", "corpus": {"url": str(corpus), "test_fraction": 0.2, "probe_fraction": 0.2},
-             "budget": {"total_tokens": 8192, "context": 128, "batch_tokens": 1024},
-             "eval": {"eval_tokens": 256, "icl_windows": 8},
-             "models": [{"n_layer": 1, "n_embd": 16, "n_head": 2}],
-             "grid": {"fractions": [0.0, 0.5], "epochs": [2], "seeds": [0]},
-             "train": {"threads_per_rank": 1, **train},
-             "storage": {"root": str(tmp_path / "root")}}
+    study = {
+        "name": "clitest",
+        "corpus": {"url": str(corpus), "test_fraction": 0.2, "probe_fraction": 0.2},
+        "budget": {"total_tokens": 8192, "context": 128, "batch_tokens": 1024},
+        "eval": {"eval_tokens": 256, "icl_windows": 8},
+        "models": [{"n_layer": 1, "n_embd": 16, "n_head": 2}],
+        "grid": {"fractions": [0.0, 0.5], "epochs": [2], "seeds": [0]},
+        "train": {"threads_per_rank": 1, **train},
+        "storage": {"root": str(tmp_path / "root")},
+    }
     path = tmp_path / "study.yaml"
     path.write_text(json.dumps(study))
     return path
@@ -37,9 +40,13 @@ def test_run_without_local_or_host_runs_locally(tmp_path, monkeypatch, capsys):
     import repeatlab.runner
 
     calls = []
-    monkeypatch.setattr(repeatlab.runner, "run_local",
-                        lambda cfg, pipeline_root=None, log=None: calls.append(cfg.name) or
-                        {"seconds": 1.0, "report": "file:///r/index.html"})
+    monkeypatch.setattr(
+        repeatlab.runner,
+        "run_local",
+        lambda cfg, pipeline_root=None, log=None: (
+            calls.append(cfg.name) or {"seconds": 1.0, "report": "file:///r/index.html"}
+        ),
+    )
     assert main(["run", "--config", str(_study(tmp_path))]) == 0
     assert calls == ["clitest"]
     assert main(["run", "--local", "--config", str(_study(tmp_path))]) == 0 and len(calls) == 2
@@ -134,8 +141,20 @@ def test_unknown_command_and_bad_input_are_one_line(tmp_path, capsys):
 
 def test_every_command_has_its_own_help(capsys):
     parser = cli.build_parser()
-    for name in ("prepare", "mix", "grid", "train", "evaluate", "analyze", "danger", "audit", "report", "archive",
-                 "run", "compile"):
+    for name in (
+        "prepare",
+        "mix",
+        "grid",
+        "train",
+        "evaluate",
+        "analyze",
+        "danger",
+        "audit",
+        "report",
+        "archive",
+        "run",
+        "compile",
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args([name, "--help"])
         assert f"usage: repeatlab {name}" in capsys.readouterr().out

@@ -57,8 +57,9 @@ def test_unknown_keys_are_an_error_naming_the_file_and_the_key(tmp_path):
     with pytest.raises(RecordError, match=r"eval.json.perplexity: unknown field"):
         EvalRecord.from_json({**record, "perplexity": 3.0})
     with pytest.raises(RecordError, match=r"eval.json.point.model.n_kv_head: unknown field"):
-        EvalRecord.from_json({**record, "point": {**record["point"], "model": {**record["point"]["model"],
-                                                                                "n_kv_head": 2}}})
+        EvalRecord.from_json(
+            {**record, "point": {**record["point"], "model": {**record["point"]["model"], "n_kv_head": 2}}}
+        )
     with pytest.raises(RecordError, match=r"done.json: field 'step' is missing"):
         Done.from_json({k: v for k, v in json.loads(_archived("done.json")[0].read_text()).items() if k != "step"})
 
@@ -92,17 +93,37 @@ def test_point_ids_do_not_change_and_leave_out_the_execution_settings():
 def test_no_file_name_literal_outside_the_layout():
     """Every reader and writer asks repeatlab.layout for a path. The files listed here still spell names and are
     ported when their branches merge (train.py, launch.py: the trainer's rewrite; report.py: the report's)."""
-    names = {layout.POINT, layout.EXECUTION, layout.DONE, layout.EVAL, layout.POINTS, layout.MANIFEST,
-             layout.TOKENIZER, layout.LEASE, "plan.json", "plan.npy", "repeated.npy", "train.jsonl", "analysis.json",
-             "config.yaml", "state.json", *layout.CHECKPOINT_FILES, layout.CHECKPOINTS}
+    names = {
+        layout.POINT,
+        layout.EXECUTION,
+        layout.DONE,
+        layout.EVAL,
+        layout.POINTS,
+        layout.MANIFEST,
+        layout.TOKENIZER,
+        layout.LEASE,
+        "plan.json",
+        "plan.npy",
+        "repeated.npy",
+        "train.jsonl",
+        "analysis.json",
+        "config.yaml",
+        "state.json",
+        *layout.CHECKPOINT_FILES,
+        layout.CHECKPOINTS,
+    }
     offenders = set()
     for path in sorted((REPO / "repeatlab").glob("*.py")):
         if path.name == "layout.py":
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
-                      and node.body and isinstance(node.body[0], ast.Expr)}
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
         if any(isinstance(n, ast.Constant) and n.value in names and id(n) not in docstrings for n in ast.walk(tree)):
             offenders.add(path.name)
     assert offenders == {"train.py", "launch.py", "report.py"}
@@ -117,7 +138,8 @@ def test_the_import_graph_has_no_cycle():
 def test_the_layout_spells_the_documented_paths():
     run = layout.Run(layout.run_url("file:///r", "abc"))
     assert run.point == "file:///r/runs/abc/point.json" and run.checkpoint_state(12) == (
-        "file:///r/runs/abc/checkpoints/step-0000012/state.json")
+        "file:///r/runs/abc/checkpoints/step-0000012/state.json"
+    )
     assert run.eval_at(5, final_step=10) == "file:///r/runs/abc/eval-step-0000005.json"
     assert run.eval_at(10, final_step=10) == run.eval
     assert layout.Study(layout.study_url("file:///r", "s")).analysis == "file:///r/studies/s/analysis.json"
