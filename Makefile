@@ -34,7 +34,10 @@ bench: install
 # Files already in `ruff format` style (the rest of the repo is formatted in one commit once the open branches merge).
 FORMATTED ?= repeatlab/cli.py repeatlab/config.py repeatlab/records.py repeatlab/layout.py repeatlab/logs.py \
 	repeatlab/fit.py repeatlab/steps.py repeatlab/grid.py repeatlab/mix.py repeatlab/archive.py repeatlab/danger.py \
-	repeatlab/analyze.py repeatlab/evaluate.py repeatlab/corpus.py scripts/check_architecture.py \
+	repeatlab/analyze.py repeatlab/evaluate.py repeatlab/corpus.py repeatlab/audit.py repeatlab/audit_fanout.py \
+	repeatlab/audit_report.py repeatlab/audit_scan.py repeatlab/audit_synthetic.py repeatlab/audit_hashing.py \
+	repeatlab/default_corpus.py repeatlab/mechanism.py repeatlab/storage.py repeatlab/noise.py \
+	scripts/check_architecture.py \
 	tests/test_cli.py tests/test_records.py
 
 lint-format:

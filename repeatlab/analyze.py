@@ -96,6 +96,10 @@ FIELDS = {
 }
 
 
+# The fields that name one run in the analysis' lists (runs, loss spikes, mechanism), in this order.
+RUN_IDENTITY = ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")
+
+
 def sign_of(metric: str) -> float:
     return 1.0 if METRICS[metric][1] == "lower" else -1.0
 
@@ -362,12 +366,7 @@ def noise_checks(st: _Study) -> tuple[list[dict], list[dict]]:
         if spike:
             spikes.append(
                 {
-                    "point_id": r["point_id"],
-                    "model": r["model"],
-                    "n_params": r["n_params"],
-                    "fraction": r["fraction"],
-                    "epochs": r["epochs"],
-                    "seed": r["seed"],
+                    **{k: r[k] for k in RUN_IDENTITY if k != "control"},
                     **spike,
                 }
             )
@@ -560,7 +559,7 @@ def run_rows(st: _Study) -> list[dict]:
     """One row per run (the CSV): values, damage, N_eff and, for test loss, significance."""
     rows = []
     for r in st.run_list:
-        row = {k: r[k] for k in ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")}
+        row = {k: r[k] for k in RUN_IDENTITY}
         row.update(
             {
                 "repeated_loss": r["repeated_loss"],
@@ -939,13 +938,7 @@ def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
     """Per run evidence, and baseline vs worst-E evidence per (N, f)."""
     per_run = [
         {
-            "point_id": r["point_id"],
-            "model": r["model"],
-            "n_params": r["n_params"],
-            "fraction": r["fraction"],
-            "epochs": r["epochs"],
-            "seed": r["seed"],
-            "control": r["control"],
+            **{k: r[k] for k in RUN_IDENTITY},
             **r["mechanism"],
         }
         for r in run_list

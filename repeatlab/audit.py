@@ -47,18 +47,34 @@ def profile(histogram: dict[int, int], total_tokens: int) -> list[dict]:
     buckets: dict[int, dict] = {}
     for e, tokens in sorted(histogram.items()):
         i = int(math.floor(math.log2(e)))
-        b = buckets.setdefault(i, {"e_low": 2**i, "e_high": 2 ** (i + 1), "tokens": 0, "weighted_e": 0.0,
-                                   "unique_tokens": 0.0, "removable_tokens": 0.0})
+        b = buckets.setdefault(
+            i,
+            {
+                "e_low": 2**i,
+                "e_high": 2 ** (i + 1),
+                "tokens": 0,
+                "weighted_e": 0.0,
+                "unique_tokens": 0.0,
+                "removable_tokens": 0.0,
+            },
+        )
         b["tokens"] += tokens
         b["weighted_e"] += tokens * e
         b["unique_tokens"] += tokens / e
         b["removable_tokens"] += tokens * (1 - 1 / e)
     rows = []
     for _, b in sorted(buckets.items()):
-        rows.append({"e_low": b["e_low"], "e_high": b["e_high"], "tokens": int(b["tokens"]),
-                     "fraction": b["tokens"] / total_tokens, "epochs": b["weighted_e"] / b["tokens"],
-                     "unique_tokens": int(round(b["unique_tokens"])),
-                     "removable_tokens": int(round(b["removable_tokens"]))})
+        rows.append(
+            {
+                "e_low": b["e_low"],
+                "e_high": b["e_high"],
+                "tokens": int(b["tokens"]),
+                "fraction": b["tokens"] / total_tokens,
+                "epochs": b["weighted_e"] / b["tokens"],
+                "unique_tokens": int(round(b["unique_tokens"])),
+                "removable_tokens": int(round(b["removable_tokens"])),
+            }
+        )
     return rows
 
 
@@ -87,29 +103,65 @@ def place(rows: list[dict], n_params: float, analysis: dict | None, passes: floa
             continue
         epochs = max(row["epochs"] * passes, 1.0)  # fewer than one expected sighting: read as seen once
         r = danger.assess(n_params, min(row["fraction"], 0.999999), epochs, analysis)
-        damage = (danger.predicted_damage(analysis, r["study_fraction"], n_params, epochs)
-                  if analysis is not None and r["study_fraction"] else None)
-        per_removed = (max(damage, 0.0) / row["removable_tokens"] * 1e6
-                       if damage is not None and row["removable_tokens"] else None)
-        readings.append({"e_low": row["e_low"], "e_high": row["e_high"], "epochs": epochs,
-                         "fraction": row["fraction"], "tokens": row["tokens"],
-                         "removable_tokens": row["removable_tokens"], "in_region": r["in_region"],
-                         "left_edge": r["left_edge"], "right_edge": r["right_edge"], "multiplier": r["multiplier"],
-                         "n_eff": r["n_eff"], "damage": damage, "damage_per_million_removed": per_removed,
-                         "extrapolated": r["extrapolated"], "study_fraction": r["study_fraction"],
-                         "fraction_note": r["fraction_note"], "answer": r["answer"], "notes": r["notes"]})
-    ranked = sorted(readings, key=lambda b: (b["in_region"] is not True,
-                                             -(b["damage_per_million_removed"] or 0.0), -b["fraction"]))
+        damage = (
+            danger.predicted_damage(analysis, r["study_fraction"], n_params, epochs)
+            if analysis is not None and r["study_fraction"]
+            else None
+        )
+        per_removed = (
+            max(damage, 0.0) / row["removable_tokens"] * 1e6 if damage is not None and row["removable_tokens"] else None
+        )
+        readings.append(
+            {
+                "e_low": row["e_low"],
+                "e_high": row["e_high"],
+                "epochs": epochs,
+                "fraction": row["fraction"],
+                "tokens": row["tokens"],
+                "removable_tokens": row["removable_tokens"],
+                "in_region": r["in_region"],
+                "left_edge": r["left_edge"],
+                "right_edge": r["right_edge"],
+                "multiplier": r["multiplier"],
+                "n_eff": r["n_eff"],
+                "damage": damage,
+                "damage_per_million_removed": per_removed,
+                "extrapolated": r["extrapolated"],
+                "study_fraction": r["study_fraction"],
+                "fraction_note": r["fraction_note"],
+                "answer": r["answer"],
+                "notes": r["notes"],
+            }
+        )
+    ranked = sorted(
+        readings, key=lambda b: (b["in_region"] is not True, -(b["damage_per_million_removed"] or 0.0), -b["fraction"])
+    )
     flagged = [b for b in readings if b["in_region"]]
     source = "paper" if analysis is None else "study"
     extrapolated = any(b["extrapolated"] for b in readings) or analysis is None
-    return {"n_params": n_params, "passes": passes, "source": source, "region": _region_of(analysis, readings),
-            "study": None if analysis is None else analysis.get("study"), "buckets": readings,
-            "ranked": [{"rank": i + 1, "e_low": b["e_low"], "e_high": b["e_high"], "in_region": b["in_region"],
-                        "removable_tokens": b["removable_tokens"], "damage": b["damage"],
-                        "damage_per_million_removed": b["damage_per_million_removed"]} for i, b in enumerate(ranked)],
-            "flagged": [[b["e_low"], b["e_high"]] for b in flagged], "extrapolated": extrapolated,
-            "notes": _placement_notes(readings, analysis)}
+    return {
+        "n_params": n_params,
+        "passes": passes,
+        "source": source,
+        "region": _region_of(analysis, readings),
+        "study": None if analysis is None else analysis.get("study"),
+        "buckets": readings,
+        "ranked": [
+            {
+                "rank": i + 1,
+                "e_low": b["e_low"],
+                "e_high": b["e_high"],
+                "in_region": b["in_region"],
+                "removable_tokens": b["removable_tokens"],
+                "damage": b["damage"],
+                "damage_per_million_removed": b["damage_per_million_removed"],
+            }
+            for i, b in enumerate(ranked)
+        ],
+        "flagged": [[b["e_low"], b["e_high"]] for b in flagged],
+        "extrapolated": extrapolated,
+        "notes": _placement_notes(readings, analysis),
+    }
 
 
 def _region_of(analysis: dict | None, readings: list[dict]) -> dict | None:
@@ -126,15 +178,21 @@ def _region_of(analysis: dict | None, readings: list[dict]) -> dict | None:
 
 
 def _placement_notes(readings: list[dict], analysis: dict | None) -> list[str]:
-    notes = ["Each bucket is read as if it were the only repeated subset (the paper's design); a corpus with several "
-             "repeated buckets is a mixture no study measured."]
+    notes = [
+        "Each bucket is read as if it were the only repeated subset (the paper's design); a corpus with several "
+        "repeated buckets is a mixture no study measured."
+    ]
     if analysis is None:
-        notes.append("No study given: the paper's published region (Hernandez et al. 2022, T = 100B tokens, f = 10%, "
-                     "GPT-2 BPE); its constants do not transfer to other budgets and tokenizers: EXTRAPOLATED.")
+        notes.append(
+            "No study given: the paper's published region (Hernandez et al. 2022, T = 100B tokens, f = 10%, "
+            "GPT-2 BPE); its constants do not transfer to other budgets and tokenizers: EXTRAPOLATED."
+        )
     used = sorted({b["study_fraction"] for b in readings if b["study_fraction"] is not None})
     if used:
-        notes.append(f"Each bucket's share f is read at the {'paper' if analysis is None else 'study'}'s nearest "
-                     f"measured fraction ({', '.join(f'f = {f:g}' for f in used)}).")
+        notes.append(
+            f"Each bucket's share f is read at the {'paper' if analysis is None else 'study'}'s nearest "
+            f"measured fraction ({', '.join(f'f = {f:g}' for f in used)})."
+        )
     seen = set()
     for b in readings:
         for line in ([b["fraction_note"]] if b["fraction_note"] else []) + b["notes"]:
@@ -149,32 +207,43 @@ def _placement_notes(readings: list[dict], analysis: dict | None) -> list[str]:
 def headline(audit: dict) -> list[str]:
     """The lines `repeatlab audit` prints: corpus, profile, danger reading, what to deduplicate first."""
     c, lines = audit["corpus"], []
-    lines.append(f"Corpus {c['url']}: {c['documents']:,} documents, {c['tokens']:,} tokens ({c['tokenizer']} "
-                 f"tokens); {audit['exact']['duplicate_documents']:,} exact duplicate documents, "
-                 f"{audit['near']['clusters']:,} near-duplicate clusters, "
-                 f"{audit['spans']['distinct_repeated_spans']:,} distinct repeated spans of >= "
-                 f"{audit['spans']['min_span']} tokens.")
+    lines.append(
+        f"Corpus {c['url']}: {c['documents']:,} documents, {c['tokens']:,} tokens ({c['tokenizer']} "
+        f"tokens); {audit['exact']['duplicate_documents']:,} exact duplicate documents, "
+        f"{audit['near']['clusters']:,} near-duplicate clusters, "
+        f"{audit['spans']['distinct_repeated_spans']:,} distinct repeated spans of >= "
+        f"{audit['spans']['min_span']} tokens."
+    )
     lines.append("Repetition profile (share f of tokens whose content occurs E times):")
     for row in audit["profile"]:
-        lines.append(f"  E {_range(row):>13}  f = {row['fraction']:8.4%}  mean E = {row['epochs']:9.1f}  "
-                     f"tokens {row['tokens']:>12,}")
+        lines.append(
+            f"  E {_range(row):>13}  f = {row['fraction']:8.4%}  mean E = {row['epochs']:9.1f}  "
+            f"tokens {row['tokens']:>12,}"
+        )
     p = audit.get("placement")
     if p is None:
-        lines.append("Danger reading: give --params N (non-embedding parameters) to place the profile on the damage map.")
+        lines.append(
+            "Danger reading: give --params N (non-embedding parameters) to place the profile on the damage map."
+        )
         return lines
     src = "the paper's region" if p["source"] == "paper" else f"study {p['study']}"
     flagged = [b for b in p["buckets"] if b["in_region"]]
     share = sum(b["fraction"] for b in flagged)
-    lines.append(f"Danger reading for N = {p['n_params']:.3g} ({src}{', EXTRAPOLATED' if p['extrapolated'] else ''}): "
-                 f"{len(flagged)} of {len(p['buckets'])} repeated buckets IN the poor-performance region, holding "
-                 f"{share:.2%} of the tokens.")
+    lines.append(
+        f"Danger reading for N = {p['n_params']:.3g} ({src}{', EXTRAPOLATED' if p['extrapolated'] else ''}): "
+        f"{len(flagged)} of {len(p['buckets'])} repeated buckets IN the poor-performance region, holding "
+        f"{share:.2%} of the tokens."
+    )
     for b in p["buckets"]:
         lines.append(f"  E {_range(b):>13}: {b['answer']}")
     if p["ranked"]:
         first = p["ranked"][0]
-        lines.append(f"Deduplicate first: E {_range(first)} ({first['removable_tokens']:,} tokens removed"
-                     + (f", predicted damage {first['damage']:+.4f} nats" if first["damage"] is not None else "")
-                     + ("; in the region" if first["in_region"] else "; not in the region") + ").")
+        lines.append(
+            f"Deduplicate first: E {_range(first)} ({first['removable_tokens']:,} tokens removed"
+            + (f", predicted damage {first['damage']:+.4f} nats" if first["damage"] is not None else "")
+            + ("; in the region" if first["in_region"] else "; not in the region")
+            + ")."
+        )
     lines += [f"  note: {n}" for n in p["notes"]]
     return lines
 
@@ -187,9 +256,17 @@ def _range(b: dict) -> str:
 # The audit
 
 
-def run_audit(url: str, settings: ScanSettings, n_params: float | None = None, study: str | None = None,
-              passes: float = 1.0, corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte",
-              strict_range: bool = False, scan_fn=None) -> tuple[dict, Scan]:
+def run_audit(
+    url: str,
+    settings: ScanSettings,
+    n_params: float | None = None,
+    study: str | None = None,
+    passes: float = 1.0,
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+    strict_range: bool = False,
+    scan_fn=None,
+) -> tuple[dict, Scan]:
     """Measure the corpus and place its profile on the damage map; returns (audit.json content, the scan).
 
     scan_fn: what measures the corpus, called like `scan` (the fan-out's reduce step passes one that merges the
@@ -204,21 +281,37 @@ def run_audit(url: str, settings: ScanSettings, n_params: float | None = None, s
     s = (scan_fn or scan)(url, settings, corpus_cfg, tokenizer)
     rows = profile(s.histogram, s.total_tokens)
     audit: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "created_by": f"repeatlab {__version__}",
-        "corpus": {"url": url, "files": s.files, "documents": s.documents, "empty_documents": s.empty,
-                   "tokens": s.total_tokens, "tokenizer": s.tokenizer["kind"]},
-        "settings": dataclasses.asdict(settings), "exact": s.exact, "near": s.near, "spans": s.spans,
-        "histogram": {str(k): v for k, v in sorted(s.histogram.items())}, "profile": rows,
-        "examples": s.examples, "timings": s.timings, "placement": None,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"repeatlab {__version__}",
+        "corpus": {
+            "url": url,
+            "files": s.files,
+            "documents": s.documents,
+            "empty_documents": s.empty,
+            "tokens": s.total_tokens,
+            "tokenizer": s.tokenizer["kind"],
+        },
+        "settings": dataclasses.asdict(settings),
+        "exact": s.exact,
+        "near": s.near,
+        "spans": s.spans,
+        "histogram": {str(k): v for k, v in sorted(s.histogram.items())},
+        "profile": rows,
+        "examples": s.examples,
+        "timings": s.timings,
+        "placement": None,
     }
-    audit["audit_id"] = stable_hash({"files": [[f["bytes"], f["sha256"]] for f in s.files],
-                                     "settings": audit["settings"], "tokenizer": s.tokenizer})
+    audit["audit_id"] = stable_hash(
+        {"files": [[f["bytes"], f["sha256"]] for f in s.files], "settings": audit["settings"], "tokenizer": s.tokenizer}
+    )
     if n_params is not None:
         audit["placement"] = place(rows, float(n_params), analysis, passes)
         if strict_range and audit["placement"]["extrapolated"]:
-            raise AnalysisError(f"--params {n_params}: the reading is extrapolated beyond the "
-                                f"{'paper' if analysis is None else 'study'}'s fitted range (sizes or E); drop "
-                                "--strict-range to accept an extrapolated reading, or give a --study that covers it")
+            raise AnalysisError(
+                f"--params {n_params}: the reading is extrapolated beyond the "
+                f"{'paper' if analysis is None else 'study'}'s fitted range (sizes or E); drop "
+                "--strict-range to accept an extrapolated reading, or give a --study that covers it"
+            )
     return audit, s
 
 
@@ -231,6 +324,7 @@ def removal_plan(s: Scan, flagged: list[list[int]] | None) -> dict:
 
     flagged: E ranges [low, high) to remove; None removes all repetition (E >= 2).
     """
+
     def hit(e: np.ndarray) -> np.ndarray:
         if flagged is None:
             return e >= 2
@@ -276,19 +370,29 @@ def _cut_text(text: str, ranges: list[tuple[int, int]], tok) -> str:
     return tok.decode(ids[keep])
 
 
-def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagged",
-                       corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte") -> dict:
+def write_deduplicated(
+    audit: dict,
+    s: Scan,
+    out_url: str,
+    remove: str = "flagged",
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+) -> dict:
     """Write the corpus without the removed repetition as JSONL ({"text": ...}) at out_url, atomically."""
     from repeatlab.audit_scan import load_tokenizer
 
     name = out_url.rstrip("/").rsplit("/", 1)[-1].lower()
     if not name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-        raise ConfigError(f"--write-deduplicated: {out_url!r} is not allowed: the name must end in .jsonl, "
-                          ".jsonl.gz or .jsonl.zst (a corpus `repeatlab prepare` reads)")
+        raise ConfigError(
+            f"--write-deduplicated: {out_url!r} is not allowed: the name must end in .jsonl, "
+            ".jsonl.gz or .jsonl.zst (a corpus `repeatlab prepare` reads)"
+        )
     if remove == "flagged":
         if audit.get("placement") is None:
-            raise ConfigError("--remove flagged needs --params (which buckets are flagged depends on N); give "
-                              "--params or use --remove all")
+            raise ConfigError(
+                "--remove flagged needs --params (which buckets are flagged depends on N); give "
+                "--params or use --remove all"
+            )
         flagged = audit["placement"]["flagged"]
     elif remove == "all":
         flagged = None
@@ -297,8 +401,15 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
     plan = removal_plan(s, flagged)
     tok = load_tokenizer(tokenizer)
     _, fmt, eff = resolve_corpus(audit["corpus"]["url"], corpus_cfg)
-    counts: dict[str, Any] = {"documents_in": 0, "documents_out": 0, "documents_dropped": 0, "documents_emptied": 0,
-              "spans_cut": 0, "bytes_in": 0, "bytes_out": 0}
+    counts: dict[str, Any] = {
+        "documents_in": 0,
+        "documents_out": 0,
+        "documents_dropped": 0,
+        "documents_emptied": 0,
+        "spans_cut": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+    }
     from repeatlab import corpus
 
     with storage.atomic_local_file(out_url) as tmp:
@@ -326,8 +437,10 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
                     d += 1
             sink.close()
         if d != len(plan["drop"]):
-            raise CorpusError(f"{audit['corpus']['url']}: {d} documents on the second read, {len(plan['drop'])} on "
-                              "the first; the corpus changed during the audit; run it again")
+            raise CorpusError(
+                f"{audit['corpus']['url']}: {d} documents on the second read, {len(plan['drop'])} on "
+                "the first; the corpus changed during the audit; run it again"
+            )
         if counts["documents_out"] == 0:
             raise CorpusError(f"{out_url}: deduplication would leave no documents; nothing written")
     counts.update(url=out_url, remove=remove, flagged=flagged)
@@ -367,8 +480,11 @@ def _number(name: str, value: str, kind=float):
 
 
 def settings_from_args(args: Any) -> ScanSettings:
-    return ScanSettings(min_span=_number("--min-span", args.min_span, int), ngram=_number("--ngram", args.ngram, int),
-                        threshold=_number("--threshold", args.threshold),
-                        num_perm=_number("--num-perm", args.num_perm, int),
-                        shard_tokens=_number("--shard-tokens", args.shard_tokens, int),
-                        max_memory=_number("--max-memory", args.max_memory, int))
+    return ScanSettings(
+        min_span=_number("--min-span", args.min_span, int),
+        ngram=_number("--ngram", args.ngram, int),
+        threshold=_number("--threshold", args.threshold),
+        num_perm=_number("--num-perm", args.num_perm, int),
+        shard_tokens=_number("--shard-tokens", args.shard_tokens, int),
+        max_memory=_number("--max-memory", args.max_memory, int),
+    )

@@ -141,20 +141,7 @@ def test_unknown_command_and_bad_input_are_one_line(tmp_path, capsys):
 
 def test_every_command_has_its_own_help(capsys):
     parser = cli.build_parser()
-    for name in (
-        "prepare",
-        "mix",
-        "grid",
-        "train",
-        "evaluate",
-        "analyze",
-        "danger",
-        "audit",
-        "report",
-        "archive",
-        "run",
-        "compile",
-    ):
+    for name in cli.COMMANDS:
         with pytest.raises(SystemExit):
             parser.parse_args([name, "--help"])
         assert f"usage: repeatlab {name}" in capsys.readouterr().out

@@ -15,7 +15,8 @@ from repeatlab.corpus import corpus_url, load_manifest, open_split, prepare_corp
 from repeatlab.errors import ConfigError, CorpusError, StorageError
 from repeatlab.tokenizer import load_tokenizer
 
-WORDS = ["thou", "art", "the", "king", "of", "denmark", "and", "god", "said", "let", "there", "be", "light", "wherefore", "romeo", "héllo", "wörld"]
+WORDS = ["thou", "art", "the", "king", "of", "denmark", "and", "god", "said", "let", "there", "be", "light",
+         "wherefore", "romeo", "héllo", "wörld"]
 FRACTIONS = {"test_fraction": 0.2, "probe_fraction": 0.2}  # small corpora still fill every split
 
 
@@ -86,7 +87,8 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
         assert len(got) == info["documents"] > 0
         seen[split] = set(got)
     # disjoint, complete, byte-exact
-    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["probe"]) and not (seen["test"] & seen["probe"])
+    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["probe"])
+    assert not (seen["test"] & seen["probe"])
     assert seen["train"] | seen["test"] | seen["probe"] == set(texts)
     assert sum(m["splits"][s]["documents"] for s in ("train", "test", "probe")) == 60
 
