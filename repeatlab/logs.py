@@ -68,6 +68,22 @@ class RankZeroFilter(logging.Filter):
         return rank() in (None, 0) or record.levelno >= logging.WARNING
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a record is emitted (not when logging was set up), so a replaced
+    stderr (pytest's capture, a redirect) never receives records through a stale, closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def log_format() -> str:
     value = os.environ.get(FORMAT_ENV, "human").strip().lower() or "human"
     return value if value in FORMATS else "human"
@@ -80,7 +96,7 @@ def setup(fmt: str | None = None, level: int | str = logging.INFO, stream: Any =
     logger = logging.getLogger("repeatlab")
     for handler in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
     handler.addFilter(RankZeroFilter())
