@@ -25,6 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # The commands whose arguments are defined here, in the order `repeatlab --help` lists them.
 COMMANDS = (
+    "family",
     "prepare",
     "mix",
     "grid",
@@ -40,7 +41,6 @@ COMMANDS = (
 )
 # Commands whose arguments their own module still parses: name -> (module, function, one-line help).
 DELEGATED: dict[str, tuple[str, str, str]] = {
-    "family": ("repeatlab.model", "cli", "list the model family with non-embedding parameter counts"),
     "submit": ("repeatlab.kfp_client", "cli_submit", "submit a study to a Kubeflow Pipelines API"),
     "schedule": (
         "repeatlab.kfp_client",
@@ -336,6 +336,70 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_family(args: argparse.Namespace) -> int:
+    from repeatlab import model
+    from repeatlab.config import FamilyConfig
+
+    defaults = FamilyConfig()
+    for name in ("aspect_ratio", "head_dim", "mlp_ratio"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name))
+    for flag, value, low, high in (
+        ("--aspect-ratio", args.aspect_ratio, 1, None),
+        ("--head-dim", args.head_dim, 1, None),
+        ("--mlp-ratio", args.mlp_ratio, 1, None),
+        ("--vocab-size", args.vocab_size, 2, model.MAX_VOCAB),
+        ("--context", args.context, 1, model.MAX_CONTEXT),
+        ("--max-depth", args.max_depth, 1, model.MAX_FAMILY_DEPTH),
+    ):
+        model._require_int(value, flag, low, high)
+    family = FamilyConfig(aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, mlp_ratio=args.mlp_ratio)
+    rows = model.list_family(family, args.vocab_size, args.context, args.max_depth, args.attention_only)
+    if args.json:
+        _dump(rows)
+        return 0
+    header = ("name", "layers", "width", "heads", "N non-embedding", "N total", "FLOPs/token")
+    table = [header] + [
+        (
+            r["name"],
+            str(r["n_layer"]),
+            str(r["n_embd"]),
+            str(r["n_head"]),
+            f"{r['n_params_nonembed']:,}",
+            f"{r['n_params_total']:,}",
+            f"{r['flops_per_token']:.3e}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    print(
+        f"\nvocab {args.vocab_size}, context {args.context}, aspect ratio {family.aspect_ratio}, head dim "
+        f"{family.head_dim}, mlp ratio {family.mlp_ratio}; N non-embedding excludes wte and wpe (Kaplan), N total "
+        "counts the tied embedding once; FLOPs/token = 6N + 6 * layers * context * width (training)"
+    )
+    return 0
+
+
+def _add_family(sub: Any) -> None:
+    p = sub.add_parser(
+        "family",
+        parents=[JSON, LOGGING],
+        help="list the model family with non-embedding parameter counts",
+        description="List the model family (width = depth x aspect ratio, whole heads) with non-embedding and "
+        "total parameter counts and training FLOPs per token.",
+    )
+    p.add_argument("--aspect-ratio", type=int, help="width per layer of depth (default: the study config's)")
+    p.add_argument("--head-dim", type=int, help="width of one attention head (default: the study config's)")
+    p.add_argument("--mlp-ratio", type=int, help="MLP width / model width (default: the study config's)")
+    p.add_argument("--vocab-size", type=int, default=256, help="vocabulary (256: byte tokens)")
+    p.add_argument("--context", type=int, default=128, help="context length in tokens")
+    p.add_argument("--max-depth", type=int, default=24, help="list depths 1..max-depth")
+    p.add_argument("--attention-only", action="store_true", help="blocks without MLP")
+    p.set_defaults(handler=cmd_family)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Local by default: through the KFP local runner; with --host, submitted to that KFP API."""
     import dataclasses
@@ -602,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     _log_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     _add_prepare(sub)
+    _add_family(sub)
     _add_steps(sub)
     _add_results(sub)
     _add_pipeline(sub)

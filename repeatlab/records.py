@@ -34,6 +34,8 @@ MODEL_FIELDS = (
     "n_params_nonembed",
     "n_params_total",
 )
+# The parameter counts are derived from the shape (GPTConfig computes them): a point.json may leave them out.
+MODEL_DERIVED = ("n_params_nonembed", "n_params_total")
 
 
 def _names(cls: Any) -> set[str]:
@@ -109,7 +111,7 @@ class Point(Record):
     eval: dict[str, Any]
 
     def check(self, where: str) -> None:
-        _check_keys(self.model, set(MODEL_FIELDS), set(MODEL_FIELDS), f"{where}.model")
+        _check_keys(self.model, set(MODEL_FIELDS), set(MODEL_FIELDS) - set(MODEL_DERIVED), f"{where}.model")
         _check_keys(self.budget, _names(BudgetConfig), set(), f"{where}.budget")
         _check_keys(self.train, _names(TrainConfig), set(), f"{where}.train")
         _check_keys(self.eval, _names(EvalConfig), set(), f"{where}.eval")

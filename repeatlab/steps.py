@@ -101,11 +101,14 @@ def train(
     if run.is_trained():
         log(f"train: {run_url} already trained; skipping")
         return {"skipped": True, **Done.read(run.done).to_json()}
-    execution = execution_of(run)
+    if nproc_per_node is None or nnodes is None:
+        execution = execution_of(run)
+        nproc_per_node = nproc_per_node or int(execution.get("nproc_per_node", 1))
+        nnodes = nnodes or int(execution.get("nnodes", 1))
     command = torchrun_command(
         run_url,
-        nproc_per_node=nproc_per_node or int(execution.get("nproc_per_node", 1)),
-        nnodes=nnodes or int(execution.get("nnodes", 1)),
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
         max_steps=max_steps,
         evaluate=evaluate,
     )
