@@ -306,7 +306,7 @@ def scan(
     settings: ScanSettings,
     corpus_cfg: CorpusConfig | None = None,
     tokenizer: str = "byte",
-    progress: Callable[[str], None] = log.info,
+    progress: Callable[[str], None] = log.debug,  # progress lines: `repeatlab -v audit` shows them
     workdir: str | None = None,
 ) -> Scan:
     """Measure the corpus at `url` (anything prepare reads); see the module docstring."""
