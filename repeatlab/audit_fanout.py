@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -174,6 +175,38 @@ def reduce_groups(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _group_meta(work_url: str, index: int, groups: int, settings: Any, tokenizer: str) -> tuple[str, dict]:
+    """(URL, group.json) of one map step's group, checked to be complete and made with these settings."""
+    gurl = _group_url(work_url, index)
+    meta_url = storage.join(gurl, "group.json")
+    if not storage.exists(meta_url):
+        raise CorpusError(f"{gurl}: no group.json: map step {index} of {groups} did not finish; run it again")
+    meta = storage.read_json(meta_url)
+    if meta["settings"] != dataclasses.asdict(settings) or meta["tokenizer"] != tokenizer:
+        raise CorpusError(
+            f"{gurl}: written with other settings ({json.dumps(meta['settings'])}, tokenizer "
+            f"{meta['tokenizer']!r}); clear {work_url} and run the audit again"
+        )
+    return gurl, meta
+
+
+def _copy_group_shards(gurl: str, n_shards: int, folder: str, shards: Any, docs_before: int) -> None:
+    """A group's token shards into the reduce's folder (renumbered), and its fingerprint spill appended to the
+    reduce's partitions."""
+    first_doc = _load(storage.join(gurl, "shard_first_doc.npy"))
+    for i in range(n_shards):
+        path = os.path.join(folder, f"shard-{len(shards.paths):05d}.npy")
+        with open(path, "wb") as fh:
+            fh.write(storage.read_bytes(storage.join(gurl, f"shard-{i:05d}.npy")))
+        shards.paths.append(path)
+        shards.first_doc.append(int(first_doc[i]) + docs_before)
+    for part in range(1 << PARTITION_BITS):
+        h_url = storage.join(gurl, f"h{part}")
+        if storage.exists(h_url):
+            with open(os.path.join(folder, f"h{part}"), "ab") as fh:
+                fh.write(storage.read_bytes(h_url))
+
+
 def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> Scan:
     t0 = time.perf_counter()
     shards = _Shards(folder, settings.shard_tokens, dtype)
@@ -187,16 +220,7 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
     empty = 0
     read_s = minhash_s = 0.0
     for index in range(groups):
-        gurl = _group_url(work_url, index)
-        meta_url = storage.join(gurl, "group.json")
-        if not storage.exists(meta_url):
-            raise CorpusError(f"{gurl}: no group.json: map step {index} of {groups} did not finish; run it again")
-        meta = storage.read_json(meta_url)
-        if meta["settings"] != dataclasses.asdict(settings) or meta["tokenizer"] != tokenizer:
-            raise CorpusError(
-                f"{gurl}: written with other settings ({json.dumps(meta['settings'])}, tokenizer "
-                f"{meta['tokenizer']!r}); clear {work_url} and run the audit again"
-            )
+        gurl, meta = _group_meta(work_url, index, groups, settings, tokenizer)
         keys = _load(storage.join(gurl, "keys.npy"))
         sig = _load(storage.join(gurl, "signatures.npy"))
         local_to_global = np.empty(len(keys), dtype=np.int64)
@@ -207,19 +231,7 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
                 previews.append(meta["previews"][j])
                 signatures.append(sig[j : j + 1])
         check_signature_memory(url, len(content_ids), settings)
-        first_doc = _load(storage.join(gurl, "shard_first_doc.npy"))
-        docs_before = sum(a.size for a in doc_content)
-        for i in range(meta["shards"]):
-            path = os.path.join(folder, f"shard-{len(shards.paths):05d}.npy")
-            with open(path, "wb") as fh:
-                fh.write(storage.read_bytes(storage.join(gurl, f"shard-{i:05d}.npy")))
-            shards.paths.append(path)
-            shards.first_doc.append(int(first_doc[i]) + docs_before)
-        for part in range(1 << PARTITION_BITS):  # the group's fingerprint spill, appended to the reduce's partitions
-            h_url = storage.join(gurl, f"h{part}")
-            if storage.exists(h_url):
-                with open(os.path.join(folder, f"h{part}"), "ab") as fh:
-                    fh.write(storage.read_bytes(h_url))
+        _copy_group_shards(gurl, meta["shards"], folder, shards, sum(a.size for a in doc_content))
         doc_content.append(local_to_global[_load(storage.join(gurl, "doc_content.npy"))])
         doc_tokens.append(_load(storage.join(gurl, "doc_tokens.npy")))
         infos += meta["files"]

@@ -111,6 +111,61 @@ def render_figures(audit: dict) -> dict:
     return {"profile": _fig_profile(audit), "damage_map": _fig_damage_map(audit)}
 
 
+def _placement_tables(p: dict | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The danger reading per bucket and the deduplication ranking (with --params only)."""
+    if not p:
+        return []
+    tables: list[tuple[str, list[str], list[list[str]]]] = []
+    tables.append(
+        (
+            "Danger reading per repeated bucket",
+            [
+                "E bucket",
+                "E (x passes)",
+                "f",
+                "in region",
+                "left edge E",
+                "right edge E",
+                "N/N_eff",
+                "damage (nats)",
+                "extrapolated",
+            ],
+            [
+                [
+                    _bucket(b),
+                    _fmt(b["epochs"], ".1f"),
+                    f"{b['fraction']:.4%}",
+                    _fmt(b["in_region"]),
+                    _fmt(b["left_edge"], ".4g"),
+                    _fmt(b["right_edge"], ".4g"),
+                    _fmt(b["multiplier"], ".3f"),
+                    _fmt(b["damage"], "+.4f"),
+                    _fmt(b["extrapolated"]),
+                ]
+                for b in p["buckets"]
+            ],
+        )
+    )
+    tables.append(
+        (
+            "What to deduplicate first (flagged first, then damage per token removed)",
+            ["rank", "E bucket", "in region", "tokens removed", "damage (nats)", "damage per 1M tokens removed"],
+            [
+                [
+                    str(r["rank"]),
+                    _bucket(r),
+                    _fmt(r["in_region"]),
+                    f"{r['removable_tokens']:,}",
+                    _fmt(r["damage"], "+.4f"),
+                    _fmt(r["damage_per_million_removed"], ".3g"),
+                ]
+                for r in p["ranked"]
+            ],
+        )
+    )
+    return tables
+
+
 def _tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     tables = [
         (
@@ -129,55 +184,7 @@ def _tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
         )
     ]
-    p = audit.get("placement")
-    if p:
-        tables.append(
-            (
-                "Danger reading per repeated bucket",
-                [
-                    "E bucket",
-                    "E (x passes)",
-                    "f",
-                    "in region",
-                    "left edge E",
-                    "right edge E",
-                    "N/N_eff",
-                    "damage (nats)",
-                    "extrapolated",
-                ],
-                [
-                    [
-                        _bucket(b),
-                        _fmt(b["epochs"], ".1f"),
-                        f"{b['fraction']:.4%}",
-                        _fmt(b["in_region"]),
-                        _fmt(b["left_edge"], ".4g"),
-                        _fmt(b["right_edge"], ".4g"),
-                        _fmt(b["multiplier"], ".3f"),
-                        _fmt(b["damage"], "+.4f"),
-                        _fmt(b["extrapolated"]),
-                    ]
-                    for b in p["buckets"]
-                ],
-            )
-        )
-        tables.append(
-            (
-                "What to deduplicate first (flagged first, then damage per token removed)",
-                ["rank", "E bucket", "in region", "tokens removed", "damage (nats)", "damage per 1M tokens removed"],
-                [
-                    [
-                        str(r["rank"]),
-                        _bucket(r),
-                        _fmt(r["in_region"]),
-                        f"{r['removable_tokens']:,}",
-                        _fmt(r["damage"], "+.4f"),
-                        _fmt(r["damage_per_million_removed"], ".3g"),
-                    ]
-                    for r in p["ranked"]
-                ],
-            )
-        )
+    tables += _placement_tables(audit.get("placement"))
     ex = audit["examples"]
     tables.append(
         (

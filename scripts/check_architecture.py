@@ -16,6 +16,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "repeatlab"
 MAX_FUNCTION_LINES = 80
+# Pending: long functions in files other branches rewrite (the trainer's Trainer class; the TrainJob runner). Listed,
+# not failed; anything else over the limit fails.
+KNOWN_LONG = {("repeatlab/train.py", "_train"), ("repeatlab/trainjob_runner.py", "run_trainjob")}
 
 
 def module_name(path: Path) -> str:
@@ -94,22 +97,27 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+def long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, str, str]]:
+    """(file, function, message) of every function longer than `limit` lines."""
     out = []
     for path in sorted(package.glob("*.py")):
+        where = str(path.relative_to(package.parent))
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 if length > limit:
-                    out.append(
-                        f"{path.relative_to(package.parent)}:{node.lineno}: {node.name} is {length} lines "
-                        f"(more than {limit})"
-                    )
+                    message = f"{where}:{node.lineno}: {node.name} is {length} lines (more than {limit})"
+                    out.append((where, node.name, message))
     return out
 
 
 def main() -> int:
-    problems = [f"import cycle: {' <-> '.join(c)}" for c in cycles(import_graph())] + long_functions()
+    problems = [f"import cycle: {' <-> '.join(c)}" for c in cycles(import_graph())]
+    for where, name, message in long_functions():
+        if (where, name) in KNOWN_LONG:
+            print(f"pending (another branch rewrites it): {message}")
+        else:
+            problems.append(message)
     for line in problems:
         print(line)
     return 1 if problems else 0
