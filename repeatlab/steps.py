@@ -143,7 +143,7 @@ def evaluate(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
             log(f"evaluate: {exc}; evaluating again")
             record = None
         if record is not None and record.get("step") == Done.read(run.done).step:
-            log(f"evaluate: {run_url} already evaluated; reusing {run.eval}")
+            log(f"evaluate: {run_url} already evaluated; reusing eval.json")
             return record
     from repeatlab.evaluate import evaluate_run  # torch: only imported when there is something to evaluate
 
