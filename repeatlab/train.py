@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from repeatlab import integrity, storage
+from repeatlab import integrity, layout, storage
 from repeatlab.checkpoint import (  # noqa: F401 - write_torch as _write_torch: the old name, still imported by tests
     CHECKPOINT_FORMAT_VERSION,
     checkpoint_name,
@@ -139,7 +139,11 @@ def load_inputs(run_url: str, world: int) -> Inputs:
     run_url = run_url.rstrip("/")
     point = storage.read_json(storage.join(run_url, "point.json"))
     budget = _known(BudgetConfig, point.get("budget"))
-    tc = _known(TrainConfig, point.get("train"))
+    train = dict(point.get("train") or {})
+    execution_url = layout.Run(run_url).execution  # the execution-only settings, rewritten by every plan
+    if storage.exists(execution_url):
+        train.update(storage.read_json(execution_url).get("train") or {})
+    tc = _known(TrainConfig, train)
     m = dict(point["model"])
     context = int(budget.context)
     if int(m.get("context", context)) != context:
