@@ -13,8 +13,9 @@ kernel: per model size and pack size P in 1, 2, 4, 8, 16, the train step alone (
     stacked parameters; P = 1 is the plain GPT), 16 sequences of 128 tokens per model, one thread on CPU (the demo's
     train.threads_per_rank); the variants take turns, one step each per round; tokens/s = P x 2048 / the fastest
     round's step time, MFU = tokens/s x 6N + 6 n_layer context n_embd (Kaplan) / the matmul ceiling measured in the
-    same run (benchmarks.bench_train.matmul_ceiling). Also the same step through torch.func (stack_module_state + vmap over
-    functional_call of one GPT) at P = 8: the implementation choice (batched matmuls, repeatlab.model.PackedGPT).
+    same run (benchmarks.bench_train.matmul_ceiling). Also the same step through torch.func (stack_module_state +
+    vmap over functional_call of one GPT) at P = 8: the implementation choice (batched matmuls,
+    repeatlab.model.PackedGPT).
 The machines are shared: read the ratios (measured seconds apart), not the absolute numbers.
 """
 
