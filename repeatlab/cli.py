@@ -204,8 +204,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from repeatlab import steps
 
+    if len(args.run_url) > 1:
+        results = steps.train_pack(args.run_url, nproc_per_node=args.nproc_per_node, evaluate=args.evaluate, log=_info)
+        if args.json:
+            _dump(results)
+        return 0
     result = steps.train(
-        args.run_url,
+        args.run_url[0],
         nproc_per_node=args.nproc_per_node,
         nnodes=args.nnodes,
         evaluate=args.evaluate,
@@ -544,7 +549,7 @@ def _add_steps(sub: Any) -> None:
     p.set_defaults(handler=cmd_grid)
     p = sub.add_parser(
         "train",
-        parents=[RUN_URL, JSON, LOGGING],
+        parents=[JSON, LOGGING],
         help="train one grid point under torchrun",
         description="Train one grid point: torchrun with an explicit --nproc-per-node, resuming "
         "from the last checkpoint; a trained point is skipped. The same step the "
@@ -555,6 +560,13 @@ def _add_steps(sub: Any) -> None:
         type=int,
         default=None,
         help="processes per node (default: the run's execution.json, else 1)",
+    )
+    p.add_argument(
+        "--run-url",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="the run folder ({root}/runs/{point_id}); several: train them as one pack (one batched program)",
     )
     p.add_argument("--nnodes", type=int, default=None, help="nodes (default: the run's execution.json, else 1)")
     p.add_argument(

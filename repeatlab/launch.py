@@ -21,7 +21,6 @@ process count per node (never "auto": on a CPU node "auto" means one process per
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any
@@ -73,44 +72,6 @@ def torchrun_command(run_url: str | list[str], nproc_per_node: int, nnodes: int 
         cmd += ["--evaluate"]
     cmd += ["--run-url", *([run_url] if isinstance(run_url, str) else run_url)]
     return cmd
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
-def cli(argv: list[str]) -> int:
-    """`repeatlab train --run-url URL [--nproc-per-node N] [--nnodes M]`: run torchrun, stream its output, return
-    its exit code. N and M default to the point's train.nproc_per_node / train.nnodes."""
-    from repeatlab import storage
-
-    parser = argparse.ArgumentParser(prog="repeatlab train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-url", required=True, nargs="+", action="extend",
-                        help="the run folder ({root}/runs/{point_id}); several: train them as one pack")
-    parser.add_argument("--nproc-per-node", type=int, default=None, help="processes per node (default: point.json)")
-    parser.add_argument("--nnodes", type=int, default=None, help="nodes (default: point.json)")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="also evaluate the final checkpoint (eval.json) in the training processes")
-    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    train_cfg = (storage.read_json(storage.join(args.run_url[0], "point.json")).get("train") or {})
-    nproc = args.nproc_per_node or int(train_cfg.get("nproc_per_node", 1) or 1)
-    nnodes = args.nnodes or int(train_cfg.get("nnodes", 1) or 1)
-    command = torchrun_command(args.run_url, nproc_per_node=nproc, nnodes=nnodes, max_steps=args.max_steps,
-                               evaluate=args.evaluate)
-    env = dict(os.environ)
-    if not _cuda_available():
-        env.setdefault("OMP_NUM_THREADS", "1")  # per rank; train.threads_per_rank overrides it inside the trainer
-    print("repeatlab train: " + " ".join(command), file=sys.stderr, flush=True)
-    try:
-        return run_trainer(command, env=env)  # inherits stdout/stderr: output streams through
-    except KeyboardInterrupt:
-        return 130
 
 
 ERROR_FILE_ENV = "REPEATLAB_ERROR_FILE"

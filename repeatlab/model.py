@@ -15,9 +15,7 @@ lists the family; `resolve_model` turns a study's ModelSpec into a GPTConfig.
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import math
 import numbers
 import re
@@ -104,7 +102,9 @@ class GPTConfig:
             raise ConfigError(f"model.{unknown[0]}: unknown field; allowed fields here: {', '.join(sorted(fields))}")
         missing = sorted(k for k in ("vocab_size", "context", "n_layer", "n_head", "n_embd") if k not in data)
         if missing:
-            raise ConfigError(f"model.{missing[0]}: missing; a model needs vocab_size, context, n_layer, n_head, n_embd")
+            raise ConfigError(
+                f"model.{missing[0]}: missing; a model needs vocab_size, context, n_layer, n_head, n_embd"
+            )
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
@@ -561,48 +561,3 @@ def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "
         if where != "model" and message.startswith("model."):
             raise ConfigError(where + message[len("model"):]) from None
         raise
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# `repeatlab family`
-
-
-def cli(argv: list[str]) -> int:
-    from repeatlab.config import FamilyConfig
-
-    defaults = FamilyConfig()
-    parser = argparse.ArgumentParser(prog="repeatlab family",
-                                     description="List the model family with non-embedding parameter counts.")
-    parser.add_argument("--aspect-ratio", type=int, default=defaults.aspect_ratio, help="width per layer of depth")
-    parser.add_argument("--head-dim", type=int, default=defaults.head_dim, help="width of one attention head")
-    parser.add_argument("--mlp-ratio", type=int, default=defaults.mlp_ratio, help="MLP width / model width")
-    parser.add_argument("--vocab-size", type=int, default=256, help="vocabulary (256: byte tokens)")
-    parser.add_argument("--context", type=int, default=128, help="context length in tokens")
-    parser.add_argument("--max-depth", type=int, default=24, help="list depths 1..max-depth")
-    parser.add_argument("--attention-only", action="store_true", help="blocks without MLP")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args(argv)
-
-    family = FamilyConfig(aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, mlp_ratio=args.mlp_ratio)
-    _require_int(family.aspect_ratio, "--aspect-ratio", 1)
-    _require_int(family.head_dim, "--head-dim", 1)
-    _require_int(family.mlp_ratio, "--mlp-ratio", 1)
-    _require_int(args.vocab_size, "--vocab-size", 2, MAX_VOCAB)
-    _require_int(args.context, "--context", 1, MAX_CONTEXT)
-    _require_int(args.max_depth, "--max-depth", 1, MAX_FAMILY_DEPTH)
-    rows = list_family(family, args.vocab_size, args.context, args.max_depth, args.attention_only)
-
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    header = ("name", "layers", "width", "heads", "N non-embedding", "N total", "FLOPs/token")
-    table = [header] + [(r["name"], str(r["n_layer"]), str(r["n_embd"]), str(r["n_head"]),
-                         f"{r['n_params_nonembed']:,}", f"{r['n_params_total']:,}", f"{r['flops_per_token']:.3e}")
-                        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
-    print(f"\nvocab {args.vocab_size}, context {args.context}, aspect ratio {family.aspect_ratio}, head dim "
-          f"{family.head_dim}, mlp ratio {family.mlp_ratio}; N non-embedding excludes wte and wpe (Kaplan), N total "
-          "counts the tied embedding once; FLOPs/token = 6N + 6 * layers * context * width (training)")
-    return 0

@@ -196,6 +196,7 @@ class Done(Record):
     test_loss: float | None
     repeated_loss: float | None
     repeated_exposures: dict[str, int]
+    pack_size: int = 1  # points trained together in one batched program (repeatlab.packs); 1: alone
 
 
 @dataclass

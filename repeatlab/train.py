@@ -17,7 +17,8 @@ Contract (docs/architecture.md):
   A full batch needs B % W == 0 and (B / W) % micro == 0. In the last, partial batch a rank with fewer sequences runs
   zero-weighted padding micro-batches so every rank makes the same collective calls.
 - Optimizer: AdamW from GPT.configure_optimizer, linear warmup over round(warmup_fraction * steps) steps, then cosine
-  decay to min_lr_ratio * lr at the last step; grad-norm clipping; bf16 autocast and optional torch.compile on CUDA only.
+  decay to min_lr_ratio * lr at the last step; grad-norm clipping; bf16 autocast and optional torch.compile on CUDA
+  only.
   DDP by default (not wrapped for a single process), FSDP2 `fully_shard` (every block, then the root) for "fsdp".
 - Curves: at about train.eval_points log-spaced steps (always step 1 and the last step) the test loss on the first
   train.eval_sequences windows of test.bin and the loss on the first train.eval_sequences repeated sequences (null for
@@ -262,7 +263,8 @@ def check_memory(model_cfg: Any, device: Any, env: DistEnv, parallelism: str, pa
         raise TrainError(f"{what} {model_cfg.name or ''} ({model_cfg.n_params_total:.3g} parameters) needs at least "
                          f"{need * ranks_here / 2**30:,.1f} GiB for weights, gradients and AdamW state on "
                          f"{device.type} ({ranks_here} rank(s)), {free / 2**30:,.1f} GiB is available: choose a "
-                         "smaller model or train.pack_size, train.parallelism: fsdp over more ranks, or a larger machine")
+                         "smaller model or train.pack_size, train.parallelism: fsdp over more ranks, or a larger "
+                         "machine")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class SingleModel:
             self.raw.load_state_dict(resume["model"])
         self.raw.to(self.device)
         self.train_model = self._wrap()
-        self.eval_model = self.raw  # FSDP all-gathers in forward: eval goes through the sharded module (the same object)
+        self.eval_model = self.raw  # FSDP all-gathers in forward: eval goes through the sharded module (this object)
         tc = point.tc
         self.optimizer = self.raw.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2),
                                                       self.device.type)
@@ -517,8 +519,8 @@ class Trainer:
         self.run_model = self.bank.train_model
         if device.type == "cuda" and self.tc.compile:
             self.run_model = torch.compile(self.bank.train_model)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if device.type == "cuda" and self.tc.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
+        bf16 = device.type == "cuda" and self.tc.dtype in ("auto", "bfloat16")
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         if self.resumes[0]:
             rng = self.resumes[0]["rng"]
             torch.set_rng_state(rng["torch"])

@@ -334,3 +334,12 @@ def test_a_bad_point_does_not_keep_its_pack_from_training(tmp_path, corpus):
     _refused(proc, "bad", "n_head", "the other 2 point(s) of its pack trained")
     assert all(storage.exists(storage.join(r, "done.json")) for r in runs)
     assert not storage.exists(storage.join(bad, "done.json"))
+
+
+def test_repeatlab_train_trains_several_run_urls_as_one_pack(tmp_path, corpus):
+    """`repeatlab train --run-url A B`: one torchrun, one pack (done.json says pack_size 2)."""
+    runs = make_points(tmp_path, corpus)[:2]
+    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", *runs, "--nproc-per-node", "1",
+                           "--no-evaluate"], env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [storage.read_json(storage.join(r, "done.json"))["pack_size"] for r in runs] == [2, 2]

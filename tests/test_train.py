@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from repeatlab import storage
-from repeatlab.errors import TrainError
 from repeatlab.proc import descendants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -460,17 +459,16 @@ def test_torchrun_command_is_explicit():
 
 
 def test_launch_cli_runs_and_returns_exit_code(base, tmp_path):
-    from repeatlab import launch
+    from repeatlab.cli import main
 
     run = make_run(tmp_path / "cli", base["corpus"], point_id="cli", sequences=40)
     proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", run, "--nproc-per-node", "1"], env=_env(),
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert (Path(storage.local_path(run)) / "done.json").exists()
-    assert launch.cli(["--run-url", run]) == 0  # already trained
+    assert main(["train", "--run-url", run]) == 0  # already trained
     bad = make_run(tmp_path / "clibad", base["corpus"], sequences=40, batch=7)
-    with pytest.raises(TrainError, match="not divisible"):  # the trainer's one-line error, raised again here
-        launch.cli(["--run-url", bad])
+    assert main(["train", "--run-url", bad]) == 2  # the trainer's one-line error, raised again and printed
     proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", bad], env=_env(), capture_output=True,
                           text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("repeatlab train: error: ")
