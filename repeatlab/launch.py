@@ -155,7 +155,7 @@ def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_node
     command = ["python", "-m", "torch.distributed.run", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE,
                *(["--evaluate"] if evaluate else []), "--run-url", run_url]
     quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
-    env_vars = [{"name": "HOME", "value": HOME}]
+    env_vars: list[dict[str, Any]] = [{"name": "HOME", "value": HOME}]
     env_vars += [{"name": str(k), "value": str(v)} for k, v in sorted((env or {}).items()) if k != "HOME"]
     if storage_secret:
         env_vars += [{"name": var, "valueFrom": {"secretKeyRef": {"name": storage_secret, "key": key}}}

@@ -188,7 +188,7 @@ class GPT(nn.Module):
             "ln_f": nn.LayerNorm(config.n_embd),
         })
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix reads tokens in and writes logits out
+        self.lm_head.weight = self.transformer.wte.weight  # type: ignore[union-attr,assignment]  # tied: one matrix reads tokens in and writes logits out
 
         # GPT-2 init: N(0, 0.02) everywhere, biases zero, and every projection that writes into the residual stream
         # scaled by 1/sqrt(number of residual branches) so the stream's variance does not grow with depth. GPT-2 has
@@ -213,7 +213,7 @@ class GPT(nn.Module):
         is wte, so it is excluded too). False: the total, the tied matrix counted once (Chinchilla's N)."""
         total = sum(p.numel() for p in self.parameters())  # parameters() yields the tied matrix once
         if non_embedding:
-            total -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+            total -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()  # type: ignore[union-attr,operator]
         return total
 
     def flops_per_token(self) -> int:
@@ -235,15 +235,15 @@ class GPT(nn.Module):
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         self._check_length(idx)
         pos = torch.arange(idx.size(1), dtype=torch.long, device=idx.device)  # (T,)
-        return self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)  # type: ignore[operator]  # (B, T, C) + (T, C) -> (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: [B, T] token ids. Returns (logits [B, T, vocab], mean cross-entropy or None).
         A target of -1 is ignored."""
         x = self._embed(idx)
-        for block in self.transformer.h:
+        for block in self.transformer.h:  # type: ignore[union-attr]
             x, _ = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits = self.lm_head(self.transformer.ln_f(x))  # type: ignore[operator]
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -262,10 +262,10 @@ class GPT(nn.Module):
         [B, n_head, T(query), T(key)] tensor of attention probabilities per layer; same logits as forward()."""
         x = self._embed(idx)
         patterns = []
-        for block in self.transformer.h:
+        for block in self.transformer.h:  # type: ignore[union-attr]
             x, pattern = block(x, return_pattern=True)
             patterns.append(pattern)
-        return self.lm_head(self.transformer.ln_f(x)), patterns
+        return self.lm_head(self.transformer.ln_f(x)), patterns  # type: ignore[operator]
 
     def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
                             device_type: str) -> torch.optim.AdamW:
@@ -277,7 +277,7 @@ class GPT(nn.Module):
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = {"fused": True} if fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), **extra)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(float(betas[0]), float(betas[1])), **extra)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -392,7 +392,7 @@ class PackedGPT(nn.Module):
                   {"params": [p for p in params if p.dim() < 3], "weight_decay": 0.0}]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = {"fused": True} if fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), **extra)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(float(betas[0]), float(betas[1])), **extra)
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Per model, torch.nn.utils.clip_grad_norm_: model p's gradient scaled by min(1, max_norm / (||g_p|| + 1e-6)),
@@ -531,7 +531,7 @@ def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "
             return cfg
         if spec.target_params is not None:
             target = spec.target_params
-            if isinstance(target, bool) or not isinstance(target, numbers.Real) or not target > 0:
+            if isinstance(target, bool) or not isinstance(target, numbers.Real) or not float(target) > 0:
                 raise ConfigError(f"{where}.target_params: {target!r} is not allowed: a positive parameter count")
             depth = _nearest_depth(family, float(target), attention_only, where)
             return family_member(family, depth, vocab_size, context, attention_only, name=name)

@@ -347,7 +347,7 @@ class SingleModel:
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 
-            for block in self.raw.transformer.h:
+            for block in self.raw.transformer.h:  # type: ignore[union-attr]
                 fully_shard(block)
             fully_shard(self.raw)
             return self.raw
@@ -403,7 +403,7 @@ class PackedModels:
             models.append(model)
         self.raw = PackedGPT.from_models(models).to(self.device)
         self.eval_model = self.raw
-        self.train_model = self.raw
+        self.train_model: Any = self.raw
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -617,7 +617,7 @@ class Trainer:
         mine = np.array_split(np.arange(longest), W)[self.env.rank]
         calls = math.ceil(math.ceil(longest / W) / micro)
         total = torch.zeros(len(self.runs), 2, dtype=torch.float64, device=self.env.device)
-        data = [run.inputs.test_data if split == "test" else run.inputs.train_data for run in self.runs]
+        data: list[Any] = [run.inputs.test_data if split == "test" else run.inputs.train_data for run in self.runs]
         filler = next(o[:1] for o in offsets if len(o))  # a window for points without one (f = 0: no repeats)
         self.bank.eval_model.eval()
         with torch.no_grad():
@@ -845,7 +845,7 @@ def _take_lease(run_url: str, env: DistEnv) -> Any:
         job = "{}:{}/{}".format(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""),
                                 os.environ.get("TORCHELASTIC_RUN_ID", ""))
     if env.rank != 0:
-        wait_for_job(run_url, job)
+        wait_for_job(run_url, job or "")  # rank != 0: always under torchrun, so job is set
         return None
     lease = Lease(run_url, owner=f"repeatlab.train (world size {env.world})", job=job)
     lease.acquire(on_wait=lambda msg: log.info("train: %s", msg))
