@@ -190,14 +190,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if args.json:
         _dump(points)
     else:
-        from repeatlab.packs import describe_packs
+        from repeatlab.packs import describe_packs, effective_pack_size
 
         for point in points:
             print(grid.describe(point))
         packs = grid.study_packs(cfg, points)
         for line in describe_packs(packs, points):
             print(line)
-        print(f"{len(points)} points in {len(packs)} packs (train.pack_size {cfg.train.pack_size})")
+        print(f"{len(points)} points in {len(packs)} packs of at most {effective_pack_size(cfg.train)}")
     return 0
 
 

@@ -316,7 +316,9 @@ class TrainConfig:
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     process_group_timeout_s: Int = 600
     threads_per_rank: Int = 0  # torch.set_num_threads; 0: leave torch's default
-    pack_size: Int = 8  # points of one shape and schedule trained as one batched program (repeatlab.packs)
+    # points of one shape and schedule trained as one batched program (repeatlab.packs); 0: automatic, 8 with ddp
+    # (docs/benchmarks.md) and 1 with fsdp
+    pack_size: Int = 0
 
     @model_validator(mode="after")
     def _ranges(self) -> TrainConfig:
@@ -344,12 +346,12 @@ class TrainConfig:
             "an integer >= 10 seconds",
         )
         _positive_ints(self, "train", ("threads_per_rank",), minimum=0)
-        _positive_ints(self, "train", ("pack_size",))
+        _positive_ints(self, "train", ("pack_size",), minimum=0)
         _check(
-            self.pack_size == 1 or self.parallelism != "fsdp",
+            self.pack_size <= 1 or self.parallelism != "fsdp",
             "train.pack_size",
             self.pack_size,
-            "1 with train.parallelism: fsdp (packs are for models too small to shard)",
+            "0 or 1 with train.parallelism: fsdp (packs are for models too small to shard)",
         )
         return self
 

@@ -177,10 +177,10 @@ def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str) -> list[dict]:
 
 def study_packs(cfg: StudyConfig, points: list[dict]) -> list[dict]:
     """The points grouped into training packs (repeatlab.packs), each with its run URLs."""
-    from repeatlab.packs import plan_packs
+    from repeatlab.packs import effective_pack_size, plan_packs
 
     root = storage.normalize_root(cfg.storage.root)
-    packs = plan_packs(points, cfg.train.pack_size, cfg.cluster.memory)
+    packs = plan_packs(points, effective_pack_size(cfg.train), cfg.cluster.memory)
     return [{**pack, "run_urls": [run_url(root, pid) for pid in pack["point_ids"]]} for pack in packs]
 
 

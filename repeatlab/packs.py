@@ -29,6 +29,14 @@ UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
+DEFAULT_PACK_SIZE = 8  # train.pack_size 0 with ddp: the per-process cost shared 8 ways (docs/benchmarks.md)
+
+
+def effective_pack_size(train: Any) -> int:
+    """train.pack_size, or for 0 (automatic) 8 with ddp and 1 with fsdp (FSDP trains a pack of one only)."""
+    return int(train.pack_size) or (1 if train.parallelism == "fsdp" else DEFAULT_PACK_SIZE)
+
+
 def memory_bytes(quantity: str) -> int | None:
     """A Kubernetes memory quantity ("8Gi", "512Mi", "2G", "1000000") in bytes; None when it is not one."""
     match = QUANTITY.match(str(quantity))

@@ -251,8 +251,12 @@ def test_config_refuses_fsdp_with_packs_and_bad_pack_size():
     with pytest.raises(ConfigError, match="train.pack_size"):
         loads(json.dumps({**base, "train": {"parallelism": "fsdp", "pack_size": 4}}))
     with pytest.raises(ConfigError, match="train.pack_size"):
-        loads(json.dumps({**base, "train": {"pack_size": 0}}))
+        loads(json.dumps({**base, "train": {"pack_size": -1}}))
     assert loads(json.dumps({**base, "train": {"parallelism": "fsdp", "pack_size": 1}})).train.pack_size == 1
+    from repeatlab.packs import effective_pack_size
+
+    fsdp = loads(json.dumps({**base, "train": {"parallelism": "fsdp"}})).train  # the default: automatic
+    assert effective_pack_size(fsdp) == 1 and effective_pack_size(loads(json.dumps(base)).train) == 8
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -307,7 +311,7 @@ def test_study_packs_of_the_demo_config(tmp_path):
     points = grid.grid_points(cfg, "cid", "file:///c", 256)
     packs = grid.study_packs(cfg, points)
     assert sorted(pid for p in packs for pid in p["point_ids"]) == sorted(p["point_id"] for p in points)
-    assert all(len(p["point_ids"]) <= cfg.train.pack_size for p in packs)
+    assert all(len(p["point_ids"]) <= cfg.train.pack_size == 8 for p in packs)
     by_id = {p["point_id"]: p for p in points}
     for pack in packs:
         assert len({by_id[pid]["model"]["n_embd"] for pid in pack["point_ids"]}) == 1
