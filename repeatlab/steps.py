@@ -141,7 +141,9 @@ def plan_packs(study_config: str) -> list[str]:
 
 
 def train_pack(
-    run_urls: list[str], nproc_per_node: int | None = None, log: Callable[[str], object] = _log.info,
+    run_urls: list[str],
+    nproc_per_node: int | None = None,
+    log: Callable[[str], object] = _log.info,
     evaluate: bool = True,
 ) -> list[dict]:
     """Train the points of one pack together with torchrun as a subprocess; finished points are skipped (a pack
@@ -161,9 +163,11 @@ def train_pack(
         log("train: " + " ".join(command))
         returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
         if returncode != 0:
-            raise TrainError(f"{' '.join(todo)}: training exited with code {returncode} after "
-                             f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last "
-                             "checkpoint")
+            raise TrainError(
+                f"{' '.join(todo)}: training exited with code {returncode} after "
+                f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last "
+                "checkpoint"
+            )
     results = []
     for url in run_urls:
         run = layout.Run(url)
