@@ -33,14 +33,16 @@ def default_config_path() -> str:
 
 
 def compile_pipeline(package_path: str, cfg: StudyConfig | None = None, *, kubernetes_manifest: bool = False,
-                     pipeline_display_name: str | None = None) -> str:
-    """Compile the pipeline for a study (default: paper-small) to `package_path`; returns the path."""
+                     pipeline_display_name: str | None = None, fan_in: str = "collected") -> str:
+    """Compile the pipeline for a study (default: paper-small) to `package_path`; returns the path.
+
+    fan_in: "collected" (KFP backends >= 2.14) or "storage" (2.4.1 to 2.13); see pipelines/repetition_grid.py."""
     from kfp import compiler
 
     from repeatlab.pipelines.repetition_grid import build_pipeline
 
     cfg = cfg or config_lib.check_for_cluster(config_lib.load(default_config_path()))
-    pipeline = build_pipeline(cfg)
+    pipeline = build_pipeline(cfg, fan_in=fan_in)
     kwargs = {}
     if kubernetes_manifest:
         from kfp.compiler.compiler_utils import KubernetesManifestOptions
@@ -60,8 +62,11 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--output", default=GOLDEN, help="where to write the pipeline YAML")
     parser.add_argument("--kubernetes-manifest", action="store_true",
                         help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML")
+    parser.add_argument("--fan-in", choices=("collected", "storage"), default="collected",
+                        help="how analyze gets the loop's evaluations: 'collected' (dsl.Collected, connected lineage; "
+                             "KFP backends >= 2.14) or 'storage' (after the loop, from storage; backends 2.4.1-2.13)")
     args = parser.parse_args(argv)
     cfg = config_lib.load(args.config) if args.config else None
-    path = compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest)
+    path = compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest, fan_in=args.fan_in)
     print(path, file=sys.stdout)
     return 0

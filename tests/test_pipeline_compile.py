@@ -38,11 +38,13 @@ def test_dag_shape():
     spec = _docs(GOLDEN)[0]
     root_tasks = spec["root"]["dag"]["tasks"]
     assert set(root_tasks) == {"resolve-study", "prepare-corpus", "plan-grid", "for-loop-1", "analyze", "report"}
-    # The fan-in: analyze waits for the whole loop and reads the eval.json records from storage; no dsl.Collected
-    # input, which KFP backends before 2.14 leave unresolved (docs/deploy.md, "Fan-in").
+    # The fan-in: analyze consumes every point's evaluation through dsl.Collected (the lineage connects; KFP
+    # backends >= 2.14) and reads the records from storage; `--fan-in storage` compiles the older backends' shape
+    # (tests/test_lineage.py, docs/deploy.md "Fan-in").
     assert "for-loop-1" in root_tasks["analyze"]["dependentTasks"]
     assert set(root_tasks["analyze"]["inputs"]["parameters"]) == {"study_config"}
-    assert "Collected" not in pathlib.Path(GOLDEN).read_text() and "parameterExpressionSelector" not in str(spec)
+    evaluations = root_tasks["analyze"]["inputs"]["artifacts"]["evaluations"]["taskOutputArtifact"]
+    assert evaluations["producerTask"] == "for-loop-1"
     for name in ("prepare-corpus", "plan-grid", "analyze", "report"):
         source = root_tasks[name]["inputs"]["parameters"]["study_config"]["taskOutputParameter"]
         assert source["producerTask"] == "resolve-study"
