@@ -110,7 +110,10 @@ def point_label(point: dict) -> str:
     model = point.get("model") or "?"
     if isinstance(model, dict):  # point.json; an analysis row names its model directly
         model = model.get("name", "?")
-    label = f"{model} f={point.get('fraction', 0):g} E={point.get('epochs', 0):g} seed={point.get('seed', 0)}"
+    label = f"{model} f={point.get('fraction', 0):g}"
+    if point.get("fraction") or point.get("epochs"):  # a baseline has no repeats: no E
+        label += f" E={point.get('epochs', 0):g}"
+    label += f" seed={point.get('seed', 0)}"
     return label + (" control" if point.get("control") else "")
 
 
