@@ -7,6 +7,13 @@ running `repeatlab submit` with the pod's projected service-account token. The p
     repeatlab submit   --host URL --config study.yaml [--token-file F] [--experiment NAME] [--run-name NAME]
     repeatlab schedule --host URL --config study.yaml --cron '0 0 3 * * *' [--token-file F] [--job-name NAME]
 
+Pipelines and versions: the compiled pipeline is uploaded as a version of the pipeline named after the study (created
+empty the first time through the v2beta1 CreatePipeline call, so every version is named the same way); the version's
+name is the content hash of the compiled spec (`sha256-<16 hex>`), so an unchanged study reuses its version and a
+changed one (config, cluster settings, repeatlab or kfp version) adds one. Runs and recurring runs reference that
+version (`pipeline_version_reference`) inside the experiment named after the study: the Pipelines page lists the study
+with its versions to compare, and the CronJob (which runs `repeatlab submit`) reuses the same version.
+
 Tokens: `--token-file`, else the projected KFP service-account token (KF_PIPELINES_SA_TOKEN_PATH, default
 /var/run/secrets/kubeflow/pipelines/token) when it exists, else none. A token is sent as `Authorization: Bearer ...`
 and is never printed or logged.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -350,6 +358,76 @@ def _experiment_id(client, host: str, name: str, description: str, namespace: st
         name=name, description=description or None, namespace=namespace).experiment_id, creates=True)
 
 
+def _by_name(name: str) -> str:
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+
+
+def spec_hash(path: str) -> str:
+    """Content hash of a compiled pipeline: sha256 of its YAML documents as canonical JSON (so formatting and
+    comments do not count), or of the file's bytes for an archive."""
+    import yaml
+
+    if path.endswith((".yaml", ".yml")):
+        with open(path, encoding="utf-8") as f:
+            docs = list(yaml.safe_load_all(f))
+        data = json.dumps(docs, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    return hashlib.sha256(data).hexdigest()
+
+
+def version_name(path: str) -> str:
+    """The pipeline version's name: the content hash of the compiled spec (a valid Kubernetes name, too)."""
+    return "sha256-" + spec_hash(path)[:16]
+
+
+def _pipeline_id(client, host: str, name: str, description: str, namespace: str | None) -> str:
+    """The id of the pipeline named `name`, created empty (no version) when missing."""
+    import kfp_server_api
+    from kfp_server_api.exceptions import ApiException
+
+    def lookup() -> str | None:
+        found = client.list_pipelines(filter=_by_name(name), page_size=2, namespace=namespace).pipelines or []
+        return found[0].pipeline_id if found else None
+
+    pipeline_id = _bounded(host, f"looking up pipeline {name!r}", lookup)
+    if pipeline_id:
+        return pipeline_id
+    body = kfp_server_api.V2beta1Pipeline(display_name=name, description=description or None, namespace=namespace)
+
+    def create() -> str:
+        try:
+            return client._pipelines_api.pipeline_service_create_pipeline(pipeline=body).pipeline_id
+        except ApiException as exc:
+            if exc.status != 409:  # 409: created meanwhile by another submit: use that one
+                raise
+            return lookup() or ""
+
+    return _bounded(host, f"creating pipeline {name!r}", create, creates=True)
+
+
+def ensure_pipeline_version(client, host: str, pipeline: str, description: str, path: str,
+                            namespace: str | None) -> dict:
+    """The pipeline version of this compiled spec: reused when a version of that name exists, else uploaded.
+    Returns {pipeline_id, version_id, version, pipeline, reused}."""
+    pipeline_id = _pipeline_id(client, host, pipeline, description, namespace)
+    name = version_name(path)
+    existing = _bounded(host, f"looking up version {name!r} of pipeline {pipeline!r}", lambda: client.
+                        list_pipeline_versions(pipeline_id=pipeline_id, page_size=2, filter=_by_name(name)))
+    versions = existing.pipeline_versions or []
+    if versions:
+        version_id, reused = versions[0].pipeline_version_id, True
+    else:
+        version_id = _bounded(host, f"uploading version {name!r} of pipeline {pipeline!r}", lambda: client.
+                              upload_pipeline_version(path, name, pipeline_id=pipeline_id,
+                                                      description=description or None).pipeline_version_id,
+                              creates=True)
+        reused = False
+    return {"pipeline": pipeline, "pipeline_id": pipeline_id, "version": name, "version_id": version_id,
+            "reused": reused}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The pipeline package and its parameter
 
@@ -361,12 +439,12 @@ def study_parameter(cfg: StudyConfig) -> str:
     return to_json() if to_json else json.dumps(cfg.to_dict(), separators=(",", ":"))
 
 
-def _compile_package(directory: str, cfg: StudyConfig) -> str:
+def _compile_package(directory: str, cfg: StudyConfig, fan_in: str = "collected") -> str:
     """Compile the study's pipeline (its cluster settings shape the DAG: images, accelerators, parallelism)."""
     from repeatlab.kfp_pipeline import compile_pipeline
 
     path = os.path.join(directory, "pipeline.yaml")
-    return compile_pipeline(path, cfg) or path
+    return compile_pipeline(path, cfg, fan_in=fan_in) or path
 
 
 def run_parameters(cfg: StudyConfig, path: str) -> dict:
@@ -406,13 +484,13 @@ def _check_package(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _package(package_path: str | None, cfg: StudyConfig):
+def _package(package_path: str | None, cfg: StudyConfig, fan_in: str = "collected"):
     if package_path:
         _check_package(package_path)
         yield package_path
         return
     with tempfile.TemporaryDirectory(prefix="repeatlab-kfp-") as tmp:
-        path = _compile_package(tmp, cfg)
+        path = _compile_package(tmp, cfg, fan_in)
         _check_package(path)
         yield path
 
@@ -435,28 +513,32 @@ def _utc_stamp() -> str:
 
 def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, experiment: str | None = None,
            run_name: str | None = None, package_path: str | None = None, namespace: str | None = None,
-           service_account: str | None = None, deadline_s: float | None = None) -> dict:
-    """Start one run of the study pipeline; returns {run_id, experiment_id, run_name, url}."""
+           service_account: str | None = None, deadline_s: float | None = None, fan_in: str = "collected") -> dict:
+    """Start one run of the study pipeline from its pipeline version (uploaded when new); returns {run_id,
+    experiment_id, experiment, run_name, url, pipeline, pipeline_id, version, version_id, reused}."""
     check_for_cluster(cfg)  # before anything is compiled or sent
     _start_deadline(deadline_s)
     host = _normalize_host(host)
     experiment = experiment or cfg.name
     run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
-    with _package(package_path, cfg) as path:
+    with _package(package_path, cfg, fan_in) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
+        version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
         run = _bounded(host, f"creating run {run_name!r}", lambda: client.run_pipeline(
-            experiment_id=experiment_id, job_name=run_name, pipeline_package_path=path,
-            params=run_parameters(cfg, path), service_account=service_account), creates=True)
+            experiment_id=experiment_id, job_name=run_name, pipeline_id=version["pipeline_id"],
+            version_id=version["version_id"], params=run_parameters(cfg, path), service_account=service_account),
+            creates=True)
     return {"run_id": run.run_id, "experiment_id": experiment_id, "experiment": experiment, "run_name": run_name,
-            "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}"}
+            "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}", **version}
 
 
 def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None = None,
              experiment: str | None = None, job_name: str | None = None, max_concurrency: int = 1,
              no_catchup: bool = True, package_path: str | None = None, namespace: str | None = None,
-             service_account: str | None = None, deadline_s: float | None = None) -> dict:
-    """Create a recurring run of the study; returns {recurring_run_id, experiment_id, job_name, cron, url}.
+             service_account: str | None = None, deadline_s: float | None = None, fan_in: str = "collected") -> dict:
+    """Create a recurring run of the study's pipeline version (uploaded when new); returns {recurring_run_id,
+    experiment_id, job_name, cron, url, pipeline, pipeline_id, version, version_id, reused}.
 
     Refuses to create a second recurring run with the same name in the experiment (a retried Job would otherwise
     schedule the study twice).
@@ -469,7 +551,7 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     host = _normalize_host(host)
     experiment = experiment or cfg.name
     job_name = job_name or f"{cfg.name}-scheduled"
-    with _package(package_path, cfg) as path:
+    with _package(package_path, cfg, fan_in) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
         existing = _bounded(host, f"listing recurring runs of experiment {experiment!r}",
@@ -481,14 +563,15 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
             if rr.display_name == job_name:
                 raise KfpError(f"recurring run {job_name!r} exists already in experiment {experiment!r} "
                                f"(id {rr.recurring_run_id}); pass another --job-name or delete it first")
+        version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
         rr = _bounded(host, f"creating recurring run {job_name!r}", lambda: client.create_recurring_run(
             experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
             cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-            params=run_parameters(cfg, path), pipeline_package_path=path, enabled=True,
-            service_account=service_account), creates=True)
+            params=run_parameters(cfg, path), pipeline_id=version["pipeline_id"], version_id=version["version_id"],
+            enabled=True, service_account=service_account), creates=True)
     return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
             "job_name": job_name, "cron": cron,
-            "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}"}
+            "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}", **version}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -507,6 +590,8 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help=f"KFP user namespace in multi-user mode (default: ${NAMESPACE_ENV})")
     p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
     p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
+    p.add_argument("--fan-in", choices=("collected", "storage"), default="collected",
+                   help="'collected' (connected lineage; KFP backends >= 2.14) or 'storage' (backends 2.4.1-2.13)")
     p.add_argument("--deadline", type=float, default=None,
                    help=f"seconds the whole command may take (default: $REPEATLAB_KFP_DEADLINE_S or {DEADLINE_S:.0f})")
     return p
@@ -528,12 +613,18 @@ def cli_submit(argv: list[str]) -> int:
     token = read_token(args.token_file)
     out = submit(cfg, host, token=token, experiment=args.experiment, run_name=args.run_name,
                  package_path=args.package, namespace=args.namespace, service_account=args.service_account,
-                 deadline_s=args.deadline)
+                 deadline_s=args.deadline, fan_in=args.fan_in)
     print(f"run_id: {out['run_id']}")
     print(f"run_name: {out['run_name']}")
     print(f"experiment: {out['experiment']} ({out['experiment_id']})")
+    _print_version(out)
     print(f"url: {out['url']}")
     return 0
+
+
+def _print_version(out: dict) -> None:
+    print(f"pipeline: {out['pipeline']} ({out['pipeline_id']}), version {out['version']} ({out['version_id']}, "
+          + ("reused)" if out["reused"] else "uploaded)"))
 
 
 def cli_schedule(argv: list[str]) -> int:
@@ -548,10 +639,12 @@ def cli_schedule(argv: list[str]) -> int:
     token = read_token(args.token_file)
     out = schedule(cfg, host, cron, token=token, experiment=args.experiment, job_name=args.job_name,
                    max_concurrency=args.max_concurrency, no_catchup=not args.catchup, package_path=args.package,
-                   namespace=args.namespace, service_account=args.service_account, deadline_s=args.deadline)
+                   namespace=args.namespace, service_account=args.service_account, deadline_s=args.deadline,
+                   fan_in=args.fan_in)
     print(f"recurring_run_id: {out['recurring_run_id']}")
     print(f"job_name: {out['job_name']}")
     print(f"cron: {out['cron']}")
     print(f"experiment: {out['experiment']} ({out['experiment_id']})")
+    _print_version(out)
     print(f"url: {out['url']}")
     return 0
