@@ -110,7 +110,7 @@ def _fig_loss_vs_epochs(analysis, records, colors):
                 if se:  # where a one-seed point is within 3 standard errors of the baseline: not significant
                     ax.axhspan(mean - 3 * se, mean + 3 * se, color=colors[size], alpha=0.12, lw=0)
         ax.set(xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)",
-               title=f"f = {f:g} (dashed: f = 0 baseline; band: +-3 standard errors)")
+               title=f"f = {f:g}")  # the caption says what the dashed line and the band are
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -283,8 +283,9 @@ def _fig_region(analysis, records, colors):
 
 # One sentence per figure: what a reader should look at.
 FIGURE_WHAT_TO_SEE = {
-    "loss_vs_epochs": "Each line is one model size at one repeated fraction: a bump above its f = 0 baseline (dashed) "
-                      "is the damage, and its position along E is where repetition hurts most.",
+    "loss_vs_epochs": "Each line is one model size at one repeated fraction: a bump above its f = 0 baseline (dashed; "
+                      "the band is +-3 standard errors) is the damage, and where it peaks along E is where repetition "
+                      "hurts most.",
     "multiplier_heatmap": "Each cell is N / N_eff at one (N, E): a value above 1 means the model performs like one that "
                           "many times smaller trained on unique data.",
     "repeated_loss": "Loss on the repeated subset falls as E grows: low values mean the model has memorized the "

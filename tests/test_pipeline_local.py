@@ -144,14 +144,16 @@ def test_steps_exchange_pointer_artifacts_to_the_real_objects(file_study):
             self.path, self.name, self.metadata = path, os.path.basename(path), {}
 
     def pointers(task, output):
-        return [lineage.read_pointer(Found(p)) for p in glob.glob(os.path.join(run_root, task, output))]
+        # loop tasks sit in for-loop-1-iteration-<i>/
+        return [lineage.read_pointer(Found(p))
+                for p in glob.glob(os.path.join(run_root, "**", task, output), recursive=True)]
 
     corpus = pointers("prepare-corpus", "corpus")
     assert len(corpus) == 1 and storage.exists(storage.join(corpus[0]["storage_url"], "manifest.json"))
     for task, output, name in (("mix", "plan", "plan.npy"), ("train", "model", "checkpoints"),
                                ("evaluate", "evaluation", "eval.json")):
         found = pointers(task, output)
-        assert found, f"no {task}.{output} pointer"
+        assert len(found) == 6, f"{len(found)} {task}.{output} pointers, not one per point"
         for pointer in found:
             assert pointer["storage_url"].endswith(name) and storage.exists(pointer["storage_url"])
     analysis = pointers("analyze", "analysis")
