@@ -135,7 +135,7 @@ def captured_task_output(log_path: str, verbose: bool, terminal: TextIO) -> Iter
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     root = logging.getLogger()
     failed, quiet = FailedTasks(), _DropKfpRecords()
-    handlers = list(root.handlers)
+    handlers, level = list(root.handlers), root.level
     with open(log_path, "a", encoding="utf-8") as fh:
         sink = TaskOutput(fh, terminal if verbose else None)
         root.addFilter(failed)
@@ -145,6 +145,11 @@ def captured_task_output(log_path: str, verbose: bool, terminal: TextIO) -> Iter
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 yield sink, failed
         finally:
+            # kfp.local swaps the root handlers per task and restores what it saw on entry; ParallelFor tasks run in
+            # threads, so the restores interleave and one of its handlers (writing to this log file) can outlive the
+            # run: put the root logger back as it was.
+            root.handlers[:] = handlers
+            root.setLevel(level)
             root.removeFilter(failed)
             for handler in handlers:
                 handler.removeFilter(quiet)

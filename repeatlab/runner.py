@@ -114,6 +114,7 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
     study = study_url(cfg.storage.root, cfg.name)
     report = storage.join(study, "report", "index.html")
     watcher = progress.StudyProgress(cfg.storage.root, cfg.name, pipeline_root, started, terminal)
+    error: RuntimeError | None = None
     with progress.point_lines_on(terminal), progress.captured_task_output(log_path, verbose, terminal) as (output, failed):
         try:
             # The local orchestrator lets every submitted loop iteration finish before it reports a failed one, so
@@ -121,8 +122,9 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
             with print_restored(), watcher:
                 pipeline(study_config=cfg.to_json())
         except RuntimeError as exc:
-            details = progress.describe_failures(watcher, failed, output)
-            raise _failure(cfg, exc, time.time() - started, log_path, details) from exc
+            error, details = exc, progress.describe_failures(watcher, failed, output)
+    if error is not None:  # reported once the terminal is the terminal again
+        raise _failure(cfg, error, time.time() - started, log_path, details) from error
     seconds = time.time() - started
     if not storage.exists(report):
         raise PipelineRunError(f"study {cfg.name!r}: the pipeline finished but wrote no report at {report}; "

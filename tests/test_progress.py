@@ -53,6 +53,9 @@ def test_captured_output_records_failed_tasks_even_while_kfp_replaces_root_handl
             logging.error("Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m")
             root.handlers[:] = saved
             logging.warning("Cleaned up workspace: /tmp/x")  # outside a task: still not on the terminal
+            kfp_handler = logging.StreamHandler(out)
+            root.addHandler(kfp_handler)  # what interleaved restores of parallel tasks can leave behind
+        assert root.handlers[-1] is handler and kfp_handler not in root.handlers  # the root logger as it was
     finally:
         root.removeHandler(handler)
     assert failed.failed == [(threading.get_ident(), "train")]
