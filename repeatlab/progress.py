@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from repeatlab import storage
 from repeatlab.lineage import point_label
@@ -30,19 +30,20 @@ from repeatlab.lineage import point_label
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 15
+HISTORY_LINES = 2000
 POLL_S = 1.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class TaskOutput(io.TextIOBase):
-    """A stream for kfp.local's output: everything to the log file (and the terminal with verbose); the last
-    TAIL_LINES lines of each thread kept for the failure message."""
+    """A stream for kfp.local's output: everything to the log file (and the terminal with verbose); each thread's
+    lines since its task started kept (up to HISTORY_LINES) to find and show a failed task's point and last lines."""
 
     def __init__(self, log_file: TextIO, echo: TextIO | None = None):
         self.log_file, self.echo = log_file, echo
         self.lock = threading.Lock()
-        self.tails: dict[int, collections.deque[str]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=TAIL_LINES))
+        self.lines: dict[int, collections.deque[str]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=HISTORY_LINES))
         self.partial: dict[int, str] = collections.defaultdict(str)
 
     def writable(self) -> bool:
@@ -56,7 +57,7 @@ class TaskOutput(io.TextIOBase):
                 self.echo.write(text)
             lines = (self.partial[thread] + text).split("\n")
             self.partial[thread] = lines.pop()
-            self.tails[thread].extend(_ANSI.sub("", line).rstrip() for line in lines if line.strip())
+            self.lines[thread].extend(_ANSI.sub("", line).rstrip() for line in lines if line.strip())
         return len(text)
 
     def flush(self) -> None:
@@ -65,25 +66,46 @@ class TaskOutput(io.TextIOBase):
             if self.echo is not None:
                 self.echo.flush()
 
-    def tail(self, thread: int) -> list[str]:
+    def history(self, thread: int) -> list[str]:
         with self.lock:
-            return list(self.tails.get(thread, ()))
+            return list(self.lines.get(thread, ()))
+
+    def tail(self, thread: int) -> list[str]:
+        return self.history(thread)[-TAIL_LINES:]
+
+    def reset(self, thread: int) -> None:
+        """A new task starts in this thread (kfp.local reuses threads): forget the previous task's lines."""
+        with self.lock:
+            self.lines.pop(thread, None)
 
 
-class FailedTasks(logging.Filter):
-    """Remembers which threads ran a task that kfp.local reported as failed, and the task's name. A filter on the
-    root logger, not a handler: kfp.local replaces the root logger's handlers while it runs a task
-    (logging_utils.local_logger_context), but not its filters. It lets every record through."""
+class FailedTask(NamedTuple):
+    task: str
+    lines: list[str]  # the task's output up to its failure
 
-    def __init__(self) -> None:
+
+class TaskWatch(logging.Filter):
+    """Follows kfp.local's own log records: a task starting in a thread (its output starts afresh) and a task that
+    failed, with its output at that moment. A filter on the root logger, not a handler: kfp.local replaces the root
+    logger's handlers while it runs a task (logging_utils.local_logger_context), not its filters. Lets all through."""
+
+    def __init__(self, output: TaskOutput) -> None:
         super().__init__()
-        self.failed: list[tuple[int, str]] = []
+        self.output = output
+        self.failed: list[FailedTask] = []
+        self.reported: set[tuple[int, str]] = set()  # (thread, task) since that thread's task started
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            found = re.search(r"Task '?([\w.-]+)'? finished with status FAILURE", _ANSI.sub("", record.getMessage()))
-            if found:
-                self.failed.append((record.thread or 0, found.group(1)))
+        message = _ANSI.sub("", record.getMessage())
+        thread = record.thread or 0
+        if message.startswith("Executing task"):
+            self.output.reset(thread)
+            self.reported = {r for r in self.reported if r[0] != thread}
+        elif record.levelno >= logging.ERROR:
+            found = re.search(r"Task '?([\w.-]+)'? finished with status FAILURE", message)
+            if found and (thread, found.group(1)) not in self.reported:  # kfp may log the same failure twice
+                self.reported.add((thread, found.group(1)))
+                self.failed.append(FailedTask(found.group(1), self.output.history(thread)))
         return True
 
 
@@ -130,14 +152,15 @@ def point_lines_on(terminal: TextIO) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def captured_task_output(log_path: str, verbose: bool, terminal: TextIO) -> Iterator[tuple[TaskOutput, FailedTasks]]:
+def captured_task_output(log_path: str, verbose: bool, terminal: TextIO) -> Iterator[tuple[TaskOutput, TaskWatch]]:
     """Send kfp.local's output to log_path (and to `terminal` when verbose) for the duration of the block."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     root = logging.getLogger()
-    failed, quiet = FailedTasks(), _DropKfpRecords()
+    quiet = _DropKfpRecords()
     handlers, level = list(root.handlers), root.level
     with open(log_path, "a", encoding="utf-8") as fh:
         sink = TaskOutput(fh, terminal if verbose else None)
+        failed = TaskWatch(sink)
         root.addFilter(failed)
         for handler in handlers:
             handler.addFilter(quiet)
@@ -269,22 +292,34 @@ def failed_step(run_url: str) -> str:
     return "evaluate"
 
 
-def describe_failures(progress: StudyProgress | None, failed: FailedTasks, output: TaskOutput) -> list[str]:
-    """Lines naming each unfinished point and the step it stopped in, then the last lines of each failed task."""
+def describe_failures(progress: StudyProgress | None, watch: TaskWatch) -> list[str]:
+    """Lines naming each unfinished point and the step it stopped in, each with the last lines of its failed task:
+    the task whose output names the point's id, or the only one left for the only point left."""
     from repeatlab.grid import run_url
 
+    points = progress.unfinished() if progress else []
+    failures = list(watch.failed)
+    matched: dict[str, FailedTask] = {}
+    for point in points:
+        for failure in failures:
+            if any(point["point_id"] in line for line in failure.lines):
+                matched[point["point_id"]] = failure
+                failures.remove(failure)
+                break
+    unmatched = [p for p in points if p["point_id"] not in matched]
+    if len(unmatched) == 1 and len(failures) == 1:
+        matched[unmatched[0]["point_id"]] = failures.pop()
     lines = []
-    tails = [(task, output.tail(thread)) for thread, task in failed.failed]
-    for point in (progress.unfinished() if progress else []):
+    for point in points:
         url = run_url(progress.root, point["point_id"]) if progress else ""
         lines.append(f"point {point_label(point)} ({point['point_id']}) failed in {failed_step(url)}")
-        for task, tail in tails:
-            if any(point["point_id"] in line for line in tail):
-                lines += [f"  last lines of its {task} task:"] + [f"    {line}" for line in tail]
-                tails.remove((task, tail))
-                break
-    for task, tail in tails:
-        lines += [f"task {task} failed; its last lines:"] + [f"    {line}" for line in tail]
+        if point["point_id"] in matched:
+            failure = matched[point["point_id"]]
+            lines += [f"  last lines of its {failure.task} task:"] + [f"    {line}" for line in
+                                                                      failure.lines[-TAIL_LINES:]]
+    for failure in failures:
+        lines += [f"task {failure.task} failed; its last lines:"] + [f"    {line}" for line in
+                                                                    failure.lines[-TAIL_LINES:]]
     return lines
 
 

@@ -115,14 +115,14 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
     report = storage.join(study, "report", "index.html")
     watcher = progress.StudyProgress(cfg.storage.root, cfg.name, pipeline_root, started, terminal)
     error: RuntimeError | None = None
-    with progress.point_lines_on(terminal), progress.captured_task_output(log_path, verbose, terminal) as (output, failed):
+    with progress.point_lines_on(terminal), progress.captured_task_output(log_path, verbose, terminal) as (_, watch):
         try:
             # The local orchestrator lets every submitted loop iteration finish before it reports a failed one, so
             # one failing point does not stop the others.
             with print_restored(), watcher:
                 pipeline(study_config=cfg.to_json())
         except RuntimeError as exc:
-            error, details = exc, progress.describe_failures(watcher, failed, output)
+            error, details = exc, progress.describe_failures(watcher, watch)
     if error is not None:  # reported once the terminal is the terminal again
         raise _failure(cfg, error, time.time() - started, log_path, details) from error
     seconds = time.time() - started

@@ -31,7 +31,7 @@ def test_task_output_goes_to_the_log_keeps_tails_per_thread_and_echoes_only_when
         t.join()
     assert log_file.getvalue().count("\n") == 80
     assert quiet.tail(idents["a"]) == [f"a line {i}" for i in range(40 - progress.TAIL_LINES, 40)]
-    assert quiet.tail(idents["b"])[-1] == "b line 39"
+    assert quiet.history(idents["b"]) == [f"b line {i}" for i in range(40)]
     loud.write("\x1b[92mshown\x1b[0m\n")
     assert terminal.getvalue() == "\x1b[92mshown\x1b[0m\n"
     assert loud.tail(threading.get_ident()) == ["shown"]  # colour codes stripped from the tail
@@ -49,20 +49,27 @@ def test_captured_output_records_failed_tasks_even_while_kfp_replaces_root_handl
             saved = root.handlers[:]
             root.handlers.clear()  # what kfp/local/logging_utils.local_logger_context does
             root.addHandler(logging.StreamHandler(out))
+            root.setLevel(logging.INFO)
+            logging.info("Executing task \x1b[96m'mix'\x1b[0m")
+            print("an earlier task's line, same thread")
+            logging.info("Executing task \x1b[96m'train'\x1b[0m")  # kfp.local reuses threads: starts afresh
             print("Traceback (most recent call last): boom")
             logging.error("Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m")
+            logging.error("Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m")  # twice: once
             root.handlers[:] = saved
             logging.warning("Cleaned up workspace: /tmp/x")  # outside a task: still not on the terminal
             kfp_handler = logging.StreamHandler(out)
             root.addHandler(kfp_handler)  # what interleaved restores of parallel tasks can leave behind
         assert root.handlers[-1] is handler and kfp_handler not in root.handlers  # the root logger as it was
+        assert root.level == logging.WARNING
     finally:
         root.removeHandler(handler)
-    assert failed.failed == [(threading.get_ident(), "train")]
+    assert len(failed.failed) == 1 and failed.failed[0].task == "train"
+    assert failed.failed[0].lines[:2] == ["Executing task 'train'", "Traceback (most recent call last): boom"]
+    assert "earlier task" not in " ".join(failed.failed[0].lines)
     text = (tmp_path / "logs" / "run.log").read_text()
-    assert "boom" in text and "finished with status" in text
+    assert "boom" in text and "finished with status" in text and "earlier task" in text
     assert terminal.getvalue() == ""
-    assert "boom" in out.tail(threading.get_ident())[0]
 
 
 def point(model: str, fraction: float, epochs: float, seed: int = 0, pid: str = "p") -> dict:
@@ -89,15 +96,17 @@ def test_failures_name_the_point_its_step_and_its_tasks_last_lines(tmp_path):
     watcher = progress.StudyProgress(root, "s", str(tmp_path), 0.0, io.StringIO())
     watcher.points = [planned, trained, point("d1", 0.0, 0.0, pid="ccc")]
     watcher.finished = {"ccc": {}}
-    out = progress.TaskOutput(io.StringIO())
-    failed = progress.FailedTasks()
-    failed.failed = [(1, "train")]
-    out.tails[1].extend(["TrainError: file:///x/runs/aaa: training exited with code 1"])
-    lines = progress.describe_failures(watcher, failed, out)
-    assert lines == ["point d1 f=0.5 E=4 seed=0 (aaa) failed in train",
+    watch = progress.TaskWatch(progress.TaskOutput(io.StringIO()))
+    watch.failed = [progress.FailedTask("evaluate", ["evaluating", "ValueError: bad record"]),
+                    progress.FailedTask("train", ["train: torchrun ... file:///x/runs/aaa", *[f"l{i}" for i in range(30)],
+                                                  "TrainError: training exited with code 1"])]
+    lines = progress.describe_failures(watcher, watch)
+    assert lines == ["point d1 f=0.5 E=4 seed=0 (aaa) failed in train",  # its task's output names its id
                      "  last lines of its train task:",
-                     "    TrainError: file:///x/runs/aaa: training exited with code 1",
-                     "point d1 f=0.5 E=32 seed=0 (bbb) failed in evaluate"]
+                     *[f"    l{i}" for i in range(16, 30)],
+                     "    TrainError: training exited with code 1",
+                     "point d1 f=0.5 E=32 seed=0 (bbb) failed in evaluate",  # the only task left for the only point
+                     "  last lines of its evaluate task:", "    evaluating", "    ValueError: bad record"]
     assert progress.failed_step(storage.join(root, "runs", "zzz")) == "mix"
 
 
