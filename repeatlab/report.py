@@ -501,10 +501,11 @@ def _fraction_sentence(fraction: float, rows: list[dict], region: dict | None) -
     head = f"When {fraction:.0%} of the training tokens are repeats (f = {fraction:g})"
     if not hurt:
         worst = max(rows, key=lambda r: r["damage"])
-        z = f", {worst['z']:.1f} sigma" if worst.get("z") is not None else ", no noise estimate"
-        return (f"{head}, no model size ({', '.join(map(_n, sizes))}) is measurably hurt: the largest damage is "
+        noise = (f" ({worst['z']:.1f} standard errors: below the 3 that tell damage from run-to-run noise)"
+                 if worst.get("z") is not None else " (no noise estimate: add seeds to judge it)")
+        return (f"{head}, no model size (N = {', '.join(map(_n, sizes))}) is measurably hurt: the largest damage is "
                 f"{worst['damage']:+.3f} nats of test loss at N = {_n(worst['n_params'])}, E = {worst['epochs']:g}"
-                f"{z}, within 3 standard errors of the run-to-run noise.")
+                f"{noise}.")
     damages = [r["damage"] for r in hurt]
     text = (f"{head}, repetition hurts {len(hurt)} of {len(sizes)} model sizes (N = "
             f"{', '.join(_n(r['n_params']) for r in sorted(hurt, key=lambda r: r['n_params']))}): test loss is "

@@ -384,9 +384,9 @@ def test_no_significant_damage_is_said_plainly():
                                         {"model": "b", "n_params": 3e5, "fraction": 0.5, "epochs": 64.0,
                                          "damage": 0.05, "z": 0.4, "significant": False}]}}
     assert report.answer_lines(analysis) == [
-        "When 50% of the training tokens are repeats (f = 0.5), no model size (1e+05, 3e+05) is measurably hurt: the "
-        "largest damage is +0.144 nats of test loss at N = 1e+05, E = 512, 2.1 sigma, within 3 standard errors of "
-        "the run-to-run noise."]
+        "When 50% of the training tokens are repeats (f = 0.5), no model size (N = 1e+05, 3e+05) is measurably hurt: "
+        "the largest damage is +0.144 nats of test loss at N = 1e+05, E = 512 (2.1 standard errors: below the 3 that "
+        "tell damage from run-to-run noise)."]
     assert report.answer_lines({"summary": {}, "worst": {"test_loss": []}})[0].startswith("No damage can be measured")
 
 
