@@ -34,8 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,13 +43,22 @@ import numpy as np
 from repeatlab import mechanism as mechanism_lib
 from repeatlab import noise as noise_lib
 from repeatlab.errors import AnalysisError, RepeatlabError
+from repeatlab.fit import (  # re-exported: the fits are part of the analysis API
+    REGION_LEVEL,
+    fit_edge,
+    fit_power_law,
+    invert_fit,
+    invert_interpolation,
+    make_interpolation,
+    predict,
+    region_edges,
+)
 
 FORMAT_VERSION = 2  # 2: noise floors, significance, baseline flags, bounded fits, ICL with errors, mechanism
 EPOCHWISE_TOLERANCE = 0.01  # nats: a rise smaller than this is noise, not epoch-wise double descent
 # Rises in the first 10% of the tokens are optimization transients (warmup loss spikes), not epoch-wise double descent.
 EPOCHWISE_BURN_IN = 0.1
 MEMORIZED_RATIO = 0.8  # repeated_loss > 0.8 * test_loss at the largest E: the subset was never memorized
-REGION_LEVEL = 0.5  # the poor-performance region: damage >= 50 % of the maximum
 
 
 def _get(record: dict, *path: str) -> Any:
@@ -67,304 +76,44 @@ _finite = mechanism_lib.finite_number  # a finite float, or None for anything el
 # name -> (label, direction, accessor)
 METRICS: dict[str, tuple[str, str, Callable[[dict], Any]]] = {
     "test_loss": ("test loss (nats/token)", "lower", lambda r: r.get("test_loss")),
-    "copying": ("copying loss, mean of copies 2..last (nats/token)", "lower",
-                lambda r: _get(r, "copying", "mean_copies_2_to_last")),
-    "prefix_matching": ("prefix-matching score (top-k mean over heads)", "higher",
-                        lambda r: _get(r, "aggregates", "prefix_matching_top_mean")),
+    "copying": (
+        "copying loss, mean of copies 2..last (nats/token)",
+        "lower",
+        lambda r: _get(r, "copying", "mean_copies_2_to_last"),
+    ),
+    "prefix_matching": (
+        "prefix-matching score (top-k mean over heads)",
+        "higher",
+        lambda r: _get(r, "aggregates", "prefix_matching_top_mean"),
+    ),
     "ood_loss": ("out-of-distribution loss (nats/token)", "lower", lambda r: r.get("ood_loss")),
 }
-FIELDS = {"test_loss": "test_loss", "copying": "copying.mean_copies_2_to_last",
-          "prefix_matching": "aggregates.prefix_matching_top_mean", "ood_loss": "ood_loss"}
+FIELDS = {
+    "test_loss": "test_loss",
+    "copying": "copying.mean_copies_2_to_last",
+    "prefix_matching": "aggregates.prefix_matching_top_mean",
+    "ood_loss": "ood_loss",
+}
+
+
+# The fields that name one run in the analysis' lists (runs, loss spikes, mechanism), in this order.
+RUN_IDENTITY = ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")
 
 
 def sign_of(metric: str) -> float:
     return 1.0 if METRICS[metric][1] == "lower" else -1.0
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Baseline fit: y = c + A * N^-alpha (y = badness), robust
-
-
-ALPHA_GRID = np.concatenate([np.linspace(0.005, 1.0, 200), np.linspace(1.01, 4.0, 120)])
-OUTLIER_T = 6.0  # a size whose externally studentized residual exceeds this is left out of the fit
-
-
-def _solve_at_alphas(x: np.ndarray, y: np.ndarray, alphas, c_bounds: tuple[float, float] = (-np.inf, np.inf)):
-    """(c, A', sum of squared residuals, residuals) for y = c + A' * x^-alpha at every alpha at once (arrays).
-
-    c and A' by linear least squares in closed form, with c held inside c_bounds (the physical range of the
-    asymptote: where the unconstrained c falls outside, c sits at the bound and A' is refitted, which is the
-    constrained optimum of this quadratic at fixed alpha); an alpha whose A' is not > 0 gets an infinite sum (the
-    law must improve with N).
-    """
-    alphas = np.atleast_1d(np.asarray(alphas, dtype=float))
-    b = x[None, :] ** (-alphas[:, None])
-    k = x.size
-    sb, sy, sbb, sby = b.sum(1), y.sum(), (b * b).sum(1), (b * y).sum(1)
-    det = k * sbb - sb * sb
-    det = np.where(np.abs(det) < 1e-300, 1e-300, det)
-    a_coef = (k * sby - sb * sy) / det
-    c = (sy - a_coef * sb) / k
-    clamped = np.clip(c, c_bounds[0], c_bounds[1])
-    if np.any(clamped != c):
-        refit = (sby - clamped * sb) / np.where(sbb > 0, sbb, 1e-300)
-        a_coef = np.where(clamped != c, refit, a_coef)
-        c = clamped
-    r = y - (c[:, None] + a_coef[:, None] * b)
-    return c, a_coef, np.where(a_coef > 0, np.sum(r ** 2, axis=1), np.inf), r
-
-
-def _best_alpha(x: np.ndarray, y: np.ndarray, grid: np.ndarray = ALPHA_GRID,
-                c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> float | None:
-    """The least-squares alpha: the whole grid, then finer grids around the best one; None if A' <= 0 always."""
-    cand = grid
-    total = _solve_at_alphas(x, y, cand, c_bounds)[2]
-    if not np.isfinite(total).any():
-        return None
-    for _ in range(3):
-        i = int(np.argmin(total))
-        cand = np.linspace(cand[max(i - 1, 0)], cand[min(i + 1, len(cand) - 1)], 41)
-        total = _solve_at_alphas(x, y, cand, c_bounds)[2]
-    return float(cand[int(np.argmin(total))])
-
-
-def _c_bounds(y: np.ndarray, sign: float) -> tuple[float, float]:
-    """The physical range of the asymptote in badness units: a loss's L_inf in [0, the smallest observed loss]; a
-    score's S_inf in [the largest observed score, 1] (prefix matching is an attention weight)."""
-    return (0.0, float(np.min(y))) if sign > 0 else (-1.0, float(np.min(y)))
-
-
-def _least_squares(x: np.ndarray, y: np.ndarray,
-                   c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float, float, float] | None:
-    """(alpha, c, A', sum of squared residuals) of the least-squares law, None when no alpha has A' > 0."""
-    alpha = _best_alpha(x, y, c_bounds=c_bounds)
-    if alpha is None:
-        return None
-    c, a_coef, ssr, _ = _solve_at_alphas(x, y, alpha, c_bounds)
-    return alpha, float(c[0]), float(a_coef[0]), float(ssr[0])
-
-
-def _outliers(x: np.ndarray, y: np.ndarray, c_bounds: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
-    """Mask of the points kept: one at a time, the point whose removal helps most is dropped while its externally
-    studentized residual t = sqrt((SSR - SSR_without) / (SSR_without / dof)) exceeds OUTLIER_T; at most (n - 4) // 2
-    points, and only while >= 5 remain (2 degrees of freedom)."""
-    keep = np.ones(len(x), dtype=bool)
-    floor = (1e-6 * float(np.ptp(y))) ** 2 + 1e-300
-    while keep.sum() >= 6 and (~keep).sum() < (len(x) - 4) // 2:
-        full = _least_squares(x[keep], y[keep], c_bounds)
-        if full is None:
-            break
-        best = None
-        for i in np.flatnonzero(keep):
-            rest = keep.copy()
-            rest[i] = False
-            fit = _least_squares(x[rest], y[rest], c_bounds)
-            if fit is None:
-                continue
-            t2 = (full[3] - fit[3]) / max(fit[3] / (rest.sum() - 3), floor)
-            if best is None or t2 > best[0]:
-                best = (t2, i)
-        if best is None or best[0] <= OUTLIER_T ** 2:
-            break
-        keep[best[1]] = False
-    return keep
-
-
-POOR_RESIDUAL_SIGMAS = 3.0  # an rms residual above this many noise sigmas: the law does not describe the baselines
-
-
-def fit_power_law(n_params: Iterable[float], values: Iterable[float], direction: str = "lower",
-                  noise: float | None = None) -> dict:
-    """Robust fit of a baseline law to (N, value) pairs. Returns a dict with `ok` and either the parameters or `note`.
-
-    lower is better: value = L_inf + A * N^-alpha;  higher is better: value = S_inf - A * N^-alpha.
-    The asymptote is held in its physical range (0 <= L_inf <= the smallest observed loss). `usable` is false, with
-    `unusable_reason`, when alpha or the asymptote ends at a bound of its search, or when the rms residual exceeds
-    POOR_RESIDUAL_SIGMAS x `noise` (the run-to-run noise, when known): then N_eff comes from interpolation only.
-    """
-    n = np.asarray(list(n_params), dtype=float)
-    v = np.asarray(list(values), dtype=float)
-    sign = 1.0 if direction == "lower" else -1.0
-    form = "L_inf + A * N^-alpha" if sign > 0 else "S_inf - A * N^-alpha"
-    sizes = len(np.unique(n))
-    if sizes < 3:
-        return {"ok": False, "form": form, "note": f"no fit: {sizes} model size(s); the 3-parameter law needs at "
-                "least 3" + (" (interpolation only)" if sizes == 2 else "")}
-    y = sign * v
-    n_ref = float(np.exp(np.mean(np.log(n))))
-    x = n / n_ref
-    bounds = _c_bounds(y, sign)
-    if _least_squares(x, y) is None or _least_squares(x, y, bounds) is None:
-        return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
-    keep = _outliers(x, y, bounds)
-    bounds = _c_bounds(y[keep], sign)
-    fitted = _least_squares(x[keep], y[keep], bounds)
-    if fitted is None:
-        return {"ok": False, "form": form, "note": "no fit: the baseline does not improve with N"}
-    alpha, c, a_ref, ssr = fitted
-    amp = a_ref * n_ref ** alpha
-    pred = c + amp * n ** (-alpha)
-    dof = int(keep.sum() - 3)
-    return {
-        "ok": True, "form": form, "direction": direction,
-        "asymptote": float(sign * c), "A": float(amp), "alpha": float(alpha),
-        "n_ref": n_ref, "A_at_n_ref": float(a_ref),
-        "n_params": n.tolist(), "observed": v.tolist(), "predicted": (sign * pred).tolist(),
-        "residuals": (v - sign * pred).tolist(),
-        "rms_residual": float(np.sqrt(np.mean((v - sign * pred)[keep] ** 2))),
-        "sigma": float(math.sqrt(ssr / dof)) if dof > 0 else None, "dof": dof,
-        "outliers": n[~keep].tolist(),
-        "alpha_at_bound": bool(alpha <= ALPHA_GRID[0] + 1e-9 or alpha >= ALPHA_GRID[-1] - 1e-9),
-        "asymptote_bounds": [float(sign * bounds[0]), float(sign * bounds[1])],
-        "asymptote_at_bound": bool(np.isclose(c, bounds[0], rtol=0, atol=1e-9)
-                                   or np.isclose(c, bounds[1], rtol=0, atol=1e-9)),
-    } | _usability(alpha, c, bounds, float(np.sqrt(np.mean((v - sign * pred)[keep] ** 2))), noise)
-
-
-def _usability(alpha: float, c: float, bounds: tuple[float, float], rms: float, noise: float | None) -> dict:
-    reasons = []
-    if alpha <= ALPHA_GRID[0] + 1e-9 or alpha >= ALPHA_GRID[-1] - 1e-9:
-        reasons.append(f"alpha at its search bound ({alpha:.3g})")
-    if np.isclose(c, bounds[0], rtol=0, atol=1e-9) or np.isclose(c, bounds[1], rtol=0, atol=1e-9):
-        reasons.append("the asymptote at the edge of its physical range (0 or the best observed value)")
-    if noise and rms > POOR_RESIDUAL_SIGMAS * noise:
-        reasons.append(f"rms residual {rms:.3g} above {POOR_RESIDUAL_SIGMAS:g}x the run-to-run noise ({noise:.3g})")
-    return {"usable": not reasons, "unusable_reason": "; ".join(reasons) or None, "noise_sigma": noise}
-
-
-def predict(fit: dict, n: float) -> float:
-    sign = 1.0 if fit["direction"] == "lower" else -1.0
-    return fit["asymptote"] + sign * fit["A"] * n ** (-fit["alpha"])
-
-
-def invert_fit(fit: dict, value: float) -> float | None:
-    """N whose fitted baseline equals value; None when the value beats the asymptote (no finite N)."""
-    sign = 1.0 if fit["direction"] == "lower" else -1.0
-    excess = sign * (value - fit["asymptote"])
-    if excess <= 0:
-        return None
-    log_n = (math.log(fit["A"]) - math.log(excess)) / fit["alpha"]
-    if log_n > 700:
-        return None
-    return math.exp(log_n)
-
-
-def _isotonic_decreasing(y: np.ndarray) -> np.ndarray:
-    """Pool-adjacent-violators: the closest non-increasing sequence (least squares)."""
-    blocks = [[float(v), 1] for v in y]
-    out: list[list[float]] = []
-    for b in blocks:
-        out.append(b)
-        while len(out) > 1 and out[-2][0] < out[-1][0]:
-            v2, w2 = out.pop()
-            v1, w1 = out.pop()
-            out.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2])
-    res: list[float] = []
-    for v, w in out:
-        res += [v] * int(w)
-    return np.asarray(res)
-
-
-def make_interpolation(n_params: Iterable[float], values: Iterable[float], direction: str = "lower") -> dict | None:
-    """Monotone piecewise-linear baseline in log N (badness non-increasing in N); None with < 2 sizes."""
-    n = np.asarray(list(n_params), dtype=float)
-    if len(n) < 2:
-        return None
-    order = np.argsort(n)
-    sign = 1.0 if direction == "lower" else -1.0
-    y = _isotonic_decreasing(sign * np.asarray(list(values), dtype=float)[order])
-    return {"method": "piecewise-linear in log N through the baseline means, made monotone (isotonic)",
-            "direction": direction, "log_n": np.log(n[order]).tolist(), "values": (sign * y).tolist()}
-
-
-def invert_interpolation(interp: dict, value: float) -> float | None:
-    """N where the monotone interpolation reaches value; the end segments extend it beyond the baseline range."""
-    sign = 1.0 if interp["direction"] == "lower" else -1.0
-    ln = np.asarray(interp["log_n"])
-    y = sign * np.asarray(interp["values"])  # non-increasing in N
-    t = sign * value
-    segs = [j for j in range(len(y) - 1) if y[j] > y[j + 1]]
-    if not segs:
-        return None
-    inside = [j for j in segs if y[j] >= t >= y[j + 1]]
-    j = inside[0] if inside else (segs[0] if t > y[0] else segs[-1])
-    log_n = ln[j] + (y[j] - t) / (y[j] - y[j + 1]) * (ln[j + 1] - ln[j])
-    if log_n > 700:
-        return None
-    return math.exp(log_n)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Region edges and learning curves
-
-
-def _crossing(log_e: np.ndarray, d: np.ndarray, i_peak: int, level: float, step: int) -> float | None:
-    """log E where d falls below level walking from the peak by `step` (+1 right, -1 left); None if it never does."""
-    i = i_peak
-    while 0 <= i + step < len(d):
-        j = i + step
-        if d[j] < level:
-            t = (d[i] - level) / (d[i] - d[j])
-            return float(log_e[i] + t * (log_e[j] - log_e[i]))
-        i = j
-    return None
-
-
-def region_edges(epochs: Iterable[float], damage: Iterable[float], level: float = REGION_LEVEL) -> dict:
-    """Edges (in E) of the range where damage >= level * max damage, interpolated in log E."""
-    e = np.asarray(list(epochs), dtype=float)
-    d = np.asarray(list(damage), dtype=float)
-    order = np.argsort(e)
-    e, d = e[order], d[order]
-    out: dict[str, Any] = {"max_damage": None, "peak_epochs": None, "threshold": None, "left": None, "right": None,
-                           "left_censored": False, "right_censored": False, "note": None}
-    if len(e) == 0:
-        out["note"] = "no points"
-        return out
-    i_peak = int(np.argmax(d))
-    dmax = float(d[i_peak])
-    out.update(max_damage=dmax, peak_epochs=float(e[i_peak]))
-    if dmax <= 0:
-        out["note"] = "no damage at any E (max damage <= 0)"
-        return out
-    level_v = level * dmax
-    out["threshold"] = level_v
-    log_e = np.log(e)
-    left = _crossing(log_e, d, i_peak, level_v, -1)
-    right = _crossing(log_e, d, i_peak, level_v, +1)
-    out["left"] = None if left is None else math.exp(left)
-    out["right"] = None if right is None else math.exp(right)
-    out["left_censored"] = left is None
-    out["right_censored"] = right is None
-    notes = []
-    if left is None:
-        notes.append(f"left edge at or below the smallest E ({e[0]:g}): censored")
-    if right is None:
-        notes.append(f"right edge at or above the largest E ({e[-1]:g}): censored")
-    out["note"] = "; ".join(notes) or None
-    return out
-
-
-def fit_edge(n_params: Iterable[float], edges: Iterable[float]) -> dict:
-    """E = k * N^alpha by least squares in log-log space; needs >= 2 distinct sizes."""
-    n = np.asarray(list(n_params), dtype=float)
-    e = np.asarray(list(edges), dtype=float)
-    if len(np.unique(n)) < 2:
-        return {"ok": False, "note": f"no fit: the edge is known at {len(np.unique(n))} model size(s), need >= 2"}
-    ln, le = np.log(n), np.log(e)
-    alpha, logk = np.polyfit(ln, le, 1)
-    resid = le - (logk + alpha * ln)
-    return {"ok": True, "k": float(math.exp(logk)), "alpha": float(alpha), "n_sizes": len(np.unique(n)),
-            "n_params": n.tolist(), "edges": e.tolist(), "log_residuals": resid.tolist(),
-            "rms_log_residual": float(np.sqrt(np.mean(resid ** 2)))}
-
-
-def epochwise_double_descent(curve: list[dict] | None, tol: float = EPOCHWISE_TOLERANCE,
-                             burn_in: float = EPOCHWISE_BURN_IN) -> dict | None:
+def epochwise_double_descent(
+    curve: list[dict] | None, tol: float = EPOCHWISE_TOLERANCE, burn_in: float = EPOCHWISE_BURN_IN
+) -> dict | None:
     """Non-monotonicity of test loss vs tokens after the first `burn_in` of the tokens: the largest rise above the
     running minimum and whether it falls again."""
-    rows = [(float(r["tokens"]), _finite(r.get("test_loss"))) for r in (curve or [])
-            if isinstance(r, dict) and _finite(r.get("tokens")) is not None]
+    rows = [
+        (float(r["tokens"]), _finite(r.get("test_loss")))
+        for r in (curve or [])
+        if isinstance(r, dict) and _finite(r.get("tokens")) is not None
+    ]
     rows = sorted((t, v) for t, v in rows if v is not None)
     if rows:
         rows = [(t, v) for t, v in rows if t >= burn_in * rows[-1][0]]
@@ -380,12 +129,18 @@ def epochwise_double_descent(curve: list[dict] | None, tol: float = EPOCHWISE_TO
         if v[j] - v[i_min] > best[0]:
             best = (float(v[j] - v[i_min]), i_min, j)
     rise, i, j = best
-    after = v[j + 1:]
+    after = v[j + 1 :]
     fall = float(v[j] - after.min()) if len(after) else 0.0
-    return {"max_rise": rise, "min_tokens": float(t[i]) if rise > 0 else None,
-            "peak_tokens": float(t[j]) if rise > 0 else None, "fall_after_peak": fall,
-            "non_monotone": bool(rise > tol), "falls_again": bool(rise > tol and fall > tol),
-            "final_test_loss": float(v[-1]), "min_test_loss": float(v.min())}
+    return {
+        "max_rise": rise,
+        "min_tokens": float(t[i]) if rise > 0 else None,
+        "peak_tokens": float(t[j]) if rise > 0 else None,
+        "fall_after_peak": fall,
+        "non_monotone": bool(rise > tol),
+        "falls_again": bool(rise > tol and fall > tol),
+        "final_test_loss": float(v[-1]),
+        "min_test_loss": float(v.min()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -401,8 +156,12 @@ def _run_of(record: dict) -> dict:
         raise ValueError("model.n_params_nonembed must be > 0")
     return {
         "point_id": str(record.get("point_id") or p.get("point_id")),
-        "model": str(m.get("name") or f"N={n:g}"), "n_params": n, "attention_only": bool(m.get("attention_only")),
-        "fraction": float(p["fraction"]), "epochs": float(p.get("epochs") or 0.0), "seed": int(p.get("seed", 0)),
+        "model": str(m.get("name") or f"N={n:g}"),
+        "n_params": n,
+        "attention_only": bool(m.get("attention_only")),
+        "fraction": float(p["fraction"]),
+        "epochs": float(p.get("epochs") or 0.0),
+        "seed": int(p.get("seed", 0)),
         "control": bool(p.get("control", False)),
         "values": {k: _finite(acc(record)) for k, (_, _, acc) in METRICS.items()},
         "repeated_loss": _finite(record.get("repeated_loss")),
@@ -422,8 +181,9 @@ def _prefix_chance(eval_cfg: dict) -> float:
     """The prefix-matching score of a head attending uniformly, for the point's probe shape (scores.py)."""
     from repeatlab.scores import uniform_attention_prefix_score
 
-    return uniform_attention_prefix_score(int(eval_cfg.get("prefix_random_tokens", 25)),
-                                          int(eval_cfg.get("prefix_repeats", 4)))
+    return uniform_attention_prefix_score(
+        int(eval_cfg.get("prefix_random_tokens", 25)), int(eval_cfg.get("prefix_repeats", 4))
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -438,19 +198,33 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def analyze_study(records: list[dict], expected_points: list[dict] | None = None, study: str | None = None,
-                  corpora: dict[str, dict] | None = None) -> dict:
-    """The content of analysis.json for a list of eval records (see the module docstring); `corpora` maps the
-    records' corpus ids to their manifests (for the split composition)."""
-    from repeatlab import __version__
+@dataclass
+class _Study:
+    """What every stage of the analysis reads: the usable runs grouped over seeds, the baselines, the noise floors,
+    and the warnings collected so far."""
 
-    if not isinstance(records, list) or not records:
-        raise AnalysisError("no eval records to analyze: evaluate at least one point first (repeatlab evaluate)")
-    warnings: list[dict] = []
+    run_list: list[dict]
+    groups: dict[tuple, dict]
+    models: list[tuple[float, str, bool]]
+    baseline_groups: dict[tuple, dict]
+    control_groups: dict[tuple, dict]
+    available: list[str]
+    warnings: list[dict] = field(default_factory=list)
+    noise: dict = field(default_factory=dict)
+    suspect_by_model: dict[tuple, dict] = field(default_factory=dict)
+    other_family: bool = False  # attention-only models are not on the fitted law
+    baseline: dict[str, dict] = field(default_factory=dict)
 
-    def warn(code: str, message: str) -> None:
-        warnings.append({"code": code, "message": " ".join(message.split())})
+    @property
+    def has_baseline(self) -> bool:
+        return bool(self.baseline_groups)
 
+    def warn(self, code: str, message: str) -> None:
+        self.warnings.append({"code": code, "message": " ".join(message.split())})
+
+
+def load_runs(records: list[dict], warn: Callable[[str, str], None]) -> list[dict]:
+    """The usable runs of the eval records (malformed, diverged and duplicate records warned about), sorted."""
     runs: dict[str, dict] = {}
     for i, rec in enumerate(records):
         try:
@@ -467,233 +241,385 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
         runs[run["point_id"]] = run
     if not runs:
         raise AnalysisError(f"none of the {len(records)} eval records is usable (see: malformed or no test_loss)")
-    run_list = sorted(runs.values(), key=lambda r: (r["n_params"], r["model"], r["fraction"], r["control"],
-                                                    r["epochs"], r["seed"]))
+    return sorted(
+        runs.values(), key=lambda r: (r["n_params"], r["model"], r["fraction"], r["control"], r["epochs"], r["seed"])
+    )
 
+
+def missing_points(
+    expected_points: list[dict] | None, run_list: list[dict], warn: Callable[[str, str], None]
+) -> list[dict]:
+    """The expected points without a usable eval record; the grid's plan sizes checked."""
     missing: list[dict] = []
-    if expected_points:
-        for p in expected_points:
-            pid = p.get("point_id")
-            if pid not in runs:
-                m = p.get("model") or {}
-                missing.append({"point_id": pid, "model": m.get("name"), "n_params": m.get("n_params_nonembed"),
-                                "fraction": p.get("fraction"), "epochs": p.get("epochs"), "seed": p.get("seed"),
-                                "control": p.get("control")})
-        if missing:
-            warn("missing_evals", f"{len(missing)} of {len(expected_points)} expected points have no usable eval.json "
-                 f"(e.g. {missing[0]['point_id']}): results are partial")
-        try:
-            from repeatlab.grid import check_points
+    if not expected_points:
+        return missing
+    used = {r["point_id"] for r in run_list}
+    for p in expected_points:
+        pid = p.get("point_id")
+        if pid not in used:
+            m = p.get("model") or {}
+            missing.append(
+                {
+                    "point_id": pid,
+                    "model": m.get("name"),
+                    "n_params": m.get("n_params_nonembed"),
+                    "fraction": p.get("fraction"),
+                    "epochs": p.get("epochs"),
+                    "seed": p.get("seed"),
+                    "control": p.get("control"),
+                }
+            )
+    if missing:
+        warn(
+            "missing_evals",
+            f"{len(missing)} of {len(expected_points)} expected points have no usable eval.json "
+            f"(e.g. {missing[0]['point_id']}): results are partial",
+        )
+    try:
+        from repeatlab.grid import check_points
 
-            for message in check_points([p for p in expected_points if "budget" in p]):
-                warn("grid_epochs", message)
-        except (RepeatlabError, KeyError, TypeError, ValueError) as exc:
-            warn("grid_check", f"the grid's plan sizes could not be checked: {exc}")
+        for message in check_points([p for p in expected_points if "budget" in p]):
+            warn("grid_epochs", message)
+    except (RepeatlabError, KeyError, TypeError, ValueError) as exc:
+        warn("grid_check", f"the grid's plan sizes could not be checked: {exc}")
+    return missing
 
-    available = [m for m in METRICS if any(r["values"][m] is not None for r in run_list)]
 
-    # groups: (model, N, f, E, control) with seeds aggregated
+def group_runs(run_list: list[dict]) -> _Study:
+    """Runs grouped by (model, N, f, E, control), seeds together; the baseline and control groups."""
     groups: dict[tuple, dict] = {}
     for r in run_list:
         key = (r["model"], r["n_params"], r["fraction"], r["epochs"], r["control"])
-        g = groups.setdefault(key, {"model": r["model"], "n_params": r["n_params"], "fraction": r["fraction"],
-                                    "epochs": r["epochs"], "control": r["control"],
-                                    "attention_only": r["attention_only"], "runs": []})
+        g = groups.setdefault(
+            key,
+            {
+                "model": r["model"],
+                "n_params": r["n_params"],
+                "fraction": r["fraction"],
+                "epochs": r["epochs"],
+                "control": r["control"],
+                "attention_only": r["attention_only"],
+                "runs": [],
+            },
+        )
         g["runs"].append(r)
-    models = sorted({(g["n_params"], g["model"], g["attention_only"]) for g in groups.values()})
-    baseline_groups = {(g["model"], g["n_params"]): g for g in groups.values()
-                       if g["fraction"] == 0 and not g["control"]}
-    control_groups = {(g["model"], g["n_params"], g["fraction"]): g for g in groups.values() if g["control"]}
-    has_baseline = bool(baseline_groups)
-    if not has_baseline:
-        warn("no_baseline", "no f = 0 baseline runs: N_eff needs f = 0 runs; raw losses still reported")
-    sizes = sorted({n for n, _, _ in models})
+    return _Study(
+        run_list=run_list,
+        groups=groups,
+        models=sorted({(g["n_params"], g["model"], g["attention_only"]) for g in groups.values()}),
+        baseline_groups={
+            (g["model"], g["n_params"]): g for g in groups.values() if g["fraction"] == 0 and not g["control"]
+        },
+        control_groups={(g["model"], g["n_params"], g["fraction"]): g for g in groups.values() if g["control"]},
+        available=[m for m in METRICS if any(r["values"][m] is not None for r in run_list)],
+    )
+
+
+def _warn_about_the_grid(st: _Study) -> None:
+    if not st.has_baseline:
+        st.warn("no_baseline", "no f = 0 baseline runs: N_eff needs f = 0 runs; raw losses still reported")
+    sizes = sorted({n for n, _, _ in st.models})
     if len(sizes) == 1:
-        warn("single_size", f"only one model size (N = {_fmt(sizes[0])}): no fit of the baseline law or of the "
-             "region edges; damage and worst E are still reported")
-
-    no_induction = sorted({r["model"] for r in run_list if r["fraction"] == 0 and not r["control"]
-                           and r["prefix_matching_max"] is not None
-                           and r["prefix_matching_max"] < INDUCTION_FACTOR * r["prefix_chance"]})
+        st.warn(
+            "single_size",
+            f"only one model size (N = {_fmt(sizes[0])}): no fit of the baseline law or of the "
+            "region edges; damage and worst E are still reported",
+        )
+    no_induction = sorted(
+        {
+            r["model"]
+            for r in st.run_list
+            if r["fraction"] == 0
+            and not r["control"]
+            and r["prefix_matching_max"] is not None
+            and r["prefix_matching_max"] < INDUCTION_FACTOR * r["prefix_chance"]
+        }
+    )
     if no_induction:
-        warn("no_induction_heads", f"baselines without an induction head (best prefix-matching head below "
-             f"{INDUCTION_FACTOR:g}x the uniform-attention score): {', '.join(no_induction)}; damage to copying and "
-             "prefix matching means little there (train longer, or use a longer context)")
+        st.warn(
+            "no_induction_heads",
+            f"baselines without an induction head (best prefix-matching head below "
+            f"{INDUCTION_FACTOR:g}x the uniform-attention score): {', '.join(no_induction)}; damage to copying "
+            "and prefix matching means little there (train longer, or use a longer context)",
+        )
 
-    # ---- noise floors, suspect baselines, loss spikes
-    noise = noise_lib.noise_floors(run_list)
-    suspects = noise_lib.suspect_baselines(run_list, noise)
+
+def noise_checks(st: _Study) -> tuple[list[dict], list[dict]]:
+    """Noise floors (into st), suspect baselines and loss spikes, each warned about."""
+    st.noise = noise_lib.noise_floors(st.run_list)
+    suspects = noise_lib.suspect_baselines(st.run_list, st.noise)
     for row in suspects:
         if row["outlier"] or row["not_converged"]:
-            what = " and ".join(x for x, flag in (("an outlier", row["outlier"]), ("not converged",
-                                                                                   row["not_converged"])) if flag)
-            warn("baseline_suspect", f"N = {_fmt(row['n_params'])}: the f = 0 baseline is {what}: "
-                 f"{'; '.join(row['notes'])}; damage at this size is also given against the pooled baseline "
-                 f"({row['pooled_runs']} runs: the baseline and E <= {noise_lib.LOW_E:g}, {row['pooled_mean']:.3f} "
-                 "nats)")
+            what = " and ".join(
+                x for x, flag in (("an outlier", row["outlier"]), ("not converged", row["not_converged"])) if flag
+            )
+            st.warn(
+                "baseline_suspect",
+                f"N = {_fmt(row['n_params'])}: the f = 0 baseline is {what}: "
+                f"{'; '.join(row['notes'])}; damage at this size is also given against the pooled baseline "
+                f"({row['pooled_runs']} runs: the baseline and E <= {noise_lib.LOW_E:g}, "
+                f"{row['pooled_mean']:.3f} nats)",
+            )
     spikes = []
-    for r in run_list:
+    for r in st.run_list:
         spike = noise_lib.loss_spike(r["curve"])
         if spike:
-            spikes.append({"point_id": r["point_id"], "model": r["model"], "n_params": r["n_params"],
-                           "fraction": r["fraction"], "epochs": r["epochs"], "seed": r["seed"], **spike})
-            warn("loss_spike", f"N = {_fmt(r['n_params'])}, f = {r['fraction']:g}, E = {r['epochs']:g}, seed "
-                 f"{r['seed']}: the learning curve spikes from {spike['from_loss']:.2f} to {spike['to_loss']:.2f} "
-                 f"nats at {spike['at_tokens']:.3g} tokens"
-                 + (" and recovers" if spike["recovered"] else " and does not recover: treat this run as suspect"))
-    suspect_by_model = {(row["model"], row["n_params"]): row for row in suspects}
+            spikes.append(
+                {
+                    **{k: r[k] for k in RUN_IDENTITY if k != "control"},
+                    **spike,
+                }
+            )
+            st.warn(
+                "loss_spike",
+                f"N = {_fmt(r['n_params'])}, f = {r['fraction']:g}, E = {r['epochs']:g}, seed "
+                f"{r['seed']}: the learning curve spikes from {spike['from_loss']:.2f} to "
+                f"{spike['to_loss']:.2f} nats at {spike['at_tokens']:.3g} tokens"
+                + (" and recovers" if spike["recovered"] else " and does not recover: treat this run as suspect"),
+            )
+    st.suspect_by_model = {(row["model"], row["n_params"]): row for row in suspects}
+    return suspects, spikes
 
-    # ---- baselines per metric
-    fit_models = [(n, name) for n, name, ao in models if not ao] or [(n, name) for n, name, _ in models]
-    other_family = len(fit_models) < len(models)  # attention-only models are not on the fitted law
-    if other_family:
-        warn("attention_only_excluded", "attention-only models are left out of the baseline fits "
-             "(another shape family); their damage is measured against their own baseline, and no N_eff is given "
-             "for them")
-    baseline: dict[str, dict] = {}
-    for metric in available:
-        direction = METRICS[metric][1]
-        pts = []
-        for n, name in fit_models:
-            g = baseline_groups.get((name, n))
-            if not g:
-                continue
-            vals = [r["values"][metric] for r in g["runs"]]
-            mean, std = _mean_std(vals)
-            if mean is None:
-                continue
-            pts.append({"model": name, "n_params": n, "mean": mean, "std": std, "n_seeds": len(vals),
-                        "values": vals})
-        entry: dict[str, Any] = {"direction": direction, "points": pts, "fit": None, "fit_note": None,
-                                 "interpolation": None, "range": None}
-        if pts:
-            ns = [p["n_params"] for p in pts]
-            ms = [p["mean"] for p in pts]
-            entry["range"] = [min(ms), max(ms)]
-            fit = fit_power_law(ns, ms, direction, noise=noise["pooled"]["sigma"] if metric == "test_loss" else None)
-            if fit["ok"]:
-                entry["fit"] = fit
-                if not fit["usable"]:
-                    warn("fit_unusable", f"{metric}: the baseline law is not usable for this study "
-                         f"({fit['unusable_reason']}); N_eff comes from interpolation between the baselines only")
-            else:
-                entry["fit_note"] = fit["note"]
-                if "does not improve" in fit["note"]:
-                    warn("fit_failed", f"{metric}: {fit['note']}; interpolation only")
-            entry["interpolation"] = make_interpolation(ns, ms, direction)
-        else:
-            entry["fit_note"] = "no f = 0 baseline runs: N_eff needs f = 0 runs"
-        baseline[metric] = entry
 
-    def effective(metric: str, value: float | None, n: float, attention_only: bool = False) -> dict:
-        out = {"n_eff": None, "multiplier": None, "n_eff_method": None, "n_eff_fit": None, "multiplier_fit": None,
-               "n_eff_interp": None, "multiplier_interp": None, "extrapolated": None, "extrapolation": None,
-               "multiplier_note": None}
-        b = baseline.get(metric)
-        if value is None or not b or not b["points"]:
-            return out
-        if attention_only and other_family:
-            out["multiplier_note"] = ("not meaningful for this study: attention-only models are another shape "
-                                      "family, not on the baselines' law")
-            return out
-        sign = sign_of(metric)
-        lo, hi = b["range"]
-        worst_b, best_b = (hi, lo) if sign > 0 else (lo, hi)
-        if sign * (value - best_b) < 0:
-            out["extrapolated"], out["extrapolation"] = True, "better than the best baseline"
-        elif sign * (value - worst_b) > 0:
-            out["extrapolated"], out["extrapolation"] = True, "worse than the worst baseline"
-        else:
-            out["extrapolated"] = False
-        if b["fit"]:
-            ne = invert_fit(b["fit"], value)
-            out["n_eff_fit"] = ne
-            out["multiplier_fit"] = None if ne is None else n / ne
-            if ne is None:
-                out["extrapolated"], out["extrapolation"] = True, "beats the fitted asymptote (no finite N_eff)"
-        if b["interpolation"]:
-            ne = invert_interpolation(b["interpolation"], value)
-            out["n_eff_interp"] = ne
-            out["multiplier_interp"] = None if ne is None else n / ne
-        if b["fit"] and b["fit"]["usable"]:
-            out["n_eff"], out["multiplier"], out["n_eff_method"] = out["n_eff_fit"], out["multiplier_fit"], "fit"
-        elif b["interpolation"]:
-            out["n_eff"], out["multiplier"] = out["n_eff_interp"], out["multiplier_interp"]
-            out["n_eff_method"] = "interpolation"
-        if out["extrapolated"]:  # outside the baselines the study has no model to compare with: no number at all
-            out["multiplier_note"] = (f"not meaningful for this study: {out['extrapolation']} "
-                                      f"(baselines span N = {fmt_n(min(p['n_params'] for p in b['points']))}.."
-                                      f"{fmt_n(max(p['n_params'] for p in b['points']))})")
-            out["n_eff"] = out["multiplier"] = None
-        elif out["multiplier"] is None and out["n_eff_method"] is None:
-            out["multiplier_note"] = "not meaningful for this study: no usable baseline law or interpolation"
+def _baseline_entry(st: _Study, metric: str, fit_models: list[tuple[float, str]]) -> dict:
+    direction = METRICS[metric][1]
+    pts: list[dict[str, Any]] = []
+    for n, name in fit_models:
+        g = st.baseline_groups.get((name, n))
+        if not g:
+            continue
+        vals = [r["values"][metric] for r in g["runs"]]
+        mean, std = _mean_std(vals)
+        if mean is None:
+            continue
+        pts.append({"model": name, "n_params": n, "mean": mean, "std": std, "n_seeds": len(vals), "values": vals})
+    entry: dict[str, Any] = {
+        "direction": direction,
+        "points": pts,
+        "fit": None,
+        "fit_note": None,
+        "interpolation": None,
+        "range": None,
+    }
+    if not pts:
+        entry["fit_note"] = "no f = 0 baseline runs: N_eff needs f = 0 runs"
+        return entry
+    ns = [p["n_params"] for p in pts]
+    ms = [p["mean"] for p in pts]
+    entry["range"] = [min(ms), max(ms)]
+    fit = fit_power_law(ns, ms, direction, noise=st.noise["pooled"]["sigma"] if metric == "test_loss" else None)
+    if fit["ok"]:
+        entry["fit"] = fit
+        if not fit["usable"]:
+            st.warn(
+                "fit_unusable",
+                f"{metric}: the baseline law is not usable for this study "
+                f"({fit['unusable_reason']}); N_eff comes from interpolation between the baselines only",
+            )
+    else:
+        entry["fit_note"] = fit["note"]
+        if "does not improve" in fit["note"]:
+            st.warn("fit_failed", f"{metric}: {fit['note']}; interpolation only")
+    entry["interpolation"] = make_interpolation(ns, ms, direction)
+    return entry
+
+
+def fit_baselines(st: _Study) -> None:
+    """The baseline law (and interpolation) per metric, over the f = 0 runs of the standard family, into st."""
+    fit_models = [(n, name) for n, name, ao in st.models if not ao] or [(n, name) for n, name, _ in st.models]
+    st.other_family = len(fit_models) < len(st.models)
+    if st.other_family:
+        st.warn(
+            "attention_only_excluded",
+            "attention-only models are left out of the baseline fits "
+            "(another shape family); their damage is measured against their own baseline, and no N_eff is "
+            "given for them",
+        )
+    st.baseline = {metric: _baseline_entry(st, metric, fit_models) for metric in st.available}
+
+
+def _extrapolation(sign: float, value: float, value_range: list[float]) -> tuple[bool, str | None]:
+    lo, hi = value_range
+    worst_b, best_b = (hi, lo) if sign > 0 else (lo, hi)
+    if sign * (value - best_b) < 0:
+        return True, "better than the best baseline"
+    if sign * (value - worst_b) > 0:
+        return True, "worse than the worst baseline"
+    return False, None
+
+
+def effective(st: _Study, metric: str, value: float | None, n: float, attention_only: bool = False) -> dict:
+    """N_eff and the multiplier N / N_eff of a value of `metric` at size n: by the usable law, else interpolation."""
+    out: dict[str, Any] = {
+        "n_eff": None,
+        "multiplier": None,
+        "n_eff_method": None,
+        "n_eff_fit": None,
+        "multiplier_fit": None,
+        "n_eff_interp": None,
+        "multiplier_interp": None,
+        "extrapolated": None,
+        "extrapolation": None,
+        "multiplier_note": None,
+    }
+    b = st.baseline.get(metric)
+    if value is None or not b or not b["points"]:
         return out
-
-    def baseline_value(metric: str, name: str, n: float, attention_only: bool = False):
-        g = baseline_groups.get((name, n))
-        if g:
-            mean, _ = _mean_std([r["values"][metric] for r in g["runs"]])
-            if mean is not None:
-                return mean, "observed"
-        fit = baseline.get(metric, {}).get("fit")
-        if fit and not (attention_only and other_family):
-            return predict(fit, n), "fit"
-        return None, None
-
-    def _significance_of(m: dict, g: dict, kind: str) -> dict:
-        """Standard error, z and verdict of a test-loss damage, against the baseline and the pooled baseline."""
-        sigma = noise_lib.sigma_of(noise, g["model"], g["n_params"])
-        base = baseline_groups.get((g["model"], g["n_params"]))
-        n_point = len([v for v in m["values"] if v is not None])
-        out: dict[str, Any] = {"sigma": sigma, "damage_se": None, "z": None, "significant": None,
-                               "damage_pooled": None, "z_pooled": None, "significant_pooled": None}
-        if kind != "repeated" and kind != "control":
-            return out
-        if base:
-            out.update(noise_lib.significance(m["damage"], sigma, n_point, len(base["runs"])))
-        sus = suspect_by_model.get((g["model"], g["n_params"]))
-        if sus and m["mean"] is not None:
-            pooled = noise_lib.significance(m["mean"] - sus["pooled_mean"], sigma, n_point, sus["pooled_runs"])
-            out.update(damage_pooled=m["mean"] - sus["pooled_mean"], z_pooled=pooled["z"],
-                       significant_pooled=pooled["significant"])
+    if attention_only and st.other_family:
+        out["multiplier_note"] = (
+            "not meaningful for this study: attention-only models are another shape family, not on the baselines' law"
+        )
         return out
+    out["extrapolated"], out["extrapolation"] = _extrapolation(sign_of(metric), value, b["range"])
+    if b["fit"]:
+        ne = invert_fit(b["fit"], value)
+        out["n_eff_fit"] = ne
+        out["multiplier_fit"] = None if ne is None else n / ne
+        if ne is None:
+            out["extrapolated"], out["extrapolation"] = True, "beats the fitted asymptote (no finite N_eff)"
+    if b["interpolation"]:
+        ne = invert_interpolation(b["interpolation"], value)
+        out["n_eff_interp"] = ne
+        out["multiplier_interp"] = None if ne is None else n / ne
+    if b["fit"] and b["fit"]["usable"]:
+        out["n_eff"], out["multiplier"], out["n_eff_method"] = out["n_eff_fit"], out["multiplier_fit"], "fit"
+    elif b["interpolation"]:
+        out["n_eff"], out["multiplier"] = out["n_eff_interp"], out["multiplier_interp"]
+        out["n_eff_method"] = "interpolation"
+    if out["extrapolated"]:  # outside the baselines the study has no model to compare with: no number at all
+        out["multiplier_note"] = (
+            f"not meaningful for this study: {out['extrapolation']} "
+            f"(baselines span N = {fmt_n(min(p['n_params'] for p in b['points']))}.."
+            f"{fmt_n(max(p['n_params'] for p in b['points']))})"
+        )
+        out["n_eff"] = out["multiplier"] = None
+    elif out["multiplier"] is None and out["n_eff_method"] is None:
+        out["multiplier_note"] = "not meaningful for this study: no usable baseline law or interpolation"
+    return out
 
-    def _interior_significant(pts: list[dict], i: int, metric: str) -> bool | None:
-        """Whether the worst E's damage exceeds both ends of the E grid by SIGNIFICANCE standard errors."""
-        if not 0 < i < len(pts) - 1:
-            return False
-        p = pts[i]
-        sigma = noise_lib.sigma_of(noise, p["model"], p["n_params"])
-        verdicts = [noise_lib.difference_significant(p["metrics"][metric]["mean"], q["metrics"][metric]["mean"],
-                                                    sigma, p["n_seeds"], q["n_seeds"]) for q in (pts[0], pts[-1])]
-        return None if None in verdicts else all(verdicts)
 
-    # ---- per run (CSV rows) and per group (seeds aggregated)
-    run_rows = []
-    for r in run_list:
-        row = {k: r[k] for k in ("point_id", "model", "n_params", "fraction", "epochs", "seed", "control")}
-        row.update({"repeated_loss": r["repeated_loss"], "icl_score": r["icl_score"],
-                    "prefix_matching_max": r["prefix_matching_max"], "metrics": {}, "icl": r["mechanism"]["icl"],
-                    "mechanism_verdict": r["mechanism"]["verdict"]})
-        for metric in available:
+def baseline_value(
+    st: _Study, metric: str, name: str, n: float, attention_only: bool = False
+) -> tuple[float | None, str | None]:
+    """The baseline's value of `metric` at a model: observed (mean over seeds), else the law's prediction."""
+    g = st.baseline_groups.get((name, n))
+    if g:
+        mean, _ = _mean_std([r["values"][metric] for r in g["runs"]])
+        if mean is not None:
+            return mean, "observed"
+    fit = st.baseline.get(metric, {}).get("fit")
+    if fit and not (attention_only and st.other_family):
+        return predict(fit, n), "fit"
+    return None, None
+
+
+def _significance_of(st: _Study, m: dict, g: dict, kind: str) -> dict:
+    """Standard error, z and verdict of a test-loss damage, against the baseline and the pooled baseline."""
+    sigma = noise_lib.sigma_of(st.noise, g["model"], g["n_params"])
+    base = st.baseline_groups.get((g["model"], g["n_params"]))
+    n_point = len([v for v in m["values"] if v is not None])
+    out: dict[str, Any] = {
+        "sigma": sigma,
+        "damage_se": None,
+        "z": None,
+        "significant": None,
+        "damage_pooled": None,
+        "z_pooled": None,
+        "significant_pooled": None,
+    }
+    if kind != "repeated" and kind != "control":
+        return out
+    if base:
+        out.update(noise_lib.significance(m["damage"], sigma, n_point, len(base["runs"])))
+    sus = st.suspect_by_model.get((g["model"], g["n_params"]))
+    if sus and m["mean"] is not None:
+        pooled = noise_lib.significance(m["mean"] - sus["pooled_mean"], sigma, n_point, sus["pooled_runs"])
+        out.update(
+            damage_pooled=m["mean"] - sus["pooled_mean"], z_pooled=pooled["z"], significant_pooled=pooled["significant"]
+        )
+    return out
+
+
+def _interior_significant(st: _Study, pts: list[dict], i: int, metric: str) -> bool | None:
+    """Whether the worst E's damage exceeds both ends of the E grid by SIGNIFICANCE standard errors."""
+    if not 0 < i < len(pts) - 1:
+        return False
+    p = pts[i]
+    sigma = noise_lib.sigma_of(st.noise, p["model"], p["n_params"])
+    verdicts = [
+        noise_lib.difference_significant(
+            p["metrics"][metric]["mean"], q["metrics"][metric]["mean"], sigma, p["n_seeds"], q["n_seeds"]
+        )
+        for q in (pts[0], pts[-1])
+    ]
+    return None if None in verdicts else all(verdicts)
+
+
+def run_rows(st: _Study) -> list[dict]:
+    """One row per run (the CSV): values, damage, N_eff and, for test loss, significance."""
+    rows = []
+    for r in st.run_list:
+        row = {k: r[k] for k in RUN_IDENTITY}
+        row.update(
+            {
+                "repeated_loss": r["repeated_loss"],
+                "icl_score": r["icl_score"],
+                "prefix_matching_max": r["prefix_matching_max"],
+                "metrics": {},
+                "icl": r["mechanism"]["icl"],
+                "mechanism_verdict": r["mechanism"]["verdict"],
+            }
+        )
+        for metric in st.available:
             v = r["values"][metric]
-            bv, _ = baseline_value(metric, r["model"], r["n_params"], r["attention_only"])
-            eff = effective(metric, v, r["n_params"], r["attention_only"])
-            row["metrics"][metric] = {"value": v, "damage": None if v is None or bv is None
-                                      else sign_of(metric) * (v - bv),
-                                      "n_eff": eff["n_eff"], "multiplier": eff["multiplier"],
-                                      "extrapolated": eff["extrapolated"]}
-        base_g = baseline_groups.get((r["model"], r["n_params"]))
+            bv, _ = baseline_value(st, metric, r["model"], r["n_params"], r["attention_only"])
+            eff = effective(st, metric, v, r["n_params"], r["attention_only"])
+            row["metrics"][metric] = {
+                "value": v,
+                "damage": None if v is None or bv is None else sign_of(metric) * (v - bv),
+                "n_eff": eff["n_eff"],
+                "multiplier": eff["multiplier"],
+                "extrapolated": eff["extrapolated"],
+            }
+        base_g = st.baseline_groups.get((r["model"], r["n_params"]))
         if "test_loss" in row["metrics"] and base_g and (r["fraction"] > 0 or r["control"]):
-            row["metrics"]["test_loss"].update(noise_lib.significance(
-                row["metrics"]["test_loss"]["damage"], noise_lib.sigma_of(noise, r["model"], r["n_params"]), 1,
-                len(base_g["runs"])))
+            row["metrics"]["test_loss"].update(
+                noise_lib.significance(
+                    row["metrics"]["test_loss"]["damage"],
+                    noise_lib.sigma_of(st.noise, r["model"], r["n_params"]),
+                    1,
+                    len(base_g["runs"]),
+                )
+            )
         row["epochwise"] = r["epochwise"]
-        run_rows.append(row)
+        rows.append(row)
+    return rows
 
+
+def _group_metric(st: _Study, g: dict, metric: str, kind: str) -> dict:
+    vals = [r["values"][metric] for r in g["runs"]]
+    mean, std = _mean_std(vals)
+    m: dict[str, Any] = {"mean": mean, "std": std, "values": vals}
+    bv, src = baseline_value(st, metric, g["model"], g["n_params"], g["attention_only"])
+    s = sign_of(metric)
+    m["baseline"], m["baseline_source"] = bv, src
+    m["damage"] = None if mean is None or bv is None else s * (mean - bv)
+    cg = st.control_groups.get((g["model"], g["n_params"], g["fraction"]))
+    cv = _mean_std([r["values"][metric] for r in cg["runs"]])[0] if cg else None
+    m["control"] = cv
+    m["repetition_harm"] = None if (g["control"] or mean is None or cv is None) else s * (mean - cv)
+    m["unique_data_loss"] = None if cv is None or bv is None else s * (cv - bv)
+    m.update(effective(st, metric, mean, g["n_params"], g["attention_only"]))
+    if metric == "test_loss":
+        m.update(_significance_of(st, m, g, kind))
+    return m
+
+
+def group_points(st: _Study) -> list[dict]:
+    """One entry per (model, N, f, E, control), seeds aggregated: damage, repetition harm, N_eff, significance."""
     points = []
-    for key in sorted(groups, key=lambda k: (k[1], k[0], k[2], k[4], k[3])):
-        g = groups[key]
+    for key in sorted(st.groups, key=lambda k: (k[1], k[0], k[2], k[4], k[3])):
+        g = st.groups[key]
         entry = {k: g[k] for k in ("model", "n_params", "fraction", "epochs", "control")}
         entry["kind"] = "control" if g["control"] else ("baseline" if g["fraction"] == 0 else "repeated")
         entry["n_seeds"] = len(g["runs"])
@@ -701,158 +627,275 @@ def analyze_study(records: list[dict], expected_points: list[dict] | None = None
         entry["point_ids"] = [r["point_id"] for r in g["runs"]]
         rl_mean, rl_std = _mean_std([r["repeated_loss"] for r in g["runs"]])
         entry["repeated_loss"] = {"mean": rl_mean, "std": rl_std, "values": [r["repeated_loss"] for r in g["runs"]]}
-        entry["metrics"] = {}
-        for metric in available:
-            vals = [r["values"][metric] for r in g["runs"]]
-            mean, std = _mean_std(vals)
-            m: dict[str, Any] = {"mean": mean, "std": std, "values": vals}
-            bv, src = baseline_value(metric, g["model"], g["n_params"], g["attention_only"])
-            s = sign_of(metric)
-            m["baseline"], m["baseline_source"] = bv, src
-            m["damage"] = None if mean is None or bv is None else s * (mean - bv)
-            cg = control_groups.get((g["model"], g["n_params"], g["fraction"]))
-            cv = _mean_std([r["values"][metric] for r in cg["runs"]])[0] if cg else None
-            m["control"] = cv
-            m["repetition_harm"] = None if (g["control"] or mean is None or cv is None) else s * (mean - cv)
-            m["unique_data_loss"] = None if cv is None or bv is None else s * (cv - bv)
-            m.update(effective(metric, mean, g["n_params"], g["attention_only"]))
-            if metric == "test_loss":
-                m.update(_significance_of(m, g, entry["kind"]))
-            entry["metrics"][metric] = m
+        entry["metrics"] = {metric: _group_metric(st, g, metric, entry["kind"]) for metric in st.available}
         ew = [r["epochwise"] for r in g["runs"] if r["epochwise"]]
-        entry["epochwise"] = None if not ew else {
-            "max_rise_mean": float(np.mean([e["max_rise"] for e in ew])),
-            "non_monotone_runs": sum(e["non_monotone"] for e in ew),
-            "falls_again_runs": sum(e["falls_again"] for e in ew), "runs": len(ew)}
+        entry["epochwise"] = (
+            None
+            if not ew
+            else {
+                "max_rise_mean": float(np.mean([e["max_rise"] for e in ew])),
+                "non_monotone_runs": sum(e["non_monotone"] for e in ew),
+                "falls_again_runs": sum(e["falls_again"] for e in ew),
+                "runs": len(ew),
+            }
+        )
         points.append(entry)
+    return points
 
-    # ---- worst E per (N, f) and per metric
-    repeated_pts = [p for p in points if p["kind"] == "repeated"]
-    fractions = sorted({p["fraction"] for p in repeated_pts})
+
+def _series(points: list[dict], name: str, n: float, f: float) -> list[dict]:
+    """The repeated points of one (model, N, f), by E."""
+    return sorted(
+        [
+            p
+            for p in points
+            if p["kind"] == "repeated" and p["model"] == name and p["n_params"] == n and p["fraction"] == f
+        ],
+        key=lambda p: p["epochs"],
+    )
+
+
+def _worst_row(st: _Study, pts: list[dict], metric: str, name: str, n: float, f: float) -> dict:
+    badness = [sign_of(metric) * p["metrics"][metric]["mean"] for p in pts]
+    i = int(np.argmax(badness))
+    p = pts[i]
+    pm = p["metrics"][metric]
+    return {
+        "model": name,
+        "n_params": n,
+        "fraction": f,
+        "epochs": p["epochs"],
+        "epochs_grid": [q["epochs"] for q in pts],
+        "interior": bool(0 < i < len(pts) - 1) if len(pts) >= 3 else False,
+        "edge": None if 0 < i < len(pts) - 1 else ("smallest E" if i == 0 else "largest E"),
+        "value": pm["mean"],
+        "std": pm["std"],
+        "damage": pm["damage"],
+        "repetition_harm": pm["repetition_harm"],
+        "n_eff": pm["n_eff"],
+        "multiplier": pm["multiplier"],
+        "extrapolated": pm["extrapolated"],
+        "multiplier_note": pm["multiplier_note"],
+        "n_eff_method": pm["n_eff_method"],
+        "repeated_loss": p["repeated_loss"]["mean"],
+        "test_loss": p["metrics"]["test_loss"]["mean"],
+        "n_seeds": p["n_seeds"],
+        **(
+            {
+                k: pm.get(k)
+                for k in ("damage_se", "z", "significant", "damage_pooled", "z_pooled", "significant_pooled", "sigma")
+            }
+            if metric == "test_loss"
+            else {}
+        ),
+        "interior_significant": _interior_significant(st, pts, i, metric) if metric == "test_loss" else None,
+    }
+
+
+def worst_epochs(st: _Study, points: list[dict], fractions: list[float]) -> dict[str, list]:
+    """Per metric and (N, f): the E of the largest mean damage, whether it is inside the grid, and its numbers."""
     worst: dict[str, list] = {}
-    for metric in available:
-        s = sign_of(metric)
+    for metric in st.available:
         rows = []
-        for n, name, _ in models:
+        for n, name, _ in st.models:
             for f in fractions:
-                pts = sorted([p for p in repeated_pts if p["model"] == name and p["n_params"] == n
-                              and p["fraction"] == f and p["metrics"][metric]["mean"] is not None],
-                             key=lambda p: p["epochs"])
-                if not pts:
-                    continue
-                badness = [s * p["metrics"][metric]["mean"] for p in pts]
-                i = int(np.argmax(badness))
-                p = pts[i]
-                pm = p["metrics"][metric]
-                rows.append({
-                    "model": name, "n_params": n, "fraction": f, "epochs": p["epochs"],
-                    "epochs_grid": [q["epochs"] for q in pts],
-                    "interior": bool(0 < i < len(pts) - 1) if len(pts) >= 3 else False,
-                    "edge": None if 0 < i < len(pts) - 1 else ("smallest E" if i == 0 else "largest E"),
-                    "value": pm["mean"], "std": pm["std"], "damage": pm["damage"],
-                    "repetition_harm": pm["repetition_harm"], "n_eff": pm["n_eff"], "multiplier": pm["multiplier"],
-                    "extrapolated": pm["extrapolated"], "multiplier_note": pm["multiplier_note"],
-                    "n_eff_method": pm["n_eff_method"],
-                    "repeated_loss": p["repeated_loss"]["mean"],
-                    "test_loss": p["metrics"]["test_loss"]["mean"],
-                    "n_seeds": p["n_seeds"],
-                    **({k: pm.get(k) for k in ("damage_se", "z", "significant", "damage_pooled", "z_pooled",
-                                               "significant_pooled", "sigma")} if metric == "test_loss" else {}),
-                    "interior_significant": _interior_significant(pts, i, metric) if metric == "test_loss" else None,
-                })
+                pts = [p for p in _series(points, name, n, f) if p["metrics"][metric]["mean"] is not None]
+                if pts:
+                    rows.append(_worst_row(st, pts, metric, name, n, f))
         worst[metric] = rows
     for w in worst.get("test_loss", []):
         if w["edge"] and len(w["epochs_grid"]) >= 2:
-            warn("peak_at_edge", f"N = {_fmt(w['n_params'])}, f = {w['fraction']:g}: the worst test loss is at the "
-                 f"{w['edge']} of the grid (E = {w['epochs']:g}); widen the E grid to locate the peak")
+            st.warn(
+                "peak_at_edge",
+                f"N = {_fmt(w['n_params'])}, f = {w['fraction']:g}: the worst test loss is at "
+                f"the {w['edge']} of the grid (E = {w['epochs']:g}); widen the E grid to locate the peak",
+            )
+    return worst
 
-    # ---- memorization check at the largest E
-    for n, name, _ in models:
+
+def check_memorization(st: _Study, points: list[dict], fractions: list[float]) -> None:
+    """Warn where even the largest E left the repeated subset unmemorized (the peak may lie beyond the grid)."""
+    for n, name, _ in st.models:
         for f in fractions:
-            pts = [p for p in repeated_pts if p["model"] == name and p["n_params"] == n and p["fraction"] == f]
+            pts = _series(points, name, n, f)
             if not pts:
                 continue
             top = max(pts, key=lambda p: p["epochs"])
             rl, tl = top["repeated_loss"]["mean"], top["metrics"]["test_loss"]["mean"]
             if rl is not None and tl is not None and rl > MEMORIZED_RATIO * tl:
-                warn("not_memorized", f"N = {_fmt(n)}, f = {f:g}: even at the largest E = {top['epochs']:g} the "
-                     f"repeated subset is not memorized (repeated loss {rl:.3f} > {MEMORIZED_RATIO:g} x test loss "
-                     f"{tl:.3f}): every E may be too small to reach the peak")
+                st.warn(
+                    "not_memorized",
+                    f"N = {_fmt(n)}, f = {f:g}: even at the largest E = {top['epochs']:g} "
+                    f"the repeated subset is not memorized (repeated loss {rl:.3f} > {MEMORIZED_RATIO:g} x test "
+                    f"loss {tl:.3f}): every E may be too small to reach the peak",
+                )
 
-    # ---- poor-performance region per f (test loss)
-    regions = []
+
+def _region_row(pts: list[dict], name: str, n: float, attention_only: bool) -> dict:
+    dmg = [p["metrics"]["test_loss"]["damage"] for p in pts]
+    row: dict[str, Any] = {
+        "model": name,
+        "n_params": n,
+        "attention_only": attention_only,
+        "epochs": [p["epochs"] for p in pts],
+        "damage": dmg,
+    }
+    if any(d is None for d in dmg):
+        row.update(
+            {
+                "max_damage": None,
+                "peak_epochs": None,
+                "threshold": None,
+                "left": None,
+                "right": None,
+                "left_censored": None,
+                "right_censored": None,
+                "note": "no damage without an f = 0 baseline at this size",
+            }
+        )
+        return row
+    row.update(region_edges(row["epochs"], dmg))
+    peak = [p for p in pts if p["epochs"] == row["peak_epochs"]]
+    row["significant"] = peak[0]["metrics"]["test_loss"].get("significant") if peak else None
+    if row["significant"] is False:
+        row["note"] = "; ".join(
+            x
+            for x in (
+                row.get("note"),
+                f"the largest damage is within "
+                f"{noise_lib.SIGNIFICANCE:g} standard errors of the noise: "
+                "no region at this size",
+            )
+            if x
+        )
+        row.update(left=None, right=None)
+    return row
+
+
+def regions(st: _Study, points: list[dict], fractions: list[float]) -> list[dict]:
+    """The poor-performance region per f (test loss): per model its E edges, and the edges fitted across N."""
+    out = []
     for f in fractions:
-        per_model = []
-        for n, name, ao in models:
-            pts = sorted([p for p in repeated_pts if p["model"] == name and p["n_params"] == n and p["fraction"] == f],
-                         key=lambda p: p["epochs"])
-            dmg = [p["metrics"]["test_loss"]["damage"] for p in pts]
-            row = {"model": name, "n_params": n, "attention_only": ao,
-                   "epochs": [p["epochs"] for p in pts], "damage": dmg}
-            if not pts:
-                continue
-            if any(d is None for d in dmg):
-                row.update({"max_damage": None, "peak_epochs": None, "threshold": None, "left": None, "right": None,
-                            "left_censored": None, "right_censored": None,
-                            "note": "no damage without an f = 0 baseline at this size"})
-            else:
-                row.update(region_edges(row["epochs"], dmg))
-                peak = [p for p in pts if p["epochs"] == row["peak_epochs"]]
-                row["significant"] = peak[0]["metrics"]["test_loss"].get("significant") if peak else None
-                if row["significant"] is False:
-                    row["note"] = "; ".join(x for x in (row.get("note"), f"the largest damage is within "
-                                                        f"{noise_lib.SIGNIFICANCE:g} standard errors of the noise: "
-                                                        "no region at this size") if x)
-                    row.update(left=None, right=None)
-            per_model.append(row)
+        per_model = [_region_row(pts, name, n, ao) for n, name, ao in st.models if (pts := _series(points, name, n, f))]
         fits = {}
         for side in ("left", "right"):
-            known = [(r["n_params"], r[side]) for r in per_model if r[side] is not None and not r["attention_only"]
-                     and r.get("significant") is not False]
-            if not has_baseline:
+            known = [
+                (r["n_params"], r[side])
+                for r in per_model
+                if r[side] is not None and not r["attention_only"] and r.get("significant") is not False
+            ]
+            if not st.has_baseline:
                 fits[side] = {"ok": False, "note": "no fit: the region needs damage, which needs f = 0 baselines"}
             else:
                 fits[side] = fit_edge([k[0] for k in known], [k[1] for k in known])
-        regions.append({"fraction": f, "metric": "test_loss", "level": REGION_LEVEL, "per_model": per_model,
-                        "fits": fits})
+        out.append({"fraction": f, "metric": "test_loss", "level": REGION_LEVEL, "per_model": per_model, "fits": fits})
+    return out
 
-    # ---- epoch-wise double descent summary per f
-    epochwise = []
+
+def epochwise_summary(run_list: list[dict], rows: list[dict]) -> list[dict]:
+    """Epoch-wise double descent per f: how many runs' test loss rises after its minimum, and the largest rise."""
+    out = []
     for f in sorted({r["fraction"] for r in run_list}):
-        ew = [r for r in run_rows if r["fraction"] == f and r["epochwise"]]
+        ew = [r for r in rows if r["fraction"] == f and r["epochwise"]]
         if not ew:
             continue
         top = max(ew, key=lambda r: r["epochwise"]["max_rise"])
-        epochwise.append({"fraction": f, "runs": len(ew),
-                          "non_monotone_runs": sum(r["epochwise"]["non_monotone"] for r in ew),
-                          "falls_again_runs": sum(r["epochwise"]["falls_again"] for r in ew),
-                          "max_rise": top["epochwise"]["max_rise"], "max_rise_point_id": top["point_id"],
-                          "max_rise_model": top["model"], "max_rise_n_params": top["n_params"],
-                          "max_rise_epochs": top["epochs"], "tolerance": EPOCHWISE_TOLERANCE})
+        out.append(
+            {
+                "fraction": f,
+                "runs": len(ew),
+                "non_monotone_runs": sum(r["epochwise"]["non_monotone"] for r in ew),
+                "falls_again_runs": sum(r["epochwise"]["falls_again"] for r in ew),
+                "max_rise": top["epochwise"]["max_rise"],
+                "max_rise_point_id": top["point_id"],
+                "max_rise_model": top["model"],
+                "max_rise_n_params": top["n_params"],
+                "max_rise_epochs": top["epochs"],
+                "tolerance": EPOCHWISE_TOLERANCE,
+            }
+        )
+    return out
 
-    mechanism = _mechanism_section(run_list, worst.get("test_loss", []))
-    icl = _icl_section(run_list)
-    if any(r["mechanism"]["icl"]["note"] for r in run_list):
-        warn("icl_single_position", "some records predate the ICL estimate with an error bar (a single-position "
-             "score at fixed window offsets): their ICL is listed but not judged; evaluate them again for it")
 
-    summary = {
-        "records": len(records), "runs_used": len(run_list),
-        "models": [{"model": name, "n_params": n, "attention_only": ao} for n, name, ao in models],
+def _summary(st: _Study, records: list[dict], expected_points: list[dict] | None, missing: list[dict]) -> dict:
+    run_list = st.run_list
+    return {
+        "records": len(records),
+        "runs_used": len(run_list),
+        "models": [{"model": name, "n_params": n, "attention_only": ao} for n, name, ao in st.models],
         "fractions": sorted({r["fraction"] for r in run_list}),
         "epochs": sorted({r["epochs"] for r in run_list if r["fraction"] > 0 and not r["control"]}),
         "seeds": sorted({r["seed"] for r in run_list}),
-        "has_baseline": has_baseline, "has_controls": bool(control_groups),
+        "has_baseline": st.has_baseline,
+        "has_controls": bool(st.control_groups),
         "expected_points": len(expected_points) if expected_points else None,
-        "missing_points": len(missing), "partial": bool(missing),
+        "missing_points": len(missing),
+        "partial": bool(missing),
     }
+
+
+def analyze_study(
+    records: list[dict],
+    expected_points: list[dict] | None = None,
+    study: str | None = None,
+    corpora: dict[str, dict] | None = None,
+) -> dict:
+    """The content of analysis.json for a list of eval records (see the module docstring); `corpora` maps the
+    records' corpus ids to their manifests (for the split composition).
+
+    The stages, each a function of its own: load_runs -> group_runs -> noise_checks -> fit_baselines (the math in
+    repeatlab.fit) -> run_rows / group_points (damage, effective size) -> worst_epochs -> regions ->
+    epochwise_summary."""
+    from repeatlab import __version__
+
+    if not isinstance(records, list) or not records:
+        raise AnalysisError("no eval records to analyze: evaluate at least one point first (repeatlab evaluate)")
+    warnings: list[dict] = []
+
+    def warn(code: str, message: str) -> None:
+        warnings.append({"code": code, "message": " ".join(message.split())})
+
+    run_list = load_runs(records, warn)
+    missing = missing_points(expected_points, run_list, warn)
+    st = group_runs(run_list)
+    st.warnings = warnings
+    _warn_about_the_grid(st)
+    suspects, spikes = noise_checks(st)
+    fit_baselines(st)
+    rows = run_rows(st)
+    points = group_points(st)
+    fractions = sorted({p["fraction"] for p in points if p["kind"] == "repeated"})
+    worst = worst_epochs(st, points, fractions)
+    check_memorization(st, points, fractions)
+    region_list = regions(st, points, fractions)
+    epochwise = epochwise_summary(run_list, rows)
+    mechanism = _mechanism_section(run_list, worst.get("test_loss", []))
+    icl = _icl_section(run_list)
+    if any(r["mechanism"]["icl"]["note"] for r in run_list):
+        st.warn(
+            "icl_single_position",
+            "some records predate the ICL estimate with an error bar (a single-position "
+            "score at fixed window offsets): their ICL is listed but not judged; evaluate them again for it",
+        )
     analysis = {
-        "format_version": FORMAT_VERSION, "created_by": f"repeatlab {__version__}", "study": study,
-        "summary": summary,
-        "metrics": {m: {"label": METRICS[m][0], "direction": METRICS[m][1], "field": FIELDS[m]} for m in available},
-        "baseline": baseline, "points": points, "runs": run_rows, "worst": worst, "regions": regions,
-        "epochwise": epochwise, "warnings": warnings, "missing": missing,
-        "noise": noise, "baseline_checks": suspects, "loss_spikes": spikes, "icl": icl, "mechanism": mechanism,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"repeatlab {__version__}",
+        "study": study,
+        "summary": _summary(st, records, expected_points, missing),
+        "metrics": {m: {"label": METRICS[m][0], "direction": METRICS[m][1], "field": FIELDS[m]} for m in st.available},
+        "baseline": st.baseline,
+        "points": points,
+        "runs": rows,
+        "worst": worst,
+        "regions": region_list,
+        "epochwise": epochwise,
+        "warnings": warnings,
+        "missing": missing,
+        "noise": st.noise,
+        "baseline_checks": suspects,
+        "loss_spikes": spikes,
+        "icl": icl,
+        "mechanism": mechanism,
         "corpus": _corpus_section(run_list, records, corpora or {}),
     }
     analysis["findings"] = findings(analysis)
@@ -876,46 +919,93 @@ def _icl_section(run_list: list[dict]) -> list[dict]:
         # (the fully correlated case) rather than sqrt(sum se^2) / k, which would assume independent windows
         se = None if any(x is None for x in ses) else float(np.mean(ses))
         present = None if se is None else bool(score < -mechanism_lib.ICL_SE_FACTOR * se)
-        out.append({"model": name, "n_params": n, "score": score, "stderr": se, "runs": len(icls),
-                    "present": present, "per_run": [i["score"] for i in icls],
-                    "note": None if se is not None else icls[0]["note"] or "no standard error"})
+        out.append(
+            {
+                "model": name,
+                "n_params": n,
+                "score": score,
+                "stderr": se,
+                "runs": len(icls),
+                "present": present,
+                "per_run": [i["score"] for i in icls],
+                "note": None if se is not None else icls[0]["note"] or "no standard error",
+            }
+        )
     return out
 
 
 def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
     """Per run evidence, and baseline vs worst-E evidence per (N, f)."""
-    per_run = [{"point_id": r["point_id"], "model": r["model"], "n_params": r["n_params"], "fraction": r["fraction"],
-                "epochs": r["epochs"], "seed": r["seed"], "control": r["control"], **r["mechanism"]} for r in run_list]
+    per_run = [
+        {
+            **{k: r[k] for k in RUN_IDENTITY},
+            **r["mechanism"],
+        }
+        for r in run_list
+    ]
     at_worst = []
     for w in worst_rows:
-        base = [r["mechanism"] for r in run_list if r["model"] == w["model"] and r["n_params"] == w["n_params"]
-                and r["fraction"] == 0 and not r["control"]]
-        worst = [r["mechanism"] for r in run_list if r["model"] == w["model"] and r["n_params"] == w["n_params"]
-                 and r["fraction"] == w["fraction"] and r["epochs"] == w["epochs"] and not r["control"]]
+        base = [
+            r["mechanism"]
+            for r in run_list
+            if r["model"] == w["model"] and r["n_params"] == w["n_params"] and r["fraction"] == 0 and not r["control"]
+        ]
+        worst = [
+            r["mechanism"]
+            for r in run_list
+            if r["model"] == w["model"]
+            and r["n_params"] == w["n_params"]
+            and r["fraction"] == w["fraction"]
+            and r["epochs"] == w["epochs"]
+            and not r["control"]
+        ]
         if base and worst:
-            at_worst.append({"model": w["model"], "n_params": w["n_params"], "fraction": w["fraction"],
-                             "epochs": w["epochs"], **mechanism_lib.damage_at_worst(base, worst)})
-    return {"clear_factor": mechanism_lib.CLEAR_FACTOR, "copy_gain_threshold": mechanism_lib.COPY_GAIN,
-            "per_run": per_run, "at_worst": at_worst}
+            at_worst.append(
+                {
+                    "model": w["model"],
+                    "n_params": w["n_params"],
+                    "fraction": w["fraction"],
+                    "epochs": w["epochs"],
+                    **mechanism_lib.damage_at_worst(base, worst),
+                }
+            )
+    return {
+        "clear_factor": mechanism_lib.CLEAR_FACTOR,
+        "copy_gain_threshold": mechanism_lib.COPY_GAIN,
+        "per_run": per_run,
+        "at_worst": at_worst,
+    }
 
 
 def _corpus_section(run_list: list[dict], records: list[dict], corpora: dict[str, dict]) -> list[dict]:
     """The split composition of every corpus the records used (from its manifest, when the caller found it)."""
-    ids = sorted({str((rec.get("point") or {}).get("corpus_id")) for rec in records
-                  if isinstance(rec, dict) and isinstance(rec.get("point"), dict)})
-    out = []
+    ids = sorted(
+        {
+            str((rec.get("point") or {}).get("corpus_id"))
+            for rec in records
+            if isinstance(rec, dict) and isinstance(rec.get("point"), dict)
+        }
+    )
+    out: list[dict[str, Any]] = []
     for cid in ids:
         manifest = corpora.get(cid)
         if not manifest:
             out.append({"corpus_id": cid, "composition": None, "note": "corpus manifest not found"})
             continue
         splits = manifest.get("splits") or {}
-        out.append({"corpus_id": cid, "chunk_tokens": manifest.get("chunk_tokens"),
-                    "documents": {k: v.get("documents") for k, v in splits.items()},
-                    "tokens": {k: v.get("tokens") for k, v in splits.items()},
-                    "composition": manifest.get("composition"), "warnings": manifest.get("warnings") or [],
-                    "note": None if manifest.get("composition") else "prepared before split composition was "
-                    "recorded: the splits were drawn per whole document"})
+        out.append(
+            {
+                "corpus_id": cid,
+                "chunk_tokens": manifest.get("chunk_tokens"),
+                "documents": {k: v.get("documents") for k, v in splits.items()},
+                "tokens": {k: v.get("tokens") for k, v in splits.items()},
+                "composition": manifest.get("composition"),
+                "warnings": manifest.get("warnings") or [],
+                "note": None
+                if manifest.get("composition")
+                else "prepared before split composition was recorded: the splits were drawn per whole document",
+            }
+        )
     return out
 
 
@@ -971,35 +1061,53 @@ def _noise_sentence(analysis: dict) -> str | None:
         if r["sigma"] is None:
             parts.append(f"N = {fmt_n(r['n_params'])}: unknown")
         else:
-            src = (f"{r['seed_dof']} seed and {r['low_e_dof']} low-E degrees of freedom" if r["source"] == "own"
-                   else "pooled over sizes")
+            src = (
+                f"{r['seed_dof']} seed and {r['low_e_dof']} low-E degrees of freedom"
+                if r["source"] == "own"
+                else "pooled over sizes"
+            )
             parts.append(f"N = {fmt_n(r['n_params'])}: {r['sigma']:.3f} nats ({src})")
-    return ("Run-to-run noise of the test loss (from extra seeds and E <= 4 points): " + "; ".join(parts)
-            + ". A damage counts only beyond 3 standard errors; more seeds at the worst E narrow them.")
+    return (
+        "Run-to-run noise of the test loss (from extra seeds and E <= 4 points): "
+        + "; ".join(parts)
+        + ". A damage counts only beyond 3 standard errors; more seeds at the worst E narrow them."
+    )
 
 
 def _baseline_sentence(analysis: dict) -> str | None:
     base = analysis["baseline"].get("test_loss") or {}
     fit = base.get("fit")
     if fit and fit.get("usable", True):
-        return (f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
-                f"(rms residual {fit['rms_residual']:.4f} nats); effective sizes come from it."
-                + (f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
-                   if fit.get("outliers") else ""))
+        return (
+            f"Baseline test loss fit: L(N) = {fit['asymptote']:.3f} + {fit['A']:.3g} * N^-{fit['alpha']:.3f} "
+            f"(rms residual {fit['rms_residual']:.4f} nats); effective sizes come from it."
+            + (
+                f" Left out as outliers: N = {', '.join(fmt_n(n) for n in fit['outliers'])}."
+                if fit.get("outliers")
+                else ""
+            )
+        )
     if fit:
-        return (f"The baseline law is not usable for this study ({fit['unusable_reason']}): effective sizes are "
-                "interpolated between the baselines, and given only for points inside their range; add model sizes "
-                "to fit a law.")
+        return (
+            f"The baseline law is not usable for this study ({fit['unusable_reason']}): effective sizes are "
+            "interpolated between the baselines, and given only for points inside their range; add model sizes "
+            "to fit a law."
+        )
     if base.get("fit_note"):
-        return (f"Baseline test loss: {base['fit_note']}; effective sizes are interpolated between the baselines "
-                "and given only for points inside their range." if base.get("interpolation")
-                else f"Baseline test loss: {base['fit_note']}.")
+        return (
+            f"Baseline test loss: {base['fit_note']}; effective sizes are interpolated between the baselines "
+            "and given only for points inside their range."
+            if base.get("interpolation")
+            else f"Baseline test loss: {base['fit_note']}."
+        )
     return None
 
 
 def _worst_sentence(w: dict, suspect: dict | None) -> str:
-    text = (f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g}: test loss "
-            f"{damage_text(w)}")
+    text = (
+        f"At N = {fmt_n(w['n_params'])}, f = {w['fraction']:g}, the worst E is {w['epochs']:g}: test loss "
+        f"{damage_text(w)}"
+    )
     if w["edge"]:
         text += f"; it is at the {w['edge']} of the grid, so the peak may lie outside it: widen the E grid"
     elif w.get("interior_significant") is False:
@@ -1007,8 +1115,9 @@ def _worst_sentence(w: dict, suspect: dict | None) -> str:
     elif w.get("interior_significant"):
         text += "; an interior peak, above both ends of the E grid at 3 sigma"
     if suspect and w.get("damage_pooled") is not None:
-        text += (f"; against the pooled baseline (the baseline is suspect) {w['damage_pooled']:+.3f} nats"
-                 + (f" ({w['z_pooled']:.1f} sigma)" if w.get("z_pooled") is not None else ""))
+        text += f"; against the pooled baseline (the baseline is suspect) {w['damage_pooled']:+.3f} nats" + (
+            f" ({w['z_pooled']:.1f} sigma)" if w.get("z_pooled") is not None else ""
+        )
     text += f"; effective size: {multiplier_text(w)}"
     if w["repeated_loss"] is not None:
         text += f"; repeated-subset loss {w['repeated_loss']:.3f}"
@@ -1022,8 +1131,10 @@ def _icl_sentence(analysis: dict) -> str | None:
     parts = []
     for r in rows:
         if r["stderr"] is None:
-            parts.append(f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} (single-position score without an error "
-                         "bar: not judged; evaluate again for the estimate)")
+            parts.append(
+                f"N = {fmt_n(r['n_params'])}: {r['score']:+.3f} (single-position score without an error "
+                "bar: not judged; evaluate again for the estimate)"
+            )
         else:
             if r["present"]:
                 verdict = "ICL present (below -2 standard errors)"
@@ -1046,10 +1157,12 @@ def _mechanism_sentence(row: dict) -> str:
         return " / ".join(names) + " (the seeds disagree)" if len(names) > 1 else (names[0] if names else "unknown")
 
     base_v, worst_v = verdicts(row["baseline_verdicts"]), verdicts(row["worst_verdicts"])
-    text = (f"Mechanism at N = {fmt_n(row['n_params'])}, f = 0 -> f = {row['fraction']:g}, E = {row['epochs']:g} "
-            f"(the worst E): best previous-token head {val('previous_token_max')}, best prefix-matching head "
-            f"{val('prefix_matching_max')}, copy gain (copy 1 minus copies 2..n, nats) {val('copy_gain')}; "
-            f"baseline: {base_v}; worst E: {worst_v}")
+    text = (
+        f"Mechanism at N = {fmt_n(row['n_params'])}, f = 0 -> f = {row['fraction']:g}, E = {row['epochs']:g} "
+        f"(the worst E): best previous-token head {val('previous_token_max')}, best prefix-matching head "
+        f"{val('prefix_matching_max')}, copy gain (copy 1 minus copies 2..n, nats) {val('copy_gain')}; "
+        f"baseline: {base_v}; worst E: {worst_v}"
+    )
     if base_v == worst_v and base_v in ("no copying mechanism", "previous-token head, no copying"):
         text += " (no induction mechanism to damage: read copying and prefix-matching damage as noise)"
     return text + "."
@@ -1060,18 +1173,23 @@ def _region_sentences(reg: dict) -> list[str]:
     f = reg["fraction"]
     rows = [r for r in reg["per_model"] if r.get("max_damage") is not None]
     if rows and all(r.get("significant") is False for r in rows):
-        return [f"f = {f:g}: no poor-performance region: the largest damage is within 3 standard errors of the noise "
-                "at every size; more seeds (or more tokens per run) would tell."]
+        return [
+            f"f = {f:g}: no poor-performance region: the largest damage is within 3 standard errors of the noise "
+            "at every size; more seeds (or more tokens per run) would tell."
+        ]
     out = []
     for side in ("left", "right"):
         fe = reg["fits"][side]
         if fe.get("ok"):
-            out.append(f"f = {f:g}: {side} edge of the poor-performance region E = {fe['k']:.3g} * "
-                       f"N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes).")
+            out.append(
+                f"f = {f:g}: {side} edge of the poor-performance region E = {fe['k']:.3g} * "
+                f"N^{fe['alpha']:.3f} ({fe['n_sizes']} sizes)."
+            )
         elif rows and all(r.get(f"{side}_censored") for r in rows if r.get("significant") is not False):
             where = "above the largest" if side == "right" else "below the smallest"
-            out.append(f"f = {f:g}: the {side} edge lies {where} E of the grid at every size; widen the E grid "
-                       "to fit it.")
+            out.append(
+                f"f = {f:g}: the {side} edge lies {where} E of the grid at every size; widen the E grid to fit it."
+            )
         else:
             out.append(f"f = {f:g}: {side} edge: {fe.get('note')}.")
     return out
@@ -1088,29 +1206,41 @@ def findings(analysis: dict) -> list[str]:
     can act on."""
     out: list[str] = []
     s = analysis["summary"]
-    out.append(f"{s['runs_used']} runs over {len(s['models'])} model size(s), fractions "
-               f"{', '.join(f'{f:g}' for f in s['fractions'])}" + (" (partial: "
-               f"{s['missing_points']} expected points missing)" if s["partial"] else "") + ".")
+    out.append(
+        f"{s['runs_used']} runs over {len(s['models'])} model size(s), fractions "
+        f"{', '.join(f'{f:g}' for f in s['fractions'])}"
+        + (f" (partial: {s['missing_points']} expected points missing)" if s["partial"] else "")
+        + "."
+    )
     for c in analysis.get("corpus") or []:
         if c.get("composition"):
-            out.append(f"Corpus {c['corpus_id']}: the test split ({c['documents'].get('test')} documents) is "
-                       f"{composition_shares(c, 'test')} of its tokens, train {composition_shares(c, 'train')}."
-                       + (f" Warning: {c['warnings'][0]}." if c.get("warnings") else ""))
+            out.append(
+                f"Corpus {c['corpus_id']}: the test split ({c['documents'].get('test')} documents) is "
+                f"{composition_shares(c, 'test')} of its tokens, train {composition_shares(c, 'train')}."
+                + (f" Warning: {c['warnings'][0]}." if c.get("warnings") else "")
+            )
         elif c.get("note") and c["note"].startswith("prepared before"):
-            out.append(f"Corpus {c['corpus_id']} was split per whole document before split composition was "
-                       "recorded: its test split may represent a few works only; prepare the corpus again.")
+            out.append(
+                f"Corpus {c['corpus_id']} was split per whole document before split composition was "
+                "recorded: its test split may represent a few works only; prepare the corpus again."
+            )
     out += [x for x in (_noise_sentence(analysis), _baseline_sentence(analysis)) if x]
-    suspects = {(r["model"], r["n_params"]): r for r in analysis.get("baseline_checks") or []
-                if r["outlier"] or r["not_converged"]}
+    suspects = {
+        (r["model"], r["n_params"]): r
+        for r in analysis.get("baseline_checks") or []
+        if r["outlier"] or r["not_converged"]
+    }
     for w in analysis["worst"].get("test_loss", []):
         out.append(_worst_sentence(w, suspects.get((w["model"], w["n_params"]))))
     for reg in analysis["regions"]:
         out += _region_sentences(reg)
     for ew in analysis["epochwise"]:
         if ew["non_monotone_runs"]:
-            out.append(f"f = {ew['fraction']:g}: {ew['non_monotone_runs']} of {ew['runs']} learning curves rise "
-                       f"mid-training (largest rise {ew['max_rise']:.3f} nats at N = {fmt_n(ew['max_rise_n_params'])}, "
-                       f"E = {ew['max_rise_epochs']:g}); {ew['falls_again_runs']} fall again.")
+            out.append(
+                f"f = {ew['fraction']:g}: {ew['non_monotone_runs']} of {ew['runs']} learning curves rise "
+                f"mid-training (largest rise {ew['max_rise']:.3f} nats at N = {fmt_n(ew['max_rise_n_params'])}, "
+                f"E = {ew['max_rise_epochs']:g}); {ew['falls_again_runs']} fall again."
+            )
     icl = _icl_sentence(analysis)
     if icl:
         out.append(icl)
@@ -1127,28 +1257,30 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
     """(eval records, expected points without an eval.json) of a study; AnalysisError when none was evaluated."""
     import logging
 
-    from repeatlab import storage
-    from repeatlab.errors import IntegrityError, StorageError
-    from repeatlab.grid import run_url, study_url
+    from repeatlab import layout, storage
+    from repeatlab.errors import IntegrityError, RecordError, StorageError
     from repeatlab.integrity import check_record
+    from repeatlab.records import EvalRecord
 
-    points_url = storage.join(study_url(root, study), "points.json")
+    points_url = layout.Study(layout.study_url(root, study)).points
     try:
         points = storage.read_json(points_url)
     except StorageError as exc:
-        raise AnalysisError(f"{points_url}: cannot read the study's points ({exc}); run `repeatlab grid --write` "
-                            "or the pipeline first") from exc
+        raise AnalysisError(
+            f"{points_url}: cannot read the study's points ({exc}); run `repeatlab grid --write` or the pipeline first"
+        ) from exc
     if not isinstance(points, list):
         raise AnalysisError(f"{points_url}: expected a list of points")
     records, missing = [], []
     for p in points:
-        url = storage.join(run_url(root, str(p.get("point_id"))), "eval.json")
+        url = layout.Run(layout.run_url(root, str(p.get("point_id")))).eval
         if not storage.exists(url):
             missing.append(p)
             continue
         try:  # a corrupt eval.json counts as missing (the analysis says so) rather than stopping the whole study
-            records.append(check_record(url, json.loads(storage.read_bytes(url))))
-        except (json.JSONDecodeError, UnicodeDecodeError, IntegrityError) as exc:
+            data = check_record(url, json.loads(storage.read_bytes(url)))
+            records.append(EvalRecord.from_json(data, where=url).to_json())
+        except (json.JSONDecodeError, UnicodeDecodeError, IntegrityError, RecordError) as exc:
             logging.getLogger(__name__).warning("%s: %s; counted as missing", url, str(exc).splitlines()[0])
             missing.append(p)
     if not records:
@@ -1158,12 +1290,12 @@ def load_records(root: str, study: str) -> tuple[list[dict], list[dict]]:
 
 def corpus_manifests(root: str, records: list[dict]) -> dict[str, dict]:
     """The manifests of the corpora the records used, where {root}/corpora/{id}/manifest.json exists."""
-    from repeatlab import storage
+    from repeatlab import layout, storage
     from repeatlab.errors import StorageError
 
     out = {}
     for cid in sorted({str((r.get("point") or {}).get("corpus_id")) for r in records if isinstance(r, dict)}):
-        url = storage.join(storage.normalize_root(root), "corpora", cid, "manifest.json")
+        url = layout.Corpus(layout.corpus_url(root, cid)).manifest
         try:
             if storage.exists(url):
                 manifest = storage.read_json(url)
@@ -1197,32 +1329,12 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
 
 def run_analysis(root: str, study: str) -> dict:
     """Load, analyze and write {root}/studies/{study}/analysis.json (atomically); return the analysis."""
-    from repeatlab import storage
-    from repeatlab.grid import study_url
+    from repeatlab import layout, storage
 
     records, _ = load_records(root, study)
-    folder = study_url(root, study)
-    analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
-                             corpora=corpus_manifests(root, records))
-    storage.write_json(storage.join(folder, "analysis.json"), analysis)
+    folder = layout.Study(layout.study_url(root, study))
+    analysis = analyze_study(
+        records, storage.read_json(folder.points), study=study, corpora=corpus_manifests(root, records)
+    )
+    storage.write_json(folder.analysis, analysis)
     return analysis
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab analyze", description=__doc__.split("\n\n")[0])
-    add_study_args(parser)
-    parser.add_argument("--json", action="store_true", help="print analysis.json instead of the summary")
-    args = parser.parse_args(argv)
-    root, study = resolve_study(args)
-    analysis = run_analysis(root, study)
-    if args.json:
-        print(json.dumps(analysis, indent=2, sort_keys=True))
-        return 0
-    for line in analysis["findings"]:
-        print(line)
-    for w in analysis["warnings"]:
-        print(f"warning: {w['message']}", file=sys.stderr)
-    from repeatlab import storage
-
-    print(f"wrote {storage.join(storage.normalize_root(root), 'studies', study, 'analysis.json')}")
-    return 0

@@ -19,7 +19,6 @@ Outputs: audit.json, and a report (index.html, report.md, fig-*.png) in the styl
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import io
@@ -48,18 +47,34 @@ def profile(histogram: dict[int, int], total_tokens: int) -> list[dict]:
     buckets: dict[int, dict] = {}
     for e, tokens in sorted(histogram.items()):
         i = int(math.floor(math.log2(e)))
-        b = buckets.setdefault(i, {"e_low": 2**i, "e_high": 2 ** (i + 1), "tokens": 0, "weighted_e": 0.0,
-                                   "unique_tokens": 0.0, "removable_tokens": 0.0})
+        b = buckets.setdefault(
+            i,
+            {
+                "e_low": 2**i,
+                "e_high": 2 ** (i + 1),
+                "tokens": 0,
+                "weighted_e": 0.0,
+                "unique_tokens": 0.0,
+                "removable_tokens": 0.0,
+            },
+        )
         b["tokens"] += tokens
         b["weighted_e"] += tokens * e
         b["unique_tokens"] += tokens / e
         b["removable_tokens"] += tokens * (1 - 1 / e)
     rows = []
     for _, b in sorted(buckets.items()):
-        rows.append({"e_low": b["e_low"], "e_high": b["e_high"], "tokens": int(b["tokens"]),
-                     "fraction": b["tokens"] / total_tokens, "epochs": b["weighted_e"] / b["tokens"],
-                     "unique_tokens": int(round(b["unique_tokens"])),
-                     "removable_tokens": int(round(b["removable_tokens"]))})
+        rows.append(
+            {
+                "e_low": b["e_low"],
+                "e_high": b["e_high"],
+                "tokens": int(b["tokens"]),
+                "fraction": b["tokens"] / total_tokens,
+                "epochs": b["weighted_e"] / b["tokens"],
+                "unique_tokens": int(round(b["unique_tokens"])),
+                "removable_tokens": int(round(b["removable_tokens"])),
+            }
+        )
     return rows
 
 
@@ -88,29 +103,65 @@ def place(rows: list[dict], n_params: float, analysis: dict | None, passes: floa
             continue
         epochs = max(row["epochs"] * passes, 1.0)  # fewer than one expected sighting: read as seen once
         r = danger.assess(n_params, min(row["fraction"], 0.999999), epochs, analysis)
-        damage = (danger.predicted_damage(analysis, r["study_fraction"], n_params, epochs)
-                  if analysis is not None and r["study_fraction"] else None)
-        per_removed = (max(damage, 0.0) / row["removable_tokens"] * 1e6
-                       if damage is not None and row["removable_tokens"] else None)
-        readings.append({"e_low": row["e_low"], "e_high": row["e_high"], "epochs": epochs,
-                         "fraction": row["fraction"], "tokens": row["tokens"],
-                         "removable_tokens": row["removable_tokens"], "in_region": r["in_region"],
-                         "left_edge": r["left_edge"], "right_edge": r["right_edge"], "multiplier": r["multiplier"],
-                         "n_eff": r["n_eff"], "damage": damage, "damage_per_million_removed": per_removed,
-                         "extrapolated": r["extrapolated"], "study_fraction": r["study_fraction"],
-                         "fraction_note": r["fraction_note"], "answer": r["answer"], "notes": r["notes"]})
-    ranked = sorted(readings, key=lambda b: (b["in_region"] is not True,
-                                             -(b["damage_per_million_removed"] or 0.0), -b["fraction"]))
+        damage = (
+            danger.predicted_damage(analysis, r["study_fraction"], n_params, epochs)
+            if analysis is not None and r["study_fraction"]
+            else None
+        )
+        per_removed = (
+            max(damage, 0.0) / row["removable_tokens"] * 1e6 if damage is not None and row["removable_tokens"] else None
+        )
+        readings.append(
+            {
+                "e_low": row["e_low"],
+                "e_high": row["e_high"],
+                "epochs": epochs,
+                "fraction": row["fraction"],
+                "tokens": row["tokens"],
+                "removable_tokens": row["removable_tokens"],
+                "in_region": r["in_region"],
+                "left_edge": r["left_edge"],
+                "right_edge": r["right_edge"],
+                "multiplier": r["multiplier"],
+                "n_eff": r["n_eff"],
+                "damage": damage,
+                "damage_per_million_removed": per_removed,
+                "extrapolated": r["extrapolated"],
+                "study_fraction": r["study_fraction"],
+                "fraction_note": r["fraction_note"],
+                "answer": r["answer"],
+                "notes": r["notes"],
+            }
+        )
+    ranked = sorted(
+        readings, key=lambda b: (b["in_region"] is not True, -(b["damage_per_million_removed"] or 0.0), -b["fraction"])
+    )
     flagged = [b for b in readings if b["in_region"]]
     source = "paper" if analysis is None else "study"
     extrapolated = any(b["extrapolated"] for b in readings) or analysis is None
-    return {"n_params": n_params, "passes": passes, "source": source, "region": _region_of(analysis, readings),
-            "study": None if analysis is None else analysis.get("study"), "buckets": readings,
-            "ranked": [{"rank": i + 1, "e_low": b["e_low"], "e_high": b["e_high"], "in_region": b["in_region"],
-                        "removable_tokens": b["removable_tokens"], "damage": b["damage"],
-                        "damage_per_million_removed": b["damage_per_million_removed"]} for i, b in enumerate(ranked)],
-            "flagged": [[b["e_low"], b["e_high"]] for b in flagged], "extrapolated": extrapolated,
-            "notes": _placement_notes(readings, analysis)}
+    return {
+        "n_params": n_params,
+        "passes": passes,
+        "source": source,
+        "region": _region_of(analysis, readings),
+        "study": None if analysis is None else analysis.get("study"),
+        "buckets": readings,
+        "ranked": [
+            {
+                "rank": i + 1,
+                "e_low": b["e_low"],
+                "e_high": b["e_high"],
+                "in_region": b["in_region"],
+                "removable_tokens": b["removable_tokens"],
+                "damage": b["damage"],
+                "damage_per_million_removed": b["damage_per_million_removed"],
+            }
+            for i, b in enumerate(ranked)
+        ],
+        "flagged": [[b["e_low"], b["e_high"]] for b in flagged],
+        "extrapolated": extrapolated,
+        "notes": _placement_notes(readings, analysis),
+    }
 
 
 def _region_of(analysis: dict | None, readings: list[dict]) -> dict | None:
@@ -127,15 +178,21 @@ def _region_of(analysis: dict | None, readings: list[dict]) -> dict | None:
 
 
 def _placement_notes(readings: list[dict], analysis: dict | None) -> list[str]:
-    notes = ["Each bucket is read as if it were the only repeated subset (the paper's design); a corpus with several "
-             "repeated buckets is a mixture no study measured."]
+    notes = [
+        "Each bucket is read as if it were the only repeated subset (the paper's design); a corpus with several "
+        "repeated buckets is a mixture no study measured."
+    ]
     if analysis is None:
-        notes.append("No study given: the paper's published region (Hernandez et al. 2022, T = 100B tokens, f = 10%, "
-                     "GPT-2 BPE); its constants do not transfer to other budgets and tokenizers: EXTRAPOLATED.")
+        notes.append(
+            "No study given: the paper's published region (Hernandez et al. 2022, T = 100B tokens, f = 10%, "
+            "GPT-2 BPE); its constants do not transfer to other budgets and tokenizers: EXTRAPOLATED."
+        )
     used = sorted({b["study_fraction"] for b in readings if b["study_fraction"] is not None})
     if used:
-        notes.append(f"Each bucket's share f is read at the {'paper' if analysis is None else 'study'}'s nearest "
-                     f"measured fraction ({', '.join(f'f = {f:g}' for f in used)}).")
+        notes.append(
+            f"Each bucket's share f is read at the {'paper' if analysis is None else 'study'}'s nearest "
+            f"measured fraction ({', '.join(f'f = {f:g}' for f in used)})."
+        )
     seen = set()
     for b in readings:
         for line in ([b["fraction_note"]] if b["fraction_note"] else []) + b["notes"]:
@@ -150,32 +207,43 @@ def _placement_notes(readings: list[dict], analysis: dict | None) -> list[str]:
 def headline(audit: dict) -> list[str]:
     """The lines `repeatlab audit` prints: corpus, profile, danger reading, what to deduplicate first."""
     c, lines = audit["corpus"], []
-    lines.append(f"Corpus {c['url']}: {c['documents']:,} documents, {c['tokens']:,} tokens ({c['tokenizer']} "
-                 f"tokens); {audit['exact']['duplicate_documents']:,} exact duplicate documents, "
-                 f"{audit['near']['clusters']:,} near-duplicate clusters, "
-                 f"{audit['spans']['distinct_repeated_spans']:,} distinct repeated spans of >= "
-                 f"{audit['spans']['min_span']} tokens.")
+    lines.append(
+        f"Corpus {c['url']}: {c['documents']:,} documents, {c['tokens']:,} tokens ({c['tokenizer']} "
+        f"tokens); {audit['exact']['duplicate_documents']:,} exact duplicate documents, "
+        f"{audit['near']['clusters']:,} near-duplicate clusters, "
+        f"{audit['spans']['distinct_repeated_spans']:,} distinct repeated spans of >= "
+        f"{audit['spans']['min_span']} tokens."
+    )
     lines.append("Repetition profile (share f of tokens whose content occurs E times):")
     for row in audit["profile"]:
-        lines.append(f"  E {_range(row):>13}  f = {row['fraction']:8.4%}  mean E = {row['epochs']:9.1f}  "
-                     f"tokens {row['tokens']:>12,}")
+        lines.append(
+            f"  E {_range(row):>13}  f = {row['fraction']:8.4%}  mean E = {row['epochs']:9.1f}  "
+            f"tokens {row['tokens']:>12,}"
+        )
     p = audit.get("placement")
     if p is None:
-        lines.append("Danger reading: give --params N (non-embedding parameters) to place the profile on the damage map.")
+        lines.append(
+            "Danger reading: give --params N (non-embedding parameters) to place the profile on the damage map."
+        )
         return lines
     src = "the paper's region" if p["source"] == "paper" else f"study {p['study']}"
     flagged = [b for b in p["buckets"] if b["in_region"]]
     share = sum(b["fraction"] for b in flagged)
-    lines.append(f"Danger reading for N = {p['n_params']:.3g} ({src}{', EXTRAPOLATED' if p['extrapolated'] else ''}): "
-                 f"{len(flagged)} of {len(p['buckets'])} repeated buckets IN the poor-performance region, holding "
-                 f"{share:.2%} of the tokens.")
+    lines.append(
+        f"Danger reading for N = {p['n_params']:.3g} ({src}{', EXTRAPOLATED' if p['extrapolated'] else ''}): "
+        f"{len(flagged)} of {len(p['buckets'])} repeated buckets IN the poor-performance region, holding "
+        f"{share:.2%} of the tokens."
+    )
     for b in p["buckets"]:
         lines.append(f"  E {_range(b):>13}: {b['answer']}")
     if p["ranked"]:
         first = p["ranked"][0]
-        lines.append(f"Deduplicate first: E {_range(first)} ({first['removable_tokens']:,} tokens removed"
-                     + (f", predicted damage {first['damage']:+.4f} nats" if first["damage"] is not None else "")
-                     + ("; in the region" if first["in_region"] else "; not in the region") + ").")
+        lines.append(
+            f"Deduplicate first: E {_range(first)} ({first['removable_tokens']:,} tokens removed"
+            + (f", predicted damage {first['damage']:+.4f} nats" if first["damage"] is not None else "")
+            + ("; in the region" if first["in_region"] else "; not in the region")
+            + ")."
+        )
     lines += [f"  note: {n}" for n in p["notes"]]
     return lines
 
@@ -188,9 +256,17 @@ def _range(b: dict) -> str:
 # The audit
 
 
-def run_audit(url: str, settings: ScanSettings, n_params: float | None = None, study: str | None = None,
-              passes: float = 1.0, corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte",
-              strict_range: bool = False, scan_fn=None) -> tuple[dict, Scan]:
+def run_audit(
+    url: str,
+    settings: ScanSettings,
+    n_params: float | None = None,
+    study: str | None = None,
+    passes: float = 1.0,
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+    strict_range: bool = False,
+    scan_fn=None,
+) -> tuple[dict, Scan]:
     """Measure the corpus and place its profile on the damage map; returns (audit.json content, the scan).
 
     scan_fn: what measures the corpus, called like `scan` (the fan-out's reduce step passes one that merges the
@@ -205,21 +281,37 @@ def run_audit(url: str, settings: ScanSettings, n_params: float | None = None, s
     s = (scan_fn or scan)(url, settings, corpus_cfg, tokenizer)
     rows = profile(s.histogram, s.total_tokens)
     audit: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "created_by": f"repeatlab {__version__}",
-        "corpus": {"url": url, "files": s.files, "documents": s.documents, "empty_documents": s.empty,
-                   "tokens": s.total_tokens, "tokenizer": s.tokenizer["kind"]},
-        "settings": dataclasses.asdict(settings), "exact": s.exact, "near": s.near, "spans": s.spans,
-        "histogram": {str(k): v for k, v in sorted(s.histogram.items())}, "profile": rows,
-        "examples": s.examples, "timings": s.timings, "placement": None,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"repeatlab {__version__}",
+        "corpus": {
+            "url": url,
+            "files": s.files,
+            "documents": s.documents,
+            "empty_documents": s.empty,
+            "tokens": s.total_tokens,
+            "tokenizer": s.tokenizer["kind"],
+        },
+        "settings": dataclasses.asdict(settings),
+        "exact": s.exact,
+        "near": s.near,
+        "spans": s.spans,
+        "histogram": {str(k): v for k, v in sorted(s.histogram.items())},
+        "profile": rows,
+        "examples": s.examples,
+        "timings": s.timings,
+        "placement": None,
     }
-    audit["audit_id"] = stable_hash({"files": [[f["bytes"], f["sha256"]] for f in s.files],
-                                     "settings": audit["settings"], "tokenizer": s.tokenizer})
+    audit["audit_id"] = stable_hash(
+        {"files": [[f["bytes"], f["sha256"]] for f in s.files], "settings": audit["settings"], "tokenizer": s.tokenizer}
+    )
     if n_params is not None:
         audit["placement"] = place(rows, float(n_params), analysis, passes)
         if strict_range and audit["placement"]["extrapolated"]:
-            raise AnalysisError(f"--params {n_params}: the reading is extrapolated beyond the "
-                                f"{'paper' if analysis is None else 'study'}'s fitted range (sizes or E); drop "
-                                "--strict-range to accept an extrapolated reading, or give a --study that covers it")
+            raise AnalysisError(
+                f"--params {n_params}: the reading is extrapolated beyond the "
+                f"{'paper' if analysis is None else 'study'}'s fitted range (sizes or E); drop "
+                "--strict-range to accept an extrapolated reading, or give a --study that covers it"
+            )
     return audit, s
 
 
@@ -232,6 +324,7 @@ def removal_plan(s: Scan, flagged: list[list[int]] | None) -> dict:
 
     flagged: E ranges [low, high) to remove; None removes all repetition (E >= 2).
     """
+
     def hit(e: np.ndarray) -> np.ndarray:
         if flagged is None:
             return e >= 2
@@ -277,19 +370,29 @@ def _cut_text(text: str, ranges: list[tuple[int, int]], tok) -> str:
     return tok.decode(ids[keep])
 
 
-def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagged",
-                       corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte") -> dict:
+def write_deduplicated(
+    audit: dict,
+    s: Scan,
+    out_url: str,
+    remove: str = "flagged",
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+) -> dict:
     """Write the corpus without the removed repetition as JSONL ({"text": ...}) at out_url, atomically."""
     from repeatlab.audit_scan import load_tokenizer
 
     name = out_url.rstrip("/").rsplit("/", 1)[-1].lower()
     if not name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-        raise ConfigError(f"--write-deduplicated: {out_url!r} is not allowed: the name must end in .jsonl, "
-                          ".jsonl.gz or .jsonl.zst (a corpus `repeatlab prepare` reads)")
+        raise ConfigError(
+            f"--write-deduplicated: {out_url!r} is not allowed: the name must end in .jsonl, "
+            ".jsonl.gz or .jsonl.zst (a corpus `repeatlab prepare` reads)"
+        )
     if remove == "flagged":
         if audit.get("placement") is None:
-            raise ConfigError("--remove flagged needs --params (which buckets are flagged depends on N); give "
-                              "--params or use --remove all")
+            raise ConfigError(
+                "--remove flagged needs --params (which buckets are flagged depends on N); give "
+                "--params or use --remove all"
+            )
         flagged = audit["placement"]["flagged"]
     elif remove == "all":
         flagged = None
@@ -298,8 +401,15 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
     plan = removal_plan(s, flagged)
     tok = load_tokenizer(tokenizer)
     _, fmt, eff = resolve_corpus(audit["corpus"]["url"], corpus_cfg)
-    counts = {"documents_in": 0, "documents_out": 0, "documents_dropped": 0, "documents_emptied": 0,
-              "spans_cut": 0, "bytes_in": 0, "bytes_out": 0}
+    counts: dict[str, Any] = {
+        "documents_in": 0,
+        "documents_out": 0,
+        "documents_dropped": 0,
+        "documents_emptied": 0,
+        "spans_cut": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+    }
     from repeatlab import corpus
 
     with storage.atomic_local_file(out_url) as tmp:
@@ -327,8 +437,10 @@ def write_deduplicated(audit: dict, s: Scan, out_url: str, remove: str = "flagge
                     d += 1
             sink.close()
         if d != len(plan["drop"]):
-            raise CorpusError(f"{audit['corpus']['url']}: {d} documents on the second read, {len(plan['drop'])} on "
-                              "the first; the corpus changed during the audit; run it again")
+            raise CorpusError(
+                f"{audit['corpus']['url']}: {d} documents on the second read, {len(plan['drop'])} on "
+                "the first; the corpus changed during the audit; run it again"
+            )
         if counts["documents_out"] == 0:
             raise CorpusError(f"{out_url}: deduplication would leave no documents; nothing written")
     counts.update(url=out_url, remove=remove, flagged=flagged)
@@ -367,67 +479,12 @@ def _number(name: str, value: str, kind=float):
         raise ConfigError(f"{name}: {value!r} is not a number") from None
 
 
-def add_audit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", required=True, help="corpus file, folder, glob or fsspec URL, or 'default'")
-    p.add_argument("--params", help="non-embedding parameters N of the model to train (e.g. 1e9)")
-    p.add_argument("--study", help="analysis.json URL or study YAML of a fitted study; default: the paper's region")
-    p.add_argument("--passes", default="1", help="passes over the corpus in training (multiplies E; default 1)")
-    p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--split-on-blank-lines", action="store_true")
-    p.add_argument("--tokenizer", default="byte", help="'byte' (default) or a tokenizer.json URL")
-    p.add_argument("--min-span", default="50", help="shortest repeated span counted, in tokens (default 50)")
-    p.add_argument("--ngram", default="5", help="word n-gram shingles for near-duplicates (default 5)")
-    p.add_argument("--threshold", default="0.8", help="Jaccard threshold for near-duplicates (default 0.8)")
-    p.add_argument("--num-perm", default="128", help="MinHash values per document (default 128)")
-    p.add_argument("--shard-tokens", default=str(2 << 20), help="tokens per suffix-array shard (default 2097152)")
-    p.add_argument("--max-memory", default=str(4 << 30), help="bytes for signatures and one shard (default 4 GiB)")
-    p.add_argument("--out", help="folder for audit.json and the report (default file://./.repeatlab/audits/ID)")
-    p.add_argument("--write-deduplicated", metavar="URL", help="write the corpus without the flagged repetition "
-                   "(.jsonl, .jsonl.gz or .jsonl.zst)")
-    p.add_argument("--remove", default="flagged", choices=["flagged", "all"],
-                   help="what --write-deduplicated removes: the flagged buckets (default) or all repetition")
-    p.add_argument("--strict-range", action="store_true", help="fail instead of reporting an extrapolated reading")
-    p.add_argument("--json", action="store_true", help="print audit.json instead of the summary")
-
-
-def settings_from_args(args) -> ScanSettings:
-    return ScanSettings(min_span=_number("--min-span", args.min_span, int), ngram=_number("--ngram", args.ngram, int),
-                        threshold=_number("--threshold", args.threshold),
-                        num_perm=_number("--num-perm", args.num_perm, int),
-                        shard_tokens=_number("--shard-tokens", args.shard_tokens, int),
-                        max_memory=_number("--max-memory", args.max_memory, int))
-
-
-def cli(argv: list[str]) -> int:
-    from repeatlab.audit_report import write_audit_report
-
-    p = argparse.ArgumentParser(prog="repeatlab audit", description=__doc__.split("\n\n")[0])
-    add_audit_args(p)
-    args = p.parse_args(argv)
-    settings = settings_from_args(args)
-    settings.check()
-    cfg = CorpusConfig(url=args.corpus, format=args.format, text_field=args.text_field,
-                       split_on_blank_lines=args.split_on_blank_lines)
-    if args.write_deduplicated and args.remove == "flagged" and args.params is None:
-        raise ConfigError("--remove flagged needs --params (which buckets are flagged depends on N); give --params "
-                          "or use --remove all")
-    audit, s = run_audit(args.corpus, settings, args.params, args.study, _number("--passes", args.passes), cfg,
-                         args.tokenizer, args.strict_range)
-    if args.write_deduplicated:
-        audit["deduplicated"] = write_deduplicated(audit, s, args.write_deduplicated, args.remove, cfg, args.tokenizer)
-    out = args.out or storage.join(storage.normalize_root("file://./.repeatlab"), "audits", audit["audit_id"])
-    paths = write_audit_report(audit, out)
-    if args.json:
-        print(json.dumps(audit, indent=2, sort_keys=True, default=storage._json_default))
-        return 0
-    for line in headline(audit):
-        print(line)
-    if audit.get("deduplicated"):
-        d = audit["deduplicated"]
-        print(f"wrote {d['url']}: {d['documents_out']:,} of {d['documents_in']:,} documents kept "
-              f"({d['documents_dropped']:,} duplicates dropped, {d['spans_cut']:,} repeated spans cut, "
-              f"{d['documents_emptied']:,} emptied); {d['bytes_out']:,} of {d['bytes_in']:,} bytes")
-    print(f"wrote {paths['audit.json']}, {paths['index.html']}, {paths['report.md']}")
-    return 0
-
+def settings_from_args(args: Any) -> ScanSettings:
+    return ScanSettings(
+        min_span=_number("--min-span", args.min_span, int),
+        ngram=_number("--ngram", args.ngram, int),
+        threshold=_number("--threshold", args.threshold),
+        num_perm=_number("--num-perm", args.num_perm, int),
+        shard_tokens=_number("--shard-tokens", args.shard_tokens, int),
+        max_memory=_number("--max-memory", args.max_memory, int),
+    )

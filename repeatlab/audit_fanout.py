@@ -20,10 +20,11 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.audit_scan import (
     PARTITION_BITS,
     Scan,
@@ -69,19 +70,26 @@ def write_plan(url: str, groups: int, work_url: str, corpus_cfg: CorpusConfig | 
     """Plan the groups and store them at `<work_url>/plan.json` (the map and reduce steps read it); returns the
     group indexes the pipeline's ParallelFor iterates over."""
     plan = plan_groups(url, groups, corpus_cfg)
-    storage.write_json(storage.join(work_url, "plan.json"), {"corpus_url": url, "groups": plan})
+    storage.write_json(storage.join(work_url, layout.AUDIT_PLAN), {"corpus_url": url, "groups": plan})
     return list(range(len(plan)))
 
 
 def read_plan(work_url: str) -> list[list[str]]:
-    plan_url = storage.join(work_url, "plan.json")
+    plan_url = storage.join(work_url, layout.AUDIT_PLAN)
     if not storage.exists(plan_url):
         raise CorpusError(f"{plan_url}: no plan; the audit's plan step did not run or work_url changed")
     return storage.read_json(plan_url)["groups"]
 
 
-def map_group(url: str, files: list[str], index: int, work_url: str, settings: ScanSettings,
-              corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte") -> str:
+def map_group(
+    url: str,
+    files: list[str],
+    index: int,
+    work_url: str,
+    settings: ScanSettings,
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+) -> str:
     """Read one group of files and write its partial results to `<work_url>/group-<index>/`; returns that URL."""
     settings.check()
     tok = load_tokenizer(tokenizer)
@@ -106,17 +114,27 @@ def map_group(url: str, files: list[str], index: int, work_url: str, settings: S
             path = os.path.join(spill, f"h{part}")
             if os.path.exists(path):
                 storage.write_bytes(storage.join(out, f"h{part}"), open(path, "rb").read())
-        sig = (np.concatenate(r["signatures"]) if r["signatures"]
-               else np.zeros((0, settings.num_perm), dtype=np.uint32))
-        arrays = {"keys": np.frombuffer(b"".join(r["content_keys"]), dtype=np.uint8).reshape(-1, 16),
-                  "doc_content": np.asarray(r["doc_content"], dtype=np.int64),
-                  "doc_tokens": np.asarray(r["doc_tokens"], dtype=np.int64), "signatures": sig,
-                  "shard_first_doc": np.asarray(shards.first_doc, dtype=np.int64)}
+        sig = np.concatenate(r["signatures"]) if r["signatures"] else np.zeros((0, settings.num_perm), dtype=np.uint32)
+        arrays: dict[str, np.ndarray] = {
+            "keys": np.frombuffer(b"".join(r["content_keys"]), dtype=np.uint8).reshape(-1, 16),
+            "doc_content": np.asarray(r["doc_content"], dtype=np.int64),
+            "doc_tokens": np.asarray(r["doc_tokens"], dtype=np.int64),
+            "signatures": sig,
+            "shard_first_doc": np.asarray(shards.first_doc, dtype=np.int64),
+        }
         for name, arr in arrays.items():
             storage.write_bytes(storage.join(out, f"{name}.npy"), _npy(arr))
-        meta = {"index": index, "files": infos, "empty": r["empty"], "previews": r["previews"],
-                "shards": len(shards.paths), "settings": dataclasses.asdict(settings), "tokenizer": tokenizer,
-                "read_s": time.perf_counter() - t0, "minhash_s": r["minhash_s"]}
+        meta = {
+            "index": index,
+            "files": infos,
+            "empty": r["empty"],
+            "previews": r["previews"],
+            "shards": len(shards.paths),
+            "settings": dataclasses.asdict(settings),
+            "tokenizer": tokenizer,
+            "read_s": time.perf_counter() - t0,
+            "minhash_s": r["minhash_s"],
+        }
         storage.write_json(storage.join(out, "group.json"), meta)  # written last: its presence means complete
         log.info("audit map: group %d, %d files, %d documents -> %s", index, len(files), len(r["doc_content"]), out)
         return out
@@ -138,8 +156,14 @@ def _load(url: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(url)))
 
 
-def reduce_groups(url: str, groups: int, work_url: str, settings: ScanSettings,
-                  corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte") -> Scan:
+def reduce_groups(
+    url: str,
+    groups: int,
+    work_url: str,
+    settings: ScanSettings,
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+) -> Scan:
     """Merge the map steps' partial results (read from storage) into the scan of the whole corpus."""
     settings.check()
     tok = load_tokenizer(tokenizer)
@@ -149,6 +173,38 @@ def reduce_groups(url: str, groups: int, work_url: str, settings: ScanSettings,
         return _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _group_meta(work_url: str, index: int, groups: int, settings: Any, tokenizer: str) -> tuple[str, dict]:
+    """(URL, group.json) of one map step's group, checked to be complete and made with these settings."""
+    gurl = _group_url(work_url, index)
+    meta_url = storage.join(gurl, "group.json")
+    if not storage.exists(meta_url):
+        raise CorpusError(f"{gurl}: no group.json: map step {index} of {groups} did not finish; run it again")
+    meta = storage.read_json(meta_url)
+    if meta["settings"] != dataclasses.asdict(settings) or meta["tokenizer"] != tokenizer:
+        raise CorpusError(
+            f"{gurl}: written with other settings ({json.dumps(meta['settings'])}, tokenizer "
+            f"{meta['tokenizer']!r}); clear {work_url} and run the audit again"
+        )
+    return gurl, meta
+
+
+def _copy_group_shards(gurl: str, n_shards: int, folder: str, shards: Any, docs_before: int) -> None:
+    """A group's token shards into the reduce's folder (renumbered), and its fingerprint spill appended to the
+    reduce's partitions."""
+    first_doc = _load(storage.join(gurl, "shard_first_doc.npy"))
+    for i in range(n_shards):
+        path = os.path.join(folder, f"shard-{len(shards.paths):05d}.npy")
+        with open(path, "wb") as fh:
+            fh.write(storage.read_bytes(storage.join(gurl, f"shard-{i:05d}.npy")))
+        shards.paths.append(path)
+        shards.first_doc.append(int(first_doc[i]) + docs_before)
+    for part in range(1 << PARTITION_BITS):
+        h_url = storage.join(gurl, f"h{part}")
+        if storage.exists(h_url):
+            with open(os.path.join(folder, f"h{part}"), "ab") as fh:
+                fh.write(storage.read_bytes(h_url))
 
 
 def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> Scan:
@@ -164,14 +220,7 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
     empty = 0
     read_s = minhash_s = 0.0
     for index in range(groups):
-        gurl = _group_url(work_url, index)
-        meta_url = storage.join(gurl, "group.json")
-        if not storage.exists(meta_url):
-            raise CorpusError(f"{gurl}: no group.json: map step {index} of {groups} did not finish; run it again")
-        meta = storage.read_json(meta_url)
-        if meta["settings"] != dataclasses.asdict(settings) or meta["tokenizer"] != tokenizer:
-            raise CorpusError(f"{gurl}: written with other settings ({json.dumps(meta['settings'])}, tokenizer "
-                              f"{meta['tokenizer']!r}); clear {work_url} and run the audit again")
+        gurl, meta = _group_meta(work_url, index, groups, settings, tokenizer)
         keys = _load(storage.join(gurl, "keys.npy"))
         sig = _load(storage.join(gurl, "signatures.npy"))
         local_to_global = np.empty(len(keys), dtype=np.int64)
@@ -180,21 +229,9 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
             local_to_global[j] = gid
             if gid == len(previews):
                 previews.append(meta["previews"][j])
-                signatures.append(sig[j: j + 1])
+                signatures.append(sig[j : j + 1])
         check_signature_memory(url, len(content_ids), settings)
-        first_doc = _load(storage.join(gurl, "shard_first_doc.npy"))
-        docs_before = sum(a.size for a in doc_content)
-        for i in range(meta["shards"]):
-            path = os.path.join(folder, f"shard-{len(shards.paths):05d}.npy")
-            with open(path, "wb") as fh:
-                fh.write(storage.read_bytes(storage.join(gurl, f"shard-{i:05d}.npy")))
-            shards.paths.append(path)
-            shards.first_doc.append(int(first_doc[i]) + docs_before)
-        for part in range(1 << PARTITION_BITS):  # the group's fingerprint spill, appended to the reduce's partitions
-            h_url = storage.join(gurl, f"h{part}")
-            if storage.exists(h_url):
-                with open(os.path.join(folder, f"h{part}"), "ab") as fh:
-                    fh.write(storage.read_bytes(h_url))
+        _copy_group_shards(gurl, meta["shards"], folder, shards, sum(a.size for a in doc_content))
         doc_content.append(local_to_global[_load(storage.join(gurl, "doc_content.npy"))])
         doc_tokens.append(_load(storage.join(gurl, "doc_tokens.npy")))
         infos += meta["files"]
@@ -203,17 +240,37 @@ def _reduce(url, groups, work_url, settings, tokenizer, tok, dtype, folder) -> S
         minhash_s += meta["minhash_s"]
     all_content = np.concatenate(doc_content) if doc_content else np.zeros(0, dtype=np.int64)
     if not all_content.size:
-        raise CorpusError(f"{url}: no non-empty documents ({empty} empty) in {len(infos)} file(s); the audit "
-                          "needs at least one document with text")
+        raise CorpusError(
+            f"{url}: no non-empty documents ({empty} empty) in {len(infos)} file(s); the audit "
+            "needs at least one document with text"
+        )
     t = time.perf_counter()
+    exact_counter: _FingerprintCounter | None = counter
     if len(shards.paths) > 1:
         counter.finish()  # sum each fingerprint partition over all groups
     else:
-        counter = None  # one shard in all: the suffix array alone is exact
-    timings = {"read_tokenize_s": read_s, "minhash_s": minhash_s, "fingerprint_merge_s": time.perf_counter() - t,
-               "merge_s": time.perf_counter() - t0}
-    return _measure(infos, empty, all_content.tolist(), np.concatenate(doc_tokens).tolist(), signatures, previews,
-                    shards, settings, tok, log.info, timings, t0, counter)
+        exact_counter = None  # one shard in all: the suffix array alone is exact
+    timings = {
+        "read_tokenize_s": read_s,
+        "minhash_s": minhash_s,
+        "fingerprint_merge_s": time.perf_counter() - t,
+        "merge_s": time.perf_counter() - t0,
+    }
+    return _measure(
+        infos,
+        empty,
+        all_content.tolist(),
+        np.concatenate(doc_tokens).tolist(),
+        signatures,
+        previews,
+        shards,
+        settings,
+        tok,
+        log.info,
+        timings,
+        t0,
+        exact_counter,
+    )
 
 
 def publish_kfp_outputs(result: dict, out_url: str, audit_json, html, markdown, metrics) -> None:

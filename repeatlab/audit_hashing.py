@@ -55,7 +55,7 @@ def iter_window_hashes(tokens: np.ndarray, k: int, chunk: int = 1 << 20) -> Iter
     n = tokens.size - k + 1
     for lo in range(0, max(n, 0), chunk):
         hi = min(lo + chunk, n)
-        pref = _prefix(tokens[lo: hi + k - 1])
+        pref = _prefix(tokens[lo : hi + k - 1])
         with np.errstate(over="ignore"):
             # (pref[p+k] - pref[p]) / B^p: the window's hash independent of where the chunk starts
             yield lo, mix64((pref[k:] - pref[:-k]) * _powers(_BASE_INV, hi - lo))
@@ -65,7 +65,7 @@ def window_hashes(tokens: np.ndarray, k: int, chunk: int = 1 << 20) -> np.ndarra
     """64-bit fingerprint of every window tokens[p:p+k], p = 0..n-k (empty when n < k)."""
     out = np.empty(max(tokens.size - k + 1, 0), dtype=np.uint64)
     for lo, h in iter_window_hashes(tokens, k, chunk):
-        out[lo: lo + h.size] = h
+        out[lo : lo + h.size] = h
     return out
 
 
@@ -97,10 +97,10 @@ def shingle_hashes(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
         grams = np.zeros(max(words.size - n + 1, 0), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(n):
-                grams += mix64(words[j: j + grams.size] + np.uint64(j + 1))
+                grams += mix64(words[j : j + grams.size] + np.uint64(j + 1))
         keep = np.zeros(grams.size, dtype=bool)
         for t in np.flatnonzero(full):  # vectorizing this mask costs more than the loop for realistic doc counts
-            keep[word_off[t]: word_off[t + 1] - n + 1] = True
+            keep[word_off[t] : word_off[t + 1] - n + 1] = True
         out[np.repeat(full, shingle_counts)] = mix64(grams[keep])
     short = (counts > 0) & ~full
     if short.any():
@@ -135,7 +135,7 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.1) -> tuple
         for r in range(1, num_perm // b + 1):
             fp = np.trapezoid(1 - (1 - lo**r) ** b, lo)
             fn = np.trapezoid((1 - hi**r) ** b, hi)
-            err = fp_weight * fp + (1 - fp_weight) * fn
+            err = float(fp_weight * fp + (1 - fp_weight) * fn)
             if err < best_err:
                 best, best_err = (b, r), err
     return best
@@ -151,7 +151,7 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
     pairs = []
     rng = np.random.default_rng(0x5EED)
     for b in range(bands):
-        block = signatures[:, b * rows: (b + 1) * rows].astype(np.uint64)
+        block = signatures[:, b * rows : (b + 1) * rows].astype(np.uint64)
         mult = rng.integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
         with np.errstate(over="ignore"):
             keys = mix64((block * mult).sum(axis=1, dtype=np.uint64))
@@ -175,8 +175,8 @@ def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     out = np.empty(len(pairs))
     for lo in range(0, len(pairs), 1 << 16):
-        p = pairs[lo: lo + (1 << 16)]
-        out[lo: lo + len(p)] = (signatures[p[:, 0]] == signatures[p[:, 1]]).mean(axis=1)
+        p = pairs[lo : lo + (1 << 16)]
+        out[lo : lo + len(p)] = (signatures[p[:, 0]] == signatures[p[:, 1]]).mean(axis=1)
     return out
 
 

@@ -65,20 +65,24 @@ class ScanSettings:
     max_memory: int = 4 << 30  # bytes the in-memory parts (signatures, one shard's suffix array) may use
 
     def check(self) -> None:
-        rules = [("min_span", self.min_span >= 2, "an integer >= 2 tokens"),
-                 ("ngram", self.ngram >= 1, "an integer >= 1 words"),
-                 ("threshold", 0 < self.threshold <= 1, "a Jaccard similarity in (0, 1]"),
-                 ("num_perm", 16 <= self.num_perm <= 1024, "an integer in [16, 1024]"),
-                 ("shard_tokens", self.shard_tokens >= 1024, "an integer >= 1024 tokens"),
-                 ("max_memory", self.max_memory > 0, "a positive number of bytes")]
+        rules = [
+            ("min_span", self.min_span >= 2, "an integer >= 2 tokens"),
+            ("ngram", self.ngram >= 1, "an integer >= 1 words"),
+            ("threshold", 0 < self.threshold <= 1, "a Jaccard similarity in (0, 1]"),
+            ("num_perm", 16 <= self.num_perm <= 1024, "an integer in [16, 1024]"),
+            ("shard_tokens", self.shard_tokens >= 1024, "an integer >= 1024 tokens"),
+            ("max_memory", self.max_memory > 0, "a positive number of bytes"),
+        ]
         for name, ok, allowed in rules:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not allowed: {allowed}")
         need = self.shard_tokens * SA_BYTES_PER_TOKEN
         if need > self.max_memory:
-            raise ConfigError(f"--shard-tokens: {self.shard_tokens} tokens need about {need / 2**30:.2f} GiB for the "
-                              f"suffix array, more than --max-memory {self.max_memory / 2**30:.2f} GiB; lower "
-                              "--shard-tokens (the cross-shard pass keeps counts exact) or raise --max-memory")
+            raise ConfigError(
+                f"--shard-tokens: {self.shard_tokens} tokens need about {need / 2**30:.2f} GiB for the "
+                f"suffix array, more than --max-memory {self.max_memory / 2**30:.2f} GiB; lower "
+                "--shard-tokens (the cross-shard pass keeps counts exact) or raise --max-memory"
+            )
 
 
 @dataclasses.dataclass
@@ -208,7 +212,7 @@ def _sliding_max(values: np.ndarray, width: int, length: int) -> np.ndarray:
     while span * 2 <= width:
         m[: m.size - span] = np.maximum(m[: m.size - span], m[span:])
         span *= 2
-    return np.maximum(m[:length], m[width - span: width - span + length])
+    return np.maximum(m[:length], m[width - span : width - span + length])
 
 
 class _FingerprintCounter:
@@ -297,8 +301,14 @@ class _Shards:
         return np.load(self.paths[i])
 
 
-def scan(url: str, settings: ScanSettings, corpus_cfg: CorpusConfig | None = None, tokenizer: str = "byte",
-         progress: Callable[[str], None] = log.info, workdir: str | None = None) -> Scan:
+def scan(
+    url: str,
+    settings: ScanSettings,
+    corpus_cfg: CorpusConfig | None = None,
+    tokenizer: str = "byte",
+    progress: Callable[[str], None] = log.debug,  # progress lines: `repeatlab -v audit` shows them
+    workdir: str | None = None,
+) -> Scan:
     """Measure the corpus at `url` (anything prepare reads); see the module docstring."""
     settings.check()
     tok = load_tokenizer(tokenizer)
@@ -313,9 +323,11 @@ def scan(url: str, settings: ScanSettings, corpus_cfg: CorpusConfig | None = Non
 def check_signature_memory(url: str, distinct: int, settings: ScanSettings) -> None:
     """MinHash signatures of the distinct documents may use half of --max-memory."""
     if distinct * settings.num_perm * 4 > settings.max_memory // 2:
-        raise CorpusError(f"{url}: more than {distinct:,} distinct documents: their MinHash signatures need over "
-                          f"{settings.max_memory / 2**31:.2f} GiB, half of --max-memory; raise --max-memory or lower "
-                          "--num-perm")
+        raise CorpusError(
+            f"{url}: more than {distinct:,} distinct documents: their MinHash signatures need over "
+            f"{settings.max_memory / 2**31:.2f} GiB, half of --max-memory; raise --max-memory or lower "
+            "--num-perm"
+        )
 
 
 def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
@@ -362,7 +374,7 @@ def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
             kept.append(text)
         del docs
         for lo in range(0, len(kept), 1024):  # batches: a whole file's token arrays at once would double its memory
-            for ids in tok.encode_batch(kept[lo: lo + 1024]):
+            for ids in tok.encode_batch(kept[lo : lo + 1024]):
                 doc_tokens.append(int(ids.size))
                 shards.add(ids)
         n_docs = len(kept)
@@ -370,8 +382,15 @@ def _read(url, infos, fmt, eff, settings, tok, shards, progress) -> dict:
         progress(f"read {n_docs:,} non-empty documents")
     flush_minhash()
     shards.flush()
-    return {"content_keys": list(content_ids), "doc_content": doc_content, "doc_tokens": doc_tokens,
-            "signatures": signatures, "previews": previews, "empty": empty, "minhash_s": t_minhash}
+    return {
+        "content_keys": list(content_ids),
+        "doc_content": doc_content,
+        "doc_tokens": doc_tokens,
+        "signatures": signatures,
+        "previews": previews,
+        "empty": empty,
+        "minhash_s": t_minhash,
+    }
 
 
 def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
@@ -385,18 +404,40 @@ def _scan(url, settings, corpus_cfg, tok, dtype, folder, progress) -> Scan:
     shards = _Shards(folder, settings.shard_tokens, dtype)
     r = _read(url, infos, fmt, eff, settings, tok, shards, progress)
     doc_content, doc_tokens, signatures, previews, empty, t_minhash = (
-        r["doc_content"], r["doc_tokens"], r["signatures"], r["previews"], r["empty"], r["minhash_s"])
+        r["doc_content"],
+        r["doc_tokens"],
+        r["signatures"],
+        r["previews"],
+        r["empty"],
+        r["minhash_s"],
+    )
     if not doc_content:
-        raise CorpusError(f"{url}: no non-empty documents ({empty} empty) in {len(files)} file(s); the audit "
-                          "needs at least one document with text")
+        raise CorpusError(
+            f"{url}: no non-empty documents ({empty} empty) in {len(files)} file(s); the audit "
+            "needs at least one document with text"
+        )
     timings["read_tokenize_s"] = time.perf_counter() - t0 - t_minhash
     timings["minhash_s"] = t_minhash
-    return _measure(infos, empty, doc_content, doc_tokens, signatures, previews, shards, settings, tok, progress,
-                    timings, t0)
+    return _measure(
+        infos, empty, doc_content, doc_tokens, signatures, previews, shards, settings, tok, progress, timings, t0
+    )
 
 
-def _measure(infos, empty, doc_content, doc_tokens, signatures, previews, shards, settings, tok, progress, timings,
-             t0, counter=None) -> Scan:
+def _measure(
+    infos,
+    empty,
+    doc_content,
+    doc_tokens,
+    signatures,
+    previews,
+    shards,
+    settings,
+    tok,
+    progress,
+    timings,
+    t0,
+    counter=None,
+) -> Scan:
     """Everything after reading: LSH clusters, span counts, the histogram. Shared by the single-process scan and the
     fan-out's reduce step (repeatlab.audit_fanout), which passes the cross-shard counter its map steps filled."""
     doc_content_a = np.asarray(doc_content, dtype=np.int64)
@@ -416,23 +457,46 @@ def _measure(infos, empty, doc_content, doc_tokens, signatures, previews, shards
     first_doc_of_cluster[doc_cluster_content[::-1]] = rev
     doc_cluster = first_doc_of_cluster[doc_cluster_content]
 
-    histogram, segments, spans, t_sa, t_fp = _span_pass(shards, doc_mult, doc_tokens_a, settings, tok, progress,
-                                                        counter)
+    histogram, segments, spans, t_sa, t_fp = _span_pass(
+        shards, doc_mult, doc_tokens_a, settings, tok, progress, counter
+    )
     timings["suffix_array_s"] = t_sa
     timings["cross_shard_s"] = t_fp
     timings["total_s"] = time.perf_counter() - t0
 
-    exact = {"documents": int(len(doc_content_a)), "distinct": int(len(content_count)),
-             "duplicate_documents": int(len(doc_content_a) - len(content_count)),
-             "duplicate_tokens": int(sum((c - 1) * t for c, t in _content_tokens(doc_content_a, doc_tokens_a,
-                                                                                content_count)))}
-    examples = {"documents": _doc_examples(cluster_of_content, content_count, cluster_mult, previews),
-                "spans": spans.pop("examples")}
+    exact = {
+        "documents": int(len(doc_content_a)),
+        "distinct": int(len(content_count)),
+        "duplicate_documents": int(len(doc_content_a) - len(content_count)),
+        "duplicate_tokens": int(
+            sum((c - 1) * t for c, t in _content_tokens(doc_content_a, doc_tokens_a, content_count))
+        ),
+    }
+    examples = {
+        "documents": _doc_examples(cluster_of_content, content_count, cluster_mult, previews),
+        "spans": spans.pop("examples"),
+    }
     total = int(doc_tokens_a.sum() + len(doc_tokens_a))
-    return Scan(files=infos, documents=int(len(doc_content_a)), empty=empty, total_tokens=total,
-                tokenizer=tok.to_manifest(), histogram=histogram, doc_content=doc_content_a, doc_cluster=doc_cluster,
-                doc_mult=doc_mult, doc_tokens=doc_tokens_a, exact=exact, near=near, spans=spans, segments=segments,
-                examples=examples, shards=len(shards.paths), timings=timings, settings=settings)
+    return Scan(
+        files=infos,
+        documents=int(len(doc_content_a)),
+        empty=empty,
+        total_tokens=total,
+        tokenizer=tok.to_manifest(),
+        histogram=histogram,
+        doc_content=doc_content_a,
+        doc_cluster=doc_cluster,
+        doc_mult=doc_mult,
+        doc_tokens=doc_tokens_a,
+        exact=exact,
+        near=near,
+        spans=spans,
+        segments=segments,
+        examples=examples,
+        shards=len(shards.paths),
+        timings=timings,
+        settings=settings,
+    )
 
 
 def _content_tokens(doc_content, doc_tokens, content_count):
@@ -452,10 +516,19 @@ def _near_duplicates(sig: np.ndarray, settings: ScanSettings) -> dict:
     accepted = pairs[jac >= settings.threshold - margin]
     labels = union_find(sig.shape[0], accepted)
     clusters = np.bincount(labels)
-    return {"labels": labels, "bands": bands, "rows": rows, "candidate_pairs": int(len(pairs)),
-            "accepted_pairs": int(len(accepted)), "threshold": settings.threshold, "accept_at": settings.threshold - margin, "ngram": settings.ngram,
-            "num_perm": settings.num_perm, "clusters": int((clusters > 1).sum()),
-            "distinct_in_clusters": int(clusters[clusters > 1].sum())}
+    return {
+        "labels": labels,
+        "bands": bands,
+        "rows": rows,
+        "candidate_pairs": int(len(pairs)),
+        "accepted_pairs": int(len(accepted)),
+        "threshold": settings.threshold,
+        "accept_at": settings.threshold - margin,
+        "ngram": settings.ngram,
+        "num_perm": settings.num_perm,
+        "clusters": int((clusters > 1).sum()),
+        "distinct_in_clusters": int(clusters[clusters > 1].sum()),
+    }
 
 
 def _doc_examples(labels, content_count, cluster_mult, previews) -> list[dict]:
@@ -468,8 +541,13 @@ def _doc_examples(labels, content_count, cluster_mult, previews) -> list[dict]:
         if labels[cid] in seen:
             continue
         seen.add(labels[cid])
-        out.append({"exact_copies": int(content_count[cid]), "cluster_copies": int(mult[cid]),
-                    "preview": " ".join(previews[cid].split())[:200]})
+        out.append(
+            {
+                "exact_copies": int(content_count[cid]),
+                "cluster_copies": int(mult[cid]),
+                "preview": " ".join(previews[cid].split())[:200],
+            }
+        )
         if len(out) >= EXAMPLES:
             break
     return out
@@ -479,7 +557,7 @@ def spill_fingerprints(counter: _FingerprintCounter, toks: np.ndarray, k: int) -
     """Add every within-document window of one shard to the cross-shard spill (EOT windows span two documents)."""
     eot = _eot_windows(toks, k)
     for lo, h in iter_window_hashes(toks, k):
-        counter.add(h[~eot[lo: lo + h.size]])
+        counter.add(h[~eot[lo : lo + h.size]])
 
 
 def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress, counter=None):
@@ -510,7 +588,7 @@ def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress, c
             t = time.perf_counter()
             global_counts = np.empty(counts.size, dtype=np.int32)
             for lo, h in iter_window_hashes(toks, k):
-                global_counts[lo: lo + h.size] = counter.counts(h)
+                global_counts[lo : lo + h.size] = counter.counts(h)
             global_counts[eot] = 1
             below += int((global_counts < counts).sum())  # the fingerprint total can never be below the SA count
             counts = np.maximum(counts, global_counts)
@@ -527,17 +605,27 @@ def _span_pass(shards: _Shards, doc_mult, doc_tokens, settings, tok, progress, c
         _segments(toks, counts, k, starts, first, seg_parts, span_info, tok)
         progress(f"shard {i + 1}/{len(shards.paths)}: {toks.size:,} tokens counted")
     if below:
-        raise CorpusError(f"cross-shard pass: {below} windows counted fewer times over the corpus than inside one "
-                          "shard; the fingerprint spill is inconsistent (disk full?); run the audit again")
+        raise CorpusError(
+            f"cross-shard pass: {below} windows counted fewer times over the corpus than inside one "
+            "shard; the fingerprint spill is inconsistent (disk full?); run the audit again"
+        )
     segments = {name: (np.concatenate(v) if v else np.zeros(0, dtype=np.int64)) for name, v in seg_parts.items()}
     repeated = [v for v in span_info.values() if v["occurrences"] > 1 or v["max_window_count"] > 1]
     repeated.sort(key=lambda v: (-v["max_window_count"], -v["tokens"]))
-    spans = {"min_span": k, "shards": len(shards.paths), "distinct_repeated_spans": len(repeated),
-             "span_occurrences": int(segments["doc"].size),
-             "method": ("suffix array per shard + 64-bit fingerprints across shards" if multi
-                        else "suffix array over the whole corpus (one shard): exact"),
-             "examples": [{k2: v[k2] for k2 in ("occurrences", "max_window_count", "tokens", "preview")}
-                          for v in repeated[:EXAMPLES]]}
+    spans = {
+        "min_span": k,
+        "shards": len(shards.paths),
+        "distinct_repeated_spans": len(repeated),
+        "span_occurrences": int(segments["doc"].size),
+        "method": (
+            "suffix array per shard + 64-bit fingerprints across shards"
+            if multi
+            else "suffix array over the whole corpus (one shard): exact"
+        ),
+        "examples": [
+            {k2: v[k2] for k2 in ("occurrences", "max_window_count", "tokens", "preview")} for v in repeated[:EXAMPLES]
+        ],
+    }
     return hist, segments, spans, t_sa, t_fp
 
 
@@ -559,8 +647,12 @@ def _segments(toks, counts, k, doc_starts, first_doc, parts, span_info, tok) -> 
         info = span_info.get(digest)
         if info is None:
             if len(span_info) < 1_000_000 or run_max[j] > 2:  # bound the example table; keep every heavy span
-                span_info[digest] = {"occurrences": 1, "max_window_count": int(run_max[j]), "tokens": int(e - s),
-                                     "preview": " ".join(tok.decode(piece[:300]).split())[:200]}
+                span_info[digest] = {
+                    "occurrences": 1,
+                    "max_window_count": int(run_max[j]),
+                    "tokens": int(e - s),
+                    "preview": " ".join(tok.decode(piece[:300]).split())[:200],
+                }
         else:
             info["occurrences"] += 1
             info["max_window_count"] = max(info["max_window_count"], int(run_max[j]))

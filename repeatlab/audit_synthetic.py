@@ -5,7 +5,8 @@ Documents are random words over a 26-letter alphabet (so two independent documen
 - exact duplicates: a document copied `c` times, for each c in `exact_copies`;
 - near-duplicate pairs at a known word-5-gram Jaccard similarity: one word replaced every few words, the count of
   replacements solved for the target and the realized similarity computed from the actual shingle sets;
-- repeated spans: a span of `span_words` words inserted into `k` otherwise unique documents, for each k in `span_repeats`.
+- repeated spans: a span of `span_words` words inserted into `k` otherwise unique documents, for each k in
+  `span_repeats`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _doc(rng: random.Random, words: int) -> list[str]:
 
 
 def shingles(words: list[str], n: int = 5) -> set[tuple[str, ...]]:
-    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)} if len(words) >= n else {tuple(words)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)} if len(words) >= n else {tuple(words)}
 
 
 def jaccard(a: list[str], b: list[str], n: int = 5) -> float:
@@ -49,10 +50,17 @@ def near_duplicate(rng: random.Random, words: list[str], target: float, n: int =
     return out
 
 
-def make_planted_corpus(path: str, unique_docs: int = 400, words_per_doc: int = 150,
-                        exact_copies: tuple[int, ...] = (2, 5, 20, 200), near_similarities: tuple[float, ...] = (0.9, 0.3),
-                        near_pairs_each: int = 20, span_repeats: tuple[int, ...] = (3, 12), span_words: int = 40,
-                        seed: int = 0) -> dict[str, Any]:
+def make_planted_corpus(
+    path: str,
+    unique_docs: int = 400,
+    words_per_doc: int = 150,
+    exact_copies: tuple[int, ...] = (2, 5, 20, 200),
+    near_similarities: tuple[float, ...] = (0.9, 0.3),
+    near_pairs_each: int = 20,
+    span_repeats: tuple[int, ...] = (3, 12),
+    span_words: int = 40,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write a JSONL corpus (gzip when path ends with .gz) and return its answer key."""
     rng = random.Random(seed)
     docs: list[list[str]] = [_doc(rng, words_per_doc) for _ in range(unique_docs)]
@@ -78,7 +86,7 @@ def make_planted_corpus(path: str, unique_docs: int = 400, words_per_doc: int = 
             d = docs[host]
             # neighbours end/start with a letter unique to this copy, so every copy's maximal repeat is " span "
             before, after = _word(rng) + LETTERS[i], LETTERS[i] + _word(rng)
-            docs[host] = d[: len(d) // 2] + [before] + span + [after] + d[len(d) // 2:]
+            docs[host] = d[: len(d) // 2] + [before] + span + [after] + d[len(d) // 2 :]
             host += 1
         # the repeated bytes: the span and the space on each side of it
         key["spans"].append({"repeats": k, "text": text, "tokens": len(text) + 2})
@@ -106,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     key = make_planted_corpus(args.out, unique_docs=args.unique_docs, seed=args.seed)
-    brief = {"documents": key["documents"], "bytes": key["bytes"],
-             "exact": [{"copies": e["copies"], "tokens": e["tokens"]} for e in key["exact"]],
-             "near": [{"target": n["target"], "jaccard": round(n["jaccard"], 4)} for n in key["near"]],
-             "spans": [{"repeats": s["repeats"], "tokens": s["tokens"]} for s in key["spans"]]}
+    brief = {
+        "documents": key["documents"],
+        "bytes": key["bytes"],
+        "exact": [{"copies": e["copies"], "tokens": e["tokens"]} for e in key["exact"]],
+        "near": [{"target": n["target"], "jaccard": round(n["jaccard"], 4)} for n in key["near"]],
+        "spans": [{"repeats": s["repeats"], "tokens": s["tokens"]} for s in key["spans"]],
+    }
     json.dump(brief, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

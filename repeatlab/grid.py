@@ -7,28 +7,17 @@ point, and a study rerun trains only what is missing.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
+import logging
+from typing import Any
 
-from repeatlab import storage
-from repeatlab.config import StudyConfig, stable_hash
+from repeatlab import layout, storage
+from repeatlab.config import EXECUTION_ONLY_TRAIN_FIELDS, StudyConfig, stable_hash
+from repeatlab.layout import run_url, study_url
+from repeatlab.records import Execution, Point, StudyPoints
 
-# Settings that change how a run is executed but not what it computes: excluded from the point id, so the same
-# point trained on 1 CPU or 8 GPUs is the same point.
-EXECUTION_ONLY_TRAIN_FIELDS = (
-    "nproc_per_node", "nnodes", "device", "compile", "threads_per_rank", "checkpoint_every",
-    "keep_checkpoints", "process_group_timeout_s", "micro_batch_sequences",
-)
-
-
-def run_url(root: str, point_id: str) -> str:
-    return storage.join(storage.normalize_root(root), "runs", point_id)
-
-
-def study_url(root: str, study: str) -> str:
-    return storage.join(storage.normalize_root(root), "studies", study)
+__all__ = ["EXECUTION_ONLY_TRAIN_FIELDS", "run_url", "study_url"]  # re-exported: the runner and components use them
+log = logging.getLogger(__name__)
 
 
 def resolve_models(cfg: StudyConfig, vocab_size: int) -> list[dict]:
@@ -38,50 +27,52 @@ def resolve_models(cfg: StudyConfig, vocab_size: int) -> list[dict]:
     models = []
     for i, spec in enumerate(cfg.models):
         gpt = model_lib.resolve_model(spec, cfg.family, vocab_size, cfg.budget.context, where=f"models[{i}]")
-        models.append({
-            "name": gpt.name,
-            "n_layer": gpt.n_layer,
-            "n_embd": gpt.n_embd,
-            "n_head": gpt.n_head,
-            "mlp_ratio": gpt.mlp_ratio,
-            "attention_only": gpt.attention_only,
-            "vocab_size": vocab_size,
-            "context": cfg.budget.context,
-            "n_params_nonembed": gpt.n_params_nonembed,  # Kaplan's convention: what the scaling fits use
-            "n_params_total": gpt.n_params_total,  # Chinchilla's: tied embedding once, plus positions
-            "fractions": spec.fractions,
-        })
+        models.append(
+            {
+                "name": gpt.name,
+                "n_layer": gpt.n_layer,
+                "n_embd": gpt.n_embd,
+                "n_head": gpt.n_head,
+                "mlp_ratio": gpt.mlp_ratio,
+                "attention_only": gpt.attention_only,
+                "vocab_size": vocab_size,
+                "context": cfg.budget.context,
+                "n_params_nonembed": gpt.n_params_nonembed,  # Kaplan's convention: what the scaling fits use
+                "n_params_total": gpt.n_params_total,  # Chinchilla's: tied embedding once, plus positions
+                "fractions": spec.fractions,
+            }
+        )
     return models
 
 
-def _point_id(point: dict) -> str:
-    train = {k: v for k, v in point["train"].items() if k not in EXECUTION_ONLY_TRAIN_FIELDS}
-    model = {k: v for k, v in point["model"].items() if k not in ("name",)}
-    return stable_hash({
-        "corpus_id": point["corpus_id"], "model": model, "fraction": point["fraction"],
-        "epochs": point["epochs"], "seed": point["seed"], "control": point["control"],
-        "budget": point["budget"], "train": train, "version": 1,
-    })
-
-
-def make_point(cfg: StudyConfig, model: dict, corpus_id: str, corpus_url: str, fraction: float,
-               epochs: float, seed: int, control: bool = False) -> dict:
-    model = {k: v for k, v in model.items() if k != "fractions"}
-    point = {
-        "corpus_id": corpus_id,
-        "corpus_url": corpus_url,
-        "model": model,
-        "fraction": float(fraction),
+def make_point(
+    cfg: StudyConfig,
+    model: dict,
+    corpus_id: str,
+    corpus_url: str,
+    fraction: float,
+    epochs: float,
+    seed: int,
+    control: bool = False,
+) -> dict[str, Any]:
+    """point.json's content (records.Point): the settings that determine the run, without the execution-only ones."""
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in EXECUTION_ONLY_TRAIN_FIELDS}
+    point = Point(
+        point_id="",
+        corpus_id=corpus_id,
+        corpus_url=corpus_url,
+        model={k: v for k, v in model.items() if k != "fractions"},
+        fraction=float(fraction),
         # E is meaningless for the f = 0 baseline and for unique-only controls: 0 there.
-        "epochs": float(epochs) if fraction > 0 and not control else 0.0,
-        "seed": int(seed),
-        "control": bool(control),
-        "budget": dataclasses.asdict(cfg.budget),
-        "train": dataclasses.asdict(cfg.train),
-        "eval": dataclasses.asdict(cfg.eval),
-    }
-    point["point_id"] = _point_id(point)
-    return point
+        epochs=float(epochs) if fraction > 0 and not control else 0.0,
+        seed=int(seed),
+        control=bool(control),
+        budget=dataclasses.asdict(cfg.budget),
+        train=train,
+        eval=dataclasses.asdict(cfg.eval),
+    )
+    point.point_id = stable_hash(point.content())
+    return point.to_json()
 
 
 def grid_points(cfg: StudyConfig, corpus_id: str, corpus_url: str, vocab_size: int) -> list[dict]:
@@ -92,8 +83,10 @@ def grid_points(cfg: StudyConfig, corpus_id: str, corpus_url: str, vocab_size: i
     def seeds_for(fraction: float, epochs: float | None) -> list[int]:
         seeds = list(g.seeds)
         extra = g.extra_seeds
-        if extra.seeds and (not extra.fractions or fraction in extra.fractions) and (
-            epochs is None or not extra.epochs or epochs in extra.epochs
+        if (
+            extra.seeds
+            and (not extra.fractions or fraction in extra.fractions)
+            and (epochs is None or not extra.epochs or epochs in extra.epochs)
         ):
             seeds += [s for s in extra.seeds if s not in seeds]
         return seeds
@@ -136,71 +129,55 @@ def check_points(points: list[dict]) -> list[str]:
             continue
         budget = point["budget"]
         try:
-            counts = plan_counts(total_tokens=budget["total_tokens"], context=budget["context"],
-                                 fraction=point["fraction"], epochs=point["epochs"])
+            counts = plan_counts(
+                total_tokens=budget["total_tokens"],
+                context=budget["context"],
+                fraction=point["fraction"],
+                epochs=point["epochs"],
+            )
         except PlanError as exc:
             raise PlanError(f"grid point {describe(point).split('  ', 1)[1].strip()}: {exc}") from None
         where = f"f = {point['fraction']:g}, E = {point['epochs']:g}"
         realized = counts["realized_epochs"]
         if abs(realized - point["epochs"]) > EPOCHS_TOLERANCE * point["epochs"]:
-            warnings.append(f"{where}: the repeated subset rounds to {counts['n_repeated']} sequence(s), so E is "
-                            f"{realized:.4g} (not {point['epochs']:g}); raise f or T, or lower E")
+            warnings.append(
+                f"{where}: the repeated subset rounds to {counts['n_repeated']} sequence(s), so E is "
+                f"{realized:.4g} (not {point['epochs']:g}); raise f or T, or lower E"
+            )
         elif counts["n_repeated"] < MIN_REPEATED_SEQUENCES:
-            warnings.append(f"{where}: the repeated subset is {counts['n_repeated']} sequence "
-                            f"({counts['n_repeated'] * budget['context']} tokens)")
+            warnings.append(
+                f"{where}: the repeated subset is {counts['n_repeated']} sequence "
+                f"({counts['n_repeated'] * budget['context']} tokens)"
+            )
     return sorted(set(warnings))
 
 
-def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str, log=None) -> list[dict]:
-    """Write every point's point.json (when absent) and the study's points.json + config.yaml; return the points.
+def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str) -> list[dict]:
+    """Write every point's point.json (when absent: it is content-addressed) and execution.json (always: the
+    study's execution settings, so an edited device or thread count takes effect), and the study's points.json and
+    config.yaml; return the points.
 
     Every point's plan size is checked first: an impossible point stops the study before anything is written.
     """
     root = storage.normalize_root(cfg.storage.root)
     points = grid_points(cfg, manifest["corpus_id"], corpus_url, manifest["tokenizer"]["vocab_size"])
     for warning in check_points(points):
-        (log or (lambda m: print(m, file=sys.stderr)))(f"grid: warning: {warning}")
+        log.warning("grid: %s", warning)
     for point in points:
-        url = storage.join(run_url(root, point["point_id"]), "point.json")
-        if not storage.exists(url):
-            storage.write_json(url, point)
-    study = study_url(root, cfg.name)
-    storage.write_text(storage.join(study, "config.yaml"), cfg.to_yaml())
-    storage.write_json(storage.join(study, "points.json"), points)
+        run = layout.Run(run_url(root, point["point_id"]))
+        if not storage.exists(run.point):
+            Point.from_json(point).write(run.point)
+        Execution.of_study(point["point_id"], cfg).write(run.execution)
+    study = layout.Study(study_url(root, cfg.name))
+    storage.write_text(study.config, cfg.to_yaml())
+    StudyPoints.from_json(points).write(study.points)
     return points
 
 
 def describe(point: dict) -> str:
     kind = "control" if point["control"] else ("baseline" if point["fraction"] == 0 else f"E={point['epochs']:g}")
     m = point["model"]
-    return (f"{point['point_id']}  {m['name']:<16} N={m['n_params_nonembed']:<9} f={point['fraction']:<5g} "
-            f"{kind:<10} seed={point['seed']}")
-
-
-def cli(argv: list[str]) -> int:
-    from repeatlab import config as config_lib
-    from repeatlab.corpus import corpus_url as make_corpus_url
-    from repeatlab.corpus import prepare_corpus
-
-    parser = argparse.ArgumentParser(prog="repeatlab grid", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="study YAML")
-    parser.add_argument("--json", action="store_true", help="print the points as JSON")
-    parser.add_argument("--write", action="store_true", help="also write point.json files and points.json")
-    args = parser.parse_args(argv)
-    cfg = config_lib.load(args.config)
-    storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
-    manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=lambda m: print(m, file=sys.stderr))
-    curl = make_corpus_url(cfg.storage.root, manifest["corpus_id"])
-    if args.write:
-        points = plan_grid(cfg, manifest, curl)
-    else:
-        points = grid_points(cfg, manifest["corpus_id"], curl, manifest["tokenizer"]["vocab_size"])
-        for warning in check_points(points):
-            print(f"grid: warning: {warning}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(points, indent=2, sort_keys=True))
-    else:
-        for point in points:
-            print(describe(point))
-        print(f"{len(points)} points")
-    return 0
+    return (
+        f"{point['point_id']}  {m['name']:<16} N={m['n_params_nonembed']:<9} f={point['fraction']:<5g} "
+        f"{kind:<10} seed={point['seed']}"
+    )

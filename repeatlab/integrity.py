@@ -17,7 +17,7 @@ import os
 import threading
 from typing import Any
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.errors import IntegrityError
 
 RECORD_HASH_FIELD = "record_sha256"
@@ -67,16 +67,15 @@ def verify_local_file(url: str, path: str, expected: str | None, recorded_in: st
 def verify_shard(corpus_url: str, split_info: dict, path: str) -> None:
     """A corpus shard (already local: the file itself, or its cached copy) against manifest.json's sha256."""
     verify_local_file(storage.join(corpus_url, split_info["file"]), path, split_info.get("sha256"),
-                      storage.join(corpus_url, "manifest.json"),
+                      layout.Corpus(corpus_url).manifest,
                       "prepare the corpus again (repeatlab prepare) after removing its folder")
 
 
 def verify_plan(run_url: str, plan_info: dict) -> None:
     """plan.npy and repeated.npy against the hashes mix wrote into plan.json."""
-    for name, field in (("plan.npy", "plan_sha256"), ("repeated.npy", "repeated_sha256")):
-        url = storage.join(run_url, name)
-        verify_local_file(url, storage.cached_local_copy(url), plan_info.get(field),
-                          storage.join(run_url, "plan.json"),
+    run = layout.Run(run_url)
+    for url, field in ((run.plan_npy, "plan_sha256"), (run.repeated_npy, "repeated_sha256")):
+        verify_local_file(url, storage.cached_local_copy(url), plan_info.get(field), run.plan_json,
                           "remove plan.json, plan.npy and repeated.npy and build the plan again (repeatlab mix)")
 
 

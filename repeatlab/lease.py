@@ -30,11 +30,11 @@ import time
 import uuid
 from typing import Any
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.errors import StorageError, TrainError
 
 log = logging.getLogger(__name__)
-LEASE_NAME = "lease.json"
+LEASE_NAME = layout.LEASE
 
 
 class LeaseError(TrainError):
@@ -185,7 +185,7 @@ class Lease:
         self.release()
 
 
-def wait_for_job(run_url: str, job: str, done_name: str = "done.json", wait_s: float | None = None,
+def wait_for_job(run_url: str, job: str, done_name: str = layout.DONE, wait_s: float | None = None,
                  poll_s: float | None = None) -> None:
     """Ranks other than 0: wait until rank 0 of the same torchrun job holds the lease (or the run is done), so they
     do not time out in the process group's rendezvous while rank 0 waits for another trainer."""

@@ -40,9 +40,15 @@ def icl_of(record: dict) -> dict:
     icl = record.get("icl") if isinstance(record.get("icl"), dict) else None
     if icl is None:
         score = finite_number(record.get("icl_score"))
-        return {"score": score, "stderr": None, "windows": None, "present": None,
-                "note": None if score is None else "single-position score without a standard error (record made "
-                "before the ICL estimate): not judged"}
+        return {
+            "score": score,
+            "stderr": None,
+            "windows": None,
+            "present": None,
+            "note": None
+            if score is None
+            else "single-position score without a standard error (record made before the ICL estimate): not judged",
+        }
     score, se = finite_number(icl.get("score")), finite_number(icl.get("stderr"))
     present = None if score is None or se is None else bool(score < -ICL_SE_FACTOR * se)
     return {"score": score, "stderr": se, "windows": icl.get("windows"), "present": present, "note": None}
@@ -50,8 +56,9 @@ def icl_of(record: dict) -> dict:
 
 def copy_gain(record: dict) -> float | None:
     per_copy = (record.get("copying") or {}).get("per_copy_loss") if isinstance(record.get("copying"), dict) else None
-    vals = [finite_number(v) for v in per_copy or []]
-    if len(vals) < 2 or any(v is None for v in vals):
+    maybe = [finite_number(v) for v in per_copy or []]
+    vals = [v for v in maybe if v is not None]
+    if len(vals) < 2 or len(vals) < len(maybe):
         return None
     return vals[0] - sum(vals[1:]) / (len(vals) - 1)
 
@@ -61,22 +68,35 @@ def _chance(point: dict) -> tuple[float, float]:
 
     ev = point.get("eval") or {}
     context = int((point.get("model") or {}).get("context") or (point.get("budget") or {}).get("context") or 128)
-    return (uniform_attention_prefix_score(int(ev.get("prefix_random_tokens", 25)), int(ev.get("prefix_repeats", 4))),
-            uniform_attention_previous_token_score(context))
+    return (
+        uniform_attention_prefix_score(int(ev.get("prefix_random_tokens", 25)), int(ev.get("prefix_repeats", 4))),
+        uniform_attention_previous_token_score(context),
+    )
 
 
 def evidence(record: dict) -> dict:
     """The mechanism evidence of one eval record (see the module docstring)."""
-    agg = record.get("aggregates") if isinstance(record.get("aggregates"), dict) else {}
+    agg: dict = record.get("aggregates") if isinstance(record.get("aggregates"), dict) else {}  # type: ignore[assignment]
     prefix_chance, prev_chance = _chance(record.get("point") or {})
-    prefix, prev, gain = finite_number(agg.get("prefix_matching_max")), finite_number(agg.get("previous_token_max")), copy_gain(record)
-    return {"prefix_matching_max": prefix, "prefix_chance": prefix_chance,
-            "previous_token_max": prev, "previous_token_chance": prev_chance, "copy_gain": gain,
-            "icl": icl_of(record), "verdict": verdict(prefix, prefix_chance, prev, prev_chance, gain)}
+    prefix, prev, gain = (
+        finite_number(agg.get("prefix_matching_max")),
+        finite_number(agg.get("previous_token_max")),
+        copy_gain(record),
+    )
+    return {
+        "prefix_matching_max": prefix,
+        "prefix_chance": prefix_chance,
+        "previous_token_max": prev,
+        "previous_token_chance": prev_chance,
+        "copy_gain": gain,
+        "icl": icl_of(record),
+        "verdict": verdict(prefix, prefix_chance, prev, prev_chance, gain),
+    }
 
 
-def verdict(prefix: float | None, prefix_chance: float, prev: float | None, prev_chance: float,
-            gain: float | None) -> str | None:
+def verdict(
+    prefix: float | None, prefix_chance: float, prev: float | None, prev_chance: float, gain: float | None
+) -> str | None:
     if prefix is None and gain is None:
         return None
     if prefix is not None and prefix >= CLEAR_FACTOR * prefix_chance:

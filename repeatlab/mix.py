@@ -22,18 +22,19 @@ harm of repetition from the loss of unique data.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
-import sys
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.errors import PlanError
+from repeatlab.records import Point
 
+_log = logging.getLogger(__name__)
 PLAN_FORMAT_VERSION = 1
 UNEVEN_RULE = (
     "when R is not a multiple of n_rep, the first R mod n_rep repeated sequences (in random order) are seen "
@@ -84,8 +85,12 @@ def plan_counts(*, total_tokens: int, context: int, fraction: float, epochs: flo
                 f"epochs: the repeated subset f*T/E = {fraction * total_tokens / epochs:.0f} tokens is shorter than "
                 f"one sequence ({context} tokens); lower E (at most {repeated_exposures}) or raise f or T"
             )
-    return {"sequences": sequences, "repeated_exposures": repeated_exposures, "n_repeated": n_repeated,
-            "realized_epochs": repeated_exposures / n_repeated if n_repeated else 0.0}
+    return {
+        "sequences": sequences,
+        "repeated_exposures": repeated_exposures,
+        "n_repeated": n_repeated,
+        "realized_epochs": repeated_exposures / n_repeated if n_repeated else 0.0,
+    }
 
 
 def build_plan(
@@ -100,8 +105,7 @@ def build_plan(
     salt: str = "",
 ) -> Plan:
     """Build the plan for one point; raises PlanError with a one-line reason when it cannot be built as asked."""
-    counts = plan_counts(total_tokens=total_tokens, context=context, fraction=fraction, epochs=epochs,
-                         control=control)
+    counts = plan_counts(total_tokens=total_tokens, context=context, fraction=fraction, epochs=epochs, control=control)
     windows = count_windows(train_tokens, context)
     sequences, repeated_exposures, n_repeated = counts["sequences"], counts["repeated_exposures"], counts["n_repeated"]
     n_unique = sequences - repeated_exposures
@@ -137,8 +141,12 @@ def build_plan(
     realized_exposures = 0 if control else repeated_exposures
     info = {
         "format_version": PLAN_FORMAT_VERSION,
-        "requested": {"fraction": fraction, "epochs": epochs, "total_tokens": int(total_tokens),
-                      "repeated_tokens": fraction * total_tokens / epochs if fraction > 0 and epochs else 0.0},
+        "requested": {
+            "fraction": fraction,
+            "epochs": epochs,
+            "total_tokens": int(total_tokens),
+            "repeated_tokens": fraction * total_tokens / epochs if fraction > 0 and epochs else 0.0,
+        },
         "realized": {
             "fraction": realized_exposures / sequences,
             "epochs": (repeated_exposures / n_repeated) if n_repeated else 0.0,
@@ -171,8 +179,9 @@ def write_plan(run_url: str, plan: Plan, corpus_id: str, point_id: str) -> dict:
     """Write plan.npy, repeated.npy, then plan.json last (a plan without plan.json is incomplete)."""
     plan_bytes = _npy_bytes(plan.offsets)
     repeated_bytes = _npy_bytes(plan.repeated)
-    storage.write_bytes(storage.join(run_url, "plan.npy"), plan_bytes)
-    storage.write_bytes(storage.join(run_url, "repeated.npy"), repeated_bytes)
+    run = layout.Run(run_url)
+    storage.write_bytes(run.plan_npy, plan_bytes)
+    storage.write_bytes(run.repeated_npy, repeated_bytes)
     info = dict(plan.info)
     info.update(
         corpus_id=corpus_id,
@@ -180,7 +189,7 @@ def write_plan(run_url: str, plan: Plan, corpus_id: str, point_id: str) -> dict:
         plan_sha256=hashlib.sha256(plan_bytes).hexdigest(),
         repeated_sha256=hashlib.sha256(repeated_bytes).hexdigest(),
     )
-    storage.write_json(storage.join(run_url, "plan.json"), info)
+    storage.write_json(run.plan_json, info)
     return info
 
 
@@ -188,34 +197,34 @@ def load_array(url: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
 
 
-def mix_run(run_url: str, log=print) -> dict:
+def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
     """Build and write the plan of the point described by `{run_url}/point.json`; reuse a complete plan."""
     from repeatlab.corpus import load_manifest
 
-    point = storage.read_json(storage.join(run_url, "point.json"))
-    plan_json_url = storage.join(run_url, "plan.json")
-    if storage.exists(plan_json_url):
-        info = storage.read_json(plan_json_url)
-        if info.get("point_id") == point["point_id"] and info.get("corpus_id") == point["corpus_id"]:
-            log(f"mix: plan for {point['point_id']} already built; reusing it")
+    run = layout.Run(run_url)
+    point = Point.read(run.point)
+    if storage.exists(run.plan_json):
+        info = storage.read_json(run.plan_json)
+        if info.get("point_id") == point.point_id and info.get("corpus_id") == point.corpus_id:
+            log(f"mix: plan for {point.point_id} already built; reusing it")
             return info
-    manifest = load_manifest(point["corpus_url"])
-    if manifest["corpus_id"] != point["corpus_id"]:
+    manifest = load_manifest(point.corpus_url)
+    if manifest["corpus_id"] != point.corpus_id:
         raise PlanError(
-            f"{point['corpus_url']}: corpus id {manifest['corpus_id']} does not match the point's {point['corpus_id']}"
+            f"{point.corpus_url}: corpus id {manifest['corpus_id']} does not match the point's {point.corpus_id}"
         )
-    budget = point["budget"]
+    budget = point.budget_config()
     plan = build_plan(
         train_tokens=manifest["splits"]["train"]["tokens"],
-        total_tokens=budget["total_tokens"],
-        context=budget["context"],
-        fraction=point["fraction"],
-        epochs=point["epochs"] or 0.0,
-        seed=point["seed"],
-        control=point.get("control", False),
-        salt=point["point_id"],
+        total_tokens=budget.total_tokens,
+        context=budget.context,
+        fraction=point.fraction,
+        epochs=point.epochs or 0.0,
+        seed=point.seed,
+        control=point.control,
+        salt=point.point_id,
     )
-    info = write_plan(run_url, plan, manifest["corpus_id"], point["point_id"])
+    info = write_plan(run_url, plan, manifest["corpus_id"], point.point_id)
     log(f"mix: {summarize(info)}")
     return info
 
@@ -223,7 +232,7 @@ def mix_run(run_url: str, log=print) -> dict:
 def summarize(info: dict) -> str:
     r = info["realized"]
     if info["control"]:
-        return (f"control plan: {info['sequences']} unique sequences ({r['total_tokens']} tokens), no repeats")
+        return f"control plan: {info['sequences']} unique sequences ({r['total_tokens']} tokens), no repeats"
     if not info["repeated_sequences"]:
         return f"baseline plan: {info['sequences']} unique sequences ({r['total_tokens']} tokens), no repeats"
     return (
@@ -232,16 +241,3 @@ def summarize(info: dict) -> str:
         f"({r['epochs_min']}-{r['epochs_max']}), realized f = {r['fraction']:.4f}; "
         f"{info['unique_sequences']} unique sequences"
     )
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab mix", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-url", required=True, help="run folder holding point.json ({root}/runs/{point_id})")
-    parser.add_argument("--json", action="store_true", help="print plan.json")
-    args = parser.parse_args(argv)
-    info = mix_run(args.run_url, log=lambda msg: print(msg, file=sys.stderr))
-    if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
-    else:
-        print(summarize(info))
-    return 0

@@ -81,11 +81,16 @@ def replicate_sums(runs: list[dict], metric: str = METRIC) -> dict:
             vals = _values(g, metric)
             if _is_low_e(key, g, metric) and vals:
                 dev = float(np.mean(vals)) - b
-                low_ss += dev ** 2 / (1 / len(vals) + 1 / len(base))
+                low_ss += dev**2 / (1 / len(vals) + 1 / len(base))
                 low_dof += 1
                 low_points.append({"fraction": key[0], "epochs": key[1], "n": len(vals), "deviation": dev})
-    return {"seed_ss": seed_ss, "seed_dof": seed_dof, "low_e_ss": low_ss, "low_e_dof": low_dof,
-            "low_e_points": low_points}
+    return {
+        "seed_ss": seed_ss,
+        "seed_dof": seed_dof,
+        "low_e_ss": low_ss,
+        "low_e_dof": low_dof,
+        "low_e_points": low_points,
+    }
 
 
 def _sigma(ss: float, dof: int) -> float | None:
@@ -106,13 +111,22 @@ def noise_floors(runs: list[dict], metric: str = METRIC) -> dict:
         dof = s["seed_dof"] + s["low_e_dof"]
         own = _sigma(s["seed_ss"] + s["low_e_ss"], dof)
         use_own = own is not None and dof >= MIN_OWN_DOF
-        per_model.append({"model": name, "n_params": n, "own_sigma": own, "own_dof": dof,
-                          "seed_dof": s["seed_dof"], "low_e_dof": s["low_e_dof"], "low_e_points": s["low_e_points"],
-                          "sigma": own if use_own else pooled["sigma"],
-                          "source": "own" if use_own else ("pooled over sizes" if pooled["sigma"] is not None
-                                                           else "none: no seeds and no low-E points")})
-    return {"metric": metric, "low_e": LOW_E, "significance": SIGNIFICANCE, "per_model": per_model,
-            "pooled": pooled}
+        per_model.append(
+            {
+                "model": name,
+                "n_params": n,
+                "own_sigma": own,
+                "own_dof": dof,
+                "seed_dof": s["seed_dof"],
+                "low_e_dof": s["low_e_dof"],
+                "low_e_points": s["low_e_points"],
+                "sigma": own if use_own else pooled["sigma"],
+                "source": "own"
+                if use_own
+                else ("pooled over sizes" if pooled["sigma"] is not None else "none: no seeds and no low-E points"),
+            }
+        )
+    return {"metric": metric, "low_e": LOW_E, "significance": SIGNIFICANCE, "per_model": per_model, "pooled": pooled}
 
 
 def sigma_of(noise: dict, model: str, n_params: float) -> float | None:
@@ -193,10 +207,17 @@ def suspect_baselines(runs: list[dict], noise: dict, metric: str = METRIC) -> li
         low_runs = [r for k, g in groups.items() if _is_low_e(k, g, metric) for r in g]
         low = _values(low_runs, metric)
         pooled_vals = base + low
-        row: dict[str, Any] = {"model": name, "n_params": n, "baseline_mean": float(np.mean(base)),
-                               "baseline_runs": len(base), "pooled_mean": float(np.mean(pooled_vals)),
-                               "pooled_runs": len(pooled_vals), "outlier": False, "not_converged": False,
-                               "notes": []}
+        row: dict[str, Any] = {
+            "model": name,
+            "n_params": n,
+            "baseline_mean": float(np.mean(base)),
+            "baseline_runs": len(base),
+            "pooled_mean": float(np.mean(pooled_vals)),
+            "pooled_runs": len(pooled_vals),
+            "outlier": False,
+            "not_converged": False,
+            "notes": [],
+        }
         sigma_ref = _reference_sigma(runs, noise, name, n, metric)
         if low and sigma_ref:
             dev = float(np.mean(low)) - row["baseline_mean"]
@@ -204,21 +225,25 @@ def suspect_baselines(runs: list[dict], noise: dict, metric: str = METRIC) -> li
             row["low_e_deviation"] = dev
             if dev < -limit:
                 row["outlier"] = True
-                row["notes"].append(f"its low-E neighbours (E <= {LOW_E:g}) beat it by {-dev:.3f} nats, more "
-                                    f"than {SIGNIFICANCE:g} standard errors ({limit:.3f})")
+                row["notes"].append(
+                    f"its low-E neighbours (E <= {LOW_E:g}) beat it by {-dev:.3f} nats, more "
+                    f"than {SIGNIFICANCE:g} standard errors ({limit:.3f})"
+                )
         sigma = sigma_of(noise, name, n)
         drops = [final_drop_per_doubling(r.get("curve")) for r in base_runs]
-        drops = [d for d in drops if d is not None]
-        others = [final_drop_per_doubling(r.get("curve")) for r in rs if r not in base_runs]
-        others = [d for d in others if d is not None]
-        if drops and sigma:
-            drop = max(drops)
+        drops_known = [d for d in drops if d is not None]
+        others_all = [final_drop_per_doubling(r.get("curve")) for r in rs if r not in base_runs]
+        others = [d for d in others_all if d is not None]
+        if drops_known and sigma:
+            drop = max(drops_known)
             row["final_drop_per_doubling"] = drop
             reference = float(np.median(others)) if others else 0.0
             if drop > SIGNIFICANCE * sigma and drop > STEEP_FACTOR * max(reference, 0.0):
                 row["not_converged"] = True
-                row["notes"].append(f"its learning curve still falls {drop:.3f} nats per doubling of tokens at the "
-                                    f"end (its size's other runs: {reference:.3f})")
+                row["notes"].append(
+                    f"its learning curve still falls {drop:.3f} nats per doubling of tokens at the "
+                    f"end (its size's other runs: {reference:.3f})"
+                )
         out.append(row)
     return out
 

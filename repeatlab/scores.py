@@ -7,7 +7,7 @@ Pure functions: inputs (patterns, tokens, models) are never modified. Attention 
     (what `GPT.forward_with_attention` returns),
 and tokens as [query] or [batch, query]. Scores come back as a float64 tensor [layer, head].
 
-Definitions (shared/PAPER.md, Olsson et al. 2022):
+Definitions (Olsson et al. 2022, "In-context Learning and Induction Heads"; Hernandez et al. 2022, arXiv 2205.10487):
   prefix matching  for each query token that occurred earlier in the sequence, the attention mass on the positions
                    right after its earlier occurrences (summed over all of them); averaged over such queries, then
                    over samples. Samples: BOS, then R random tokens repeated K times.
@@ -206,7 +206,8 @@ def copying_score(model: Any) -> torch.Tensor:
     """Per-head copying score [layer, head] from the eigenvalues of the full OV circuit W_U W_O W_V W_E.
 
     LayerNorm gains and centering (ln_1 before W_V, ln_f before W_U) are folded in; the positive 1/std factors and
-    biases are ignored (Elhage et al. 2021), and so is the all-tokens logit direction (softmax is shift-invariant). The nonzero eigenvalues of the [vocab, vocab] circuit are those of the
+    biases are ignored (Elhage et al. 2021), and so is the all-tokens logit direction (softmax is shift-invariant).
+    The nonzero eigenvalues of the [vocab, vocab] circuit are those of the
     [head_dim, head_dim] matrix W_V W_E^T W_U W_O (cyclic permutation), which is what is computed.
     Score = sum(lambda).real / sum(|lambda|): +1 copies the attended token, -1 suppresses it.
     """
@@ -218,7 +219,8 @@ def copying_score(model: Any) -> torch.Tensor:
         lm_head = getattr(m, "lm_head", None)
         w_u = (lm_head.weight if lm_head is not None else tr.wte.weight).detach().to("cpu", torch.float64)  # [V, d]
         ln_f = getattr(tr, "ln_f", None)
-        unembed = w_u @ (_layernorm_linear(ln_f, n_embd) if ln_f is not None else torch.eye(n_embd, dtype=torch.float64))
+        final_norm = _layernorm_linear(ln_f, n_embd) if ln_f is not None else torch.eye(n_embd, dtype=torch.float64)
+        unembed = w_u @ final_norm
         unembed = unembed - unembed.mean(0, keepdim=True)  # logits are shift-invariant: drop the all-tokens direction
         rows = []
         for block in tr.h:
@@ -239,7 +241,9 @@ def copying_score(model: Any) -> torch.Tensor:
                 denom = eig.abs().sum().item()
                 # a head whose OV circuit does not reach the logits (zero, or only the shift direction) scores 0,
                 # not the sign of rounding noise
-                scale = (torch.linalg.matrix_norm(w_v @ embed_in, 2) * torch.linalg.matrix_norm(unembed @ w_o, 2)).item()
+                scale = (
+                    torch.linalg.matrix_norm(w_v @ embed_in, 2) * torch.linalg.matrix_norm(unembed @ w_o, 2)
+                ).item()
                 scores.append(eig.real.sum().item() / denom if denom > 1e-9 * scale and denom > 0 else 0.0)
             rows.append(scores)
     return torch.tensor(rows, dtype=torch.float64)
@@ -268,7 +272,7 @@ def aggregate(scores: Any, top_k: int) -> dict[str, float]:
     return {"max": head_max(scores), "top_mean": top_k_mean(scores, top_k)}
 
 
-def to_nested(scores: Any) -> list[list[float]]:
+def to_nested(scores: Any) -> list[list[float | None]]:
     """[layer][head] plain floats (NaN becomes None) for JSON."""
     s = torch.as_tensor(scores, dtype=torch.float64)
     return [[None if np.isnan(v) else float(v) for v in row] for row in s.tolist()]

@@ -8,29 +8,38 @@ same steps called directly against the pipeline to measure orchestration overhea
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
-from repeatlab import storage
+from repeatlab import layout, logs, storage
 from repeatlab.config import StudyConfig, loads
 from repeatlab.errors import StorageError, TrainError
+from repeatlab.records import Done, EvalRecord, Execution, Point
+
+_log = logging.getLogger(__name__)
 
 
 def load_study(study_config: str) -> StudyConfig:
+    logs.ensure_configured()
     cfg = loads(study_config)
     storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
     return cfg
 
 
-def prepare(study_config: str, log=print) -> dict:
+def prepare(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Prepare (or reuse) the study's corpus; returns {corpus_id, corpus_url, manifest}."""
-    from repeatlab.corpus import corpus_url, prepare_corpus
+    from repeatlab.corpus import prepare_corpus
 
     cfg = load_study(study_config)
     manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=log)
-    return {"corpus_id": manifest["corpus_id"], "corpus_url": corpus_url(cfg.storage.root, manifest["corpus_id"]),
-            "manifest": manifest}
+    return {
+        "corpus_id": manifest["corpus_id"],
+        "corpus_url": layout.corpus_url(cfg.storage.root, manifest["corpus_id"]),
+        "manifest": manifest,
+    }
 
 
 def plan_grid(study_config: str, corpus_url: str) -> list[str]:
@@ -41,59 +50,99 @@ def plan_grid(study_config: str, corpus_url: str) -> list[str]:
     cfg = load_study(study_config)
     manifest = load_manifest(corpus_url)
     points = grid.plan_grid(cfg, manifest, corpus_url)
-    return [grid.run_url(cfg.storage.root, p["point_id"]) for p in points]
+    return [layout.run_url(cfg.storage.root, p["point_id"]) for p in points]
 
 
-def mix(run_url: str, log=print) -> dict:
+def mix(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
+    logs.ensure_configured()
     from repeatlab.mix import mix_run
 
     return mix_run(run_url, log=log)
 
 
 def is_trained(run_url: str) -> bool:
-    return storage.exists(storage.join(run_url, "done.json"))
+    return layout.Run(run_url).is_trained()
 
 
-def train(run_url: str, nproc_per_node: int = 1, log=print, evaluate: bool = True) -> dict:
+def trainer_env() -> dict[str, str]:
+    """The trainer's environment: one OpenMP thread per rank unless set (torchrun's own default for several ranks;
+    train.threads_per_rank sets torch's threads inside the trainer)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def execution_of(run: layout.Run) -> dict:
+    """The run's execution-only train settings: execution.json, else (runs planned before it existed) point.json."""
+    if storage.exists(run.execution):
+        return Execution.read(run.execution).train
+    return Point.read(run.point).train
+
+
+def train(
+    run_url: str,
+    nproc_per_node: int | None = None,
+    log: Callable[[str], object] = _log.info,
+    evaluate: bool = True,
+    *,
+    nnodes: int | None = None,
+    max_steps: int | None = None,
+) -> dict:
     """Train one point with torchrun as a subprocess (resuming from its last checkpoint); skip a finished point.
 
+    nproc_per_node / nnodes: default to the run's execution settings (execution.json), else 1.
     evaluate: the training processes also evaluate the final checkpoint, so the evaluate step that follows only
     publishes eval.json instead of starting torch and loading the model a second time.
     """
+    logs.ensure_configured()
     from repeatlab.launch import run_trainer, torchrun_command
 
-    done_url = storage.join(run_url, "done.json")
-    if storage.exists(done_url):
+    run = layout.Run(run_url)
+    if run.is_trained():
         log(f"train: {run_url} already trained; skipping")
-        return {"skipped": True, **storage.read_json(done_url)}
-    command = torchrun_command(run_url, nproc_per_node=nproc_per_node, evaluate=evaluate)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
+        return {"skipped": True, **Done.read(run.done).to_json()}
+    if nproc_per_node is None or nnodes is None:
+        execution = execution_of(run)
+        nproc_per_node = nproc_per_node or int(execution.get("nproc_per_node", 1))
+        nnodes = nnodes or int(execution.get("nnodes", 1))
+    command = torchrun_command(
+        run_url,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        max_steps=max_steps,
+        evaluate=evaluate,
+    )
     started = time.time()
     log("train: " + " ".join(command))
-    returncode = run_trainer(command, env=env, stdout=sys.stdout, stderr=sys.stderr)
+    returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
     if returncode != 0:
-        raise TrainError(f"{run_url}: training exited with code {returncode} after "
-                         f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint")
-    if not storage.exists(done_url):
-        raise TrainError(f"{run_url}: training exited cleanly but wrote no done.json")
-    return {"skipped": False, **storage.read_json(done_url)}
+        raise TrainError(
+            f"{run_url}: training exited with code {returncode} after "
+            f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint"
+        )
+    if not run.is_trained():
+        if max_steps is not None:  # testing: stopped as if preempted
+            return {"skipped": False, "stopped_at": max_steps}
+        raise TrainError(f"{run.done}: training exited cleanly but did not write it")
+    return {"skipped": False, **Done.read(run.done).to_json()}
 
 
-def evaluate(run_url: str, log=print) -> dict:
+def evaluate(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
     """Evaluate a trained point (reusing an eval.json of the same final checkpoint)."""
-    eval_url = storage.join(run_url, "eval.json")
-    if storage.exists(eval_url) and is_trained(run_url):
-        from repeatlab.errors import IntegrityError
+    logs.ensure_configured()
+    run = layout.Run(run_url)
+    if storage.exists(run.eval) and run.is_trained():
+        from repeatlab.errors import IntegrityError, RecordError
         from repeatlab.integrity import check_record
 
         try:
-            record = check_record(eval_url, storage.read_json(eval_url))
-        except (IntegrityError, StorageError) as exc:  # corrupt: evaluate again rather than publish it
+            record: dict | None = EvalRecord.from_json(
+                check_record(run.eval, storage.read_json(run.eval)), where=run.eval
+            ).to_json()
+        except (IntegrityError, StorageError, RecordError) as exc:  # corrupt: evaluate again, never publish it
             log(f"evaluate: {exc}; evaluating again")
-            record = {}
-        done = storage.read_json(storage.join(run_url, "done.json"))
-        if record.get("step") == done.get("step"):
+            record = None
+        if record is not None and record.get("step") == Done.read(run.done).step:
             log(f"evaluate: {run_url} already evaluated; reusing eval.json")
             return record
     from repeatlab.evaluate import evaluate_run  # torch: only imported when there is something to evaluate
@@ -101,14 +150,14 @@ def evaluate(run_url: str, log=print) -> dict:
     return evaluate_run(run_url, log=log)
 
 
-def run_point(run_url: str, nproc_per_node: int = 1, log=print) -> dict:
+def run_point(run_url: str, nproc_per_node: int = 1, log: Callable[[str], object] = _log.info) -> dict:
     """mix -> train -> evaluate for one point (what one ParallelFor iteration does)."""
     mix(run_url, log=log)
     train(run_url, nproc_per_node=nproc_per_node, log=log)
     return evaluate(run_url, log=log)
 
 
-def analyze(study_config: str, log=print) -> dict:
+def analyze(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Fit the study from the eval records in storage; writes and returns analysis.json."""
     from repeatlab import analyze as analyze_lib
 
@@ -119,26 +168,30 @@ def analyze(study_config: str, log=print) -> dict:
     return analysis
 
 
-def report(study_config: str, log=print) -> dict:
+def report_title(study: str) -> str:
+    """The report's title, the same from the pipeline and from `repeatlab report`."""
+    return f"repeatlab study: {study}"
+
+
+def report(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Write the study report; returns the URLs of index.html, report.md and results.csv."""
     from repeatlab import analyze as analyze_lib
-    from repeatlab import grid
     from repeatlab.report import write_report
 
     cfg = load_study(study_config)
-    study = grid.study_url(cfg.storage.root, cfg.name)
-    analysis = storage.read_json(storage.join(study, "analysis.json"))
+    study = layout.Study(layout.study_url(cfg.storage.root, cfg.name))
+    analysis = storage.read_json(study.analysis)
     records, _ = analyze_lib.load_records(cfg.storage.root, cfg.name)
-    paths = write_report(analysis, records, storage.join(study, "report"), title=f"repeatlab study: {cfg.name}")
+    paths = write_report(analysis, records, study.report, title=report_title(cfg.name))
     log(f"report: {paths['index.html']}")
     return paths
 
 
-def run_study_directly(study_config: str, log=print) -> dict:
+def run_study_directly(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     """Every step in order in this process, no KFP: the baseline for the pipeline-overhead benchmark."""
     prepared = prepare(study_config, log=log)
     cfg = load_study(study_config)
-    for run_url in plan_grid(study_config, prepared["corpus_url"]):
+    for run_url in logs.progress(plan_grid(study_config, prepared["corpus_url"]), desc="study", unit="point"):
         run_point(run_url, nproc_per_node=cfg.train.nproc_per_node, log=log)
     analyze(study_config, log=log)
     return report(study_config, log=log)

@@ -80,7 +80,7 @@ def local_path(url: str) -> str:
     if not is_local(url):
         raise StorageError(f"{url}: not a local path (expected a plain path or file://)")
     url = str(url)
-    return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+    return os.path.abspath(url[len("file://") :] if url.startswith("file://") else url)
 
 
 def join(base: str, *parts: str) -> str:
@@ -130,11 +130,15 @@ def _options_for(protocol: str) -> dict[str, Any]:
 
 
 CREDENTIALS_HELP = {
-    "s3": ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a shared credentials file, or an "
-           "instance or pod role), or set storage.anonymous: true to read a public bucket without credentials"),
-    "gs": ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run `gcloud auth application-default "
-           "login`, use workload identity on GKE, or set storage.anonymous: true to read a public bucket without "
-           "credentials"),
+    "s3": (
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a shared credentials file, or an "
+        "instance or pod role), or set storage.anonymous: true to read a public bucket without credentials"
+    ),
+    "gs": (
+        "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run `gcloud auth application-default "
+        "login`, use workload identity on GKE, or set storage.anonymous: true to read a public bucket without "
+        "credentials"
+    ),
 }
 
 
@@ -148,10 +152,22 @@ def require_credentials(url: str, protocol: str, opts: dict[str, Any]) -> None:
     if protocol == "s3":
         if opts.get("anon") or opts.get("key") or opts.get("profile") or opts.get("session"):
             return
-        cache_key = ("s3", *(os.environ.get(k) for k in (
-            "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_EC2_METADATA_DISABLED")))
+        cache_key = (
+            "s3",
+            *(
+                os.environ.get(k)
+                for k in (
+                    "AWS_ACCESS_KEY_ID",
+                    "AWS_PROFILE",
+                    "AWS_SHARED_CREDENTIALS_FILE",
+                    "AWS_CONFIG_FILE",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    "AWS_EC2_METADATA_DISABLED",
+                )
+            ),
+        )
         if cache_key not in _credentials_checked:
             import botocore.session
 
@@ -174,8 +190,9 @@ def require_credentials(url: str, protocol: str, opts: dict[str, Any]) -> None:
         return
     if not _credentials_checked[cache_key]:
         kind = "s3" if protocol == "s3" else "gs"
-        raise StorageError(f"{url}: no {kind}:// credentials found (and storage.anonymous is not set): "
-                           f"{CREDENTIALS_HELP[kind]}")
+        raise StorageError(
+            f"{url}: no {kind}:// credentials found (and storage.anonymous is not set): {CREDENTIALS_HELP[kind]}"
+        )
 
 
 def filesystem(url: str):
@@ -236,8 +253,9 @@ def read_text(url: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise StorageError(f"{url}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the "
-                           "file as UTF-8") from None
+        raise StorageError(
+            f"{url}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
 
 
 def read_json(url: str) -> Any:
@@ -389,8 +407,10 @@ def write_failed(url: str, exc: BaseException, local_file: str) -> StorageError:
         free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free in {folder}"
     except OSError:
         free = f"free space in {folder} unknown"
-    return StorageError(f"{url}: write failed ({first}); {free}: the disk is probably full (or a file-size limit "
-                        "was reached); free space or point storage.root elsewhere, then rerun")
+    return StorageError(
+        f"{url}: write failed ({first}); {free}: the disk is probably full (or a file-size limit "
+        "was reached); free space or point storage.root elsewhere, then rerun"
+    )
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -447,7 +467,7 @@ def create_exclusive(url: str, data: bytes) -> bool:
 
 def _precondition_failed(exc: BaseException) -> bool:
     """An S3 412 PreconditionFailed anywhere in the exception's chain (botocore's ClientError carries the code)."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         response = getattr(seen, "response", None)
         if isinstance(response, dict):
@@ -470,7 +490,7 @@ def write_json(url: str, obj: Any) -> None:
 def _json_default(obj: Any) -> Any:
     import dataclasses
 
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
@@ -498,8 +518,10 @@ def cached_local_copy(url: str, cache_dir: str | None = None) -> str:
     """
     if is_local(url):
         return local_path(url)
-    cache_dir = cache_dir or os.environ.get("REPEATLAB_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "repeatlab", "storage"
+    cache_dir = (
+        cache_dir
+        or os.environ.get("REPEATLAB_CACHE")
+        or os.path.join(os.path.expanduser("~"), ".cache", "repeatlab", "storage")
     )
     fs, path = filesystem(url)
     with _translate(url, "stat"):
@@ -508,8 +530,11 @@ def cached_local_copy(url: str, cache_dir: str | None = None) -> str:
         raise StorageError(f"{url}: is a folder, expected a file (cached copy)")
     nbytes = int(info.get("size") or 0)
     version = next(
-        (str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "crc32c", "LastModified", "mtime",
-                                "updated", "created") if info.get(k) is not None),
+        (
+            str(info[k])
+            for k in ("ETag", "etag", "generation", "md5Hash", "crc32c", "LastModified", "mtime", "updated", "created")
+            if info.get(k) is not None
+        ),
         "",
     )
     key = hashlib.sha256(f"{url}|{nbytes}|{version}".encode()).hexdigest()[:24]

@@ -16,11 +16,12 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from repeatlab import layout
 from repeatlab.errors import ConfigError, CorpusError
 
 EOT_ID = 0
 EOT_TOKEN = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = layout.TOKENIZER
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -101,7 +102,7 @@ class BPETokenizer:
         return cls(tok)
 
     @classmethod
-    def from_str(cls, json_text: str, where: str = "tokenizer.json") -> BPETokenizer:
+    def from_str(cls, json_text: str, where: str = TOKENIZER_FILE) -> BPETokenizer:
         from tokenizers import Tokenizer
 
         try:
@@ -170,5 +171,5 @@ def load_tokenizer(corpus_url: str, manifest: dict):
             raise CorpusError(f"{storage.join(corpus_url, name)}: vocabulary of {tok.vocab_size} tokens does not "
                               f"match the manifest's tokenizer.vocab_size {spec.get('vocab_size')}")
         return tok
-    raise CorpusError(f"{storage.join(corpus_url, 'manifest.json')}: tokenizer.kind {kind!r} is not allowed: "
+    raise CorpusError(f"{layout.Corpus(corpus_url).manifest}: tokenizer.kind {kind!r} is not allowed: "
                       "expected 'byte' or 'bpe'")

@@ -1,7 +1,8 @@
 """The TorchX component that trains one repeatlab grid point under torchrun.
 
     torchx run -s local_cwd repeatlab/torchx_component.py:trainer_component --run_url file:///... --nproc_per_node 2
-    torchx run -s kubernetes --dryrun repeatlab/torchx_component.py:trainer_component --run_url s3://... --nnodes 2 --gpu 8
+    torchx run -s kubernetes --dryrun repeatlab/torchx_component.py:trainer_component \\
+        --run_url s3://... --nnodes 2 --gpu 8
 
 TorchX parses a component's arguments from its run-time annotations, so this module does not use
 `from __future__ import annotations` and spells types the way TorchX decodes them (Optional[Dict[str, str]]).

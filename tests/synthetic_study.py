@@ -6,7 +6,8 @@ and linear ramps down to zero at RAMP from the centre. Damage >= 50 % of the max
 |ln E - mu(N)| <= (PLATEAU + RAMP) / 2 = HALF_WIDTH, and linear interpolation in ln E recovers the edges exactly
 while grid steps are at most ln 2. The centre moves with N as E_peak(N) = PEAK_K * N^PEAK_ALPHA, so
 
-    left edge  E = PEAK_K * exp(-HALF_WIDTH) * N^PEAK_ALPHA,    right edge  E = PEAK_K * exp(+HALF_WIDTH) * N^PEAK_ALPHA.
+    left edge  E = PEAK_K * exp(-HALF_WIDTH) * N^PEAK_ALPHA,
+    right edge E = PEAK_K * exp(+HALF_WIDTH) * N^PEAK_ALPHA.
 
 The records follow the eval.json format of docs/architecture.md (heads matrices, per-copy losses, learning curves).
 """
@@ -66,7 +67,8 @@ def _curve(final: float, bump: float, points: int = 12) -> list[dict]:
     rows = []
     for t in tokens:
         loss = final + 0.5 * ((t / TOTAL_TOKENS) ** -0.25 - 1.0)
-        loss += bump * math.exp(-((math.log(t) - math.log(TOTAL_TOKENS / 3)) ** 2) / 0.3)  # mid-training, after the burn-in
+        # mid-training, after the burn-in
+        loss += bump * math.exp(-((math.log(t) - math.log(TOTAL_TOKENS / 3)) ** 2) / 0.3)
         rows.append({"step": int(t // 4096), "tokens": int(t), "lr": 1e-3, "train_loss": loss, "test_loss": loss,
                      "repeated_loss": None, "tokens_per_s": 1e5, "elapsed_s": float(t / 1e5)})
     return rows

@@ -32,11 +32,13 @@ def test_integral_floats_are_accepted_for_integers():
 @pytest.mark.parametrize(
     "data,expected",
     [
-        ({"grid": {"fractions": [0, 1.5]}}, "grid.fractions[1]: 1.5 is not allowed: a repeated fraction must be in [0, 1)"),
+        ({"grid": {"fractions": [0, 1.5]}},
+         "grid.fractions[1]: 1.5 is not allowed: a repeated fraction must be in [0, 1)"),
         ({"grid": {"fractions": [0, -0.1]}}, "grid.fractions[1]: -0.1 is not allowed"),
         ({"grid": {"epochs": [0.5]}}, "grid.epochs[0]: 0.5 is not allowed: repeated epochs E must be >= 1"),
         ({"grid": {"fractionz": [0]}}, "grid.fractionz: unknown field; allowed fields here:"),
-        ({"budget": {"context": 100, "batch_tokens": 150}}, "budget.batch_tokens: 150 is not allowed: a positive multiple"),
+        ({"budget": {"context": 100, "batch_tokens": 150}},
+         "budget.batch_tokens: 150 is not allowed: a positive multiple"),
         ({"budget": {"total_tokens": "many"}}, "budget.total_tokens: 'many' is not allowed: expected an integer"),
         ({"budget": {"context": 12.5}}, "budget.context: 12.5 is not allowed: expected an integer"),
         ({"corpus": {"tokenizer": "word"}}, "corpus.tokenizer: 'word' is not allowed: expected one of 'byte', 'bpe'"),
@@ -61,7 +63,8 @@ def test_integral_floats_are_accepted_for_integers():
          "cluster.accelerator_type: 'nvidia-l4' is not allowed: not a standard container resource (cpu, memory, "
          "ephemeral-storage) and not domain-prefixed: write the accelerator's Kubernetes resource name, e.g. "
          "nvidia.com/gpu, and select the GPU model with cluster.node_selector"),
-        ({"cluster": {"accelerator_type": "NVIDIA_H100_80GB_HBM3"}}, "cluster.accelerator_type: 'NVIDIA_H100_80GB_HBM3'"),
+        ({"cluster": {"accelerator_type": "NVIDIA_H100_80GB_HBM3"}},
+         "cluster.accelerator_type: 'NVIDIA_H100_80GB_HBM3'"),
         ({"cluster": {"accelerator_type": "kubernetes.io/gpu"}}, "the kubernetes.io domain is reserved"),
         ({"cluster": {"accelerator_type": "Nvidia.com/gpu"}}, "not a qualified name"),
         ({"cluster": {"accelerator_type": "memory"}}, "not cpu/memory"),

@@ -15,7 +15,8 @@ from repeatlab.corpus import corpus_url, load_manifest, open_split, prepare_corp
 from repeatlab.errors import ConfigError, CorpusError, StorageError
 from repeatlab.tokenizer import load_tokenizer
 
-WORDS = ["thou", "art", "the", "king", "of", "denmark", "and", "god", "said", "let", "there", "be", "light", "wherefore", "romeo", "héllo", "wörld"]
+WORDS = ["thou", "art", "the", "king", "of", "denmark", "and", "god", "said", "let", "there", "be", "light",
+         "wherefore", "romeo", "héllo", "wörld"]
 FRACTIONS = {"test_fraction": 0.2, "probe_fraction": 0.2}  # small corpora still fill every split
 
 
@@ -86,7 +87,8 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
         assert len(got) == info["documents"] > 0
         seen[split] = set(got)
     # disjoint, complete, byte-exact
-    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["probe"]) and not (seen["test"] & seen["probe"])
+    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["probe"])
+    assert not (seen["test"] & seen["probe"])
     assert seen["train"] | seen["test"] | seen["probe"] == set(texts)
     assert sum(m["splits"][s]["documents"] for s in ("train", "test", "probe")) == 60
 
@@ -209,13 +211,14 @@ def test_cli_flags_json_and_config(tmp_path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text(f"name: t\ncorpus:\n  url: {src}\n  test_fraction: 0.2\n  probe_fraction: 0.2\n"
                      f"storage:\n  root: {root}\n")
-    assert corpus.cli(["--config", str(study)]) == 0
+    from repeatlab.cli import main
+
+    assert main(["prepare", "--config", str(study)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "40 documents read" in out[-2] and out[-1].startswith("file://") and "/corpora/" in out[-1]
-    assert corpus.cli(["--config", str(study), "--json"]) == 0
+    assert main(["prepare", "--config", str(study), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert out[-1].endswith(m["corpus_id"]) and m["documents_read"] == 40
-    from repeatlab.cli import main
 
     many = write_jsonl(tmp_path / "many.jsonl", docs_(200, seed=4), field="body")
     assert main(["prepare", "--url", many, "--text-field", "body", "--root", root, "--json"]) == 0

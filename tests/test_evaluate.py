@@ -24,8 +24,8 @@ from test_scores import CONTEXT, VOCAB, build_induction_model
 
 SMALL_EVAL = EvalConfig(eval_tokens=512, copy_repeats=11, prefix_samples=4, prefix_random_tokens=10,
                         prefix_repeats=4, top_k_heads=3)
-EVAL_KEYS = {"point_id", "point", "step", "test_loss", "repeated_loss", "ood_loss", "copying", "icl_score", "icl_positions",
-             "icl", "heads", "aggregates", "learning_curve", "warnings", "record_sha256"}
+EVAL_KEYS = {"point_id", "point", "step", "test_loss", "repeated_loss", "ood_loss", "copying", "icl_score",
+             "icl_positions", "icl", "heads", "aggregates", "learning_curve", "warnings", "record_sha256"}
 AGGREGATE_KEYS = {"prefix_matching_max", "prefix_matching_top_mean", "previous_token_max", "copying_max"}
 
 

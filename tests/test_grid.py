@@ -24,7 +24,7 @@ def test_cross_product_with_baselines_extra_seeds_and_restricted_models():
     pts = points()
     key = {(p["model"]["name"], p["fraction"], p["epochs"], p["seed"]) for p in pts}
     assert len(key) == len(pts)
-    gpt, attn = resolve_models(config.from_dict(STUDY), 256)[0]["name"], resolve_models(config.from_dict(STUDY), 256)[1]["name"]
+    gpt, attn = (m["name"] for m in resolve_models(config.from_dict(STUDY), 256))
     # GPT: baseline x 2 seeds + f=0.1 x 2 E + f=0.5 x 2 E + 1 extra seed at (0.5, 16)
     assert sum(p["model"]["name"] == gpt for p in pts) == 2 + 2 + 2 + 1
     # attention-only model restricted to f in {0, 0.5}

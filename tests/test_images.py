@@ -116,7 +116,8 @@ def test_dockerfile_lint(path):
                 assert "apt-get install" not in args or "rm -rf /var/lib/apt/lists" in args
     assert any(word == "COPY" and "images/constraints.txt" in args for stage in all_stages for word, args in stage)
     # the build context holds what pyproject.toml maps into the package: repeatlab.components and repeatlab.pipelines
-    copied = {args.split()[0] for stage in all_stages for word, args in stage if word == "COPY" and "--from" not in args}
+    copied = {args.split()[0] for stage in all_stages for word, args in stage
+              if word == "COPY" and "--from" not in args}
     assert {"repeatlab", "components", "pipelines", "pyproject.toml"} <= copied
     # the default corpus ships in the image, where repeatlab.default_corpus looks for it
     assert any(word == "COPY" and args.startswith("images/build/corpus/ /opt/repeatlab/cache/default-corpus/")
@@ -165,7 +166,8 @@ def test_constraints_cover_every_runtime_dependency():
 
 
 def test_constraints_match_the_venv():
-    out = subprocess.run([sys.executable, str(IMAGES / "lock.py"), "--check"], capture_output=True, text=True, check=False,
+    out = subprocess.run([sys.executable, str(IMAGES / "lock.py"), "--check"], capture_output=True, text=True,
+                         check=False,
                          timeout=60)
     assert out.returncode == 0, out.stderr
 
@@ -181,7 +183,8 @@ def test_constraints_resolve_on_the_index(tmp_path):
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                           "--report", str(report), "-r", str(tmp_path / "requirements.txt"),
-                          "-c", str(IMAGES / "constraints.txt")], capture_output=True, text=True, check=False, timeout=300, env=env)
+                          "-c", str(IMAGES / "constraints.txt")], capture_output=True, text=True, check=False,
+                         timeout=300, env=env)
     if out.returncode != 0 and re.search(r"(?i)(connection|network|resolve host|timed out)", out.stderr):
         pytest.skip(f"package index unreachable: {out.stderr.strip().splitlines()[-1]}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -199,7 +202,8 @@ def test_constraints_resolve_on_the_index(tmp_path):
 
 
 def run_build(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(IMAGES / "build.sh"), *args], capture_output=True, text=True, check=False, timeout=60,
+    return subprocess.run(["bash", str(IMAGES / "build.sh"), *args], capture_output=True, text=True, check=False,
+                          timeout=60,
                           env={**os.environ, **env}, cwd=ROOT)
 
 
@@ -237,7 +241,8 @@ def test_base_image_is_overridable():
 
 def test_trainjob_workers_run_the_venv_python():
     """The TrainJob's trainer command, run with this venv first on the PATH (as the image's ENV PATH does): every
-    torchrun worker is this venv's interpreter and imports repeatlab (images/check.sh runs the same inside the image)."""
+    torchrun worker is this venv's interpreter and imports repeatlab (images/check.sh runs the same inside the
+    image)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run([sys.executable, str(IMAGES / "check_workers.py")], capture_output=True, text=True,
                          check=False, timeout=300, env=env)

@@ -27,7 +27,8 @@ TRAINER_API_VERSION = "2.3.0"
 TRAINJOB_SCHEMA = MANIFESTS / "schemas" / f"trainjob-{TRAINER_API_VERSION}.json"
 KFP_TOKEN_FILE = "/var/run/secrets/kubeflow/pipelines/token"
 STUDY_FILE = "/etc/repeatlab/study.yaml"
-SUBMIT_FLAGS = {"--host", "--config", "--token-file", "--experiment", "--run-name", "--namespace", "--service-account"}  # the lead's `repeatlab submit`
+# the lead's `repeatlab submit`
+SUBMIT_FLAGS = {"--host", "--config", "--token-file", "--experiment", "--run-name", "--namespace", "--service-account"}
 HOME = "/home/repeatlab"
 
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not on PATH")
@@ -35,7 +36,8 @@ needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kube
 
 @functools.cache
 def build(target: str) -> tuple[dict, ...]:
-    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS / target)], capture_output=True, text=True, check=False, timeout=60)
+    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS / target)], capture_output=True, text=True,
+                         check=False, timeout=60)
     assert out.returncode == 0, f"kubectl kustomize {target} failed:\n{out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
@@ -139,7 +141,8 @@ def test_trainjob_validates_against_trainer_schema(overlay):
     assert model.spec.runtime_ref.name == "torch-distributed"
     trainer = trainjob["spec"]["trainer"]
     # the venv's python runs torchrun (a bare `torchrun` is the CUDA base image's conda one, without repeatlab)
-    assert trainer["command"][:3] == ["python", "-m", "torch.distributed.run"] and "repeatlab.train" in trainer["command"]
+    assert trainer["command"][:3] == ["python", "-m", "torch.distributed.run"]
+    assert "repeatlab.train" in trainer["command"]
     assert trainer["args"][0] == "--run-url" and isinstance(trainer["numNodes"], int)
     assert trainer["image"].startswith("ghcr.io/repeatlab/")
 
@@ -176,7 +179,8 @@ def _check_restricted(where: str, spec: dict, trainjob: bool) -> None:
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         assert not spec.get(flag), f"{where}: {flag}"
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    allowed = {"configMap", "emptyDir", "projected", "secret", "downwardAPI", "persistentVolumeClaim", "ephemeral", "csi"}
+    allowed = {"configMap", "emptyDir", "projected", "secret", "downwardAPI", "persistentVolumeClaim", "ephemeral",
+               "csi"}
     for v in volumes.values():
         assert set(v) - {"name"} <= allowed, f"{where}: volume {v['name']} has a type the restricted PSS forbids"
     containers = spec.get("containers", []) + spec.get("initContainers", [])
@@ -326,7 +330,8 @@ def test_submit_flags_are_known_to_the_cli():
         import repeatlab.kfp_client  # noqa: F401
     except ImportError:
         pytest.skip("repeatlab.kfp_client (repeatlab submit) is not written yet")
-    out = subprocess.run([sys.executable, "-m", "repeatlab", "submit", "--help"], capture_output=True, text=True, check=False,
+    out = subprocess.run([sys.executable, "-m", "repeatlab", "submit", "--help"], capture_output=True, text=True,
+                         check=False,
                          timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     used = {f for _, spec in _submit_pods() for f in spec["containers"][0]["args"][0::2]}

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from repeatlab import model as model_lib
 from repeatlab.config import FamilyConfig, ModelSpec
 from repeatlab.errors import ConfigError
 from repeatlab.model import (
@@ -354,16 +353,19 @@ def test_resolve_bad_vocab_or_context():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# CLI
+# CLI (`repeatlab family`, defined in repeatlab.cli)
+
+from repeatlab import cli  # noqa: E402
+from repeatlab.cli import main  # noqa: E402
 
 
 def test_cli_json_and_table(capsys):
-    assert model_lib.cli(["--json", "--max-depth", "5", "--aspect-ratio", "16", "--head-dim", "8"]) == 0
+    assert main(["family", "--json", "--max-depth", "5", "--aspect-ratio", "16", "--head-dim", "8"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["d1", "d2", "d3", "d4", "d5"]
     assert rows == list_family(FamilyConfig(aspect_ratio=16, head_dim=8), 256, 128, max_depth=5)
 
-    assert model_lib.cli(["--max-depth", "3", "--attention-only", "--vocab-size", "512", "--context", "64"]) == 0
+    assert main(["family", "--max-depth", "3", "--attention-only", "--vocab-size", "512", "--context", "64"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["name", "layers", "width", "heads"]
     assert lines[3].split()[0] == "d3-attn"
@@ -373,4 +375,5 @@ def test_cli_json_and_table(capsys):
 
 def test_cli_bad_option_raises_config_error():
     with pytest.raises(ConfigError, match="--head-dim: 0 is not allowed"):
-        model_lib.cli(["--head-dim", "0"])
+        cli.cmd_family(cli.build_parser().parse_args(["family", "--head-dim", "0"]))
+    assert main(["family", "--head-dim", "0"]) == 2

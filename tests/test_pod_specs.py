@@ -117,7 +117,8 @@ def test_the_check_fails_on_the_old_gke_limit(tmp_path):
     """Before: `accelerator_type: nvidia-l4` (a GPU model), which the driver makes the limit's name verbatim.
     (Validation now refuses it, so it is forced in past the loader, as the old code accepted it.)"""
     cfg = study("gke")
-    old = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, accelerator_type="nvidia-l4"))
+    old = copy.deepcopy(cfg)  # an assignment is not validated (dataclasses.replace is): forced past the loader
+    old.cluster.accelerator_type = "nvidia-l4"
     pods = render_pods(*compiled(old, tmp_path))
     assert pods["train"]["spec"]["containers"][0]["resources"]["limits"]["nvidia-l4"] == "1"
     problems = pod_problems(pods, old, versions=[])

@@ -41,8 +41,8 @@ SECRET_OPTIONS = [
     {"gs": {"credentials": "planted"}},
     {"s3": {"client_kwargs": {"headers": ["x", "Authorization: token=planted"]}}},
 ]
-SECRET_ENV = [{"DB_PASSWD": "x"}, {"MY_APIKEY": "x"}, {"HF_TOKEN": "x"}, {"dbPassword": "x"}, {"AWS_ACCESS_KEY_ID": "x"},
-              {"GOOGLE_APPLICATION_CREDENTIALS": "/x.json"}, {"PRIVATE_KEY": "x"},
+SECRET_ENV = [{"DB_PASSWD": "x"}, {"MY_APIKEY": "x"}, {"HF_TOKEN": "x"}, {"dbPassword": "x"},
+              {"AWS_ACCESS_KEY_ID": "x"}, {"GOOGLE_APPLICATION_CREDENTIALS": "/x.json"}, {"PRIVATE_KEY": "x"},
               {"PLAIN": "-----BEGIN RSA PRIVATE KEY-----"}, {"URL": "https://u:planted@host/x"},
               {"HEADER": "password=planted"}]
 

@@ -339,7 +339,7 @@ def test_chromium_renders_the_report(study, tmp_path):
     rc, dom, console = chromium((study["out"] / "index.html").as_uri(), shot, tmp_path / "profile")
     assert rc == 0
     assert console == []  # no console messages and no uncaught errors: the page has no script at all
-    assert "<h1>repeatlab study syn</h1>" in dom and 'id="findings"' in dom
+    assert "<h1>repeatlab study: syn</h1>" in dom and 'id="findings"' in dom
     sources = re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', dom)
     assert len(sources) == len(report.FIGURES)
     for src in sources:

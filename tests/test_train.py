@@ -184,10 +184,10 @@ def test_schedule_and_eval_steps():
     from repeatlab.config import TrainConfig
     from repeatlab.train import checkpoint_interval, eval_steps, lr_at
 
-    tc = TrainConfig(learning_rate=1.0, warmup_fraction=0.1, min_lr_ratio=0.1)
+    tc = TrainConfig(learning_rate=0.5, warmup_fraction=0.1, min_lr_ratio=0.1)  # a TrainConfig is validated: lr < 1
     lrs = [lr_at(s, 100, tc) for s in range(1, 101)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup over 10 steps
-    assert lrs[-1] == pytest.approx(0.1)  # cosine to min_lr_ratio at the last step
+    assert lrs[0] == pytest.approx(0.05) and lrs[9] == pytest.approx(0.5)  # linear warmup over 10 steps
+    assert lrs[-1] == pytest.approx(0.05)  # cosine to min_lr_ratio at the last step
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     points = eval_steps(1000, 12)
     assert points[0] == 1 and points[-1] == 1000 and len(points) <= 12

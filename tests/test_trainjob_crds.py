@@ -86,7 +86,8 @@ def test_launcher_trainjob_validates(overlay, version):
     c = config.load(str(ROOT / "manifests" / "overlays" / overlay / "study.yaml")).cluster
     assert pod["serviceAccountName"] == "default-editor"
     assert pod.get("nodeSelector", {}) == c.node_selector and pod.get("tolerations", []) == c.tolerations
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["securityContext"]["runAsNonRoot"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     (container,) = pod["containers"]
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]

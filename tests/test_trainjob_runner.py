@@ -1,4 +1,5 @@
-"""run_trainjob against a fake Kubernetes API on 127.0.0.1 (a thread that records requests and scripts TrainJob states)."""
+"""run_trainjob against a fake Kubernetes API on 127.0.0.1 (a thread that records requests and scripts TrainJob
+states)."""
 
 import json
 import signal
@@ -210,7 +211,8 @@ def test_failed_reports_events_deletes_and_raises_one_line():
 
 def test_timeout_deletes():
     logs: list[str] = []
-    with FakeKube([state(None, active=1)]) as kube, pytest.raises(TrainError, match=r"did not finish within 0.3s \(last status: Running"):
+    with FakeKube([state(None, active=1)]) as kube, pytest.raises(
+            TrainError, match=r"did not finish within 0.3s \(last status: Running"):
         runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=0.3, log=logs.append,
                             **FAST)
     assert len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
@@ -256,7 +258,8 @@ def test_sigterm_deletes_and_raises_train_error():
 
 
 def test_create_forbidden_is_one_line_and_nothing_deleted():
-    with FakeKube([None], create_code=403) as kube, pytest.raises(TrainError, match=r"cannot be created: HTTP 403 .*no RBAC"):
+    with FakeKube([None], create_code=403) as kube, pytest.raises(
+            TrainError, match=r"cannot be created: HTTP 403 .*no RBAC"):
         runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None,
                             **FAST)
     assert kube.of("DELETE") == [] and kube.of("GET") == []
