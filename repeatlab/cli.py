@@ -415,8 +415,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from repeatlab.runner import run_local
 
-    result = run_local(cfg, pipeline_root=args.pipeline_root, log=_info)
+    # --verbose also shows every task's KFP output (always kept in <pipeline root>/logs/)
+    result = run_local(cfg, pipeline_root=args.pipeline_root, verbose=bool(args.verbose))
     print(f"study {cfg.name} finished in {result['seconds']:.0f} s")
+    for line in result["answer"]:
+        print(f"- {line}")
     print(f"report: {result['report']}")
     return 0
 
@@ -430,11 +433,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args.config) if args.config else None
     if args.output:
-        print(compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest))
+        print(compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest, fan_in=args.fan_in))
         return 0
     with tempfile.TemporaryDirectory(prefix="repeatlab-compile-") as folder:
         path = compile_pipeline(
-            os.path.join(folder, "pipeline.yaml"), cfg, kubernetes_manifest=args.kubernetes_manifest
+            os.path.join(folder, "pipeline.yaml"), cfg, kubernetes_manifest=args.kubernetes_manifest,
+            fan_in=args.fan_in,
         )
         with open(path, encoding="utf-8") as fh:
             sys.stdout.write(fh.read())
@@ -638,6 +642,7 @@ def _add_pipeline(sub: Any) -> None:
     p.add_argument("--host", help="a Kubeflow Pipelines API to submit to instead (as `repeatlab submit`)")
     p.add_argument("--root", default=None, help="override storage.root (file://, s3://, gs://)")
     p.add_argument("--pipeline-root", default=None, help="local folder for KFP's step artifacts")
+    # -v/--verbose (from LOGGING) also shows every task's KFP output; it is always in <pipeline root>/logs/
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser(
         "compile",
@@ -652,6 +657,13 @@ def _add_pipeline(sub: Any) -> None:
         "--kubernetes-manifest",
         action="store_true",
         help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML",
+    )
+    p.add_argument(
+        "--fan-in",
+        choices=("collected", "storage"),
+        default="collected",
+        help="how analyze gets the loop's evaluations: 'collected' (dsl.Collected, connected lineage; KFP backends "
+        ">= 2.14) or 'storage' (after the loop, from storage; backends 2.4.1-2.13)",
     )
     p.set_defaults(handler=cmd_compile)
 

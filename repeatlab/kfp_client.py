@@ -96,6 +96,25 @@ def _cron_value(text: str, low: int, high: int, names: list[str] | None, where: 
     return value
 
 
+def _check_cron_part(part: str, where: str, low: int, high: int, names: list[str] | None, cron: str) -> None:
+    """One comma-separated part of a cron field: '?', '*', a value or a range, each with an optional '/step'."""
+    if part == "?":
+        if where not in ("day of month", "day of week"):
+            raise ConfigError(f"--cron {cron!r}: {where}: '?' is only allowed for day of month or day of week")
+        return
+    base, slash, step = part.partition("/")
+    if slash and (not step.isdigit() or int(step) < 1):
+        raise ConfigError(f"--cron {cron!r}: {where}: step {step!r} in {part!r} must be a positive integer")
+    if base in ("*", "?"):
+        return
+    lo_text, dash, hi_text = base.partition("-")
+    lo = _cron_value(lo_text, low, high, names, where, cron)
+    if dash:
+        hi = _cron_value(hi_text, low, high, names, where, cron)
+        if hi < lo:
+            raise ConfigError(f"--cron {cron!r}: {where}: range {base!r} ends before it starts")
+
+
 def validate_cron(cron: str) -> str:
     """Check a KFP (robfig/cron, 6 fields with seconds) cron expression; returns it normalized (single spaces)."""
     if not isinstance(cron, str) or not cron.strip():
@@ -120,21 +139,7 @@ def validate_cron(cron: str) -> str:
             raise ConfigError(f"--cron {cron!r}: {where} field {field_text!r} has characters other than digits, "
                               "names, '*', '?', ',', '-', '/'")
         for part in field_text.split(","):
-            if part == "?":
-                if where not in ("day of month", "day of week"):
-                    raise ConfigError(f"--cron {cron!r}: {where}: '?' is only allowed for day of month or day of week")
-                continue
-            base, _, step = part.partition("/")
-            if _ and (not step.isdigit() or int(step) < 1):
-                raise ConfigError(f"--cron {cron!r}: {where}: step {step!r} in {part!r} must be a positive integer")
-            if base in ("*", "?"):
-                continue
-            lo_text, dash, hi_text = base.partition("-")
-            lo = _cron_value(lo_text, low, high, names, where, cron)
-            if dash:
-                hi = _cron_value(hi_text, low, high, names, where, cron)
-                if hi < lo:
-                    raise ConfigError(f"--cron {cron!r}: {where}: range {base!r} ends before it starts")
+            _check_cron_part(part, where, low, high, names, cron)
     return text
 
 
@@ -202,7 +207,7 @@ def _api_error(host: str, what: str, exc: BaseException) -> KfpError:
     try:
         from kfp_server_api.exceptions import ApiException
     except ImportError:  # pragma: no cover
-        ApiException = ()  # type: ignore[assignment]
+        ApiException = ()
     if isinstance(exc, ApiException):
         detail = ""
         try:
@@ -238,7 +243,7 @@ def _retryable(exc: BaseException, created: bool) -> bool:
     try:
         from kfp_server_api.exceptions import ApiException
     except ImportError:  # pragma: no cover
-        ApiException = ()  # type: ignore[assignment]
+        ApiException = ()
     if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                         ConnectionRefusedError)):
         return True
@@ -324,7 +329,7 @@ def _kfp_call(host: str, what: str):
     try:
         from kfp_server_api.exceptions import OpenApiException
     except ImportError:  # pragma: no cover
-        OpenApiException = ()  # type: ignore[assignment]
+        OpenApiException = ()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield

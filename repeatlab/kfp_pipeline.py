@@ -10,9 +10,7 @@ review: run `make compile` after changing a component or the pipeline.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 from repeatlab import config as config_lib
 from repeatlab.config import StudyConfig
@@ -48,25 +46,10 @@ def compile_pipeline(package_path: str, cfg: StudyConfig | None = None, *, kuber
         from kfp.compiler.compiler_utils import KubernetesManifestOptions
 
         kwargs = {"kubernetes_manifest_format": True, "kubernetes_manifest_options": KubernetesManifestOptions(
-            pipeline_name=f"repeatlab-{cfg.name}", pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
+            pipeline_name=f"repeatlab-{cfg.name}",
+            pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
             pipeline_version_name=f"repeatlab-{cfg.name}-v1", namespace="repeatlab", include_pipeline_manifest=True)}
     os.makedirs(os.path.dirname(os.path.abspath(package_path)), exist_ok=True)
     compiler.Compiler().compile(pipeline, package_path=package_path,
                                 pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}", **kwargs)
     return package_path
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab compile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help=f"study YAML (default: pipelines/configs/{DEFAULT_CONFIG_NAME})")
-    parser.add_argument("--output", default=GOLDEN, help="where to write the pipeline YAML")
-    parser.add_argument("--kubernetes-manifest", action="store_true",
-                        help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML")
-    parser.add_argument("--fan-in", choices=("collected", "storage"), default="collected",
-                        help="how analyze gets the loop's evaluations: 'collected' (dsl.Collected, connected lineage; "
-                             "KFP backends >= 2.14) or 'storage' (after the loop, from storage; backends 2.4.1-2.13)")
-    args = parser.parse_args(argv)
-    cfg = config_lib.load(args.config) if args.config else None
-    path = compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest, fan_in=args.fan_in)
-    print(path, file=sys.stdout)
-    return 0

@@ -68,8 +68,9 @@ def read_pointer(artifact: Any) -> dict:
         with open(artifact.path, encoding="utf-8") as fh:
             pointer = json.load(fh)
     except (OSError, ValueError) as exc:
-        raise PointerError(f"input artifact {getattr(artifact, 'name', '?')!r} at {artifact.path}: not a readable "
-                           f"repeatlab pointer ({type(exc).__name__}); connect it to a repeatlab step's output") from None
+        name = getattr(artifact, "name", "?")
+        raise PointerError(f"input artifact {name!r} at {artifact.path}: not a readable repeatlab pointer "
+                           f"({type(exc).__name__}); connect it to a repeatlab step's output") from None
     if not isinstance(pointer, dict) or pointer.get("kind") != POINTER_KIND or not pointer.get("storage_url"):
         raise PointerError(f"input artifact {getattr(artifact, 'name', '?')!r} at {artifact.path}: not a repeatlab "
                            f"pointer (expected kind {POINTER_KIND!r} and a storage_url)")

@@ -33,7 +33,8 @@ FIGURES = ["loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_cu
            "per_copy_loss", "region"]
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
-.table{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
+.table{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f4f4f4}figure{margin:1.5em 0}img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:.9em}.note{background:#fff7e0;border-left:4px solid #e0a800;padding:.5em 1em;
 margin:1em 0}.partial{background:#fde8e8;border-left:4px solid #c00;padding:.5em 1em;font-weight:bold}
@@ -286,8 +287,8 @@ FIGURE_WHAT_TO_SEE = {
     "loss_vs_epochs": "Each line is one model size at one repeated fraction: a bump above its f = 0 baseline (dashed; "
                       "the band is +-3 standard errors) is the damage, and where it peaks along E is where repetition "
                       "hurts most.",
-    "multiplier_heatmap": "Each cell is N / N_eff at one (N, E): a value above 1 means the model performs like one that "
-                          "many times smaller trained on unique data.",
+    "multiplier_heatmap": "Each cell is N / N_eff at one (N, E): a value above 1 means the model performs like one "
+                          "that many times smaller trained on unique data.",
     "repeated_loss": "Loss on the repeated subset falls as E grows: low values mean the model has memorized the "
                      "repeated data.",
     "learning_curves": "Test loss during training at the highest repeated fraction: a curve that rises mid-training "

@@ -15,7 +15,6 @@ with the failed point, its step and the last lines of its task (repeatlab/progre
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import contextlib
 import dataclasses
@@ -66,7 +65,8 @@ def print_restored():
 
 def _pipeline_root(cfg: config_lib.StudyConfig, pipeline_root: str | None) -> str:
     if pipeline_root is None:
-        base = storage.local_path(cfg.storage.root) if storage.is_local(cfg.storage.root) else os.path.abspath(".repeatlab")
+        local = storage.is_local(cfg.storage.root)
+        base = storage.local_path(cfg.storage.root) if local else os.path.abspath(".repeatlab")
         pipeline_root = os.path.join(base, "kfp-local", cfg.name)
     elif not storage.is_local(pipeline_root):
         raise config_lib.ConfigError(f"--pipeline-root: {pipeline_root!r} is not allowed: the KFP local runner needs "
@@ -100,7 +100,8 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
 
     terminal = terminal or sys.stderr
     # Every step runs in a subprocess whose working folder is not guaranteed: make the storage root absolute.
-    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=storage.normalize_root(cfg.storage.root)))
+    root = storage.normalize_root(cfg.storage.root)
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=root))
     storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
     pipeline_root = _pipeline_root(cfg, pipeline_root)
     log_path = os.path.join(pipeline_root, "logs", f"run-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.log")
@@ -138,27 +139,3 @@ def study_answer(study: str) -> list[str]:
     from repeatlab.report import answer_lines
 
     return answer_lines(storage.read_json(storage.join(study, "analysis.json")))
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="study YAML")
-    parser.add_argument("--local", action="store_true", required=True,
-                        help="run through the KFP local runner on this machine (use `repeatlab submit` for a cluster)")
-    parser.add_argument("--root", default=None, help="override storage.root (file://, s3://, gs://)")
-    parser.add_argument("--pipeline-root", default=None, help="local folder for KFP's step artifacts")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show every task's KFP output (always kept in <pipeline root>/logs/)")
-    args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:  # until the CLI configures logging for every command
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    cfg = config_lib.load(args.config)
-    if args.root:
-        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=args.root))
-        config_lib.validate(cfg)
-    result = run_local(cfg, pipeline_root=args.pipeline_root, verbose=args.verbose)
-    print(f"study {cfg.name} finished in {result['seconds']:.0f} s")
-    for line in result["answer"]:
-        print(f"- {line}")
-    print(f"report: {result['report']}")
-    return 0

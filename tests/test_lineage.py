@@ -27,7 +27,8 @@ class ArtifactGraph:
 
     def __init__(self, spec: dict):
         self.components = spec["components"]
-        self.dags = {"root": spec["root"]["dag"], **{name: c["dag"] for name, c in self.components.items() if "dag" in c}}
+        nested = {name: c["dag"] for name, c in self.components.items() if "dag" in c}
+        self.dags = {"root": spec["root"]["dag"], **nested}
         self.parent = {}  # DAG component -> (parent DAG, task in it that runs the DAG)
         self.leaves = {}  # leaf task -> (its DAG, its task spec)
         for dag_name, dag in self.dags.items():

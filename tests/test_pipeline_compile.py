@@ -112,7 +112,8 @@ def test_multinode_training_goes_through_a_trainjob(tmp_path):
 def test_kubernetes_native_resources(tmp_path):
     docs = _docs(compile_pipeline(str(tmp_path / "k.yaml"), kubernetes_manifest=True))
     kinds = [(d["apiVersion"], d["kind"]) for d in docs]
-    assert kinds == [("pipelines.kubeflow.org/v2beta1", "Pipeline"), ("pipelines.kubeflow.org/v2beta1", "PipelineVersion")]
+    api = "pipelines.kubeflow.org/v2beta1"
+    assert kinds == [(api, "Pipeline"), (api, "PipelineVersion")]
     version = docs[1]
     assert version["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
     assert version["spec"]["pipelineSpec"]["pipelineInfo"]["name"] == "repeatlab-repetition-grid"

@@ -73,7 +73,8 @@ def check_report(cfg, result):
         assert f"{worst['damage']:+.3f} nats" in markdown
         assert f"{worst['damage']:+.3f} nats" in html
     for point in points:
-        record = storage.read_json(storage.join(study.rsplit("/studies/", 1)[0], "runs", point["point_id"], "eval.json"))
+        root = study.rsplit("/studies/", 1)[0]
+        record = storage.read_json(storage.join(root, "runs", point["point_id"], "eval.json"))
         assert record["point_id"] == point["point_id"]
         assert record["test_loss"] > 0
     return analysis

@@ -98,7 +98,8 @@ def test_failures_name_the_point_its_step_and_its_tasks_last_lines(tmp_path):
     watcher.finished = {"ccc": {}}
     watch = progress.TaskWatch(progress.TaskOutput(io.StringIO()))
     watch.failed = [progress.FailedTask("evaluate", ["evaluating", "ValueError: bad record"]),
-                    progress.FailedTask("train", ["train: torchrun ... file:///x/runs/aaa", *[f"l{i}" for i in range(30)],
+                    progress.FailedTask("train", ["train: torchrun ... file:///x/runs/aaa",
+                                                  *[f"l{i}" for i in range(30)],
                                                   "TrainError: training exited with code 1"])]
     lines = progress.describe_failures(watcher, watch)
     assert lines == ["point d1 f=0.5 E=4 seed=0 (aaa) failed in train",  # its task's output names its id
