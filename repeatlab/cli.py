@@ -305,7 +305,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from repeatlab import layout, steps, storage
     from repeatlab.analyze import analyze_study, corpus_manifests, load_records
-    from repeatlab.report import write_report
+    from repeatlab.report import answer_lines, write_report
 
     root, study = resolve_study(args)
     folder = layout.Study(layout.study_url(root, study))
@@ -318,8 +318,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         storage.write_json(folder.analysis, analysis)
     paths = write_report(analysis, records, args.out or folder.report, steps.report_title(study))
-    for line in analysis["findings"][:6]:
-        print(line)
+    for line in answer_lines(analysis):  # the report's first screen
+        print(f"- {line}")
     print(f"wrote {paths['index.html']}, {paths['report.md']}, {paths['results.csv']}")
     return 0
 

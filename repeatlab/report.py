@@ -13,7 +13,6 @@ failure while rendering leaves the previous report untouched and a reader never 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -685,30 +684,3 @@ def write_report(analysis: dict, records: list[dict], out_url: str, title: str) 
     paths["index.html"] = storage.join(out_url, "index.html")
     return {"index.html": paths["index.html"], "report.md": paths["report.md"], "results.csv": paths["results.csv"],
             "figures": {k: v for k, v in paths.items() if k.endswith(".png")}}
-
-
-def cli(argv: list[str]) -> int:
-    from repeatlab import storage
-    from repeatlab.analyze import add_study_args, analyze_study, corpus_manifests, load_records, resolve_study
-    from repeatlab.grid import study_url
-
-    parser = argparse.ArgumentParser(prog="repeatlab report", description=__doc__.split("\n\n")[0])
-    add_study_args(parser)
-    parser.add_argument("--out", help="output folder (default {root}/studies/{study}/report)")
-    parser.add_argument("--reanalyze", action="store_true", help="recompute the analysis even if analysis.json exists")
-    args = parser.parse_args(argv)
-    root, study = resolve_study(args)
-    folder = study_url(root, study)
-    records, _ = load_records(root, study)
-    analysis_url = storage.join(folder, "analysis.json")
-    if storage.exists(analysis_url) and not args.reanalyze:
-        analysis = storage.read_json(analysis_url)
-    else:
-        analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
-                                 corpora=corpus_manifests(root, records))
-        storage.write_json(analysis_url, analysis)
-    paths = write_report(analysis, records, args.out or storage.join(folder, "report"), f"repeatlab study {study}")
-    for line in analysis["findings"][:6]:
-        print(line)
-    print(f"wrote {paths['index.html']}, {paths['report.md']}, {paths['results.csv']}")
-    return 0
