@@ -26,13 +26,14 @@ def train_multinode(
     import json
     import os
 
-    from repeatlab import lineage, steps, storage
+    from repeatlab import layout, lineage, records, steps
     from repeatlab.launch import build_trainjob
     from repeatlab.trainjob_runner import run_trainjob
 
     run_url = lineage.run_url_of(plan)
+    run = layout.Run(run_url)
     if steps.is_trained(run_url):
-        done = {"skipped": True, **storage.read_json(storage.join(run_url, "done.json"))}
+        done = {"skipped": True, **records.Done.read(run.done).to_json()}
     else:
         namespace = os.environ.get("POD_NAMESPACE") or "default"
         name = "repeatlab-" + hashlib.sha256(run_url.encode()).hexdigest()[:12]
@@ -47,5 +48,5 @@ def train_multinode(
         )
         status = run_trainjob(trainjob, namespace, timeout_s=float(timeout_s))
         done = {"skipped": False, "trainjob": name, "status": status.get("status"),
-                **storage.read_json(storage.join(run_url, "done.json"))}
+                **records.Done.read(run.done).to_json()}
     lineage.publish_model(model, run_url, done)

@@ -137,9 +137,9 @@ def study_metrics(analysis: dict) -> dict[str, float]:
 
 def publish_model(artifact: Any, run_url: str, done: dict) -> dict:
     """The Model pointer of one trained point: its checkpoints folder, final step and tokens, reused or not."""
-    from repeatlab import storage
+    from repeatlab import layout
 
-    return write_pointer(artifact, storage.join(run_url, "checkpoints"), run_url=run_url, step=done.get("step"),
+    return write_pointer(artifact, layout.Run(run_url).checkpoints, run_url=run_url, step=done.get("step"),
                          tokens=done.get("tokens"), reused=bool(done.get("skipped")), trainjob=done.get("trainjob"))
 
 
@@ -158,15 +158,14 @@ def _check_evaluations(analysis: dict, evaluations: list) -> None:
 
 def publish_analysis(study_config: str, points: Any, evaluations: list | None, analysis: Any, metrics: Any) -> dict:
     """The analyze step: fit the study from storage, check the collected evaluations, publish pointer and metrics."""
-    from repeatlab import steps, storage
-    from repeatlab.grid import study_url
+    from repeatlab import layout, steps
 
     storage_url_of(points)  # the study's planned points: the analysis reads them from storage
     result = steps.analyze(study_config)
     if evaluations is not None:
         _check_evaluations(result, evaluations)
     cfg = steps.load_study(study_config)
-    write_pointer(analysis, storage.join(study_url(cfg.storage.root, cfg.name), "analysis.json"),
+    write_pointer(analysis, layout.Study(layout.study_url(cfg.storage.root, cfg.name)).analysis,
                   evaluated_points=len(result.get("runs") or []), missing_points=len(result.get("missing") or []))
     for name, value in study_metrics(result).items():
         metrics.log_metric(name, value)
