@@ -28,7 +28,6 @@ cron would be read shifted by one field, so it is rejected with the 6-field spel
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import hashlib
@@ -170,7 +169,7 @@ def read_token(token_file: str | None) -> str | None:
     return token
 
 
-def _normalize_host(host: str | None) -> str:
+def normalize_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host:
         raise ConfigError(f"--host: no KFP API address given; pass --host URL or set {HOST_ENV}")
@@ -523,7 +522,7 @@ def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, expe
     experiment_id, experiment, run_name, url, pipeline, pipeline_id, version, version_id, reused}."""
     check_for_cluster(cfg)  # before anything is compiled or sent
     _start_deadline(deadline_s)
-    host = _normalize_host(host)
+    host = normalize_host(host)
     experiment = experiment or cfg.name
     run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
     with _package(package_path, cfg, fan_in) as path:
@@ -553,7 +552,7 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     check_for_cluster(cfg)
     if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or not 1 <= max_concurrency <= 10:
         raise ConfigError(f"--max-concurrency {max_concurrency!r}: an integer in [1, 10] (KFP's limit)")
-    host = _normalize_host(host)
+    host = normalize_host(host)
     experiment = experiment or cfg.name
     job_name = job_name or f"{cfg.name}-scheduled"
     with _package(package_path, cfg, fan_in) as path:
@@ -577,79 +576,3 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
             "job_name": job_name, "cron": cron,
             "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}", **version}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--host", default=os.environ.get(HOST_ENV),
-                   help=f"KFP API URL, e.g. http://ml-pipeline.kubeflow:8888 (default: ${HOST_ENV})")
-    p.add_argument("--config", required=True, help="study YAML (any storage URL)")
-    p.add_argument("--token-file", default=None,
-                   help=f"file holding a bearer token (default: {SA_TOKEN_PATH} when it exists, else none)")
-    p.add_argument("--experiment", default=None, help="experiment name (default: the study name)")
-    p.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV) or None,
-                   help=f"KFP user namespace in multi-user mode (default: ${NAMESPACE_ENV})")
-    p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
-    p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
-    p.add_argument("--fan-in", choices=("collected", "storage"), default="collected",
-                   help="'collected' (connected lineage; KFP backends >= 2.14) or 'storage' (backends 2.4.1-2.13)")
-    p.add_argument("--deadline", type=float, default=None,
-                   help=f"seconds the whole command may take (default: $REPEATLAB_KFP_DEADLINE_S or {DEADLINE_S:.0f})")
-    return p
-
-
-def _load(args) -> tuple[StudyConfig, str | None]:
-    from repeatlab import config
-
-    host = _normalize_host(args.host)
-    cfg = config.load(args.config)
-    return cfg, host
-
-
-def cli_submit(argv: list[str]) -> int:
-    p = _common_parser("repeatlab submit", "Submit a study to a Kubeflow Pipelines API.")
-    p.add_argument("--run-name", default=None, help="run name (default: <study>-<UTC timestamp>)")
-    args = p.parse_args(argv)
-    cfg, host = _load(args)
-    token = read_token(args.token_file)
-    out = submit(cfg, host, token=token, experiment=args.experiment, run_name=args.run_name,
-                 package_path=args.package, namespace=args.namespace, service_account=args.service_account,
-                 deadline_s=args.deadline, fan_in=args.fan_in)
-    print(f"run_id: {out['run_id']}")
-    print(f"run_name: {out['run_name']}")
-    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
-    _print_version(out)
-    print(f"url: {out['url']}")
-    return 0
-
-
-def _print_version(out: dict) -> None:
-    print(f"pipeline: {out['pipeline']} ({out['pipeline_id']}), version {out['version']} ({out['version_id']}, "
-          + ("reused)" if out["reused"] else "uploaded)"))
-
-
-def cli_schedule(argv: list[str]) -> int:
-    p = _common_parser("repeatlab schedule", "Create a recurring run of a study on a Kubeflow Pipelines API.")
-    p.add_argument("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'")
-    p.add_argument("--job-name", default=None, help="recurring run name (default: <study>-scheduled)")
-    p.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once (default 1)")
-    p.add_argument("--catchup", action="store_true", help="backfill missed intervals (default: only the latest)")
-    args = p.parse_args(argv)
-    cron = validate_cron(args.cron)  # before loading anything: the commonest mistake
-    cfg, host = _load(args)
-    token = read_token(args.token_file)
-    out = schedule(cfg, host, cron, token=token, experiment=args.experiment, job_name=args.job_name,
-                   max_concurrency=args.max_concurrency, no_catchup=not args.catchup, package_path=args.package,
-                   namespace=args.namespace, service_account=args.service_account, deadline_s=args.deadline,
-                   fan_in=args.fan_in)
-    print(f"recurring_run_id: {out['recurring_run_id']}")
-    print(f"job_name: {out['job_name']}")
-    print(f"cron: {out['cron']}")
-    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
-    _print_version(out)
-    print(f"url: {out['url']}")
-    return 0
