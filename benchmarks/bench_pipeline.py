@@ -70,7 +70,7 @@ def run(study: str = "tiny") -> dict:
         steps.run_study_directly(direct_cfg.to_json(), log=lambda m: None)
         direct = time.perf_counter() - started
         started = time.perf_counter()
-        run_local(pipeline_cfg, pipeline_root=os.path.join(folder, "kfp"), log=lambda m: None)
+        run_local(pipeline_cfg, pipeline_root=os.path.join(folder, "kfp"))
         pipeline = time.perf_counter() - started
         points = len(storage.read_json(storage.join(grid.study_url(pipeline_cfg.storage.root, pipeline_cfg.name),
                                                     "points.json")))

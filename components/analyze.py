@@ -1,28 +1,30 @@
+from typing import List
+
 from kfp import dsl
-from kfp.dsl import Artifact, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 from repeatlab.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def analyze(study_config: str, analysis: Output[Artifact]) -> str:
-    """Fit the baselines, effective sizes, worst E and the poor-performance region; returns analysis.json's URL.
+def analyze(study_config: str, points: Input[Dataset], evaluations: Input[List[Artifact]],
+            analysis: Output[Artifact], metrics: Output[Metrics]):
+    """Fit the baselines, effective sizes, worst E and the poor-performance region from every point's evaluation.
 
-    Reads every grid point's eval.json from storage (the pipeline runs it after the whole loop), so it takes no
-    fan-in of the loop's outputs: see docs/deploy.md, "Fan-in", for the KFP backends this keeps working on."""
-    import json
-    import os
+    evaluations: every grid point's evaluation pointer (dsl.Collected over the loop: KFP backends >= 2.14, see
+    docs/deploy.md "Fan-in"); the records themselves are read from storage and checked against them.
+    analysis: a pointer to analysis.json; metrics: per point its test-loss damage, and the study's largest."""
+    from repeatlab import lineage
 
-    from repeatlab import steps, storage
-    from repeatlab.grid import study_url
+    lineage.publish_analysis(study_config, points, evaluations, analysis, metrics)
 
-    result = steps.analyze(study_config)
-    cfg = steps.load_study(study_config)
-    url = storage.join(study_url(cfg.storage.root, cfg.name), "analysis.json")
-    analysis.metadata["uri"] = url
-    analysis.metadata["evaluated_points"] = len(result.get("runs") or [])
-    analysis.metadata["missing_points"] = len(result.get("missing") or [])
-    os.makedirs(os.path.dirname(analysis.path), exist_ok=True)
-    with open(analysis.path, "w") as fh:
-        json.dump(result, fh, indent=2, sort_keys=True)
-    return url
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def analyze_after_loop(study_config: str, points: Input[Dataset], analysis: Output[Artifact],
+                       metrics: Output[Metrics]):
+    """`analyze` for KFP backends before 2.14, which do not resolve dsl.Collected: ordered after the whole loop, it
+    reads every point's eval.json from storage (docs/deploy.md, "Fan-in"); the UI's lineage then ends at each
+    point's evaluation and starts again at the study's points."""
+    from repeatlab import lineage
+
+    lineage.publish_analysis(study_config, points, None, analysis, metrics)

@@ -1,22 +1,16 @@
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Markdown, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
 
 from repeatlab.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def report(study_config: str, analysis_url: str, html: Output[HTML], markdown: Output[Markdown],
-           results: Output[Dataset]) -> str:
-    """Write the study report; the Kubeflow UI shows its HTML and Markdown. Returns the report's URL."""
-    import os
+def report(study_config: str, analysis: Input[Artifact], html: Output[HTML], markdown: Output[Markdown],
+           results: Output[Dataset]):
+    """Write the study report from the analysis. html and markdown are the report itself (the Kubeflow UI renders
+    them; the Markdown has its figures inlined as data URIs); results is a pointer to results.csv."""
+    from repeatlab import lineage, steps
 
-    from repeatlab import steps, storage
-
-    paths = steps.report(study_config)
-    folder = storage.join(analysis_url.rsplit("/", 1)[0], "report")
-    for artifact, name in ((html, "index.html"), (markdown, "report.md"), (results, "results.csv")):
-        artifact.metadata["uri"] = storage.join(folder, name)
-        os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
-        with open(artifact.path, "wb") as fh:
-            fh.write(storage.read_bytes(storage.join(folder, name)))
-    return paths.get("html", storage.join(folder, "index.html"))
+    lineage.storage_url_of(analysis)  # a pointer: the analysis this report is written from
+    urls = steps.report(study_config)
+    lineage.publish_report(urls, html, markdown, results)

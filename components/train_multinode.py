@@ -1,12 +1,12 @@
 from kfp import dsl
-from kfp.dsl import Model, Output
+from kfp.dsl import Dataset, Input, Model, Output
 
 from repeatlab.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train_multinode(
-    run_url: str,
+    plan: Input[Dataset],
     image: str,
     num_nodes: int,
     nproc_per_node: int,
@@ -16,21 +16,24 @@ def train_multinode(
     timeout_s: int,
     placement_json: str,
     model: Output[Model],
-) -> str:
+):
     """Train one point on several nodes: create a Kubeflow Trainer TrainJob, wait for it, clean it up.
 
     placement_json: the TrainJob pods' node selector, tolerations, storage secret (by reference), /dev/shm size. They
-    run as this pod's service account (POD_SERVICE_ACCOUNT, from the downward API), in this pod's namespace."""
+    run as this pod's service account (POD_SERVICE_ACCOUNT, from the downward API), in this pod's namespace.
+    plan: the mix step's pointer to the point's plan; model: a pointer to the point's checkpoints."""
     import hashlib
     import json
     import os
 
-    from repeatlab import steps, storage
+    from repeatlab import layout, lineage, records, steps
     from repeatlab.launch import build_trainjob
     from repeatlab.trainjob_runner import run_trainjob
 
+    run_url = lineage.run_url_of(plan)
+    run = layout.Run(run_url)
     if steps.is_trained(run_url):
-        done = {"skipped": True, **storage.read_json(storage.join(run_url, "done.json"))}
+        done = {"skipped": True, **records.Done.read(run.done).to_json()}
     else:
         namespace = os.environ.get("POD_NAMESPACE") or "default"
         name = "repeatlab-" + hashlib.sha256(run_url.encode()).hexdigest()[:12]
@@ -45,9 +48,5 @@ def train_multinode(
         )
         status = run_trainjob(trainjob, namespace, timeout_s=float(timeout_s))
         done = {"skipped": False, "trainjob": name, "status": status.get("status"),
-                **storage.read_json(storage.join(run_url, "done.json"))}
-    model.metadata["uri"] = storage.join(run_url, "checkpoints")
-    os.makedirs(os.path.dirname(model.path), exist_ok=True)
-    with open(model.path, "w") as fh:
-        json.dump(done, fh, indent=2, sort_keys=True)
-    return run_url
+                **records.Done.read(run.done).to_json()}
+    lineage.publish_model(model, run_url, done)

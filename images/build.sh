@@ -77,7 +77,7 @@ stage() {  # images/build/{wheelhouse,corpus}: what the Dockerfiles COPY; made h
     # shellcheck disable=SC2086  # PIP_WHEEL_ARGS is a list of options
     "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$build/wheelhouse" \
         -c "$root/images/constraints.txt" ${PIP_WHEEL_ARGS:-} \
-        "torch==$(sed -n 's/^torch==//p' "$root/images/constraints.txt")+cpu" "setuptools>=68" wheel \
+        "torch==$(sed -n 's/^torch==//p' "$root/images/constraints.txt")+cpu" "setuptools>=77" wheel \
         "$root[gcs,s3,k8s,torchx]" \
       || { echo "build.sh: pip wheel failed: nothing was built (see above; PIP_WHEEL_ARGS adds an index)" >&2; exit 4; }
     rm -f "$build"/wheelhouse/repeatlab-*.whl  # the image builds repeatlab from the copied sources

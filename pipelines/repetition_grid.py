@@ -1,9 +1,18 @@
-"""The repetition-grid pipeline: prepare once, fan out over the grid points, then analyse and report from storage.
+"""The repetition-grid pipeline: prepare once, fan out over the grid points, then analyse and report.
 
     resolve -> prepare_corpus -> plan_grid -> ParallelFor(point): mix
-            -> plan_packs -> ParallelFor(pack): train (the pack's points as one batched program, repeatlab.packs)
-            -> ParallelFor(point): evaluate -> (after the whole loop) analyze -> report
+            -> (dsl.Collected plans) plan_packs -> ParallelFor(pack): train -> evaluate
+            -> (dsl.Collected evaluations) analyze -> report
     (cluster.multinode: no packs, one loop over points: mix -> train_multinode -> evaluate)
+
+Packs (repeatlab.packs): points of one shape and schedule train together as one batched program; a pack's Model and
+evaluation pointers list every point of the pack (a pack of one is one point, as before).
+
+Steps hand each other typed artifacts (repeatlab/lineage.py): the corpus, each plan and the packs are Datasets, each
+trained pack a Model, each evaluation an Artifact beside its Metrics, the analysis an Artifact with the study's
+Metrics, the report HTML and Markdown. Each (except the report's HTML and Markdown) is a small pointer to the real
+object in the study's storage, so the Kubeflow UI's lineage connects corpus -> plan -> packs -> model -> evaluation
+-> analysis -> report.
 
 The pipeline's runtime parameters are the study config (YAML/JSON text) and the storage root (empty: the study's own),
 so a run from the Kubeflow UI can change the study and where it writes. Cluster settings (images, GPUs, CPU and memory,
@@ -11,8 +20,10 @@ so a run from the Kubeflow UI can change the study and where it writes. Cluster 
 compile-time: `build_pipeline(cfg)` bakes the study's `cluster` section into the compiled YAML, and the local runner
 ignores them.
 
-Fan-in: `analyze` runs `.after()` the loop and reads every point's eval.json from storage; it takes no
-`dsl.Collected` input, which KFP backends before 2.14 do not resolve (docs/deploy.md, "Fan-in").
+Fan-in: `plan_packs` takes the mix loop's plans and `analyze` the pack loop's evaluations through `dsl.Collected`
+(fan_in="collected", the default; KFP backends >= 2.14) and read the records from storage; fan_in="storage" compiles
+the shape older backends run, which do not resolve dsl.Collected: `plan_packs_after_loop` and `analyze_after_loop`
+ordered `.after()` their loops (docs/deploy.md, "Fan-in").
 Resources: only the training task asks for accelerators (`cluster.accelerator_type`, a Kubernetes resource name, x
 `cluster.accelerator_limit`) and goes to the nodes of `cluster.node_selector`/`tolerations`; evaluate only publishes
 the eval.json the training processes wrote, so it runs on the CPU image without a GPU.
@@ -23,18 +34,19 @@ import json
 
 from kfp import dsl, kubernetes
 
-from repeatlab.components.analyze import analyze
+from repeatlab.components.analyze import analyze, analyze_after_loop
 from repeatlab.components.evaluate import evaluate
 from repeatlab.components.mix import mix
 from repeatlab.components.plan_grid import plan_grid
 from repeatlab.components.prepare_corpus import prepare_corpus
 from repeatlab.components.report import report
 from repeatlab.components.resolve_study import resolve_study
-from repeatlab.components.train import plan_packs, train
+from repeatlab.components.train import plan_packs, plan_packs_after_loop, train
 from repeatlab.components.train_multinode import train_multinode
 from repeatlab.config import StudyConfig
 
 PIPELINE_NAME = "repeatlab-repetition-grid"
+FAN_INS = ("collected", "storage")
 
 
 def on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelerators: bool = False):
@@ -74,22 +86,31 @@ def on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelera
     return task
 
 
-def train_packs(cfg: StudyConfig, study, grid, planned):
-    """After every point is mixed: train the packs (a ParallelFor over packs), then evaluate every point (a
-    ParallelFor over points); returns the evaluate task, which analyze runs after."""
+def train_packs(cfg: StudyConfig, study, planned, points, fan_in: str):
+    """After every point is mixed: group them into packs, then train and evaluate each pack (a ParallelFor over
+    packs); returns the evaluate task, whose evaluations analyze collects."""
     c = cfg.cluster
-    packs = on_cluster(plan_packs(study_config=study), cfg, c.image).after(planned)
-    packs.set_display_name("plan packs")
-    with dsl.ParallelFor(packs.output, parallelism=c.parallelism, name="pack") as pack:
-        trained = on_cluster(train(run_urls=pack, nproc_per_node=cfg.train.nproc_per_node), cfg, c.train_image,
-                             accelerators=True)
-    with dsl.ParallelFor(grid.outputs["Output"], parallelism=c.parallelism, name="evaluate-point") as run_url:
-        evaluated = on_cluster(evaluate(run_url=run_url), cfg, c.image, heavy=True).after(trained)
+    if fan_in == "collected":
+        packed = plan_packs(study_config=study, plans=dsl.Collected(planned.outputs["plan"]))
+    else:
+        packed = plan_packs_after_loop(study_config=study, points=points).after(planned)
+    on_cluster(packed, cfg, c.image).set_display_name("plan packs")
+    with dsl.ParallelFor(packed.outputs["Output"], parallelism=c.parallelism, name="pack") as pack:
+        trained = on_cluster(train(packs=packed.outputs["packs"], run_urls=pack,
+                                   nproc_per_node=cfg.train.nproc_per_node), cfg, c.train_image, accelerators=True)
+        evaluated = on_cluster(evaluate(model=trained.outputs["model"]), cfg, c.image, heavy=True)
     return evaluated
 
 
-def build_pipeline(cfg: StudyConfig):
-    """The pipeline function for a study: its config is the default of the `study_config` parameter."""
+def build_pipeline(cfg: StudyConfig, fan_in: str = "collected"):
+    """The pipeline function for a study: its config is the default of the `study_config` parameter.
+
+    fan_in: "collected" (analyze consumes every evaluation: the lineage connects; KFP backends >= 2.14) or "storage"
+    (analyze runs after the loop and reads storage only; for KFP backends 2.4.1 to 2.13)."""
+    if fan_in not in FAN_INS:
+        from repeatlab.errors import ConfigError
+
+        raise ConfigError(f"--fan-in {fan_in!r}: allowed: {', '.join(FAN_INS)}")
     default_config = cfg.to_json()
     c = cfg.cluster
 
@@ -100,16 +121,17 @@ def build_pipeline(cfg: StudyConfig):
         study = resolved.output
         prepared = on_cluster(prepare_corpus(study_config=study), cfg, c.image)
         prepared.set_display_name("prepare corpus")
-        grid = on_cluster(plan_grid(study_config=study, corpus_url=prepared.outputs["Output"]), cfg, c.image)
+        corpus = prepared.outputs["corpus"]
+        grid = on_cluster(plan_grid(study_config=study, corpus=corpus), cfg, c.image)
         grid.set_display_name("plan grid")
         with dsl.ParallelFor(grid.outputs["Output"], parallelism=c.parallelism, name="grid-point") as run_url:
-            planned = on_cluster(mix(run_url=run_url), cfg, c.image)
+            planned = on_cluster(mix(run_url=run_url, corpus=corpus), cfg, c.image)
             if c.multinode:
                 resources = {"cpu": c.cpu, "memory": c.memory}
                 if c.accelerator_limit:
                     resources[c.accelerator_type] = str(c.accelerator_limit)
                 trained = train_multinode(
-                    run_url=planned.outputs["Output"], image=c.train_image, num_nodes=cfg.train.nnodes,
+                    plan=planned.outputs["plan"], image=c.train_image, num_nodes=cfg.train.nnodes,
                     nproc_per_node=cfg.train.nproc_per_node, resources_json=json.dumps(resources, sort_keys=True),
                     env_json=json.dumps(c.env, sort_keys=True), runtime=c.trainer_runtime, timeout_s=c.timeout_s,
                     placement_json=json.dumps({
@@ -124,10 +146,17 @@ def build_pipeline(cfg: StudyConfig):
                 kubernetes.use_field_path_as_env(trained, env_name="POD_SERVICE_ACCOUNT",
                                                  field_path="spec.serviceAccountName")
                 kubernetes.set_timeout(trained, c.timeout_s + 600)
-                evaluated = on_cluster(evaluate(run_url=trained.outputs["Output"]), cfg, c.image, heavy=True)
+                evaluated = on_cluster(evaluate(model=trained.outputs["model"]), cfg, c.image, heavy=True)
+        points = grid.outputs["points"]
         if not c.multinode:
-            evaluated = train_packs(cfg, study, grid, planned)
-        analyzed = on_cluster(analyze(study_config=study), cfg, c.image).after(evaluated)
-        on_cluster(report(study_config=study, analysis_url=analyzed.outputs["Output"]), cfg, c.image)
+            evaluated = train_packs(cfg, study, planned, points, fan_in)
+        if fan_in == "collected":
+            analyzed = analyze(study_config=study, points=points,
+                               evaluations=dsl.Collected(evaluated.outputs["evaluation"]))
+        else:
+            analyzed = analyze_after_loop(study_config=study, points=points).after(evaluated)
+            analyzed.set_display_name("analyze")
+        on_cluster(analyzed, cfg, c.image)
+        on_cluster(report(study_config=study, analysis=analyzed.outputs["analysis"]), cfg, c.image)
 
     return repetition_grid

@@ -31,7 +31,6 @@ Conventions
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable
@@ -1304,27 +1303,6 @@ def corpus_manifests(root: str, records: list[dict]) -> dict[str, dict]:
         except (StorageError, ValueError):
             continue  # the analysis says the manifest was not found
     return out
-
-
-def resolve_study(args: argparse.Namespace) -> tuple[str, str]:
-    """(root, study) from --config or --root/--study."""
-    from repeatlab import storage
-
-    if getattr(args, "config", None):
-        from repeatlab import config as config_lib
-
-        cfg = config_lib.load(args.config)
-        storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
-        return args.root or cfg.storage.root, cfg.name
-    if not (args.root and args.study):
-        raise AnalysisError("give --config study.yaml, or both --root and --study")
-    return args.root, args.study
-
-
-def add_study_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="study YAML (gives the storage root and the study name)")
-    parser.add_argument("--root", help="storage root (instead of --config)")
-    parser.add_argument("--study", help="study name (with --root)")
 
 
 def run_analysis(root: str, study: str) -> dict:

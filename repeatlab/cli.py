@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -38,16 +39,11 @@ COMMANDS = (
     "archive",
     "run",
     "compile",
+    "submit",
+    "schedule",
 )
 # Commands whose arguments their own module still parses: name -> (module, function, one-line help).
-DELEGATED: dict[str, tuple[str, str, str]] = {
-    "submit": ("repeatlab.kfp_client", "cli_submit", "submit a study to a Kubeflow Pipelines API"),
-    "schedule": (
-        "repeatlab.kfp_client",
-        "cli_schedule",
-        "create a recurring run of a study on a Kubeflow Pipelines API",
-    ),
-}
+DELEGATED: dict[str, tuple[str, str, str]] = {}
 
 
 def _dump(data: Any) -> None:
@@ -315,7 +311,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from repeatlab import layout, steps, storage
     from repeatlab.analyze import analyze_study, corpus_manifests, load_records
-    from repeatlab.report import write_report
+    from repeatlab.report import answer_lines, write_report
 
     root, study = resolve_study(args)
     folder = layout.Study(layout.study_url(root, study))
@@ -328,8 +324,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         storage.write_json(folder.analysis, analysis)
     paths = write_report(analysis, records, args.out or folder.report, steps.report_title(study))
-    for line in analysis["findings"][:6]:
-        print(line)
+    for line in answer_lines(analysis):  # the report's first screen
+        print(f"- {line}")
     print(f"wrote {paths['index.html']}, {paths['report.md']}, {paths['results.csv']}")
     return 0
 
@@ -425,8 +421,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from repeatlab.runner import run_local
 
-    result = run_local(cfg, pipeline_root=args.pipeline_root, log=_info)
+    # --verbose also shows every task's KFP output (always kept in <pipeline root>/logs/)
+    result = run_local(cfg, pipeline_root=args.pipeline_root, verbose=bool(args.verbose))
     print(f"study {cfg.name} finished in {result['seconds']:.0f} s")
+    for line in result["answer"]:
+        print(f"- {line}")
     print(f"report: {result['report']}")
     return 0
 
@@ -440,11 +439,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args.config) if args.config else None
     if args.output:
-        print(compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest))
+        print(compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest, fan_in=args.fan_in))
         return 0
     with tempfile.TemporaryDirectory(prefix="repeatlab-compile-") as folder:
         path = compile_pipeline(
-            os.path.join(folder, "pipeline.yaml"), cfg, kubernetes_manifest=args.kubernetes_manifest
+            os.path.join(folder, "pipeline.yaml"),
+            cfg,
+            kubernetes_manifest=args.kubernetes_manifest,
+            fan_in=args.fan_in,
         )
         with open(path, encoding="utf-8") as fh:
             sys.stdout.write(fh.read())
@@ -655,6 +657,7 @@ def _add_pipeline(sub: Any) -> None:
     p.add_argument("--host", help="a Kubeflow Pipelines API to submit to instead (as `repeatlab submit`)")
     p.add_argument("--root", default=None, help="override storage.root (file://, s3://, gs://)")
     p.add_argument("--pipeline-root", default=None, help="local folder for KFP's step artifacts")
+    # -v/--verbose (from LOGGING) also shows every task's KFP output; it is always in <pipeline root>/logs/
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser(
         "compile",
@@ -670,7 +673,134 @@ def _add_pipeline(sub: Any) -> None:
         action="store_true",
         help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML",
     )
+    p.add_argument(
+        "--fan-in",
+        choices=("collected", "storage"),
+        default="collected",
+        help="how analyze gets the loop's evaluations: 'collected' (dsl.Collected, connected lineage; KFP backends "
+        ">= 2.14) or 'storage' (after the loop, from storage; backends 2.4.1-2.13)",
+    )
     p.set_defaults(handler=cmd_compile)
+
+
+def _kfp_args(p: argparse.ArgumentParser) -> None:
+    from repeatlab import kfp_client as k
+
+    p.add_argument(
+        "--host",
+        default=os.environ.get(k.HOST_ENV),
+        help=f"KFP API URL, e.g. http://ml-pipeline.kubeflow:8888 (default: ${k.HOST_ENV})",
+    )
+    p.add_argument("--config", required=True, help="study YAML (any storage URL)")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help=f"file holding a bearer token (default: {k.SA_TOKEN_PATH} when it exists, else none)",
+    )
+    p.add_argument("--experiment", default=None, help="experiment name (default: the study name)")
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get(k.NAMESPACE_ENV) or None,
+        help=f"KFP user namespace in multi-user mode (default: ${k.NAMESPACE_ENV})",
+    )
+    p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
+    p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
+    p.add_argument(
+        "--fan-in",
+        choices=("collected", "storage"),
+        default="collected",
+        help="'collected' (connected lineage; KFP backends >= 2.14) or 'storage' (backends 2.4.1-2.13)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help=f"seconds the whole command may take (default: $REPEATLAB_KFP_DEADLINE_S or {k.DEADLINE_S:.0f})",
+    )
+
+
+def _kfp_common(args: argparse.Namespace) -> dict[str, Any]:
+    """The host, study and token of a submit/schedule, and the options they share."""
+    from repeatlab import config as config_lib
+    from repeatlab import kfp_client
+
+    host = kfp_client.normalize_host(args.host)
+    cfg = config_lib.load(args.config)
+    return {
+        "cfg": cfg,
+        "host": host,
+        "token": kfp_client.read_token(args.token_file),
+        "experiment": args.experiment,
+        "package_path": args.package,
+        "namespace": args.namespace,
+        "service_account": args.service_account,
+        "deadline_s": args.deadline,
+        "fan_in": args.fan_in,
+    }
+
+
+def _print_version(out: dict[str, Any]) -> None:
+    print(
+        f"pipeline: {out['pipeline']} ({out['pipeline_id']}), version {out['version']} ({out['version_id']}, "
+        + ("reused)" if out["reused"] else "uploaded)")
+    )
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from repeatlab import kfp_client
+
+    out = kfp_client.submit(run_name=args.run_name, **_kfp_common(args))
+    print(f"run_id: {out['run_id']}")
+    print(f"run_name: {out['run_name']}")
+    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
+    _print_version(out)
+    print(f"url: {out['url']}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from repeatlab import kfp_client
+
+    cron = kfp_client.validate_cron(args.cron)  # before loading anything: the commonest mistake
+    out = kfp_client.schedule(
+        cron=cron,
+        job_name=args.job_name,
+        max_concurrency=args.max_concurrency,
+        no_catchup=not args.catchup,
+        **_kfp_common(args),
+    )
+    print(f"recurring_run_id: {out['recurring_run_id']}")
+    print(f"job_name: {out['job_name']}")
+    print(f"cron: {out['cron']}")
+    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
+    _print_version(out)
+    print(f"url: {out['url']}")
+    return 0
+
+
+def _add_kfp(sub: Any) -> None:
+    p = sub.add_parser(
+        "submit",
+        parents=[LOGGING],
+        help="submit a study to a Kubeflow Pipelines API",
+        description="Submit a study to a Kubeflow Pipelines API: its pipeline version (uploaded when "
+        "new), run in the experiment named after the study.",
+    )
+    _kfp_args(p)
+    p.add_argument("--run-name", default=None, help="run name (default: <study>-<UTC timestamp>)")
+    p.set_defaults(handler=cmd_submit)
+    p = sub.add_parser(
+        "schedule",
+        parents=[LOGGING],
+        help="create a recurring run of a study on a Kubeflow Pipelines API",
+        description="Create a recurring run of a study's pipeline version.",
+    )
+    _kfp_args(p)
+    p.add_argument("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'")
+    p.add_argument("--job-name", default=None, help="recurring run name (default: <study>-scheduled)")
+    p.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once (default 1)")
+    p.add_argument("--catchup", action="store_true", help="backfill missed intervals (default: only the latest)")
+    p.set_defaults(handler=cmd_schedule)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -687,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steps(sub)
     _add_results(sub)
     _add_pipeline(sub)
+    _add_kfp(sub)
     for name, (_, _, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)  # listed here; parsed by its module
     return parser

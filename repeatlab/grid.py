@@ -171,7 +171,7 @@ def plan_grid(cfg: StudyConfig, manifest: dict, corpus_url: str) -> list[dict]:
     study = layout.Study(study_url(root, cfg.name))
     storage.write_text(study.config, cfg.to_yaml())
     StudyPoints.from_json(points).write(study.points)
-    storage.write_json(storage.join(study.url, "packs.json"), study_packs(cfg, points))
+    storage.write_json(study.packs, study_packs(cfg, points))
     return points
 
 

@@ -7,6 +7,13 @@ running `repeatlab submit` with the pod's projected service-account token. The p
     repeatlab submit   --host URL --config study.yaml [--token-file F] [--experiment NAME] [--run-name NAME]
     repeatlab schedule --host URL --config study.yaml --cron '0 0 3 * * *' [--token-file F] [--job-name NAME]
 
+Pipelines and versions: the compiled pipeline is uploaded as a version of the pipeline named after the study (created
+empty the first time through the v2beta1 CreatePipeline call, so every version is named the same way); the version's
+name is the content hash of the compiled spec (`sha256-<16 hex>`), so an unchanged study reuses its version and a
+changed one (config, cluster settings, repeatlab or kfp version) adds one. Runs and recurring runs reference that
+version (`pipeline_version_reference`) inside the experiment named after the study: the Pipelines page lists the study
+with its versions to compare, and the CronJob (which runs `repeatlab submit`) reuses the same version.
+
 Tokens: `--token-file`, else the projected KFP service-account token (KF_PIPELINES_SA_TOKEN_PATH, default
 /var/run/secrets/kubeflow/pipelines/token) when it exists, else none. A token is sent as `Authorization: Bearer ...`
 and is never printed or logged.
@@ -21,9 +28,9 @@ cron would be read shifted by one field, so it is rejected with the 6-field spel
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -88,6 +95,25 @@ def _cron_value(text: str, low: int, high: int, names: list[str] | None, where: 
     return value
 
 
+def _check_cron_part(part: str, where: str, low: int, high: int, names: list[str] | None, cron: str) -> None:
+    """One comma-separated part of a cron field: '?', '*', a value or a range, each with an optional '/step'."""
+    if part == "?":
+        if where not in ("day of month", "day of week"):
+            raise ConfigError(f"--cron {cron!r}: {where}: '?' is only allowed for day of month or day of week")
+        return
+    base, slash, step = part.partition("/")
+    if slash and (not step.isdigit() or int(step) < 1):
+        raise ConfigError(f"--cron {cron!r}: {where}: step {step!r} in {part!r} must be a positive integer")
+    if base in ("*", "?"):
+        return
+    lo_text, dash, hi_text = base.partition("-")
+    lo = _cron_value(lo_text, low, high, names, where, cron)
+    if dash:
+        hi = _cron_value(hi_text, low, high, names, where, cron)
+        if hi < lo:
+            raise ConfigError(f"--cron {cron!r}: {where}: range {base!r} ends before it starts")
+
+
 def validate_cron(cron: str) -> str:
     """Check a KFP (robfig/cron, 6 fields with seconds) cron expression; returns it normalized (single spaces)."""
     if not isinstance(cron, str) or not cron.strip():
@@ -112,21 +138,7 @@ def validate_cron(cron: str) -> str:
             raise ConfigError(f"--cron {cron!r}: {where} field {field_text!r} has characters other than digits, "
                               "names, '*', '?', ',', '-', '/'")
         for part in field_text.split(","):
-            if part == "?":
-                if where not in ("day of month", "day of week"):
-                    raise ConfigError(f"--cron {cron!r}: {where}: '?' is only allowed for day of month or day of week")
-                continue
-            base, _, step = part.partition("/")
-            if _ and (not step.isdigit() or int(step) < 1):
-                raise ConfigError(f"--cron {cron!r}: {where}: step {step!r} in {part!r} must be a positive integer")
-            if base in ("*", "?"):
-                continue
-            lo_text, dash, hi_text = base.partition("-")
-            lo = _cron_value(lo_text, low, high, names, where, cron)
-            if dash:
-                hi = _cron_value(hi_text, low, high, names, where, cron)
-                if hi < lo:
-                    raise ConfigError(f"--cron {cron!r}: {where}: range {base!r} ends before it starts")
+            _check_cron_part(part, where, low, high, names, cron)
     return text
 
 
@@ -157,7 +169,7 @@ def read_token(token_file: str | None) -> str | None:
     return token
 
 
-def _normalize_host(host: str | None) -> str:
+def normalize_host(host: str | None) -> str:
     host = (host or "").strip()
     if not host:
         raise ConfigError(f"--host: no KFP API address given; pass --host URL or set {HOST_ENV}")
@@ -194,7 +206,7 @@ def _api_error(host: str, what: str, exc: BaseException) -> KfpError:
     try:
         from kfp_server_api.exceptions import ApiException
     except ImportError:  # pragma: no cover
-        ApiException = ()  # type: ignore[assignment]
+        ApiException = ()
     if isinstance(exc, ApiException):
         detail = ""
         try:
@@ -230,7 +242,7 @@ def _retryable(exc: BaseException, created: bool) -> bool:
     try:
         from kfp_server_api.exceptions import ApiException
     except ImportError:  # pragma: no cover
-        ApiException = ()  # type: ignore[assignment]
+        ApiException = ()
     if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                         ConnectionRefusedError)):
         return True
@@ -316,7 +328,7 @@ def _kfp_call(host: str, what: str):
     try:
         from kfp_server_api.exceptions import OpenApiException
     except ImportError:  # pragma: no cover
-        OpenApiException = ()  # type: ignore[assignment]
+        OpenApiException = ()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
@@ -350,6 +362,76 @@ def _experiment_id(client, host: str, name: str, description: str, namespace: st
         name=name, description=description or None, namespace=namespace).experiment_id, creates=True)
 
 
+def _by_name(name: str) -> str:
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+
+
+def spec_hash(path: str) -> str:
+    """Content hash of a compiled pipeline: sha256 of its YAML documents as canonical JSON (so formatting and
+    comments do not count), or of the file's bytes for an archive."""
+    import yaml
+
+    if path.endswith((".yaml", ".yml")):
+        with open(path, encoding="utf-8") as f:
+            docs = list(yaml.safe_load_all(f))
+        data = json.dumps(docs, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    return hashlib.sha256(data).hexdigest()
+
+
+def version_name(path: str) -> str:
+    """The pipeline version's name: the content hash of the compiled spec (a valid Kubernetes name, too)."""
+    return "sha256-" + spec_hash(path)[:16]
+
+
+def _pipeline_id(client, host: str, name: str, description: str, namespace: str | None) -> str:
+    """The id of the pipeline named `name`, created empty (no version) when missing."""
+    import kfp_server_api
+    from kfp_server_api.exceptions import ApiException
+
+    def lookup() -> str | None:
+        found = client.list_pipelines(filter=_by_name(name), page_size=2, namespace=namespace).pipelines or []
+        return found[0].pipeline_id if found else None
+
+    pipeline_id = _bounded(host, f"looking up pipeline {name!r}", lookup)
+    if pipeline_id:
+        return pipeline_id
+    body = kfp_server_api.V2beta1Pipeline(display_name=name, description=description or None, namespace=namespace)
+
+    def create() -> str:
+        try:
+            return client._pipelines_api.pipeline_service_create_pipeline(pipeline=body).pipeline_id
+        except ApiException as exc:
+            if exc.status != 409:  # 409: created meanwhile by another submit: use that one
+                raise
+            return lookup() or ""
+
+    return _bounded(host, f"creating pipeline {name!r}", create, creates=True)
+
+
+def ensure_pipeline_version(client, host: str, pipeline: str, description: str, path: str,
+                            namespace: str | None) -> dict:
+    """The pipeline version of this compiled spec: reused when a version of that name exists, else uploaded.
+    Returns {pipeline_id, version_id, version, pipeline, reused}."""
+    pipeline_id = _pipeline_id(client, host, pipeline, description, namespace)
+    name = version_name(path)
+    existing = _bounded(host, f"looking up version {name!r} of pipeline {pipeline!r}", lambda: client.
+                        list_pipeline_versions(pipeline_id=pipeline_id, page_size=2, filter=_by_name(name)))
+    versions = existing.pipeline_versions or []
+    if versions:
+        version_id, reused = versions[0].pipeline_version_id, True
+    else:
+        version_id = _bounded(host, f"uploading version {name!r} of pipeline {pipeline!r}", lambda: client.
+                              upload_pipeline_version(path, name, pipeline_id=pipeline_id,
+                                                      description=description or None).pipeline_version_id,
+                              creates=True)
+        reused = False
+    return {"pipeline": pipeline, "pipeline_id": pipeline_id, "version": name, "version_id": version_id,
+            "reused": reused}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The pipeline package and its parameter
 
@@ -361,12 +443,12 @@ def study_parameter(cfg: StudyConfig) -> str:
     return to_json() if to_json else json.dumps(cfg.to_dict(), separators=(",", ":"))
 
 
-def _compile_package(directory: str, cfg: StudyConfig) -> str:
+def _compile_package(directory: str, cfg: StudyConfig, fan_in: str = "collected") -> str:
     """Compile the study's pipeline (its cluster settings shape the DAG: images, accelerators, parallelism)."""
     from repeatlab.kfp_pipeline import compile_pipeline
 
     path = os.path.join(directory, "pipeline.yaml")
-    return compile_pipeline(path, cfg) or path
+    return compile_pipeline(path, cfg, fan_in=fan_in) or path
 
 
 def run_parameters(cfg: StudyConfig, path: str) -> dict:
@@ -406,13 +488,13 @@ def _check_package(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _package(package_path: str | None, cfg: StudyConfig):
+def _package(package_path: str | None, cfg: StudyConfig, fan_in: str = "collected"):
     if package_path:
         _check_package(package_path)
         yield package_path
         return
     with tempfile.TemporaryDirectory(prefix="repeatlab-kfp-") as tmp:
-        path = _compile_package(tmp, cfg)
+        path = _compile_package(tmp, cfg, fan_in)
         _check_package(path)
         yield path
 
@@ -435,28 +517,32 @@ def _utc_stamp() -> str:
 
 def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, experiment: str | None = None,
            run_name: str | None = None, package_path: str | None = None, namespace: str | None = None,
-           service_account: str | None = None, deadline_s: float | None = None) -> dict:
-    """Start one run of the study pipeline; returns {run_id, experiment_id, run_name, url}."""
+           service_account: str | None = None, deadline_s: float | None = None, fan_in: str = "collected") -> dict:
+    """Start one run of the study pipeline from its pipeline version (uploaded when new); returns {run_id,
+    experiment_id, experiment, run_name, url, pipeline, pipeline_id, version, version_id, reused}."""
     check_for_cluster(cfg)  # before anything is compiled or sent
     _start_deadline(deadline_s)
-    host = _normalize_host(host)
+    host = normalize_host(host)
     experiment = experiment or cfg.name
     run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
-    with _package(package_path, cfg) as path:
+    with _package(package_path, cfg, fan_in) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
+        version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
         run = _bounded(host, f"creating run {run_name!r}", lambda: client.run_pipeline(
-            experiment_id=experiment_id, job_name=run_name, pipeline_package_path=path,
-            params=run_parameters(cfg, path), service_account=service_account), creates=True)
+            experiment_id=experiment_id, job_name=run_name, pipeline_id=version["pipeline_id"],
+            version_id=version["version_id"], params=run_parameters(cfg, path), service_account=service_account),
+            creates=True)
     return {"run_id": run.run_id, "experiment_id": experiment_id, "experiment": experiment, "run_name": run_name,
-            "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}"}
+            "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}", **version}
 
 
 def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None = None,
              experiment: str | None = None, job_name: str | None = None, max_concurrency: int = 1,
              no_catchup: bool = True, package_path: str | None = None, namespace: str | None = None,
-             service_account: str | None = None, deadline_s: float | None = None) -> dict:
-    """Create a recurring run of the study; returns {recurring_run_id, experiment_id, job_name, cron, url}.
+             service_account: str | None = None, deadline_s: float | None = None, fan_in: str = "collected") -> dict:
+    """Create a recurring run of the study's pipeline version (uploaded when new); returns {recurring_run_id,
+    experiment_id, job_name, cron, url, pipeline, pipeline_id, version, version_id, reused}.
 
     Refuses to create a second recurring run with the same name in the experiment (a retried Job would otherwise
     schedule the study twice).
@@ -466,10 +552,10 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     check_for_cluster(cfg)
     if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or not 1 <= max_concurrency <= 10:
         raise ConfigError(f"--max-concurrency {max_concurrency!r}: an integer in [1, 10] (KFP's limit)")
-    host = _normalize_host(host)
+    host = normalize_host(host)
     experiment = experiment or cfg.name
     job_name = job_name or f"{cfg.name}-scheduled"
-    with _package(package_path, cfg) as path:
+    with _package(package_path, cfg, fan_in) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
         existing = _bounded(host, f"listing recurring runs of experiment {experiment!r}",
@@ -481,77 +567,12 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
             if rr.display_name == job_name:
                 raise KfpError(f"recurring run {job_name!r} exists already in experiment {experiment!r} "
                                f"(id {rr.recurring_run_id}); pass another --job-name or delete it first")
+        version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
         rr = _bounded(host, f"creating recurring run {job_name!r}", lambda: client.create_recurring_run(
             experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
             cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-            params=run_parameters(cfg, path), pipeline_package_path=path, enabled=True,
-            service_account=service_account), creates=True)
+            params=run_parameters(cfg, path), pipeline_id=version["pipeline_id"], version_id=version["version_id"],
+            enabled=True, service_account=service_account), creates=True)
     return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
             "job_name": job_name, "cron": cron,
-            "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}"}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--host", default=os.environ.get(HOST_ENV),
-                   help=f"KFP API URL, e.g. http://ml-pipeline.kubeflow:8888 (default: ${HOST_ENV})")
-    p.add_argument("--config", required=True, help="study YAML (any storage URL)")
-    p.add_argument("--token-file", default=None,
-                   help=f"file holding a bearer token (default: {SA_TOKEN_PATH} when it exists, else none)")
-    p.add_argument("--experiment", default=None, help="experiment name (default: the study name)")
-    p.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV) or None,
-                   help=f"KFP user namespace in multi-user mode (default: ${NAMESPACE_ENV})")
-    p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
-    p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
-    p.add_argument("--deadline", type=float, default=None,
-                   help=f"seconds the whole command may take (default: $REPEATLAB_KFP_DEADLINE_S or {DEADLINE_S:.0f})")
-    return p
-
-
-def _load(args) -> tuple[StudyConfig, str | None]:
-    from repeatlab import config
-
-    host = _normalize_host(args.host)
-    cfg = config.load(args.config)
-    return cfg, host
-
-
-def cli_submit(argv: list[str]) -> int:
-    p = _common_parser("repeatlab submit", "Submit a study to a Kubeflow Pipelines API.")
-    p.add_argument("--run-name", default=None, help="run name (default: <study>-<UTC timestamp>)")
-    args = p.parse_args(argv)
-    cfg, host = _load(args)
-    token = read_token(args.token_file)
-    out = submit(cfg, host, token=token, experiment=args.experiment, run_name=args.run_name,
-                 package_path=args.package, namespace=args.namespace, service_account=args.service_account,
-                 deadline_s=args.deadline)
-    print(f"run_id: {out['run_id']}")
-    print(f"run_name: {out['run_name']}")
-    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
-    print(f"url: {out['url']}")
-    return 0
-
-
-def cli_schedule(argv: list[str]) -> int:
-    p = _common_parser("repeatlab schedule", "Create a recurring run of a study on a Kubeflow Pipelines API.")
-    p.add_argument("--cron", required=True, help="KFP cron, 6 fields with seconds first, e.g. '0 0 3 * * *'")
-    p.add_argument("--job-name", default=None, help="recurring run name (default: <study>-scheduled)")
-    p.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once (default 1)")
-    p.add_argument("--catchup", action="store_true", help="backfill missed intervals (default: only the latest)")
-    args = p.parse_args(argv)
-    cron = validate_cron(args.cron)  # before loading anything: the commonest mistake
-    cfg, host = _load(args)
-    token = read_token(args.token_file)
-    out = schedule(cfg, host, cron, token=token, experiment=args.experiment, job_name=args.job_name,
-                   max_concurrency=args.max_concurrency, no_catchup=not args.catchup, package_path=args.package,
-                   namespace=args.namespace, service_account=args.service_account, deadline_s=args.deadline)
-    print(f"recurring_run_id: {out['recurring_run_id']}")
-    print(f"job_name: {out['job_name']}")
-    print(f"cron: {out['cron']}")
-    print(f"experiment: {out['experiment']} ({out['experiment_id']})")
-    print(f"url: {out['url']}")
-    return 0
+            "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}", **version}

@@ -10,9 +10,7 @@ review: run `make compile` after changing a component or the pipeline.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 from repeatlab import config as config_lib
 from repeatlab.config import StudyConfig
@@ -33,35 +31,25 @@ def default_config_path() -> str:
 
 
 def compile_pipeline(package_path: str, cfg: StudyConfig | None = None, *, kubernetes_manifest: bool = False,
-                     pipeline_display_name: str | None = None) -> str:
-    """Compile the pipeline for a study (default: paper-small) to `package_path`; returns the path."""
+                     pipeline_display_name: str | None = None, fan_in: str = "collected") -> str:
+    """Compile the pipeline for a study (default: paper-small) to `package_path`; returns the path.
+
+    fan_in: "collected" (KFP backends >= 2.14) or "storage" (2.4.1 to 2.13); see pipelines/repetition_grid.py."""
     from kfp import compiler
 
     from repeatlab.pipelines.repetition_grid import build_pipeline
 
     cfg = cfg or config_lib.check_for_cluster(config_lib.load(default_config_path()))
-    pipeline = build_pipeline(cfg)
+    pipeline = build_pipeline(cfg, fan_in=fan_in)
     kwargs = {}
     if kubernetes_manifest:
         from kfp.compiler.compiler_utils import KubernetesManifestOptions
 
         kwargs = {"kubernetes_manifest_format": True, "kubernetes_manifest_options": KubernetesManifestOptions(
-            pipeline_name=f"repeatlab-{cfg.name}", pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
+            pipeline_name=f"repeatlab-{cfg.name}",
+            pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
             pipeline_version_name=f"repeatlab-{cfg.name}-v1", namespace="repeatlab", include_pipeline_manifest=True)}
     os.makedirs(os.path.dirname(os.path.abspath(package_path)), exist_ok=True)
     compiler.Compiler().compile(pipeline, package_path=package_path,
                                 pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}", **kwargs)
     return package_path
-
-
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab compile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help=f"study YAML (default: pipelines/configs/{DEFAULT_CONFIG_NAME})")
-    parser.add_argument("--output", default=GOLDEN, help="where to write the pipeline YAML")
-    parser.add_argument("--kubernetes-manifest", action="store_true",
-                        help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML")
-    args = parser.parse_args(argv)
-    cfg = config_lib.load(args.config) if args.config else None
-    path = compile_pipeline(args.output, cfg, kubernetes_manifest=args.kubernetes_manifest)
-    print(path, file=sys.stdout)
-    return 0

@@ -176,6 +176,10 @@ class Study:
         return storage.join(self.url, POINTS)
 
     @property
+    def packs(self) -> str:
+        return storage.join(self.url, "packs.json")
+
+    @property
     def analysis(self) -> str:
         return storage.join(self.url, "analysis.json")
 

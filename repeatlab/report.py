@@ -1,4 +1,9 @@
-"""The study report: one self-contained HTML page (figures as embedded PNGs), Markdown with PNGs beside it, and a CSV.
+"""The study report: one self-contained HTML page and Markdown (figures as embedded PNGs, data URIs), and a CSV.
+
+The first screen is the answer in words (`answer_lines`: where repetition hurts, how much, for which sizes), then
+the figures, each with a one-sentence caption of what to see, then the detailed findings, warnings and tables. The
+Markdown inlines its figures as data URIs so the Kubeflow UI renders it from the artifact alone; the PNGs are also
+written beside it.
 
 Every sentence with a number is computed from the analysis (repeatlab.analyze.findings); figures come from the analysis
 and from the eval records (heads, per-copy losses, learning curves). A figure whose data is absent is replaced by a
@@ -8,7 +13,6 @@ failure while rendering leaves the previous report untouched and a reader never 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -28,11 +32,14 @@ FIGURES = ["loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_cu
            "per_copy_loss", "region"]
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.table{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f4f4f4}figure{margin:1.5em 0}img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:.9em}.note{background:#fff7e0;border-left:4px solid #e0a800;padding:.5em 1em;
 margin:1em 0}.partial{background:#fde8e8;border-left:4px solid #c00;padding:.5em 1em;font-weight:bold}
-code{background:#f4f4f4;padding:0 .2em}"""
+code{background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}li,p{overflow-wrap:anywhere}
+.answer{background:#eef6ee;border-left:4px solid #2a7a2a;padding:.4em 1em;font-size:1.05em}
+.answer p{margin:.4em 0}"""
 
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
@@ -103,7 +110,7 @@ def _fig_loss_vs_epochs(analysis, records, colors):
                 if se:  # where a one-seed point is within 3 standard errors of the baseline: not significant
                     ax.axhspan(mean - 3 * se, mean + 3 * se, color=colors[size], alpha=0.12, lw=0)
         ax.set(xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)",
-               title=f"f = {f:g} (dashed: f = 0 baseline; band: +-3 standard errors)")
+               title=f"f = {f:g}")  # the caption says what the dashed line and the band are
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -273,6 +280,25 @@ def _fig_region(analysis, records, colors):
             ax.legend(fontsize=7)
     return _png(fig), None
 
+
+# One sentence per figure: what a reader should look at.
+FIGURE_WHAT_TO_SEE = {
+    "loss_vs_epochs": "Each line is one model size at one repeated fraction: a bump above its f = 0 baseline (dashed; "
+                      "the band is +-3 standard errors) is the damage, and where it peaks along E is where repetition "
+                      "hurts most.",
+    "multiplier_heatmap": "Each cell is N / N_eff at one (N, E): a value above 1 means the model performs like one "
+                          "that many times smaller trained on unique data.",
+    "repeated_loss": "Loss on the repeated subset falls as E grows: low values mean the model has memorized the "
+                     "repeated data.",
+    "learning_curves": "Test loss during training at the highest repeated fraction: a curve that rises mid-training "
+                       "is the repeated data starting to hurt.",
+    "prefix_heads": "Induction heads score high here: compare the baseline (left) with the worst point (right) to see "
+                    "whether repetition weakened them.",
+    "per_copy_loss": "The loss should fall after the first copy of a paragraph (copying in context): a flatter line at "
+                     "the worst point means copying was damaged.",
+    "region": "For each size the bar spans the E range where the damage is at least half its peak (star: the worst "
+              "E); the lines are the region's fitted edges across sizes.",
+}
 
 FIGURE_SPECS = {
     "loss_vs_epochs": ("Test loss vs repeated epochs E, per model size", _fig_loss_vs_epochs),
@@ -459,8 +485,77 @@ def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return tables
 
 
-def html_figures_and_tables(captions: dict[str, str], figures: dict, tables: list) -> list[str]:
-    """The Figures and Tables sections of a report page (shared by the study and the audit report)."""
+def _n(n: float) -> str:
+    return f"{n:.3g}"
+
+
+def _span(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:g}" if low == high else f"{low:g} to {high:g}"
+
+
+def _fraction_sentence(fraction: float, rows: list[dict], region: dict | None) -> str:
+    """One f: at which sizes the damage is significant, how large, at which E, and the region's E range."""
+    hurt = [r for r in rows if r.get("significant")]
+    sizes = sorted({r["n_params"] for r in rows})
+    head = f"When {fraction:.0%} of the training tokens are repeats (f = {fraction:g})"
+    if not hurt:
+        worst = max(rows, key=lambda r: r["damage"])
+        noise = (f" ({worst['z']:.1f} standard errors: below the 3 that tell damage from run-to-run noise)"
+                 if worst.get("z") is not None else " (no noise estimate: add seeds to judge it)")
+        return (f"{head}, no model size (N = {', '.join(map(_n, sizes))}) is measurably hurt: the largest damage is "
+                f"{worst['damage']:+.3f} nats of test loss at N = {_n(worst['n_params'])}, E = {worst['epochs']:g}"
+                f"{noise}.")
+    damages = [r["damage"] for r in hurt]
+    text = (f"{head}, repetition hurts {len(hurt)} of {len(sizes)} model sizes (N = "
+            f"{', '.join(_n(r['n_params']) for r in sorted(hurt, key=lambda r: r['n_params']))}): test loss is "
+            f"{_span([round(d, 3) for d in damages])} nats worse than training on unique data, worst when "
+            f"the repeated data is seen E = {_span([r['epochs'] for r in hurt])} times")
+    spared = [r for r in rows if not r.get("significant")]
+    if spared:
+        text += f"; not measurably at N = {', '.join(_n(r['n_params']) for r in spared)}"
+    edges = [(m["left"], m["right"]) for m in (region or {}).get("per_model") or []
+             if m.get("significant") and m.get("left") is not None and m.get("right") is not None]
+    if edges:
+        text += (f"; the damage is at least half its peak for E between about {min(e[0] for e in edges):.0f} and "
+                 f"{max(e[1] for e in edges):.0f}")
+    return text + "."
+
+
+def answer_lines(analysis: dict) -> list[str]:
+    """The study's answer in a few sentences a reader understands without the paper: where repetition hurts (which
+    fraction f and how many repeats E), how much (nats of test loss against the f = 0 baseline of the same size,
+    with significance at 3 standard errors), and for which model sizes. Empty when nothing can be said."""
+    rows = [r for r in (analysis.get("worst") or {}).get("test_loss") or [] if r.get("damage") is not None]
+    if not rows:
+        return ["No damage can be measured: the study has no f = 0 baseline runs to compare the repeated runs with."]
+    regions = {r["fraction"]: r for r in analysis.get("regions") or [] if r.get("metric", "test_loss") == "test_loss"}
+    lines = [_fraction_sentence(f, [r for r in rows if r["fraction"] == f], regions.get(f))
+             for f in sorted({r["fraction"] for r in rows})]
+    hurt = [r for r in rows if r.get("significant")]
+    if hurt:
+        worst = max(hurt, key=lambda r: r["damage"])
+        lines.append(f"The largest damage: {worst['damage']:+.3f} nats at N = {_n(worst['n_params'])}, "
+                     f"f = {worst['fraction']:g}, E = {worst['epochs']:g}"
+                     + (f" ({worst['z']:.0f} standard errors)." if worst.get("z") is not None else "."))
+    if analysis["summary"].get("partial"):
+        lines.append(f"Partial: {analysis['summary']['missing_points']} of {analysis['summary']['expected_points']} "
+                     "points have no results yet; the answer may change.")
+    return lines
+
+
+ANSWER_NOTE = ("Damage is the increase in test loss (nats per token) over a model of the same size trained on the "
+               "same number of unique tokens (f = 0); it counts as measured only beyond 3 standard errors of the "
+               "run-to-run noise.")
+
+
+def figure_captions() -> dict[str, str]:
+    """Figure id -> its caption: the title, then one sentence of what to see."""
+    return {fid: f"{FIGURE_SPECS[fid][0]}. {FIGURE_WHAT_TO_SEE[fid]}" for fid in FIGURES}
+
+
+def html_figures(captions: dict[str, str], figures: dict) -> list[str]:
+    """The Figures section of a report page: each figure embedded, with its caption (or why it was skipped)."""
     e = html.escape
     parts = ['<h2 id="figures">Figures</h2>']
     for fid, caption in captions.items():
@@ -472,22 +567,42 @@ def html_figures_and_tables(captions: dict[str, str], figures: dict, tables: lis
         else:
             parts.append(f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
                          f"{e(reason or 'no data')}.</div>")
-    parts.append('<h2 id="tables">Tables</h2>')
-    for name, header, rows in tables:
-        parts.append(f"<h3>{e(name)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
     return parts
 
 
-def markdown_figures_and_tables(captions: dict[str, str], figures: dict, tables: list) -> list[str]:
-    """The Figures and Tables sections in Markdown (figures as fig-<id>.png beside report.md)."""
+def html_tables(tables: list) -> list[str]:
+    """The Tables section; each table scrolls inside its own box on a narrow screen, never the page."""
+    e = html.escape
+    parts = ['<h2 id="tables">Tables</h2>']
+    for name, header, rows in tables:
+        parts.append(f'<h3>{e(name)}</h3><div class="table"><table><tr>'
+                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table></div>")
+    return parts
+
+
+def html_figures_and_tables(captions: dict[str, str], figures: dict, tables: list) -> list[str]:
+    """The Figures and Tables sections of a report page (shared by the study and the audit report)."""
+    return html_figures(captions, figures) + html_tables(tables)
+
+
+def markdown_figures(captions: dict[str, str], figures: dict) -> list[str]:
+    """The Figures section in Markdown, each figure inlined as a data URI (the Kubeflow UI renders a Markdown
+    artifact on its own: a relative link to fig-<id>.png would not resolve there), its caption below it."""
     lines = ["## Figures", ""]
     for fid, caption in captions.items():
         png, reason = figures[fid]
-        lines += [f"![{caption}](fig-{fid}.png)" if png else f"> **{caption}**: figure skipped: {reason or 'no data'}.",
-                  ""]
-    lines += ["## Tables", ""]
+        if png:
+            data = base64.b64encode(png).decode("ascii")
+            lines += [f"![{caption.split('. ')[0]}](data:image/png;base64,{data})", "", f"*{caption}*", ""]
+        else:
+            lines += [f"> **{caption}**: figure skipped: {reason or 'no data'}.", ""]
+    return lines
+
+
+def markdown_tables(tables: list) -> list[str]:
+    lines = ["## Tables", ""]
     for name, header, rows in tables:
         lines += [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -495,14 +610,25 @@ def markdown_figures_and_tables(captions: dict[str, str], figures: dict, tables:
     return lines
 
 
+def markdown_figures_and_tables(captions: dict[str, str], figures: dict, tables: list) -> list[str]:
+    """The Figures and Tables sections in Markdown (shared by the study and the audit report)."""
+    return markdown_figures(captions, figures) + markdown_tables(tables)
+
+
 def _html(analysis: dict, figures: dict, title: str) -> str:
+    """Title, the answer in words, the figures with captions; then findings, warnings and tables."""
     e = html.escape
     s = analysis["summary"]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
     if s["partial"]:
         parts.append(f'<p class="partial" id="partial">Partial results: {s["missing_points"]} of '
                      f'{s["expected_points"]} expected points have no eval.json (listed below).</p>')
+    parts.append('<section class="answer" id="answer"><h2>The answer</h2>')
+    parts += [f"<p>{e(line)}</p>" for line in answer_lines(analysis)]
+    parts.append(f'<p class="how"><small>{e(ANSWER_NOTE)}</small></p></section>')
+    parts += html_figures(figure_captions(), figures)
     parts.append('<h2 id="findings">Findings</h2><ul>')
     parts += [f"<li>{e(line)}</li>" for line in analysis["findings"]]
     parts.append("</ul>")
@@ -510,7 +636,7 @@ def _html(analysis: dict, figures: dict, title: str) -> str:
         parts.append('<h2 id="warnings">Warnings</h2><ul>')
         parts += [f'<li class="warning">{e(w["message"])}</li>' for w in analysis["warnings"]]
         parts.append("</ul>")
-    parts += html_figures_and_tables({fid: FIGURE_SPECS[fid][0] for fid in FIGURES}, figures, _tables(analysis))
+    parts += html_tables(_tables(analysis))
     parts.append(f"<p>Per-run values: <code>results.csv</code>. Made by {e(analysis['created_by'])}.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -522,10 +648,12 @@ def _markdown(analysis: dict, figures: dict, title: str) -> str:
     if s["partial"]:
         lines += [(f"**Partial results: {s['missing_points']} of {s['expected_points']} expected points have no "
                    "eval.json (listed below).**"), ""]
+    lines += ["## The answer", ""] + [f"{line}" + "\n" for line in answer_lines(analysis)] + [f"*{ANSWER_NOTE}*", ""]
+    lines += markdown_figures(figure_captions(), figures)
     lines += ["## Findings", ""] + [f"- {line}" for line in analysis["findings"]] + [""]
     if analysis["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w['message']}" for w in analysis["warnings"]] + [""]
-    lines += markdown_figures_and_tables({fid: FIGURE_SPECS[fid][0] for fid in FIGURES}, figures, _tables(analysis))
+    lines += markdown_tables(_tables(analysis))
     lines.append("Per-run values: `results.csv`.")
     return "\n".join(lines) + "\n"
 
@@ -556,30 +684,3 @@ def write_report(analysis: dict, records: list[dict], out_url: str, title: str) 
     paths["index.html"] = storage.join(out_url, "index.html")
     return {"index.html": paths["index.html"], "report.md": paths["report.md"], "results.csv": paths["results.csv"],
             "figures": {k: v for k, v in paths.items() if k.endswith(".png")}}
-
-
-def cli(argv: list[str]) -> int:
-    from repeatlab import storage
-    from repeatlab.analyze import add_study_args, analyze_study, corpus_manifests, load_records, resolve_study
-    from repeatlab.grid import study_url
-
-    parser = argparse.ArgumentParser(prog="repeatlab report", description=__doc__.split("\n\n")[0])
-    add_study_args(parser)
-    parser.add_argument("--out", help="output folder (default {root}/studies/{study}/report)")
-    parser.add_argument("--reanalyze", action="store_true", help="recompute the analysis even if analysis.json exists")
-    args = parser.parse_args(argv)
-    root, study = resolve_study(args)
-    folder = study_url(root, study)
-    records, _ = load_records(root, study)
-    analysis_url = storage.join(folder, "analysis.json")
-    if storage.exists(analysis_url) and not args.reanalyze:
-        analysis = storage.read_json(analysis_url)
-    else:
-        analysis = analyze_study(records, storage.read_json(storage.join(folder, "points.json")), study=study,
-                                 corpora=corpus_manifests(root, records))
-        storage.write_json(analysis_url, analysis)
-    paths = write_report(analysis, records, args.out or storage.join(folder, "report"), f"repeatlab study {study}")
-    for line in analysis["findings"][:6]:
-        print(line)
-    print(f"wrote {paths['index.html']}, {paths['report.md']}, {paths['results.csv']}")
-    return 0

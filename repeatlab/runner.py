@@ -7,23 +7,31 @@ small step artifacts and must be a local folder (a gs:// pipeline root silently 
 Known local quirks, handled here: loops run at most 2 iterations at a time; ints inside list/dict parameters arrive as
 floats (the grid is passed as run URLs, strings); container components are rejected (training runs torchrun as a
 subprocess of a Python component); kfp-kubernetes settings are ignored.
+
+The terminal shows a study-level progress bar and one line per finished point; the per-task KFP output goes to
+`{pipeline_root}/logs/run-<UTC time>.log` (also to the terminal with --verbose), whose path is printed on failure
+with the failed point, its step and the last lines of its task (repeatlab/progress.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import contextlib
 import dataclasses
+import datetime
+import logging
 import os
 import re
 import sys
 import time
 import warnings
+from typing import TextIO
 
 from repeatlab import config as config_lib
 from repeatlab import storage
 from repeatlab.errors import RepeatlabError
+
+log = logging.getLogger(__name__)
 
 
 class PipelineRunError(RepeatlabError):
@@ -55,64 +63,79 @@ def print_restored():
         builtins.print = original
 
 
-def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, log=print) -> dict:
-    """Run the study through the KFP local runner; returns {status, report, study, seconds}."""
-    import kfp.local
-
-    from repeatlab.grid import study_url
-    from repeatlab.pipelines.repetition_grid import build_pipeline
-
-    # Every step runs in a subprocess whose working folder is not guaranteed: make the storage root absolute.
-    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=storage.normalize_root(cfg.storage.root)))
-    storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
+def _pipeline_root(cfg: config_lib.StudyConfig, pipeline_root: str | None) -> str:
     if pipeline_root is None:
-        base = storage.local_path(cfg.storage.root) if storage.is_local(cfg.storage.root) else os.path.abspath(".repeatlab")
+        local = storage.is_local(cfg.storage.root)
+        base = storage.local_path(cfg.storage.root) if local else os.path.abspath(".repeatlab")
         pipeline_root = os.path.join(base, "kfp-local", cfg.name)
     elif not storage.is_local(pipeline_root):
         raise config_lib.ConfigError(f"--pipeline-root: {pipeline_root!r} is not allowed: the KFP local runner needs "
                                      "a local folder (keep large data at storage.root instead)")
     os.makedirs(pipeline_root, exist_ok=True)
+    return os.path.abspath(pipeline_root)
+
+
+def _failure(cfg: config_lib.StudyConfig, exc: RuntimeError, seconds: float, log_path: str,
+             details: list[str]) -> PipelineRunError:
+    """Log what failed (points, steps, last lines of their tasks); the one-line error names the log file."""
+    failed = re.search(r"Inner task failed: (.*?)\.?$", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
+    task = failed.group(1) if failed else ""
+    for line in details:
+        log.error("%s", line)
+    return PipelineRunError(
+        f"study {cfg.name!r}: the pipeline failed after {seconds:.0f} s" + (f" in {task}" if task else "")
+        + "; " + _rerun_advice(task, cfg.storage.root) + f"; full log: {log_path}")
+
+
+def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, verbose: bool = False,
+              terminal: TextIO | None = None, fan_in: str = "collected") -> dict:
+    """Run the study through the KFP local runner; returns {status, report, study, seconds, pipeline_root, log,
+    answer}. Progress (a tqdm bar on `terminal`, default stderr) and one line per finished point are logged; the
+    tasks' own output goes to the log file (and to `terminal` too when verbose)."""
+    import kfp.local
+
+    from repeatlab import progress
+    from repeatlab.grid import study_url
+    from repeatlab.pipelines.repetition_grid import build_pipeline
+
+    terminal = terminal or sys.stderr
+    # Every step runs in a subprocess whose working folder is not guaranteed: make the storage root absolute.
+    root = storage.normalize_root(cfg.storage.root)
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=root))
+    storage.configure(cfg.storage.options, anonymous=cfg.storage.anonymous)
+    pipeline_root = _pipeline_root(cfg, pipeline_root)
+    log_path = os.path.join(pipeline_root, "logs", f"run-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.log")
     # The local runner warns on every task that its cluster settings (images, limits) are ignored: known, by design.
     warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
                    raise_on_error=True)
-    pipeline = build_pipeline(cfg)
+    pipeline = build_pipeline(cfg, fan_in=fan_in)
     started = time.time()
-    log(f"run: study {cfg.name!r} at {cfg.storage.root} through the KFP local runner (artifacts in {pipeline_root})")
+    log.info("study %r at %s through the KFP local runner; task output: %s", cfg.name, cfg.storage.root, log_path)
     study = study_url(cfg.storage.root, cfg.name)
     report = storage.join(study, "report", "index.html")
-    try:
-        # The local orchestrator lets every submitted loop iteration finish before it reports a failed one, so one
-        # failing point does not stop the others.
-        with print_restored():
-            pipeline(study_config=cfg.to_json())
-    except RuntimeError as exc:
-        failed = re.search(r"Inner task failed: (.*?)\.?$", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
-        task = failed.group(1) if failed else ""
-        raise PipelineRunError(
-            f"study {cfg.name!r}: the pipeline failed after {time.time() - started:.0f} s"
-            + (f" in {task}" if task else "") + "; " + _rerun_advice(task, cfg.storage.root)
-        ) from exc
+    watcher = progress.StudyProgress(cfg.storage.root, cfg.name, pipeline_root, started, terminal)
+    error: RuntimeError | None = None
+    with progress.point_lines_on(terminal), progress.captured_task_output(log_path, verbose, terminal) as (_, watch):
+        try:
+            # The local orchestrator lets every submitted loop iteration finish before it reports a failed one, so
+            # one failing point does not stop the others.
+            with print_restored(), watcher:
+                pipeline(study_config=cfg.to_json())
+        except RuntimeError as exc:
+            error, details = exc, progress.describe_failures(watcher, watch)
+    if error is not None:  # reported once the terminal is the terminal again
+        raise _failure(cfg, error, time.time() - started, log_path, details) from error
     seconds = time.time() - started
     if not storage.exists(report):
-        raise PipelineRunError(f"study {cfg.name!r}: the pipeline finished but wrote no report at {report}")
+        raise PipelineRunError(f"study {cfg.name!r}: the pipeline finished but wrote no report at {report}; "
+                               f"full log: {log_path}")
     return {"status": "SUCCEEDED", "study": study, "report": report, "seconds": round(seconds, 1),
-            "pipeline_root": pipeline_root}
+            "pipeline_root": pipeline_root, "log": log_path, "answer": study_answer(study)}
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="repeatlab run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="study YAML")
-    parser.add_argument("--local", action="store_true", required=True,
-                        help="run through the KFP local runner on this machine (use `repeatlab submit` for a cluster)")
-    parser.add_argument("--root", default=None, help="override storage.root (file://, s3://, gs://)")
-    parser.add_argument("--pipeline-root", default=None, help="local folder for KFP's step artifacts")
-    args = parser.parse_args(argv)
-    cfg = config_lib.load(args.config)
-    if args.root:
-        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=args.root))
-        config_lib.validate(cfg)
-    result = run_local(cfg, pipeline_root=args.pipeline_root, log=lambda m: print(m, file=sys.stderr))
-    print(f"study {cfg.name} finished in {result['seconds']:.0f} s")
-    print(f"report: {result['report']}")
-    return 0
+def study_answer(study: str) -> list[str]:
+    """The report's answer in words, from the study's analysis.json."""
+    from repeatlab.report import answer_lines
+
+    return answer_lines(storage.read_json(storage.join(study, "analysis.json")))

@@ -43,14 +43,17 @@ def test_run_without_local_or_host_runs_locally(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         repeatlab.runner,
         "run_local",
-        lambda cfg, pipeline_root=None, log=None: (
-            calls.append(cfg.name) or {"seconds": 1.0, "report": "file:///r/index.html"}
+        lambda cfg, pipeline_root=None, verbose=False: (
+            calls.append((cfg.name, verbose))
+            or {"seconds": 1.0, "report": "file:///r/index.html", "answer": ["repetition hurts"]}
         ),
     )
     assert main(["run", "--config", str(_study(tmp_path))]) == 0
-    assert calls == ["clitest"]
-    assert main(["run", "--local", "--config", str(_study(tmp_path))]) == 0 and len(calls) == 2
-    assert "report: file:///r/index.html" in capsys.readouterr().out
+    assert calls == [("clitest", False)]
+    assert main(["run", "--local", "--config", str(_study(tmp_path)), "--verbose"]) == 0 and len(calls) == 2
+    assert calls[1] == ("clitest", True)  # --verbose also shows the tasks' KFP output
+    out = capsys.readouterr().out
+    assert "- repetition hurts\nreport: file:///r/index.html" in out
 
 
 def test_compile_writes_stdout_and_leaves_the_golden_file_alone(capsys):

@@ -1,7 +1,10 @@
 """repeatlab submit / schedule against a fake KFP v2beta1 REST API on 127.0.0.1 (a thread; records every request)."""
 
+import email.parser
 import json
 import logging
+import pathlib
+import re
 import socket
 import sys
 import threading
@@ -29,6 +32,8 @@ class FakeKfp:
         self.requests: list[dict] = []
         self.experiments: list[dict] = []
         self.recurring: list[dict] = []
+        self.pipelines: list[dict] = []
+        self.versions: list[dict] = []
         self.status_override = status_override or {}
         self.lock = threading.Lock()
         fake = self
@@ -49,7 +54,11 @@ class FakeKfp:
                 url = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
+                content_type = self.headers.get("Content-Type") or ""
+                if content_type.startswith("multipart/form-data"):
+                    body = {"form": _form_fields(content_type, raw)}
+                else:
+                    body = json.loads(raw) if raw else None
                 with fake.lock:
                     fake.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query),
                                           "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
@@ -81,6 +90,8 @@ class FakeKfp:
                    "description": body.get("description")}
             self.experiments.append(exp)
             return 200, exp
+        if path.startswith("/apis/v2beta1/pipelines"):
+            return self.route_pipelines(method, path, query, body)
         if method == "POST" and path == "/apis/v2beta1/runs":
             return 200, {"run_id": "run-123", "display_name": body["display_name"],
                          "experiment_id": body["experiment_id"], "state": "PENDING"}
@@ -92,6 +103,33 @@ class FakeKfp:
                   "experiment_id": body["experiment_id"], "mode": "ENABLE"}
             self.recurring.append(rr)
             return 200, rr
+        return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
+
+    def route_pipelines(self, method: str, path: str, query: dict, body):
+        def named(items):
+            flt = json.loads(query.get("filter", ["{}"])[0])
+            name = flt["predicates"][0]["stringValue"]
+            return [i for i in items if i["display_name"] == name]
+
+        if path == "/apis/v2beta1/pipelines":
+            if method == "GET":
+                found = named(self.pipelines)
+                return 200, ({"pipelines": found, "total_size": len(found)} if found else {})
+            pipeline = {"pipeline_id": f"pl-{len(self.pipelines) + 1}", "display_name": body["display_name"],
+                        "description": body.get("description"), "namespace": body.get("namespace")}
+            self.pipelines.append(pipeline)
+            return 200, pipeline
+        if path == "/apis/v2beta1/pipelines/upload_version" and method == "POST":
+            version = {"pipeline_version_id": f"pv-{len(self.versions) + 1}", "pipeline_id": query["pipelineid"][0],
+                       "display_name": query["name"][0], "name": query["name"][0],
+                       "spec": body["form"]["uploadfile"]}
+            self.versions.append(version)
+            return 200, {k: v for k, v in version.items() if k != "spec"}
+        listed = re.fullmatch(r"/apis/v2beta1/pipelines/([^/]+)/versions", path)
+        if listed and method == "GET":
+            found = [{k: v for k, v in version.items() if k != "spec"} for version in named(self.versions)
+                     if version["pipeline_id"] == listed.group(1)]
+            return 200, ({"pipeline_versions": found, "total_size": len(found)} if found else {})
         return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
 
     def of(self, method: str, path: str) -> list[dict]:
@@ -107,10 +145,61 @@ class FakeKfp:
         self.thread.join(timeout=5)
 
 
+def _form_fields(content_type: str, raw: bytes) -> dict:
+    message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in message.get_payload()}
+
+
+API_DIR = pathlib.Path(__file__).parent / "data" / "kfp_v2beta1"
+
+
+def _api_definitions() -> tuple[list[tuple[str, re.Pattern, dict]], dict]:
+    """(method, path pattern, operation) of every v2beta1 call, and every schema definition, from the upstream swagger
+    files (tests/data/kfp_v2beta1/README.md). Objects with declared properties get additionalProperties: false, so an
+    undeclared field in a request fails."""
+    operations, definitions = [], {}
+    for path in sorted(API_DIR.glob("*.swagger.json")):
+        doc = json.loads(path.read_text())
+        definitions.update(doc.get("definitions") or {})
+        for template, methods in doc["paths"].items():
+            pattern = re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+            operations += [(method.upper(), pattern, op) for method, op in methods.items()]
+    for schema in definitions.values():
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        for prop in (schema.get("properties") or {}).values():
+            if prop.get("format") in ("int64", "uint64"):  # proto3 JSON: a 64-bit integer is a number or a string
+                prop["type"] = ["string", "integer"]
+    return operations, definitions
+
+
+def check_against_api(request: dict) -> None:
+    """The request is one the v2beta1 API defines: path and method, query names, form fields, JSON body schema."""
+    import jsonschema
+
+    operations, definitions = _api_definitions()
+    matching = [op for method, pattern, op in operations if method == request["method"] and
+                pattern.match(request["path"])]
+    assert matching, f"{request['method']} {request['path']} is not a v2beta1 API call"
+    params = matching[0].get("parameters") or []
+    declared = {p["name"] for p in params if p["in"] == "query"}
+    assert set(request["query"]) <= declared, f"{request['path']}: undeclared query {set(request['query']) - declared}"
+    body = request["body"]
+    if isinstance(body, dict) and "form" in body:
+        fields = {p["name"] for p in params if p["in"] == "formData"}
+        assert set(body["form"]) <= fields, f"{request['path']}: undeclared form fields {set(body['form']) - fields}"
+    elif body is not None:
+        schema = next(p["schema"] for p in params if p["in"] == "body")
+        jsonschema.validate(body, {**schema, "definitions": definitions})
+
+
 @pytest.fixture
 def fake_kfp():
     with FakeKfp() as server:
         yield server
+    for request in server.requests:  # every request any test sent is one the real API defines
+        check_against_api(request)
 
 
 @pytest.fixture(autouse=True)
@@ -126,9 +215,11 @@ def isolated(monkeypatch, tmp_path):
     def pipeline(study_config: str):
         echo(study_config=study_config)
 
-    def compile_pipeline(path, cfg=None):
+    def compile_pipeline(path, cfg=None, fan_in="collected"):
         compiled.append(cfg.name)
-        compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path))
+        # the study is the parameter's default, as in the real pipeline: another study, another spec
+        compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path),
+                                    pipeline_parameters={"study_config": cfg.to_json()})
         return str(path)
 
     compiled: list = []
@@ -180,12 +271,17 @@ def test_submit_creates_experiment_once_and_run_with_study_config(fake_kfp, stud
     assert body["experiment_id"] == "exp-1"
     assert body["display_name"].startswith("upweight-10x-") and len(body["display_name"]) == len("upweight-10x-") + 15
     assert runs[1]["body"]["display_name"] == "again"
-    # the pipeline spec travels inline and declares the parameter; the value is the study YAML
-    assert "study_config" in body["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    # the run references the study's pipeline version (no inline spec); the parameter's value is the study
+    assert "pipeline_spec" not in body
+    assert all(r["body"]["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-1"}
+               for r in runs)
     value = _run_parameters(body)["study_config"]
     assert config.loads(value) == cfg
     assert first == {"run_id": "run-123", "experiment_id": "exp-1", "experiment": "upweight-10x",
-                     "run_name": body["display_name"], "url": f"{fake_kfp.host}/#/runs/details/run-123"}
+                     "run_name": body["display_name"], "url": f"{fake_kfp.host}/#/runs/details/run-123",
+                     "pipeline": "upweight-10x", "pipeline_id": "pl-1", "version": fake_kfp.versions[0]["name"],
+                     "version_id": "pv-1", "reused": False}
+    assert second["reused"] is True
     # no token given, none sent
     assert all("authorization" not in r["headers"] for r in fake_kfp.requests)
 
@@ -292,7 +388,9 @@ def test_schedule_creates_recurring_run(fake_kfp, study, capsys):
     assert body["display_name"] == "upweight-10x-scheduled"
     assert body["experiment_id"] == "exp-1"
     assert config.loads(_run_parameters(body)["study_config"]).name == "upweight-10x"
-    assert "study_config" in body["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-1"}
+    assert "pipeline_spec" not in body
+    assert f"pipeline: upweight-10x (pl-1), version {fake_kfp.versions[0]['name']} (pv-1, uploaded)" in out
     assert "recurring_run_id: rr-1" in out and f"{fake_kfp.host}/#/recurringrun/details/rr-1" in out
 
     # the same name again is refused (a retried Job must not schedule the study twice)
@@ -407,11 +505,65 @@ def test_submit_the_real_pipeline(fake_kfp, study, monkeypatch):
     cfg, _ = study
     kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name="real", package_path=None)
     body = fake_kfp.of("POST", "/apis/v2beta1/runs")[0]["body"]
-    # with kfp-kubernetes settings the inline spec is {pipeline_spec, platform_spec}
-    spec = body["pipeline_spec"].get("pipeline_spec", body["pipeline_spec"])
+    # the uploaded version is the compiled YAML: pipeline spec, then the kfp-kubernetes platform spec
+    spec, platform = yaml.safe_load_all(fake_kfp.versions[0]["spec"])
+    assert "kubernetes" in platform["platforms"]
     assert spec["root"]["inputDefinitions"]["parameters"]["study_config"]["parameterType"] == "STRING"
     assert config.loads(_run_parameters(body)["study_config"]) == cfg
     assert spec["root"]["dag"]["tasks"]  # the whole DAG, not a stub
+
+
+def test_pipeline_version_is_the_spec_hash_reused_until_the_study_changes(fake_kfp, study, capsys):
+    """pipeline = the study's name, created once (empty); version = the compiled spec's content hash: an unchanged
+    study reuses it, a changed one adds a version to the same pipeline; every run references its version."""
+    import hashlib
+
+    cfg, cfg_path = study
+    assert cli_main(["submit", "--host", fake_kfp.host, "--config", cfg_path]) == 0
+    assert cli_main(["submit", "--host", fake_kfp.host, "--config", cfg_path]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(pv-1, uploaded)") == 1 and out.count("(pv-1, reused)") == 1
+    created = fake_kfp.of("POST", "/apis/v2beta1/pipelines")
+    assert [c["body"] for c in created] == [{"display_name": "upweight-10x", "description": cfg.description}]
+    uploads = fake_kfp.of("POST", "/apis/v2beta1/pipelines/upload_version")
+    assert len(uploads) == 1 and uploads[0]["query"]["pipelineid"] == ["pl-1"]
+    docs = list(yaml.safe_load_all(uploads[0]["body"]["form"]["uploadfile"]))
+    digest = hashlib.sha256(json.dumps(docs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert uploads[0]["query"]["name"] == [f"sha256-{digest[:16]}"]
+
+    changed = config.from_dict({**cfg.to_dict(), "grid": {"fractions": [0.0, 0.5], "epochs": [4, 16]}})
+    third = kfp_client.submit(changed, fake_kfp.host, package_path=None)
+    assert (third["pipeline_id"], third["version_id"], third["reused"]) == ("pl-1", "pv-2", False)
+    assert len(fake_kfp.of("POST", "/apis/v2beta1/pipelines")) == 1
+    references = [r["body"]["pipeline_version_reference"]["pipeline_version_id"]
+                  for r in fake_kfp.of("POST", "/apis/v2beta1/runs")]
+    assert references == ["pv-1", "pv-1", "pv-2"]
+
+
+def test_version_name_ignores_formatting(tmp_path):
+    one, two = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    one.write_text("# comment\nb: 1\na: [1, 2]\n---\nx: y\n")
+    two.write_text("a:\n- 1\n- 2\nb: 1\n---\n{x: y}\n")
+    assert kfp_client.version_name(str(one)) == kfp_client.version_name(str(two))
+    two.write_text("a: [1, 3]\nb: 1\n---\nx: y\n")
+    assert kfp_client.version_name(str(one)) != kfp_client.version_name(str(two))
+    assert re.fullmatch(r"sha256-[0-9a-f]{16}", kfp_client.version_name(str(one)))
+
+
+def test_an_undeclared_field_fails_the_api_check():
+    """The API check itself can fail: a run body with a field the v2beta1 Run does not have."""
+    import jsonschema
+
+    good = {"method": "POST", "path": "/apis/v2beta1/runs", "query": {},
+            "body": {"display_name": "x", "pipeline_version_reference": {"pipeline_id": "p",
+                                                                         "pipeline_version_id": "v"}}}
+    check_against_api(good)
+    with pytest.raises(jsonschema.ValidationError, match="pipeline_version"):
+        check_against_api({**good, "body": {**good["body"], "pipeline_version": "v"}})
+    with pytest.raises(AssertionError, match="undeclared query"):
+        check_against_api({**good, "query": {"version": ["v"]}})
+    with pytest.raises(AssertionError, match="not a v2beta1 API call"):
+        check_against_api({**good, "path": "/apis/v2beta1/pipeline_versions"})
 
 
 def test_empty_token_file(study, tmp_path):

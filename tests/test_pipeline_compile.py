@@ -38,23 +38,29 @@ def test_dag_shape():
     spec = _docs(GOLDEN)[0]
     root_tasks = spec["root"]["dag"]["tasks"]
     assert set(root_tasks) == {"resolve-study", "prepare-corpus", "plan-grid", "for-loop-1", "plan-packs",
-                               "for-loop-2", "for-loop-3", "analyze", "report"}
-    # The fan-in: analyze waits for the whole loop and reads the eval.json records from storage; no dsl.Collected
-    # input, which KFP backends before 2.14 leave unresolved (docs/deploy.md, "Fan-in").
-    assert "for-loop-3" in root_tasks["analyze"]["dependentTasks"]
+                               "for-loop-2", "analyze", "report"}
+    # The fan-ins: plan_packs consumes every point's plan and analyze every pack's evaluation through dsl.Collected
+    # (the lineage connects; KFP backends >= 2.14) and read the records from storage; `--fan-in storage` compiles
+    # the older backends' shape (tests/test_lineage.py, docs/deploy.md "Fan-in").
+    assert "for-loop-1" in root_tasks["plan-packs"]["dependentTasks"]
+    plans = root_tasks["plan-packs"]["inputs"]["artifacts"]["plans"]["taskOutputArtifact"]
+    assert plans["producerTask"] == "for-loop-1"
+    assert "plan-packs" in root_tasks["for-loop-2"]["dependentTasks"]
+    assert "for-loop-2" in root_tasks["analyze"]["dependentTasks"]
     assert set(root_tasks["analyze"]["inputs"]["parameters"]) == {"study_config"}
-    assert "Collected" not in pathlib.Path(GOLDEN).read_text() and "parameterExpressionSelector" not in str(spec)
+    evaluations = root_tasks["analyze"]["inputs"]["artifacts"]["evaluations"]["taskOutputArtifact"]
+    assert evaluations["producerTask"] == "for-loop-2"
     for name in ("prepare-corpus", "plan-grid", "plan-packs", "analyze", "report"):
         source = root_tasks[name]["inputs"]["parameters"]["study_config"]["taskOutputParameter"]
         assert source["producerTask"] == "resolve-study"
-    # mix every point, then train the packs, then evaluate every point: three loops in that order
-    assert "for-loop-1" in root_tasks["plan-packs"]["dependentTasks"]
-    assert "plan-packs" in root_tasks["for-loop-2"]["dependentTasks"]
-    assert "for-loop-2" in root_tasks["for-loop-3"]["dependentTasks"]
+    # mix every point, then train and evaluate each pack: two loops in that order
     parallelism = config.load(DEFAULT_CONFIG).cluster.parallelism
-    for n, tasks in ((1, {"mix"}), (2, {"train"}), (3, {"evaluate"})):
+    for n in (1, 2):
         assert root_tasks[f"for-loop-{n}"]["iteratorPolicy"]["parallelismLimit"] == parallelism
-        assert set(spec["components"][f"comp-for-loop-{n}"]["dag"]["tasks"]) == tasks
+    assert set(spec["components"]["comp-for-loop-1"]["dag"]["tasks"]) == {"mix"}
+    pack_tasks = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert set(pack_tasks) == {"train", "evaluate"}
+    assert pack_tasks["evaluate"]["dependentTasks"] == ["train"]
 
 
 def test_cluster_settings_are_compiled_in(tmp_path):
@@ -113,7 +119,8 @@ def test_multinode_training_goes_through_a_trainjob(tmp_path):
 def test_kubernetes_native_resources(tmp_path):
     docs = _docs(compile_pipeline(str(tmp_path / "k.yaml"), kubernetes_manifest=True))
     kinds = [(d["apiVersion"], d["kind"]) for d in docs]
-    assert kinds == [("pipelines.kubeflow.org/v2beta1", "Pipeline"), ("pipelines.kubeflow.org/v2beta1", "PipelineVersion")]
+    api = "pipelines.kubeflow.org/v2beta1"
+    assert kinds == [(api, "Pipeline"), (api, "PipelineVersion")]
     version = docs[1]
     assert version["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
     assert version["spec"]["pipelineSpec"]["pipelineInfo"]["name"] == "repeatlab-repetition-grid"

@@ -1,8 +1,14 @@
 """The whole study through the KFP local runner: file:// and s3:// roots, reruns, and a failing point."""
 
+import glob
 import json
+import logging
+import os
 import pathlib
 import random
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -67,7 +73,8 @@ def check_report(cfg, result):
         assert f"{worst['damage']:+.3f} nats" in markdown
         assert f"{worst['damage']:+.3f} nats" in html
     for point in points:
-        record = storage.read_json(storage.join(study.rsplit("/studies/", 1)[0], "runs", point["point_id"], "eval.json"))
+        root = study.rsplit("/studies/", 1)[0]
+        record = storage.read_json(storage.join(root, "runs", point["point_id"], "eval.json"))
         assert record["point_id"] == point["point_id"]
         assert record["test_loss"] > 0
     return analysis
@@ -75,11 +82,19 @@ def check_report(cfg, result):
 
 @pytest.fixture(scope="module")
 def file_study(tmp_path_factory):
+    """The study through the CLI (`repeatlab run --local`, what `make demo` runs), its terminal output captured."""
     folder = tmp_path_factory.mktemp("pipeline")
     cfg = tiny_study("tiny", write_corpus(folder), "file://" + str(folder / "store"))
+    (folder / "study.yaml").write_text(cfg.to_json())  # JSON is YAML
     started = time.time()
-    first = run_local(cfg, pipeline_root=str(folder / "kfp"))
+    # bytes: text mode would turn the progress bar's \r redraws into line breaks
+    proc = subprocess.run([sys.executable, "-m", "repeatlab", "run", "--local", "--config", str(folder / "study.yaml"),
+                           "--pipeline-root", str(folder / "kfp")], capture_output=True, timeout=900)
     first_seconds = time.time() - started
+    assert proc.returncode == 0, proc.stderr[-3000:].decode(errors="replace")
+    study = storage.join(cfg.storage.root, "studies", "tiny")
+    first = {"status": "SUCCEEDED", "study": study, "report": storage.join(study, "report", "index.html"),
+             "pipeline_root": str(folder / "kfp"), "stdout": proc.stdout.decode(), "stderr": proc.stderr.decode()}
     first_done = trained_points(cfg.storage.root)
     return cfg, first, first_seconds, first_done
 
@@ -91,9 +106,76 @@ def test_study_runs_end_to_end_on_a_file_root(file_study):
     check_report(cfg, result)
 
 
+def test_terminal_shows_progress_points_and_the_answer_not_the_task_output(file_study):
+    """A study's terminal: a progress bar, one line per finished point, the answer and the report's path; the
+    KFP task output (executor JSON, component logs) only in the log file. Before: ~100 lines per point."""
+    cfg, result, _, _ = file_study
+    out, raw_err = result["stdout"], result["stderr"]
+    lines = (out + raw_err).count("\n")  # tqdm redraws its bar with \r: those are not lines
+    assert lines < 20, f"{lines} lines on the terminal:\n{out}{raw_err}"  # 6 points: 13 lines
+    err = raw_err.replace("\r", "\n")  # each redraw of the bar, and each line, on its own line
+    points = storage.read_json(storage.join(result["study"], "points.json"))
+    finished = re.findall(r"^\s*\d+/6 (\S+) f=(\S+)(?: E=(\S+))? seed=\d+\s+test loss (\d+\.\d+)\s+"
+                          r"(baseline|damage [+-]\d+\.\d+|damage: no baseline yet)", err, flags=re.M)
+    assert len(finished) == len(points) == 6
+    assert {(m, float(f), float(e or 0)) for m, f, e, _, _ in finished} == {
+        (p["model"]["name"], p["fraction"], p["epochs"]) for p in points}
+    assert re.search(r"tiny: 100%\|.*\| 6/6 \[", err), "no finished progress bar"
+    assert "executor_input" not in out + err and "Executing task" not in out + err
+    log_files = glob.glob(os.path.join(result["pipeline_root"], "logs", "run-*.log"))
+    assert len(log_files) == 1 and log_files[0] in err
+    task_log = pathlib.Path(log_files[0]).read_text()
+    assert "Got executor_input" in task_log and "Executing task" in task_log
+    analysis = storage.read_json(storage.join(result["study"], "analysis.json"))
+    from repeatlab.report import answer_lines
+
+    for line in answer_lines(analysis):
+        assert f"- {line}" in out
+    assert out.rstrip().endswith(f"report: {result['report']}")
+
+
+def test_steps_exchange_pointer_artifacts_to_the_real_objects(file_study):
+    """Every step's typed output is a pointer to the object in the study's storage; the Markdown and HTML are the
+    report itself, figures inlined."""
+    from repeatlab import lineage
+
+    cfg, result, _, _ = file_study
+    run_root = glob.glob(os.path.join(result["pipeline_root"], "repeatlab-repetition-grid-*"))[0]
+
+    class Found:
+        def __init__(self, path):
+            self.path, self.name, self.metadata = path, os.path.basename(path), {}
+
+    def pointers(task, output):
+        # loop tasks sit in for-loop-1-iteration-<i>/
+        return [lineage.read_pointer(Found(p))
+                for p in glob.glob(os.path.join(run_root, "**", task, output), recursive=True)]
+
+    corpus = pointers("prepare-corpus", "corpus")
+    assert len(corpus) == 1 and storage.exists(storage.join(corpus[0]["storage_url"], "manifest.json"))
+    packs = pointers("plan-packs", "packs")
+    assert len(packs) == 1 and storage.exists(packs[0]["storage_url"]) and packs[0]["points"] == 6
+    for task, output, name in (("mix", "plan", "plan.npy"), ("train", "model", "checkpoints"),
+                               ("evaluate", "evaluation", "eval.json")):
+        found = pointers(task, output)
+        # one plan per point; one model and evaluation per pack, listing every point of the pack
+        covered = [url for p in found for url in (p.get("run_urls") or [p["run_url"]])]
+        assert len(covered) == len(set(covered)) == 6, f"{task}.{output} pointers cover {covered}, not each point"
+        if task != "mix":
+            assert len(found) == packs[0]["packs"]
+        for pointer in found:
+            assert pointer["storage_url"].endswith(name) and storage.exists(pointer["storage_url"])
+            assert all(storage.exists(url) for url in pointer.get("eval_urls", []))
+    analysis = pointers("analyze", "analysis")
+    assert analysis[0]["storage_url"] == storage.join(result["study"], "analysis.json")
+    markdown = pathlib.Path(run_root, "report", "markdown").read_text()
+    assert "](data:image/png;base64," in markdown and "](fig-" not in markdown
+    assert pathlib.Path(run_root, "report", "html").read_bytes() == storage.read_bytes(result["report"])
+
+
 def test_rerun_trains_nothing_and_is_faster(file_study):
     cfg, _, first_seconds, first_done = file_study
-    started = time.time()
+    started = time.time()  # in-process this time (the first run was a subprocess: compare loosely)
     result = run_local(cfg, pipeline_root=str(pathlib.Path(storage.local_path(cfg.storage.root)).parent / "kfp2"))
     seconds = time.time() - started
     again = trained_points(cfg.storage.root)
@@ -104,7 +186,7 @@ def test_rerun_trains_nothing_and_is_faster(file_study):
 
 
 @pytest.mark.storage
-def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env):
+def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env, caplog):
     from repeatlab.grid import grid_points, run_url
 
     cfg = tiny_study("tiny-s3", write_corpus(tmp_path), s3_env + "/store")
@@ -120,8 +202,17 @@ def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env):
     broken_url = storage.join(run_url(cfg.storage.root, broken["point_id"]), "point.json")
     storage.write_json(broken_url, bad)
 
-    with pytest.raises(PipelineRunError, match="finished points are kept"):
+    with caplog.at_level(logging.ERROR, logger="repeatlab.runner"), \
+            pytest.raises(PipelineRunError, match="finished points are kept") as failed:
         run_local(cfg, pipeline_root=str(tmp_path / "kfp"))
+    log_path = str(failed.value).rsplit("full log: ", 1)[1]
+    assert log_path.startswith(str(tmp_path / "kfp" / "logs")) and os.path.exists(log_path)
+    details = [r.getMessage() for r in caplog.records if r.name == "repeatlab.runner"]
+    from repeatlab.lineage import point_label
+
+    assert f"point {point_label(broken)} ({broken['point_id']}) failed in train" in details
+    tail = details[details.index(f"point {point_label(broken)} ({broken['point_id']}) failed in train") + 1:]
+    assert tail[0].startswith("  last lines of its train") and any("Traceback" in t or "Error" in t for t in tail)
     survivors = trained_points(cfg.storage.root)
     assert broken["point_id"] not in survivors
     assert len(survivors) == len(points) - 1, "the other points' results must survive one failing point"

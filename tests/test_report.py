@@ -69,7 +69,8 @@ def test_every_file_and_figure_is_written(study):
     for fid in report.FIGURES:
         png = (out / f"fig-{fid}.png").read_bytes()
         assert is_png(png), fid
-        assert f"(fig-{fid}.png)" in md
+        # inlined, so the Kubeflow UI renders the Markdown artifact on its own
+        assert base64.b64encode(png).decode() in md and f"(fig-{fid}.png)" not in md
     assert set(report.FIGURES) == {"loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves",
                                    "prefix_heads", "per_copy_loss", "region"}
     for heading in ("Split composition of corpus synthetic", "Run-to-run noise of the test loss", "Baseline checks",
@@ -350,3 +351,113 @@ def test_chromium_renders_the_report(study, tmp_path):
     assert pixels.shape[:2] == (4000, 1400)
     colourful = float(((pixels.max(-1) - pixels.min(-1)) > 0.25).mean())
     assert colourful > 0.01, f"only {colourful:.2%} coloured pixels: were the figures drawn?"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The first screen: the answer in words, then the figures with captions
+
+
+def test_the_answer_states_where_how_much_and_for_which_sizes(study):
+    """The synthetic study's known answer: damage at every size, 0.05 nats at f = 0.1 and 0.2 at f = 0.5 (the
+    synthetic bump's maximum), worst where the bump peaks."""
+    lines = report.answer_lines(study["analysis"])
+    assert len(lines) == 3
+    f01, f05, largest = lines
+    sizes = ", ".join(f"{n:.3g}" for n in syn.SIZES)
+    assert f01.startswith("When 10% of the training tokens are repeats (f = 0.1), repetition hurts 4 of 4 model sizes")
+    assert f05.startswith(f"When 50% of the training tokens are repeats (f = 0.5), repetition hurts 4 of 4 model "
+                          f"sizes (N = {sizes})")
+    worst = max((w for w in study["analysis"]["worst"]["test_loss"]), key=lambda w: w["damage"])
+    assert abs(worst["damage"] - syn.DAMAGE[0.5]) < 0.02
+    assert largest.startswith(f"The largest damage: {worst['damage']:+.3f} nats at N = {worst['n_params']:.3g}, "
+                              f"f = 0.5, E = {worst['epochs']:g}")
+    # where: the region's E range at f = 0.5 brackets the synthetic peak of every size
+    low, high = map(float, re.search(r"between about (\S+) and (\S+)\.", f05).groups())
+    peaks = [syn.PEAK_K * n ** syn.PEAK_ALPHA for n in syn.SIZES]
+    assert low < min(peaks) and high > max(peaks)
+
+
+def test_no_significant_damage_is_said_plainly():
+    analysis = {"summary": {"partial": False},
+                "worst": {"test_loss": [{"model": "a", "n_params": 1e5, "fraction": 0.5, "epochs": 512.0,
+                                         "damage": 0.144, "z": 2.1, "significant": False},
+                                        {"model": "b", "n_params": 3e5, "fraction": 0.5, "epochs": 64.0,
+                                         "damage": 0.05, "z": 0.4, "significant": False}]}}
+    assert report.answer_lines(analysis) == [
+        "When 50% of the training tokens are repeats (f = 0.5), no model size (N = 1e+05, 3e+05) is measurably hurt: "
+        "the largest damage is +0.144 nats of test loss at N = 1e+05, E = 512 (2.1 standard errors: below the 3 that "
+        "tell damage from run-to-run noise)."]
+    assert report.answer_lines({"summary": {}, "worst": {"test_loss": []}})[0].startswith("No damage can be measured")
+
+
+def test_the_page_opens_with_the_answer_then_captioned_figures(study):
+    page = (study["out"] / "index.html").read_text()
+    md = (study["out"] / "report.md").read_text()
+    answer, figures, findings = (page.index('id="answer"'), page.index('id="figures"'), page.index('id="findings"'))
+    assert page.index("<h1>") < answer < figures < findings
+    for line in report.answer_lines(study["analysis"]):
+        assert f"<p>{html.escape(line)}</p>" in page and line in md
+    assert md.index("## The answer") < md.index("## Figures") < md.index("## Findings")
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert [html.unescape(c) for c in captions] == list(report.figure_captions().values())
+    for caption in captions:  # a title, then exactly one sentence of what to see
+        title, sentence = html.unescape(caption).split(". ", 1)
+        assert sentence.endswith(".") and sentence.count(". ") == 0, caption
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const width = window.innerWidth, height = window.innerHeight;
+  const figures = [...document.querySelectorAll("figure img")].map(img => {
+    const r = img.getBoundingClientRect();
+    return {loaded: img.complete && img.naturalWidth > 0, width: r.width, height: r.height, left: r.left,
+            right: r.right};
+  });
+  const answer = document.getElementById("answer").getBoundingClientRect();
+  parent.postMessage(JSON.stringify({width, height, scrollWidth: document.documentElement.scrollWidth,
+                                      answerTop: answer.top, answerBottom: answer.bottom, figures}), "*");
+});
+</script>"""
+# Headless Chromium will not make a window narrower than 500 px: the page is measured in a frame of the device's size
+# (a frame is a viewport of its own: media queries, vw units and the page's width all follow it).
+DEVICE_FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="probe.html" style="border:0;display:block;width:{w}px;height:{h}px"></iframe>
+<script>window.addEventListener("message", e => {{
+  const out = document.createElement("pre"); out.id = "layout"; out.textContent = e.data;
+  document.body.appendChild(out);
+}});</script></body></html>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH: the headless rendering check needs it")
+@pytest.mark.parametrize("device,size", [("desktop", (1280, 800)), ("phone", (390, 844))])
+def test_the_page_fits_desktop_and_phone_widths(study, tmp_path, device, size):
+    """At each width: no horizontal scroll, every figure loaded, visible and inside the page's width, and the answer
+    starts on the first screen. The page has no script of its own: a copy gets a measuring one."""
+    import json
+
+    import matplotlib.image
+
+    (tmp_path / "probe.html").write_text(
+        (study["out"] / "index.html").read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    frame = tmp_path / "device.html"
+    frame.write_text(DEVICE_FRAME.format(w=size[0], h=size[1]))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"report-{device}.png"
+    shot.unlink(missing_ok=True)
+    window = (max(size[0], 500), size[1])
+    rc, dom, console = chromium(frame.as_uri(), shot, tmp_path / "profile", f"{window[0]},{window[1]}")
+    assert rc == 0 and console == []
+    layout = json.loads(html.unescape(re.search(r'<pre id="layout">(.*?)</pre>', dom, flags=re.DOTALL).group(1)))
+    assert layout["width"] == size[0]
+    assert layout["scrollWidth"] <= layout["width"], f"horizontal scroll at {device} width: {layout}"
+    assert len(layout["figures"]) == len(report.FIGURES)
+    for figure in layout["figures"]:
+        assert figure["loaded"] and figure["width"] > 0.5 * min(size[0], 900) and figure["height"] > 50, figure
+        assert figure["left"] >= 0 and figure["right"] <= layout["width"], figure
+    assert 0 <= layout["answerTop"] < 0.5 * size[1], "the answer is not on the first screen"
+    # the screenshot is the first screen: the answer's green box is in it
+    pixels = matplotlib.image.imread(str(shot))[..., :3]
+    assert pixels.shape[:2] == (window[1], window[0])
+    pixels = pixels[:, :size[0]]  # the device's frame
+    answer_green = np.all(np.abs(pixels - np.array([0xEE, 0xF6, 0xEE]) / 255) < 0.02, axis=-1).mean()
+    assert answer_green > 0.02, f"only {answer_green:.1%} of the first screen is the answer box"
