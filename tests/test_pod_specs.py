@@ -80,6 +80,8 @@ def test_every_task_pod_is_valid_and_gets_what_the_study_asks_for(variant, tmp_p
     pods = render_pods(spec, platform)
     expected = {"resolve-study", "prepare-corpus", "plan-grid", "mix", "evaluate", "analyze", "report",
                 "train-multinode" if cfg.cluster.multinode else "train"}
+    if not cfg.cluster.multinode:
+        expected.add("plan-packs")  # the pack fan-out's items
     assert set(pods) == expected
     assert pod_problems(pods, cfg) == []
     c = cfg.cluster
