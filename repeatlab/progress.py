@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple, TextIO
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.lineage import point_label
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class StudyProgress:
     def _eval_url(self, point: dict) -> str:
         from repeatlab.grid import run_url
 
-        return storage.join(run_url(self.root, point["point_id"]), "eval.json")
+        return layout.Run(run_url(self.root, point["point_id"])).eval
 
     def _finish(self, point: dict, record: dict) -> None:
         self.finished[point["point_id"]] = record
@@ -285,9 +285,9 @@ def finished_point_line(point: dict, record: dict, records: list[dict], reused: 
 
 def failed_step(run_url: str) -> str:
     """Where a point stopped, from what is in its run folder: mix (no plan), train (no done.json), evaluate."""
-    if not storage.exists(storage.join(run_url, "plan.json")):
+    if not storage.exists(layout.Run(run_url).plan_json):
         return "mix"
-    if not storage.exists(storage.join(run_url, "done.json")):
+    if not storage.exists(layout.Run(run_url).done):
         return "train"
     return "evaluate"
 

@@ -178,6 +178,7 @@ class Done(Record):
     """done.json: written by rank 0 after the final checkpoint; its presence means the point is trained."""
 
     NAME: ClassVar[str] = layout.DONE
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("pack_size",)  # absent in records written before packed training
 
     point_id: str
     config_hash: str
@@ -196,7 +197,7 @@ class Done(Record):
     test_loss: float | None
     repeated_loss: float | None
     repeated_exposures: dict[str, int]
-    pack_size: int = 1  # points trained together in one batched program (repeatlab.packs); 1: alone
+    pack_size: int | None = None  # points trained together in one batched program (repeatlab.packs); 1: alone
 
 
 @dataclass

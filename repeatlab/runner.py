@@ -28,7 +28,7 @@ import warnings
 from typing import TextIO
 
 from repeatlab import config as config_lib
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.errors import RepeatlabError
 
 log = logging.getLogger(__name__)
@@ -138,4 +138,4 @@ def study_answer(study: str) -> list[str]:
     """The report's answer in words, from the study's analysis.json."""
     from repeatlab.report import answer_lines
 
-    return answer_lines(storage.read_json(storage.join(study, "analysis.json")))
+    return answer_lines(storage.read_json(layout.Study(study).analysis))
