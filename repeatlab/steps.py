@@ -95,7 +95,7 @@ def train(
     publishes eval.json instead of starting torch and loading the model a second time.
     """
     logs.ensure_configured()
-    from repeatlab.launch import run_trainer, torchrun_command
+    from repeatlab.launch import torchrun_command
 
     run = layout.Run(run_url)
     if run.is_trained():
@@ -112,19 +112,26 @@ def train(
         max_steps=max_steps,
         evaluate=evaluate,
     )
-    started = time.time()
-    log("train: " + " ".join(command))
-    returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
-    if returncode != 0:
-        raise TrainError(
-            f"{run_url}: training exited with code {returncode} after "
-            f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint"
-        )
+    _run_torchrun(command, run_url, log)
     if not run.is_trained():
         if max_steps is not None:  # testing: stopped as if preempted
             return {"skipped": False, "stopped_at": max_steps}
         raise TrainError(f"{run.done}: training exited cleanly but did not write it")
     return {"skipped": False, **Done.read(run.done).to_json()}
+
+
+def _run_torchrun(command: list[str], what: str, log: Callable[[str], object]) -> None:
+    """Run a trainer command (tied to this process); a non-zero exit is a TrainError naming `what` was trained."""
+    from repeatlab.launch import run_trainer
+
+    started = time.time()
+    log("train: " + " ".join(command))
+    returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
+    if returncode != 0:
+        raise TrainError(
+            f"{what}: training exited with code {returncode} after "
+            f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last checkpoint"
+        )
 
 
 def plan_packs(study_config: str) -> list[str]:
@@ -151,7 +158,7 @@ def train_pack(
     if len(run_urls) == 1:
         return [train(run_urls[0], nproc_per_node=nproc_per_node, log=log, evaluate=evaluate)]
     logs.ensure_configured()
-    from repeatlab.launch import run_trainer, torchrun_command
+    from repeatlab.launch import torchrun_command
 
     todo = [url for url in run_urls if not is_trained(url)]
     for url in sorted(set(run_urls) - set(todo)):
@@ -159,15 +166,7 @@ def train_pack(
     if todo:
         nproc = nproc_per_node or int(execution_of(layout.Run(todo[0])).get("nproc_per_node", 1))
         command = torchrun_command(todo, nproc_per_node=nproc, evaluate=evaluate)
-        started = time.time()
-        log("train: " + " ".join(command))
-        returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
-        if returncode != 0:
-            raise TrainError(
-                f"{' '.join(todo)}: training exited with code {returncode} after "
-                f"{time.time() - started:.0f} s (see the log above); a rerun resumes from the last "
-                "checkpoint"
-            )
+        _run_torchrun(command, " ".join(todo), log)
     results = []
     for url in run_urls:
         run = layout.Run(url)
