@@ -43,6 +43,8 @@ def test_captured_output_records_failed_tasks_even_while_kfp_replaces_root_handl
     terminal = io.StringIO()
     handler = logging.StreamHandler(terminal)
     root = logging.getLogger()
+    level_before = root.level
+    root.setLevel(logging.WARNING)  # pinned: an earlier test may have left the root logger at another level
     root.addHandler(handler)
     try:
         with progress.captured_task_output(str(tmp_path / "logs" / "run.log"), False, terminal) as (out, failed):
@@ -61,9 +63,10 @@ def test_captured_output_records_failed_tasks_even_while_kfp_replaces_root_handl
             kfp_handler = logging.StreamHandler(out)
             root.addHandler(kfp_handler)  # what interleaved restores of parallel tasks can leave behind
         assert root.handlers[-1] is handler and kfp_handler not in root.handlers  # the root logger as it was
-        assert root.level == logging.WARNING
+        assert root.level == logging.WARNING  # restored from kfp's INFO
     finally:
         root.removeHandler(handler)
+        root.setLevel(level_before)
     assert len(failed.failed) == 1 and failed.failed[0].task == "train"
     assert failed.failed[0].lines[:2] == ["Executing task 'train'", "Traceback (most recent call last): boom"]
     assert "earlier task" not in " ".join(failed.failed[0].lines)
