@@ -31,19 +31,10 @@ test-all: install
 bench: install
 	$(PY) -m benchmarks.run_all
 
-# Files already in `ruff format` style (the rest of the repo is formatted in one commit once the open branches merge).
-FORMATTED ?= repeatlab/cli.py repeatlab/config.py repeatlab/records.py repeatlab/layout.py repeatlab/logs.py \
-	repeatlab/fit.py repeatlab/steps.py repeatlab/grid.py repeatlab/mix.py repeatlab/archive.py repeatlab/danger.py \
-	repeatlab/analyze.py repeatlab/evaluate.py repeatlab/corpus.py repeatlab/audit.py repeatlab/audit_fanout.py \
-	repeatlab/audit_report.py repeatlab/audit_scan.py repeatlab/audit_synthetic.py repeatlab/audit_hashing.py \
-	repeatlab/default_corpus.py repeatlab/mechanism.py repeatlab/storage.py repeatlab/noise.py \
-	scripts/check_architecture.py \
-	tests/test_cli.py tests/test_records.py
-
 lint-format:
-	$(PY) -m ruff format --check $(FORMATTED)
+	$(PY) -m ruff format --check .
 
-# ruff (rules, line length, complexity <= 15), the format of FORMATTED, mypy on repeatlab/, import cycles and
+# ruff (rules, line length, complexity <= 15), `ruff format` on the whole repository, mypy on repeatlab/, import cycles and
 # function length (scripts/check_architecture.py). The same checks run as pre-commit hooks (.pre-commit-config.yaml).
 lint: install
 	$(PY) -m ruff check repeatlab components pipelines tests benchmarks scripts

@@ -41,7 +41,7 @@ def _planted_corpus(total_bytes: int, seed: int = 0) -> list[str]:
     hosts = rng.sample(range(n), max(2, n // 100))
     for i in hosts:  # a 40-word span repeated in 1% of the documents
         words = docs[i].split()
-        docs[i] = " ".join(words[: len(words) // 2]) + " " + span + " " + " ".join(words[len(words) // 2:])
+        docs[i] = " ".join(words[: len(words) // 2]) + " " + span + " " + " ".join(words[len(words) // 2 :])
     out = docs + dup + near
     rng.shuffle(out)
     return out
@@ -66,7 +66,7 @@ def _bench_minhash(docs: list[str], sample_mb: float) -> dict:
     t = time.perf_counter()
     for d in small:
         words = d.split()
-        grams = [" ".join(words[i: i + 5]).encode() for i in range(max(1, len(words) - 4))]
+        grams = [" ".join(words[i : i + 5]).encode() for i in range(max(1, len(words) - 4))]
         m = MinHash(num_perm=128, seed=1)
         m.update_batch(grams)
     t_ds = time.perf_counter() - t
@@ -90,24 +90,35 @@ def _bench_suffix_array(docs: list[str], sample_mb: float) -> dict:
     t = time.perf_counter()
     counts: dict[bytes, int] = {}
     for p in range(len(small) - 49):
-        w = small[p: p + 50]
+        w = small[p : p + 50]
         counts[w] = counts.get(w, 0) + 1
     t_py = time.perf_counter() - t
     sa, fp, py = len(text) / 1e6 / t_sa, len(text) / 1e6 / t_fp, len(small) / 1e6 / t_py
-    return {"sample_mb": len(text) / 1e6, "suffix_array_mb_s": sa, "fingerprints_mb_s": fp,
-            "plain_python_count_mb_s": py, "ratio_suffix_array": sa / py}
+    return {
+        "sample_mb": len(text) / 1e6,
+        "suffix_array_mb_s": sa,
+        "fingerprints_mb_s": fp,
+        "plain_python_count_mb_s": py,
+        "ratio_suffix_array": sa / py,
+    }
 
 
-_CHILD = ("import resource, sys\nfrom repeatlab.cli import main\nrc = main(sys.argv[1:])\n"
-          "r = resource.getrusage(resource.RUSAGE_SELF)\n"
-          "print('MAXRSS', r.ru_maxrss, 'CPU', r.ru_utime + r.ru_stime, file=sys.stderr)\nsys.exit(rc)")
+_CHILD = (
+    "import resource, sys\nfrom repeatlab.cli import main\nrc = main(sys.argv[1:])\n"
+    "r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "print('MAXRSS', r.ru_maxrss, 'CPU', r.ru_utime + r.ru_stime, file=sys.stderr)\nsys.exit(rc)"
+)
 
 
 def _audit_child(path: str, out: str) -> tuple[float, float, int, dict]:
     """(wall seconds, CPU seconds, peak RSS bytes, audit.json) of `repeatlab audit` in a fresh process."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, "audit", "--corpus", path, "--params", "1e8", "--out", out,
-                           "--json"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, "audit", "--corpus", path, "--params", "1e8", "--out", out, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"audit failed: {proc.stderr.strip()[-2000:]}")
@@ -124,11 +135,19 @@ def _bench_end_to_end(path: str, file_bytes: int, tmp: str) -> dict:
     repeated = sum(r["fraction"] for r in result["profile"] if r["e_low"] >= 2)
     # on a shared machine CPU seconds are the steadier measure: the audit runs on one core (numpy, rensa,
     # libdivsufsort single-threaded), so CPU time is what its wall time would be on an idle core
-    return {"corpus_mb": file_bytes / 1e6, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 1e6,
-            "fixed_rss_mb_tiny_corpus": fixed / 1e6, "peak_rss_over_corpus": peak / file_bytes,
-            "peak_above_fixed_over_corpus": (peak - fixed) / file_bytes, "stages_s": result["timings"],
-            "shards": result["spans"]["shards"], "repeated_token_share": repeated,
-            "goal_met": wall <= 300 and peak <= 4 * file_bytes}
+    return {
+        "corpus_mb": file_bytes / 1e6,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mb": peak / 1e6,
+        "fixed_rss_mb_tiny_corpus": fixed / 1e6,
+        "peak_rss_over_corpus": peak / file_bytes,
+        "peak_above_fixed_over_corpus": (peak - fixed) / file_bytes,
+        "stages_s": result["timings"],
+        "shards": result["spans"]["shards"],
+        "repeated_token_share": repeated,
+        "goal_met": wall <= 300 and peak <= 4 * file_bytes,
+    }
 
 
 def run(mb: float = 100, sample_mb: float = 8) -> dict:
@@ -136,10 +155,18 @@ def run(mb: float = 100, sample_mb: float = 8) -> dict:
     path = os.path.join(tmp, "corpus.jsonl")
     # generated in a child process: a forked child's ru_maxrss starts at its parent's RSS, so this process stays
     # small until the audit children have run
-    subprocess.run([sys.executable, "-c", "import sys; from benchmarks.bench_audit import _planted_corpus; "
-                    "from benchmarks.bench_prepare import _write_jsonl; "
-                    "_write_jsonl(sys.argv[1], _planted_corpus(int(float(sys.argv[2]))))", path, str(mb * 1e6)],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from benchmarks.bench_audit import _planted_corpus; "
+            "from benchmarks.bench_prepare import _write_jsonl; "
+            "_write_jsonl(sys.argv[1], _planted_corpus(int(float(sys.argv[2]))))",
+            path,
+            str(mb * 1e6),
+        ],
+        check=True,
+    )
     file_bytes = os.path.getsize(path)
     out = {"end_to_end": _bench_end_to_end(path, file_bytes, tmp)}
     with open(path) as fh:

@@ -34,8 +34,9 @@ print(json.dumps({"kind": kind, "seconds": seconds, "plan_bytes": int(offsets.nb
 
 
 def measure(kind: str, total: float, context: int = 1024) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, str(total), str(context)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(total), str(context)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

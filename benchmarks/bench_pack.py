@@ -41,8 +41,14 @@ def _config(shape: tuple[int, int, int]):
     from repeatlab.model import GPTConfig, shape_name
 
     n_layer, n_embd, n_head = shape
-    return GPTConfig(vocab_size=256, context=CONTEXT, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                     name=shape_name(n_layer, n_embd, n_head))
+    return GPTConfig(
+        vocab_size=256,
+        context=CONTEXT,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        name=shape_name(n_layer, n_embd, n_head),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -53,8 +59,9 @@ def _train_processes(run_groups: list[list[str]]) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     started = time.perf_counter()
     for group in run_groups:
-        proc = subprocess.run([sys.executable, "-m", "repeatlab.train", "--run-url", *group], env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "repeatlab.train", "--run-url", *group], env=env, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"bench_pack: training failed: {proc.stderr[-2000:]}")
     return time.perf_counter() - started
@@ -74,10 +81,17 @@ def runs_per_hour(points: int, sequences: int, shape: tuple[int, int, int]) -> d
                 runs[mode].append(url)
         alone = _train_processes([[u] for u in runs["alone"]])
         packed = _train_processes([runs["packed"]])
-    return {"model": cfg.name, "n_params_nonembed": cfg.n_params_nonembed, "points": points,
-            "tokens_per_point": sequences * CONTEXT, "alone_s": alone, "packed_s": packed,
-            "runs_per_hour_alone": points / alone * 3600, "runs_per_hour_packed": points / packed * 3600,
-            "ratio": alone / packed}
+    return {
+        "model": cfg.name,
+        "n_params_nonembed": cfg.n_params_nonembed,
+        "points": points,
+        "tokens_per_point": sequences * CONTEXT,
+        "alone_s": alone,
+        "packed_s": packed,
+        "runs_per_hour_alone": points / alone * 3600,
+        "runs_per_hour_packed": points / packed * 3600,
+        "ratio": alone / packed,
+    }
 
 
 def _lighter_curves(run_url: str) -> None:
@@ -176,16 +190,29 @@ def kernel(device: str, rounds: int, ceiling: float, shapes=SHAPES, sizes=PACK_S
         for name, seconds in times.items():
             size = 8 if name == "vmap-8" else name
             tok_s = size * (BATCH // 2) * CONTEXT / min(seconds)
-            rows.append({"model": cfg.name, "n_params_nonembed": cfg.n_params_nonembed, "pack": size,
-                         "impl": "vmap" if name == "vmap-8" else ("gpt" if size == 1 else "bmm"),
-                         "step_s_best": min(seconds), "step_s_median": statistics.median(seconds),
-                         "tokens_per_s": tok_s, "speedup_vs_pack_1": tok_s / base, "mfu": tok_s * flops / ceiling})
+            rows.append(
+                {
+                    "model": cfg.name,
+                    "n_params_nonembed": cfg.n_params_nonembed,
+                    "pack": size,
+                    "impl": "vmap" if name == "vmap-8" else ("gpt" if size == 1 else "bmm"),
+                    "step_s_best": min(seconds),
+                    "step_s_median": statistics.median(seconds),
+                    "tokens_per_s": tok_s,
+                    "speedup_vs_pack_1": tok_s / base,
+                    "mfu": tok_s * flops / ceiling,
+                }
+            )
             print(f"bench_pack: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
 
-def run(quick: bool = False, device: str | None = None, threads: int | None = None,
-        parts: tuple[str, ...] = ("kernel", "runs")) -> dict:
+def run(
+    quick: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+    parts: tuple[str, ...] = ("kernel", "runs"),
+) -> dict:
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,12 +222,18 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
     ceiling = matmul_ceiling(device)
     rounds = 3 if quick else 5
     shapes = SHAPES[:2] if quick and device == "cpu" else SHAPES
-    result = {"machine": machine(device), "device": device, "threads": threads, "matmul_ceiling": ceiling,
-              "kernel": kernel(device, rounds, ceiling["flops"], shapes) if "kernel" in parts else []}
+    result = {
+        "machine": machine(device),
+        "device": device,
+        "threads": threads,
+        "matmul_ceiling": ceiling,
+        "kernel": kernel(device, rounds, ceiling["flops"], shapes) if "kernel" in parts else [],
+    }
     # the trainer end to end, one thread per process (the demo's setting); train.device auto picks a GPU if present
     if "runs" in parts:
-        result["runs_per_hour"] = runs_per_hour(points=4 if quick else 8, sequences=512 if quick else 1024,
-                                                shape=SHAPES[1])
+        result["runs_per_hour"] = runs_per_hour(
+            points=4 if quick else 8, sequences=512 if quick else 1024, shape=SHAPES[1]
+        )
     ceiling_end = matmul_ceiling(device)
     result["matmul_ceiling_end"] = ceiling_end
     return result
@@ -209,13 +242,17 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
 def table(result: dict) -> str:
     lines = [f"{'model':<14}{'N':>9}{'pack':>6}{'impl':>7}{'tokens/s':>12}{'x pack 1':>10}{'MFU':>8}"]
     for r in result["kernel"]:
-        lines.append(f"{r['model']:<14}{r['n_params_nonembed']:>9,}{r['pack']:>6}{r['impl']:>7}"
-                     f"{r['tokens_per_s']:>12,.0f}{r['speedup_vs_pack_1']:>10.2f}{r['mfu']:>8.1%}")
+        lines.append(
+            f"{r['model']:<14}{r['n_params_nonembed']:>9,}{r['pack']:>6}{r['impl']:>7}"
+            f"{r['tokens_per_s']:>12,.0f}{r['speedup_vs_pack_1']:>10.2f}{r['mfu']:>8.1%}"
+        )
     rph = result.get("runs_per_hour")
     if rph:
-        lines.append(f"runs/hour ({rph['points']} points of {rph['model']}, {rph['tokens_per_point']:,} tokens each): "
-                     f"one at a time {rph['runs_per_hour_alone']:,.0f}, packed {rph['runs_per_hour_packed']:,.0f}, "
-                     f"ratio {rph['ratio']:.2f}x")
+        lines.append(
+            f"runs/hour ({rph['points']} points of {rph['model']}, {rph['tokens_per_point']:,} tokens each): "
+            f"one at a time {rph['runs_per_hour_alone']:,.0f}, packed {rph['runs_per_hour_packed']:,.0f}, "
+            f"ratio {rph['ratio']:.2f}x"
+        )
     return "\n".join(lines)
 
 

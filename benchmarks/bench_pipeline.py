@@ -17,25 +17,29 @@ import sys
 import tempfile
 import time
 
-WORDS = ("the of and to in that is was he for it with as his on be at by had are but from or have an they which one "
-         "you were her all she there would their we him been has when who will more no if out so said what up its "
-         "about into than them can only other new some could time these two may then do first any my now").split()
+WORDS = (
+    "the of and to in that is was he for it with as his on be at by had are but from or have an they which one "
+    "you were her all she there would their we him been has when who will more no if out so said what up its "
+    "about into than them can only other new some could time these two may then do first any my now"
+).split()
 
 
 def _study(name: str, corpus: str, root: str):
     from repeatlab import config
 
-    return config.from_dict({
-        "name": name,
-        "corpus": {"url": corpus, "format": "jsonl", "test_fraction": 0.1, "probe_fraction": 0.05},
-        "budget": {"total_tokens": 65536, "context": 64, "batch_tokens": 2048},
-        "models": [{"n_layer": 1, "n_embd": 32, "n_head": 2}, {"n_layer": 2, "n_embd": 32, "n_head": 2}],
-        "grid": {"fractions": [0.0, 0.5], "epochs": [4, 32], "seeds": [0]},
-        "train": {"learning_rate": 0.01, "eval_points": 4, "eval_sequences": 8, "threads_per_rank": 1},
-        "eval": {"eval_tokens": 4096, "prefix_samples": 4, "prefix_random_tokens": 10, "prefix_repeats": 3},
-        "storage": {"root": root},
-        "cluster": {"parallelism": 1},
-    })
+    return config.from_dict(
+        {
+            "name": name,
+            "corpus": {"url": corpus, "format": "jsonl", "test_fraction": 0.1, "probe_fraction": 0.05},
+            "budget": {"total_tokens": 65536, "context": 64, "batch_tokens": 2048},
+            "models": [{"n_layer": 1, "n_embd": 32, "n_head": 2}, {"n_layer": 2, "n_embd": 32, "n_head": 2}],
+            "grid": {"fractions": [0.0, 0.5], "epochs": [4, 32], "seeds": [0]},
+            "train": {"learning_rate": 0.01, "eval_points": 4, "eval_sequences": 8, "threads_per_rank": 1},
+            "eval": {"eval_tokens": 4096, "prefix_samples": 4, "prefix_random_tokens": 10, "prefix_repeats": 3},
+            "storage": {"root": root},
+            "cluster": {"parallelism": 1},
+        }
+    )
 
 
 def _demo(name: str, root: str):
@@ -45,8 +49,12 @@ def _demo(name: str, root: str):
     from repeatlab.kfp_pipeline import REPO
 
     cfg = config.load(os.path.join(REPO, "pipelines", "configs", "demo.yaml"))
-    return dataclasses.replace(cfg, name=name, storage=dataclasses.replace(cfg.storage, root=root),
-                               cluster=dataclasses.replace(cfg.cluster, parallelism=1))
+    return dataclasses.replace(
+        cfg,
+        name=name,
+        storage=dataclasses.replace(cfg.storage, root=root),
+        cluster=dataclasses.replace(cfg.cluster, parallelism=1),
+    )
 
 
 def run(study: str = "tiny") -> dict:
@@ -62,8 +70,9 @@ def run(study: str = "tiny") -> dict:
             corpus = os.path.join(folder, "corpus.jsonl")
             with open(corpus, "w") as fh:
                 for i in range(400):
-                    fh.write(json.dumps({"text": f"Doc {i}. " + " ".join(rng.choice(WORDS) for _ in range(200))})
-                             + "\n")
+                    fh.write(
+                        json.dumps({"text": f"Doc {i}. " + " ".join(rng.choice(WORDS) for _ in range(200))}) + "\n"
+                    )
             direct_cfg = _study("bench-direct", corpus, "file://" + os.path.join(folder, "direct"))
             pipeline_cfg = _study("bench-pipeline", corpus, "file://" + os.path.join(folder, "pipeline"))
         started = time.perf_counter()
@@ -72,12 +81,19 @@ def run(study: str = "tiny") -> dict:
         started = time.perf_counter()
         run_local(pipeline_cfg, pipeline_root=os.path.join(folder, "kfp"))
         pipeline = time.perf_counter() - started
-        points = len(storage.read_json(storage.join(grid.study_url(pipeline_cfg.storage.root, pipeline_cfg.name),
-                                                    "points.json")))
+        points = len(
+            storage.read_json(storage.join(grid.study_url(pipeline_cfg.storage.root, pipeline_cfg.name), "points.json"))
+        )
     overhead = pipeline - direct
-    return {"study": study, "points": points, "direct_seconds": round(direct, 2), "pipeline_seconds": round(pipeline, 2),
-            "overhead_seconds": round(overhead, 2), "overhead_per_point_seconds": round(overhead / points, 3),
-            "overhead_fraction": round(overhead / direct, 4)}
+    return {
+        "study": study,
+        "points": points,
+        "direct_seconds": round(direct, 2),
+        "pipeline_seconds": round(pipeline, 2),
+        "overhead_seconds": round(overhead, 2),
+        "overhead_per_point_seconds": round(overhead / points, 3),
+        "overhead_fraction": round(overhead / direct, 4),
+    }
 
 
 if __name__ == "__main__":

@@ -80,8 +80,11 @@ def _bench_byte(tmp: str, mb: float) -> dict:
     sub_bytes = sum(len(d.encode()) for d in sub)
     t_list = _best(lambda: [list(d.encode()) for d in sub], 1)
     return {
-        "documents": len(docs), "text_mb": text_bytes / 1e6, "jsonl_mb": file_bytes / 1e6,
-        "prepare_s": t_prepare, "prepare_mb_s": text_bytes / t_prepare / 1e6,
+        "documents": len(docs),
+        "text_mb": text_bytes / 1e6,
+        "jsonl_mb": file_bytes / 1e6,
+        "prepare_s": t_prepare,
+        "prepare_mb_s": text_bytes / t_prepare / 1e6,
         "encode_batch_mb_s": text_bytes / t_encode / 1e6,
         "baseline_frombuffer_mb_s": text_bytes / t_frombuffer / 1e6,
         "baseline_list_mb_s": sub_bytes / t_list / 1e6,
@@ -111,9 +114,12 @@ def _bench_bpe(tmp: str, mb: float, vocab_size: int) -> dict:
     tokens = sum(manifest["splits"][s]["tokens"] for s in ("train", "test", "probe"))
     shutil.rmtree(root)
     return {
-        "documents": len(docs), "text_mb": text_bytes / 1e6, "vocab_size": manifest["tokenizer"]["vocab_size"],
+        "documents": len(docs),
+        "text_mb": text_bytes / 1e6,
+        "vocab_size": manifest["tokenizer"]["vocab_size"],
         "bytes_per_token": text_bytes / tokens,
-        "prepare_s": t_prepare, "prepare_mb_s": text_bytes / t_prepare / 1e6,
+        "prepare_s": t_prepare,
+        "prepare_mb_s": text_bytes / t_prepare / 1e6,
         "train_tokenizer_s": t_train,
         "encode_batch_mb_s": text_bytes / t_encode_ours / 1e6,
         "baseline_tokenizers_encode_batch_mb_s": text_bytes / t_encode_lib / 1e6,

@@ -74,9 +74,15 @@ def _cpu_model() -> str:
 def machine(device: str) -> dict:
     import torch
 
-    info = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": device}
+    info = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+    }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     info["load_average_start"] = _load_average()
@@ -112,9 +118,12 @@ def matmul_ceiling(device: str, seconds: float = 1.0) -> dict:
             if device == "cuda" and calls % 20 == 0:
                 sync()
         sync()
-        per_size[n] = 2 * n ** 3 * calls / (time.perf_counter() - started)
-    return {"flops": max(per_size.values()), "dtype": str(dtype).replace("torch.", ""),
-            "per_size": {str(n): f for n, f in per_size.items()}}
+        per_size[n] = 2 * n**3 * calls / (time.perf_counter() - started)
+    return {
+        "flops": max(per_size.values()),
+        "dtype": str(dtype).replace("torch.", ""),
+        "per_size": {str(n): f for n, f in per_size.items()},
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -127,10 +136,16 @@ def write_corpus(folder: str, windows: int, context: int, seed: int = 0) -> str:
     train_tokens, test_tokens = windows * context + 1, 4 * context + 1
     rng.integers(0, VOCAB, train_tokens, dtype=np.uint16).tofile(os.path.join(folder, "train.bin"))
     rng.integers(0, VOCAB, test_tokens, dtype=np.uint16).tofile(os.path.join(folder, "test.bin"))
-    manifest = {"corpus_id": "bench", "format_version": 1, "dtype": "uint16",
-                "tokenizer": {"kind": "byte", "vocab_size": VOCAB, "eot_id": 0, "file": None},
-                "splits": {"train": {"tokens": train_tokens, "file": "train.bin"},
-                           "test": {"tokens": test_tokens, "file": "test.bin"}}}
+    manifest = {
+        "corpus_id": "bench",
+        "format_version": 1,
+        "dtype": "uint16",
+        "tokenizer": {"kind": "byte", "vocab_size": VOCAB, "eot_id": 0, "file": None},
+        "splits": {
+            "train": {"tokens": train_tokens, "file": "train.bin"},
+            "test": {"tokens": test_tokens, "file": "test.bin"},
+        },
+    }
     with open(os.path.join(folder, "manifest.json"), "w") as fh:
         json.dump(manifest, fh)
     return "file://" + folder
@@ -142,29 +157,50 @@ def make_plan(windows: int, sequences: int, context: int, seed: int = 0) -> tupl
     pool = rng.permutation(windows)
     repeats = round(FRACTION * sequences)
     repeated = pool[:N_REPEATED].astype(np.int64) * context
-    unique = pool[N_REPEATED:N_REPEATED + sequences - repeats].astype(np.int64) * context
+    unique = pool[N_REPEATED : N_REPEATED + sequences - repeats].astype(np.int64) * context
     plan = rng.permutation(np.concatenate([unique, np.resize(repeated, repeats)])).astype(np.int64)
     return plan, repeated
 
 
-def write_run(folder: str, corpus_url: str, cfg, plan: np.ndarray, repeated: np.ndarray, batch: int,
-              threads: int, compile_: bool) -> str:
+def write_run(
+    folder: str, corpus_url: str, cfg, plan: np.ndarray, repeated: np.ndarray, batch: int, threads: int, compile_: bool
+) -> str:
     os.makedirs(folder, exist_ok=True)
     np.save(os.path.join(folder, "plan.npy"), plan)
     np.save(os.path.join(folder, "repeated.npy"), repeated)
     steps = len(plan) // batch
-    train = {"eval_points": 4 * steps, "eval_sequences": 2, "checkpoint_every": steps, "keep_checkpoints": 1,
-             "threads_per_rank": threads, "compile": compile_, "process_group_timeout_s": 120}
-    point = {"point_id": os.path.basename(folder), "corpus_id": "bench", "corpus_url": corpus_url,
-             "model": cfg.to_dict(), "fraction": FRACTION, "epochs": FRACTION * len(plan) / N_REPEATED, "seed": 0,
-             "control": False, "budget": {"total_tokens": len(plan) * cfg.context, "context": cfg.context,
-                                          "batch_tokens": batch * cfg.context},
-             "train": train, "eval": {}}
+    train = {
+        "eval_points": 4 * steps,
+        "eval_sequences": 2,
+        "checkpoint_every": steps,
+        "keep_checkpoints": 1,
+        "threads_per_rank": threads,
+        "compile": compile_,
+        "process_group_timeout_s": 120,
+    }
+    point = {
+        "point_id": os.path.basename(folder),
+        "corpus_id": "bench",
+        "corpus_url": corpus_url,
+        "model": cfg.to_dict(),
+        "fraction": FRACTION,
+        "epochs": FRACTION * len(plan) / N_REPEATED,
+        "seed": 0,
+        "control": False,
+        "budget": {
+            "total_tokens": len(plan) * cfg.context,
+            "context": cfg.context,
+            "batch_tokens": batch * cfg.context,
+        },
+        "train": train,
+        "eval": {},
+    }
     with open(os.path.join(folder, "point.json"), "w") as fh:
         json.dump(point, fh)
     with open(os.path.join(folder, "plan.json"), "w") as fh:
-        json.dump({"corpus_id": "bench", "point_id": point["point_id"], "sequences": len(plan),
-                   "plan_sha256": "bench"}, fh)
+        json.dump(
+            {"corpus_id": "bench", "point_id": point["point_id"], "sequences": len(plan), "plan_sha256": "bench"}, fh
+        )
     return "file://" + folder
 
 
@@ -185,11 +221,13 @@ def measure_repeatlab(run_url: str) -> list[float]:
         raise RuntimeError(f"bench_train: the trainer failed on {run_url}: {exc}\n{log.getvalue()[-2000:]}") from exc
     if result.get("status") != "trained":
         raise RuntimeError(f"bench_train: the trainer did not train {run_url}: {result}")
-    rows = [json.loads(line) for line in storage.read_text(storage.join(run_url, "train.jsonl")).splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in storage.read_text(storage.join(run_url, "train.jsonl")).splitlines()
+        if line.strip()
+    ]
     if [r["step"] for r in rows] != list(range(1, result["steps"] + 1)):
-        raise RuntimeError("bench_train: expected a train.jsonl row after every step, got "
-                           f"{[r['step'] for r in rows]}")
+        raise RuntimeError(f"bench_train: expected a train.jsonl row after every step, got {[r['step'] for r in rows]}")
     train_time = [r["tokens"] / r["tokens_per_s"] for r in rows]  # cumulative training-only seconds
     return [b - a for a, b in itertools.pairwise(train_time)]
 
@@ -203,14 +241,14 @@ def measure_reference(cfg, data: np.ndarray, plan: np.ndarray, batch: int, devic
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters())
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
     ctx = cfg.context
     steps = len(plan) // batch
     times = []
     for step in range(steps):
         started = time.perf_counter()
-        offsets = plan[step * batch:(step + 1) * batch]
-        xy = torch.stack([torch.from_numpy(data[o:o + ctx + 1].astype(np.int64)) for o in offsets]).to(device)
+        offsets = plan[step * batch : (step + 1) * batch]
+        xy = torch.stack([torch.from_numpy(data[o : o + ctx + 1].astype(np.int64)) for o in offsets]).to(device)
         x, y = xy[:, :-1], xy[:, 1:]
         with autocast:
             _, loss = model(x, y)
@@ -227,8 +265,14 @@ def measure_reference(cfg, data: np.ndarray, plan: np.ndarray, batch: int, devic
 # The benchmark
 
 
-def run(quick: bool = False, rounds: int | None = None, steps: int | None = None, compile_: bool = False,
-        device: str | None = None, threads: int | None = None) -> dict:
+def run(
+    quick: bool = False,
+    rounds: int | None = None,
+    steps: int | None = None,
+    compile_: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict:
     """Measure every size; returns a JSON-able dict and prints the table on stderr."""
     import torch
 
@@ -248,10 +292,18 @@ def run(quick: bool = False, rounds: int | None = None, steps: int | None = None
     step_tokens = batch * context
     sequences = (timed_steps + 1) * batch
     windows = max(2 * sequences, 64)
-    result = {"benchmark": "train", "machine": machine(device), "mode": "quick" if quick else "default",
-              "rounds": rounds, "timed_steps": timed_steps, "batch_sequences": batch, "context": context,
-              "threads": threads, "compile": bool(compile_ and device == "cuda"),
-              "sizes": {}}
+    result = {
+        "benchmark": "train",
+        "machine": machine(device),
+        "mode": "quick" if quick else "default",
+        "rounds": rounds,
+        "timed_steps": timed_steps,
+        "batch_sequences": batch,
+        "context": context,
+        "threads": threads,
+        "compile": bool(compile_ and device == "cuda"),
+        "sizes": {},
+    }
     samples = []
     family = FamilyConfig()
     with tempfile.TemporaryDirectory(prefix="repeatlab-bench-train-") as tmp:
@@ -264,10 +316,18 @@ def run(quick: bool = False, rounds: int | None = None, steps: int | None = None
             flops = training_flops_per_token(cfg.n_params_nonembed, cfg.n_layer, cfg.n_embd, cfg.context)
             ours, ref = [], []
             for r in range(rounds):
-                for kind in (("repeatlab", "reference") if r % 2 == 0 else ("reference", "repeatlab")):
+                for kind in ("repeatlab", "reference") if r % 2 == 0 else ("reference", "repeatlab"):
                     if kind == "repeatlab":
-                        url = write_run(os.path.join(tmp, f"{cfg.name}-{r}"), corpus_url, cfg, plan, repeated,
-                                        batch, threads, compile_ and device == "cuda")
+                        url = write_run(
+                            os.path.join(tmp, f"{cfg.name}-{r}"),
+                            corpus_url,
+                            cfg,
+                            plan,
+                            repeated,
+                            batch,
+                            threads,
+                            compile_ and device == "cuda",
+                        )
                         ours.append(measure_repeatlab(url))
                         torch.set_num_threads(threads)  # the trainer set it to the same value; keep it so
                     else:
@@ -278,22 +338,33 @@ def run(quick: bool = False, rounds: int | None = None, steps: int | None = None
             ours_best = step_tokens / min(min(t) for t in ours)
             ref_best = step_tokens / min(min(t) for t in ref)
             result["sizes"][cfg.name] = {
-                "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
-                "n_params_nonembed": cfg.n_params_nonembed, "n_params_total": cfg.n_params_total,
+                "n_layer": cfg.n_layer,
+                "n_embd": cfg.n_embd,
+                "n_head": cfg.n_head,
+                "n_params_nonembed": cfg.n_params_nonembed,
+                "n_params_total": cfg.n_params_total,
                 "flops_per_token": flops,
-                "tokens_per_s_repeatlab": ours_med, "tokens_per_s_reference": ref_med,
+                "tokens_per_s_repeatlab": ours_med,
+                "tokens_per_s_reference": ref_med,
                 "ratio_vs_reference": ours_med / ref_med,
                 "ratio_paired": statistics.median(o / r for o, r in zip(ours_rounds, ref_rounds)),
-                "tokens_per_s_best_repeatlab": ours_best, "tokens_per_s_best_reference": ref_best,
+                "tokens_per_s_best_repeatlab": ours_best,
+                "tokens_per_s_best_reference": ref_best,
                 "ratio_best": ours_best / ref_best,
-                "rounds_tokens_per_s_repeatlab": ours_rounds, "rounds_tokens_per_s_reference": ref_rounds,
-                "step_seconds_repeatlab": ours, "step_seconds_reference": ref,
+                "rounds_tokens_per_s_repeatlab": ours_rounds,
+                "rounds_tokens_per_s_reference": ref_rounds,
+                "step_seconds_repeatlab": ours,
+                "step_seconds_reference": ref,
             }
     samples.append(matmul_ceiling(device, 0.25 if quick else 0.5))
     result["machine"]["load_average_end"] = _load_average()
     best = max(samples, key=lambda c: c["flops"])
-    result["ceiling"] = {"flops": best["flops"], "dtype": best["dtype"], "samples": [c["flops"] for c in samples],
-                         "best_per_size": best["per_size"]}
+    result["ceiling"] = {
+        "flops": best["flops"],
+        "dtype": best["dtype"],
+        "samples": [c["flops"] for c in samples],
+        "best_per_size": best["per_size"],
+    }
     for s in result["sizes"].values():
         s["mfu_repeatlab"] = s["tokens_per_s_repeatlab"] * s["flops_per_token"] / best["flops"]
         s["mfu_reference"] = s["tokens_per_s_reference"] * s["flops_per_token"] / best["flops"]
@@ -309,22 +380,48 @@ def run(quick: bool = False, rounds: int | None = None, steps: int | None = None
 
 def table(result: dict) -> str:
     m, c = result["machine"], result["ceiling"]
-    lines = [f"{m['date']}  {m['cpu']}, {m['cores']} cores, {result['threads']} torch threads, torch {m['torch']}"
-             + (f", {m['gpu']}" if m.get("gpu") else "")
-             + f"; load average {m['load_average_start']} at start, {m['load_average_end']} at end",
-             (f"matmul ceiling ({c['dtype']}): {c['flops'] / 1e9:,.1f} GFLOP/s; context {result['context']}, "
-              f"batch {result['batch_sequences']} sequences, {result['timed_steps']} timed steps, median of "
-              f"{result['rounds']} rounds")]
-    header = ("size", "N non-emb", "FLOPs/token", "tok/s repeatlab", "tok/s reference", "ratio", "paired", "best",
-              "MFU repeatlab", "MFU reference")
-    rows = [header] + [(name, f"{s['n_params_nonembed']:,}", f"{s['flops_per_token']:.3e}",
-                        f"{s['tokens_per_s_repeatlab']:,.0f}", f"{s['tokens_per_s_reference']:,.0f}",
-                        f"{s['ratio_vs_reference']:.3f}", f"{s['ratio_paired']:.3f}", f"{s['ratio_best']:.3f}",
-                        f"{s['mfu_repeatlab']:.1%}", f"{s['mfu_reference']:.1%}")
-                       for name, s in result["sizes"].items()]
+    lines = [
+        f"{m['date']}  {m['cpu']}, {m['cores']} cores, {result['threads']} torch threads, torch {m['torch']}"
+        + (f", {m['gpu']}" if m.get("gpu") else "")
+        + f"; load average {m['load_average_start']} at start, {m['load_average_end']} at end",
+        (
+            f"matmul ceiling ({c['dtype']}): {c['flops'] / 1e9:,.1f} GFLOP/s; context {result['context']}, "
+            f"batch {result['batch_sequences']} sequences, {result['timed_steps']} timed steps, median of "
+            f"{result['rounds']} rounds"
+        ),
+    ]
+    header = (
+        "size",
+        "N non-emb",
+        "FLOPs/token",
+        "tok/s repeatlab",
+        "tok/s reference",
+        "ratio",
+        "paired",
+        "best",
+        "MFU repeatlab",
+        "MFU reference",
+    )
+    rows = [header] + [
+        (
+            name,
+            f"{s['n_params_nonembed']:,}",
+            f"{s['flops_per_token']:.3e}",
+            f"{s['tokens_per_s_repeatlab']:,.0f}",
+            f"{s['tokens_per_s_reference']:,.0f}",
+            f"{s['ratio_vs_reference']:.3f}",
+            f"{s['ratio_paired']:.3f}",
+            f"{s['ratio_best']:.3f}",
+            f"{s['mfu_repeatlab']:.1%}",
+            f"{s['mfu_reference']:.1%}",
+        )
+        for name, s in result["sizes"].items()
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-              for row in rows]
+    lines += [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

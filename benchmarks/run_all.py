@@ -18,9 +18,11 @@ BENCHMARKS = ("bench_prepare", "bench_mix", "bench_train", "bench_pack", "bench_
 
 def main() -> int:
     selected = sys.argv[1:] or list(BENCHMARKS)
-    out = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-           "results": {}}
+    out = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "results": {},
+    }
     for name in selected:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"bench: {name} ...", file=sys.stderr)

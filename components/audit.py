@@ -7,9 +7,19 @@ from repeatlab.components import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def audit_corpus(corpus_url: str, out_url: str, audit_json: Output[Artifact], html: Output[HTML],
-                 markdown: Output[Markdown], metrics: Output[Metrics], params: str = "", study: str = "",
-                 write_deduplicated: str = "", remove: str = "flagged", options_json: str = "{}") -> str:
+def audit_corpus(
+    corpus_url: str,
+    out_url: str,
+    audit_json: Output[Artifact],
+    html: Output[HTML],
+    markdown: Output[Markdown],
+    metrics: Output[Metrics],
+    params: str = "",
+    study: str = "",
+    write_deduplicated: str = "",
+    remove: str = "flagged",
+    options_json: str = "{}",
+) -> str:
     """Audit a corpus's repetition and place it on the damage map (`repeatlab audit`); usable on its own or before
     prepare (pass the returned URL of the deduplicated corpus, or the input URL when none is written, as corpus.url).
 
@@ -54,9 +64,20 @@ def audit_map(corpus_url: str, out_url: str, work_url: str, group: int, options_
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def audit_reduce(corpus_url: str, out_url: str, work_url: str, audit_json: Output[Artifact], html: Output[HTML],
-                 markdown: Output[Markdown], metrics: Output[Metrics], params: str = "", study: str = "",
-                 write_deduplicated: str = "", remove: str = "flagged", options_json: str = "{}") -> str:
+def audit_reduce(
+    corpus_url: str,
+    out_url: str,
+    work_url: str,
+    audit_json: Output[Artifact],
+    html: Output[HTML],
+    markdown: Output[Markdown],
+    metrics: Output[Metrics],
+    params: str = "",
+    study: str = "",
+    write_deduplicated: str = "",
+    remove: str = "flagged",
+    options_json: str = "{}",
+) -> str:
     """Fan-out audit, reduce: merge every group's partial results from storage into the whole corpus's audit (the
     same audit.json and report as `audit_corpus`); returns the deduplicated corpus's URL, or the input URL."""
     import json
@@ -72,8 +93,9 @@ def audit_reduce(corpus_url: str, out_url: str, work_url: str, audit_json: Outpu
     def merged(url, s, corpus_cfg, tokenizer):
         return reduce_groups(url, groups, work_url, s, corpus_cfg, tokenizer)
 
-    result, scanned = audit.run_audit(corpus_url, settings, n_params=params or None, study=study or None,
-                                      scan_fn=merged)
+    result, scanned = audit.run_audit(
+        corpus_url, settings, n_params=params or None, study=study or None, scan_fn=merged
+    )
     if write_deduplicated:
         result["deduplicated"] = audit.write_deduplicated(result, scanned, write_deduplicated, remove)
     publish_kfp_outputs(result, out_url, audit_json, html, markdown, metrics)

@@ -13,5 +13,9 @@ def prepare_corpus(study_config: str, corpus: Output[Dataset]):
 
     result = steps.prepare(study_config)
     splits = result["manifest"]["splits"]
-    lineage.write_pointer(corpus, result["corpus_url"], corpus_id=result["corpus_id"],
-                          **{f"{split}_tokens": counts["tokens"] for split, counts in splits.items()})
+    lineage.write_pointer(
+        corpus,
+        result["corpus_url"],
+        corpus_id=result["corpus_id"],
+        **{f"{split}_tokens": counts["tokens"] for split, counts in splits.items()},
+    )

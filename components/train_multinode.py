@@ -39,14 +39,28 @@ def train_multinode(
         name = "repeatlab-" + hashlib.sha256(run_url.encode()).hexdigest()[:12]
         placement = json.loads(placement_json)
         trainjob = build_trainjob(
-            name=name, namespace=namespace, run_url=run_url, image=image, num_nodes=int(num_nodes),
-            nproc_per_node=int(nproc_per_node), resources=json.loads(resources_json), env=json.loads(env_json),
-            runtime=runtime, evaluate=True,  # the job's GPUs write eval.json; the evaluate step publishes it
-            node_selector=placement.get("node_selector"), tolerations=placement.get("tolerations"),
-            storage_secret=placement.get("storage_secret"), storage_secret_keys=placement.get("storage_secret_keys"),
-            shm_size=placement.get("shm_size"), service_account=os.environ.get("POD_SERVICE_ACCOUNT") or None,
+            name=name,
+            namespace=namespace,
+            run_url=run_url,
+            image=image,
+            num_nodes=int(num_nodes),
+            nproc_per_node=int(nproc_per_node),
+            resources=json.loads(resources_json),
+            env=json.loads(env_json),
+            runtime=runtime,
+            evaluate=True,  # the job's GPUs write eval.json; the evaluate step publishes it
+            node_selector=placement.get("node_selector"),
+            tolerations=placement.get("tolerations"),
+            storage_secret=placement.get("storage_secret"),
+            storage_secret_keys=placement.get("storage_secret_keys"),
+            shm_size=placement.get("shm_size"),
+            service_account=os.environ.get("POD_SERVICE_ACCOUNT") or None,
         )
         status = run_trainjob(trainjob, namespace, timeout_s=float(timeout_s))
-        done = {"skipped": False, "trainjob": name, "status": status.get("status"),
-                **records.Done.read(run.done).to_json()}
+        done = {
+            "skipped": False,
+            "trainjob": name,
+            "status": status.get("status"),
+            **records.Done.read(run.done).to_json(),
+        }
     lineage.publish_model(model, run_url, done)

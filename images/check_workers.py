@@ -28,8 +28,15 @@ with open(os.path.join(sys.argv[1], "rank-" + os.environ["RANK"] + ".json"), "w"
 def main() -> int:
     from repeatlab.launch import build_trainjob
 
-    job = build_trainjob(name="probe", namespace="default", run_url="file:///nowhere", image="unused", num_nodes=1,
-                         nproc_per_node=2, resources={})
+    job = build_trainjob(
+        name="probe",
+        namespace="default",
+        run_url="file:///nowhere",
+        image="unused",
+        num_nodes=1,
+        nproc_per_node=2,
+        resources={},
+    )
     command = job["spec"]["trainer"]["command"]
     module_at = command.index("-m", 3)  # python -m torch.distributed.run [options] -m repeatlab.train ...
     expected = shutil.which(command[0])
@@ -43,12 +50,14 @@ def main() -> int:
         subprocess.run(run, check=True, env=env, stdout=subprocess.DEVNULL, timeout=300)
         workers = [json.load(open(os.path.join(out, f"rank-{r}.json"))) for r in range(2)]
     # Not realpath: a venv's python is a symlink to the base interpreter; the venv is told apart by its prefix.
-    prefix = subprocess.run([expected, "-c", "import sys; print(sys.prefix)"], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    prefix = subprocess.run(
+        [expected, "-c", "import sys; print(sys.prefix)"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     for rank, worker in enumerate(workers):
         assert worker["prefix"] == prefix and worker["repeatlab"], (
             f"worker {rank} ran {worker['executable']} (prefix {worker['prefix']}, repeatlab: {worker['repeatlab']}); "
-            f"expected {expected} (prefix {prefix})")
+            f"expected {expected} (prefix {prefix})"
+        )
     print(json.dumps({"command": run[:module_at], "python": expected, "workers": workers}))
     return 0
 

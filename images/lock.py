@@ -21,9 +21,16 @@ from packaging.utils import canonicalize_name
 ROOT_DIST = "repeatlab"
 RUNTIME_EXTRAS = {"gcs", "s3", "k8s", "torchx"}
 OUT = Path(__file__).with_name("constraints.txt")
-ENV = {"python_version": "3.11", "python_full_version": "3.11.10", "sys_platform": "linux", "platform_system": "Linux",
-       "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
-       "platform_python_implementation": "CPython"}
+ENV = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.10",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 
 
 def closure() -> dict[str, str]:
@@ -47,9 +54,11 @@ def closure() -> dict[str, str]:
 
 
 def render(pins: dict[str, str]) -> str:
-    head = ("# Exact pins of repeatlab's runtime dependencies (repeatlab[gcs,s3,k8s,torchx] and their closure),\n"
-            "# as resolved in the project venv. Used by images/Dockerfile.* as a pip constraints file (-c).\n"
-            "# Regenerate with: .venv/bin/python images/lock.py   (checked by tests/test_images.py)\n")
+    head = (
+        "# Exact pins of repeatlab's runtime dependencies (repeatlab[gcs,s3,k8s,torchx] and their closure),\n"
+        "# as resolved in the project venv. Used by images/Dockerfile.* as a pip constraints file (-c).\n"
+        "# Regenerate with: .venv/bin/python images/lock.py   (checked by tests/test_images.py)\n"
+    )
     return head + "".join(f"{k}=={v}\n" for k, v in pins.items())
 
 

@@ -34,18 +34,40 @@ def build_audit_pipeline(cfg: StudyConfig | None = None, parallelism: int | None
         return task
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
-    def audit_corpus_fanout(corpus_url: str, out_url: str, work_url: str = "", groups: int = 8, params: str = "",
-                            study: str = "", write_deduplicated: str = "", remove: str = "flagged",
-                            options_json: str = "{}"):
+    def audit_corpus_fanout(
+        corpus_url: str,
+        out_url: str,
+        work_url: str = "",
+        groups: int = 8,
+        params: str = "",
+        study: str = "",
+        write_deduplicated: str = "",
+        remove: str = "flagged",
+        options_json: str = "{}",
+    ):
         planned = placed(audit_plan(corpus_url=corpus_url, work_url=work_url, out_url=out_url, groups=groups))
         planned.set_display_name("plan file groups")
         with dsl.ParallelFor(planned.outputs["Output"], parallelism=parallelism, name="file-group") as group:
-            mapped = placed(audit_map(corpus_url=corpus_url, work_url=work_url, out_url=out_url, group=group,
-                                      options_json=options_json), heavy=True)
+            mapped = placed(
+                audit_map(
+                    corpus_url=corpus_url, work_url=work_url, out_url=out_url, group=group, options_json=options_json
+                ),
+                heavy=True,
+            )
             mapped.set_display_name("map: one file group")
-        reduced = placed(audit_reduce(corpus_url=corpus_url, out_url=out_url, work_url=work_url, params=params,
-                                      study=study, write_deduplicated=write_deduplicated, remove=remove,
-                                      options_json=options_json), heavy=True)
+        reduced = placed(
+            audit_reduce(
+                corpus_url=corpus_url,
+                out_url=out_url,
+                work_url=work_url,
+                params=params,
+                study=study,
+                write_deduplicated=write_deduplicated,
+                remove=remove,
+                options_json=options_json,
+            ),
+            heavy=True,
+        )
         reduced.after(mapped)
         reduced.set_display_name("reduce: the whole corpus's audit")
 

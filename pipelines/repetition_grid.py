@@ -29,7 +29,6 @@ Resources: only the training task asks for accelerators (`cluster.accelerator_ty
 the eval.json the training processes wrote, so it runs on the CPU image without a GPU.
 """
 
-
 import json
 
 from kfp import dsl, kubernetes
@@ -66,8 +65,9 @@ def on_cluster(task, cfg: StudyConfig, image: str, heavy: bool = False, accelera
         task.set_cpu_limit(c.cpu)
         task.set_memory_limit(c.memory)
         # torch's shared-memory tensors and NCCL need more than the container runtime's 64 MB /dev/shm
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=c.shm_size)
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=c.shm_size
+        )
         kubernetes.set_timeout(task, c.timeout_s)
         if c.retries:
             task.set_retry(num_retries=c.retries, backoff_duration="60s", backoff_factor=2.0)
@@ -96,8 +96,12 @@ def train_packs(cfg: StudyConfig, study, planned, points, fan_in: str):
         packed = plan_packs_after_loop(study_config=study, points=points).after(planned)
     on_cluster(packed, cfg, c.image).set_display_name("plan packs")
     with dsl.ParallelFor(packed.outputs["Output"], parallelism=c.parallelism, name="pack") as pack:
-        trained = on_cluster(train(packs=packed.outputs["packs"], run_urls=pack,
-                                   nproc_per_node=cfg.train.nproc_per_node), cfg, c.train_image, accelerators=True)
+        trained = on_cluster(
+            train(packs=packed.outputs["packs"], run_urls=pack, nproc_per_node=cfg.train.nproc_per_node),
+            cfg,
+            c.train_image,
+            accelerators=True,
+        )
         evaluated = on_cluster(evaluate(model=trained.outputs["model"]), cfg, c.image, heavy=True)
     return evaluated
 
@@ -131,28 +135,41 @@ def build_pipeline(cfg: StudyConfig, fan_in: str = "collected"):
                 if c.accelerator_limit:
                     resources[c.accelerator_type] = str(c.accelerator_limit)
                 trained = train_multinode(
-                    plan=planned.outputs["plan"], image=c.train_image, num_nodes=cfg.train.nnodes,
-                    nproc_per_node=cfg.train.nproc_per_node, resources_json=json.dumps(resources, sort_keys=True),
-                    env_json=json.dumps(c.env, sort_keys=True), runtime=c.trainer_runtime, timeout_s=c.timeout_s,
-                    placement_json=json.dumps({
-                        "node_selector": c.node_selector, "tolerations": c.tolerations, "shm_size": c.shm_size,
-                        "storage_secret": c.storage_secret, "storage_secret_keys": c.storage_secret_keys,
-                    }, sort_keys=True),
+                    plan=planned.outputs["plan"],
+                    image=c.train_image,
+                    num_nodes=cfg.train.nnodes,
+                    nproc_per_node=cfg.train.nproc_per_node,
+                    resources_json=json.dumps(resources, sort_keys=True),
+                    env_json=json.dumps(c.env, sort_keys=True),
+                    runtime=c.trainer_runtime,
+                    timeout_s=c.timeout_s,
+                    placement_json=json.dumps(
+                        {
+                            "node_selector": c.node_selector,
+                            "tolerations": c.tolerations,
+                            "shm_size": c.shm_size,
+                            "storage_secret": c.storage_secret,
+                            "storage_secret_keys": c.storage_secret_keys,
+                        },
+                        sort_keys=True,
+                    ),
                 )
                 on_cluster(trained, cfg, c.image)
                 # The TrainJob goes to this pod's namespace and its pods run as this pod's service account (the one
                 # KFP runs the pipeline as, which the RBAC in manifests/base/rbac.yaml lets create TrainJobs).
                 kubernetes.use_field_path_as_env(trained, env_name="POD_NAMESPACE", field_path="metadata.namespace")
-                kubernetes.use_field_path_as_env(trained, env_name="POD_SERVICE_ACCOUNT",
-                                                 field_path="spec.serviceAccountName")
+                kubernetes.use_field_path_as_env(
+                    trained, env_name="POD_SERVICE_ACCOUNT", field_path="spec.serviceAccountName"
+                )
                 kubernetes.set_timeout(trained, c.timeout_s + 600)
                 evaluated = on_cluster(evaluate(model=trained.outputs["model"]), cfg, c.image, heavy=True)
         points = grid.outputs["points"]
         if not c.multinode:
             evaluated = train_packs(cfg, study, planned, points, fan_in)
         if fan_in == "collected":
-            analyzed = analyze(study_config=study, points=points,
-                               evaluations=dsl.Collected(evaluated.outputs["evaluation"]))
+            analyzed = analyze(
+                study_config=study, points=points, evaluations=dsl.Collected(evaluated.outputs["evaluation"])
+            )
         else:
             analyzed = analyze_after_loop(study_config=study, points=points).after(evaluated)
             analyzed.set_display_name("analyze")

@@ -94,9 +94,11 @@ def find_checkpoint(run_url: str, point_id: str | None, config_hash: str, n_repe
         if state is None:
             continue
         if state.get("point_id") != point_id or state.get("config_hash") != config_hash:
-            raise CheckpointError(f"checkpoint {url} belongs to another config (point {state.get('point_id')}, "
-                                  f"config hash {state.get('config_hash')}; this point is "
-                                  f"{point_id}, {config_hash}): move it away or use a new run folder")
+            raise CheckpointError(
+                f"checkpoint {url} belongs to another config (point {state.get('point_id')}, "
+                f"config hash {state.get('config_hash')}; this point is "
+                f"{point_id}, {config_hash}): move it away or use a new run folder"
+            )
         try:
             return _load_files(url, state, n_repeated)
         except Exception as exc:  # a corrupt file of any kind: fall back to the previous checkpoint
@@ -123,8 +125,9 @@ def _write_file(url: str, data: bytes) -> str:
     return sha256(data)
 
 
-def save_checkpoint(run_url: str, step: int, model_sd: dict, optim_sd: dict, rng: dict, exposures: np.ndarray,
-                    state: dict, keep: int) -> str:
+def save_checkpoint(
+    run_url: str, step: int, model_sd: dict, optim_sd: dict, rng: dict, exposures: np.ndarray, state: dict, keep: int
+) -> str:
     """Rank 0: write one checkpoint, state.json last, then prune to the last `keep` complete checkpoints."""
     url = checkpoint_url(run_url, step)
     storage.remove(url, recursive=True)  # a partial leftover of an earlier attempt at this step
@@ -137,7 +140,7 @@ def save_checkpoint(run_url: str, step: int, model_sd: dict, optim_sd: dict, rng
         "exposures.npy": _write_file(storage.join(url, "exposures.npy"), buf.getvalue()),
     }
     storage.write_json(storage.join(url, "state.json"), {**state, "files": files})
-    keep_steps = set(checkpoint_steps(run_url, complete_only=True)[-max(1, keep):])
+    keep_steps = set(checkpoint_steps(run_url, complete_only=True)[-max(1, keep) :])
     for s in checkpoint_steps(run_url):
         if s not in keep_steps and s < step:
             storage.remove(checkpoint_url(run_url, s), recursive=True)

@@ -33,8 +33,13 @@ class DistEnv:
         if "WORLD_SIZE" not in env or "RANK" not in env:
             return cls()
         world = int(env["WORLD_SIZE"])
-        return cls(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", "0")), world=world,
-                   local_world=int(env.get("LOCAL_WORLD_SIZE", str(world))), distributed=True)
+        return cls(
+            rank=int(env["RANK"]),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world=world,
+            local_world=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+            distributed=True,
+        )
 
     @property
     def is_main(self) -> bool:

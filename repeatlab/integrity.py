@@ -43,8 +43,10 @@ def check_bytes(url: str, data: bytes, expected: str | None, recorded_in: str, r
         return
     found = sha256_bytes(data)
     if found != expected:
-        raise IntegrityError(f"{url}: sha256 {found[:12]}... does not match {expected[:12]}... recorded in "
-                             f"{recorded_in} (the file is corrupt or was changed); {remedy}")
+        raise IntegrityError(
+            f"{url}: sha256 {found[:12]}... does not match {expected[:12]}... recorded in "
+            f"{recorded_in} (the file is corrupt or was changed); {remedy}"
+        )
 
 
 def verify_local_file(url: str, path: str, expected: str | None, recorded_in: str, remedy: str) -> None:
@@ -58,32 +60,44 @@ def verify_local_file(url: str, path: str, expected: str | None, recorded_in: st
             return
     found = sha256_file(path)
     if found != expected:
-        raise IntegrityError(f"{url}: sha256 {found[:12]}... does not match {expected[:12]}... recorded in "
-                             f"{recorded_in} (the file is corrupt or was changed); {remedy}")
+        raise IntegrityError(
+            f"{url}: sha256 {found[:12]}... does not match {expected[:12]}... recorded in "
+            f"{recorded_in} (the file is corrupt or was changed); {remedy}"
+        )
     with _lock:
         _verified.add(key)
 
 
 def verify_shard(corpus_url: str, split_info: dict, path: str) -> None:
     """A corpus shard (already local: the file itself, or its cached copy) against manifest.json's sha256."""
-    verify_local_file(storage.join(corpus_url, split_info["file"]), path, split_info.get("sha256"),
-                      layout.Corpus(corpus_url).manifest,
-                      "prepare the corpus again (repeatlab prepare) after removing its folder")
+    verify_local_file(
+        storage.join(corpus_url, split_info["file"]),
+        path,
+        split_info.get("sha256"),
+        layout.Corpus(corpus_url).manifest,
+        "prepare the corpus again (repeatlab prepare) after removing its folder",
+    )
 
 
 def verify_plan(run_url: str, plan_info: dict) -> None:
     """plan.npy and repeated.npy against the hashes mix wrote into plan.json."""
     run = layout.Run(run_url)
     for url, field in ((run.plan_npy, "plan_sha256"), (run.repeated_npy, "repeated_sha256")):
-        verify_local_file(url, storage.cached_local_copy(url), plan_info.get(field), run.plan_json,
-                          "remove plan.json, plan.npy and repeated.npy and build the plan again (repeatlab mix)")
+        verify_local_file(
+            url,
+            storage.cached_local_copy(url),
+            plan_info.get(field),
+            run.plan_json,
+            "remove plan.json, plan.npy and repeated.npy and build the plan again (repeatlab mix)",
+        )
 
 
 def seal_record(record: dict[str, Any]) -> dict[str, Any]:
     """The record with `record_sha256`: the sha256 of its canonical JSON without that field."""
     # through JSON first, so the digest is of exactly what a reader will load (numpy scalars, tuples)
-    body = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_HASH_FIELD},
-                                 default=storage._json_default))
+    body = json.loads(
+        json.dumps({k: v for k, v in record.items() if k != RECORD_HASH_FIELD}, default=storage._json_default)
+    )
     return {**body, RECORD_HASH_FIELD: _record_digest(body)}
 
 
@@ -94,8 +108,10 @@ def check_record(url: str, record: Any) -> Any:
         return record
     body = {k: v for k, v in record.items() if k != RECORD_HASH_FIELD}
     if _record_digest(body) != record[RECORD_HASH_FIELD]:
-        raise IntegrityError(f"{url}: content does not match its {RECORD_HASH_FIELD} (the record is corrupt or was "
-                             "edited); remove it and evaluate the run again (repeatlab evaluate)")
+        raise IntegrityError(
+            f"{url}: content does not match its {RECORD_HASH_FIELD} (the record is corrupt or was "
+            "edited); remove it and evaluate the run again (repeatlab evaluate)"
+        )
     return record
 
 

@@ -87,8 +87,10 @@ def _cron_value(text: str, low: int, high: int, names: list[str] | None, where: 
     if names and text.lower() in names:
         return names.index(text.lower()) + low
     if not text.isdigit():
-        raise ConfigError(f"--cron {cron!r}: {where}: {text!r} is not a number" + (
-            f" or a name ({', '.join(n.upper() for n in names)})" if names else ""))
+        raise ConfigError(
+            f"--cron {cron!r}: {where}: {text!r} is not a number"
+            + (f" or a name ({', '.join(n.upper() for n in names)})" if names else "")
+        )
     value = int(text)
     if not low <= value <= high:
         raise ConfigError(f"--cron {cron!r}: {where}: {value} is out of range [{low}, {high}]")
@@ -122,21 +124,29 @@ def validate_cron(cron: str) -> str:
     if text.startswith("@"):
         if text in _CRON_DESCRIPTORS:
             return text
-        if text.startswith("@every ") and _GO_DURATION.fullmatch(text[len("@every "):]):
+        if text.startswith("@every ") and _GO_DURATION.fullmatch(text[len("@every ") :]):
             return text
-        raise ConfigError(f"--cron {cron!r}: unknown descriptor; allowed: {', '.join(sorted(_CRON_DESCRIPTORS))}, "
-                          "'@every <duration>' (e.g. '@every 6h'), or 6 fields e.g. " + _EXAMPLE)
+        raise ConfigError(
+            f"--cron {cron!r}: unknown descriptor; allowed: {', '.join(sorted(_CRON_DESCRIPTORS))}, "
+            "'@every <duration>' (e.g. '@every 6h'), or 6 fields e.g. " + _EXAMPLE
+        )
     fields = text.split(" ")
     if len(fields) == 5:
-        raise ConfigError(f"--cron {cron!r} has 5 fields, but KFP cron has 6 with seconds first: prepend the seconds, "
-                          f"here '0 {text}' (03:00 every day is '0 0 3 * * *')")
+        raise ConfigError(
+            f"--cron {cron!r} has 5 fields, but KFP cron has 6 with seconds first: prepend the seconds, "
+            f"here '0 {text}' (03:00 every day is '0 0 3 * * *')"
+        )
     if len(fields) != 6:
-        raise ConfigError(f"--cron {cron!r} has {len(fields)} fields; KFP cron has exactly 6 (seconds minutes hours "
-                          f"day-of-month month day-of-week), e.g. {_EXAMPLE}")
+        raise ConfigError(
+            f"--cron {cron!r} has {len(fields)} fields; KFP cron has exactly 6 (seconds minutes hours "
+            f"day-of-month month day-of-week), e.g. {_EXAMPLE}"
+        )
     for field_text, (where, low, high, names) in zip(fields, _CRON_FIELDS):
         if not re.fullmatch(r"[0-9A-Za-z*?,/\-]+", field_text):
-            raise ConfigError(f"--cron {cron!r}: {where} field {field_text!r} has characters other than digits, "
-                              "names, '*', '?', ',', '-', '/'")
+            raise ConfigError(
+                f"--cron {cron!r}: {where} field {field_text!r} has characters other than digits, "
+                "names, '*', '?', ',', '-', '/'"
+            )
         for part in field_text.split(","):
             _check_cron_part(part, where, low, high, names, cron)
     return text
@@ -174,7 +184,9 @@ def normalize_host(host: str | None) -> str:
     if not host:
         raise ConfigError(f"--host: no KFP API address given; pass --host URL or set {HOST_ENV}")
     if not re.match(r"^https?://", host):
-        raise ConfigError(f"--host {host!r}: expected an http:// or https:// URL, e.g. http://ml-pipeline.kubeflow:8888")
+        raise ConfigError(
+            f"--host {host!r}: expected an http:// or https:// URL, e.g. http://ml-pipeline.kubeflow:8888"
+        )
     return host.rstrip("/")
 
 
@@ -215,8 +227,9 @@ def _api_error(host: str, what: str, exc: BaseException) -> KfpError:
         except (ValueError, AttributeError):
             detail = str(exc.body or "")[:200]
         hint = " (check --token-file / the service account's RBAC)" if exc.status in (401, 403) else ""
-        return KfpError(f"KFP API {host}: {what} failed: HTTP {exc.status} {exc.reason}{hint}"
-                        + (f": {detail}" if detail else ""))
+        return KfpError(
+            f"KFP API {host}: {what} failed: HTTP {exc.status} {exc.reason}{hint}" + (f": {detail}" if detail else "")
+        )
     reason = getattr(exc, "reason", None) or exc
     return KfpError(f"KFP API {host}: {what} failed: {type(exc).__name__}: {reason}")
 
@@ -243,8 +256,9 @@ def _retryable(exc: BaseException, created: bool) -> bool:
         from kfp_server_api.exceptions import ApiException
     except ImportError:  # pragma: no cover
         ApiException = ()
-    if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
-                        ConnectionRefusedError)):
+    if isinstance(
+        exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError)
+    ):
         return True
     if isinstance(exc, urllib3.exceptions.MaxRetryError):
         return _retryable(exc.reason, created) if exc.reason is not None else not created
@@ -274,8 +288,10 @@ def _bounded(host: str, what: str, fn, *, creates: bool = False):
     for attempt in range(1, attempts + 1):
         remaining = _deadline.remaining()
         if remaining <= 0:
-            raise KfpError(f"KFP API {host}: {what}: the command's deadline of {_deadline.seconds:.0f} s has passed "
-                           "(REPEATLAB_KFP_DEADLINE_S / --deadline)")
+            raise KfpError(
+                f"KFP API {host}: {what}: the command's deadline of {_deadline.seconds:.0f} s has passed "
+                "(REPEATLAB_KFP_DEADLINE_S / --deadline)"
+            )
         limit = min(READ_TIMEOUT_S + CONNECT_TIMEOUT_S, remaining)
         outcome: dict[str, Any] = {}
         worker = threading.Thread(target=_attempt, args=(host, what, fn, outcome), name=f"kfp-{what}", daemon=True)
@@ -283,8 +299,10 @@ def _bounded(host: str, what: str, fn, *, creates: bool = False):
         worker.join(limit)
         tries = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
         if worker.is_alive():
-            error = KfpError(f"KFP API {host}: {what} stalled: no answer within {limit:.0f} s{tries}; check the API "
-                             "server and the network (REPEATLAB_KFP_READ_TIMEOUT_S sets the limit)")
+            error = KfpError(
+                f"KFP API {host}: {what} stalled: no answer within {limit:.0f} s{tries}; check the API "
+                "server and the network (REPEATLAB_KFP_READ_TIMEOUT_S sets the limit)"
+            )
             if creates:  # the request may have arrived: never create twice
                 raise error
         elif "error" in outcome:
@@ -358,8 +376,12 @@ def _client(host: str, token: str | None, namespace: str | None):
 
 def _experiment_id(client, host: str, name: str, description: str, namespace: str | None) -> str:
     """Get the experiment by name, or create it (kfp's create_experiment looks it up first)."""
-    return _bounded(host, f"getting or creating experiment {name!r}", lambda: client.create_experiment(
-        name=name, description=description or None, namespace=namespace).experiment_id, creates=True)
+    return _bounded(
+        host,
+        f"getting or creating experiment {name!r}",
+        lambda: client.create_experiment(name=name, description=description or None, namespace=namespace).experiment_id,
+        creates=True,
+    )
 
 
 def _by_name(name: str) -> str:
@@ -411,25 +433,40 @@ def _pipeline_id(client, host: str, name: str, description: str, namespace: str 
     return _bounded(host, f"creating pipeline {name!r}", create, creates=True)
 
 
-def ensure_pipeline_version(client, host: str, pipeline: str, description: str, path: str,
-                            namespace: str | None) -> dict:
+def ensure_pipeline_version(
+    client, host: str, pipeline: str, description: str, path: str, namespace: str | None
+) -> dict:
     """The pipeline version of this compiled spec: reused when a version of that name exists, else uploaded.
     Returns {pipeline_id, version_id, version, pipeline, reused}."""
     pipeline_id = _pipeline_id(client, host, pipeline, description, namespace)
     name = version_name(path)
-    existing = _bounded(host, f"looking up version {name!r} of pipeline {pipeline!r}", lambda: client.
-                        list_pipeline_versions(pipeline_id=pipeline_id, page_size=2, filter=_by_name(name)))
+    existing = _bounded(
+        host,
+        f"looking up version {name!r} of pipeline {pipeline!r}",
+        lambda: client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=2, filter=_by_name(name)),
+    )
     versions = existing.pipeline_versions or []
     if versions:
         version_id, reused = versions[0].pipeline_version_id, True
     else:
-        version_id = _bounded(host, f"uploading version {name!r} of pipeline {pipeline!r}", lambda: client.
-                              upload_pipeline_version(path, name, pipeline_id=pipeline_id,
-                                                      description=description or None).pipeline_version_id,
-                              creates=True)
+        version_id = _bounded(
+            host,
+            f"uploading version {name!r} of pipeline {pipeline!r}",
+            lambda: (
+                client.upload_pipeline_version(
+                    path, name, pipeline_id=pipeline_id, description=description or None
+                ).pipeline_version_id
+            ),
+            creates=True,
+        )
         reused = False
-    return {"pipeline": pipeline, "pipeline_id": pipeline_id, "version": name, "version_id": version_id,
-            "reused": reused}
+    return {
+        "pipeline": pipeline,
+        "pipeline_id": pipeline_id,
+        "version": name,
+        "version_id": version_id,
+        "reused": reused,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -481,10 +518,12 @@ def _check_package(path: str) -> None:
                 spec = next(iter(yaml.safe_load_all(f)), None) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"--package {path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-        params = (((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {})
+        params = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
         if PIPELINE_PARAMETER not in params:
-            raise ConfigError(f"--package {path}: the pipeline has no {PIPELINE_PARAMETER!r} parameter "
-                              f"(parameters: {', '.join(params) or 'none'}); compile it with `repeatlab compile`")
+            raise ConfigError(
+                f"--package {path}: the pipeline has no {PIPELINE_PARAMETER!r} parameter "
+                f"(parameters: {', '.join(params) or 'none'}); compile it with `repeatlab compile`"
+            )
 
 
 @contextlib.contextmanager
@@ -515,9 +554,19 @@ def _utc_stamp() -> str:
 # Public API
 
 
-def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, experiment: str | None = None,
-           run_name: str | None = None, package_path: str | None = None, namespace: str | None = None,
-           service_account: str | None = None, deadline_s: float | None = None, fan_in: str = "collected") -> dict:
+def submit(
+    cfg: StudyConfig,
+    host: str | None,
+    *,
+    token: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    package_path: str | None = None,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    deadline_s: float | None = None,
+    fan_in: str = "collected",
+) -> dict:
     """Start one run of the study pipeline from its pipeline version (uploaded when new); returns {run_id,
     experiment_id, experiment, run_name, url, pipeline, pipeline_id, version, version_id, reused}."""
     check_for_cluster(cfg)  # before anything is compiled or sent
@@ -529,18 +578,45 @@ def submit(cfg: StudyConfig, host: str | None, *, token: str | None = None, expe
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
         version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
-        run = _bounded(host, f"creating run {run_name!r}", lambda: client.run_pipeline(
-            experiment_id=experiment_id, job_name=run_name, pipeline_id=version["pipeline_id"],
-            version_id=version["version_id"], params=run_parameters(cfg, path), service_account=service_account),
-            creates=True)
-    return {"run_id": run.run_id, "experiment_id": experiment_id, "experiment": experiment, "run_name": run_name,
-            "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}", **version}
+        run = _bounded(
+            host,
+            f"creating run {run_name!r}",
+            lambda: client.run_pipeline(
+                experiment_id=experiment_id,
+                job_name=run_name,
+                pipeline_id=version["pipeline_id"],
+                version_id=version["version_id"],
+                params=run_parameters(cfg, path),
+                service_account=service_account,
+            ),
+            creates=True,
+        )
+    return {
+        "run_id": run.run_id,
+        "experiment_id": experiment_id,
+        "experiment": experiment,
+        "run_name": run_name,
+        "url": f"{_ui_prefix(host)}/#/runs/details/{run.run_id}",
+        **version,
+    }
 
 
-def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None = None,
-             experiment: str | None = None, job_name: str | None = None, max_concurrency: int = 1,
-             no_catchup: bool = True, package_path: str | None = None, namespace: str | None = None,
-             service_account: str | None = None, deadline_s: float | None = None, fan_in: str = "collected") -> dict:
+def schedule(
+    cfg: StudyConfig,
+    host: str | None,
+    cron: str,
+    *,
+    token: str | None = None,
+    experiment: str | None = None,
+    job_name: str | None = None,
+    max_concurrency: int = 1,
+    no_catchup: bool = True,
+    package_path: str | None = None,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    deadline_s: float | None = None,
+    fan_in: str = "collected",
+) -> dict:
     """Create a recurring run of the study's pipeline version (uploaded when new); returns {recurring_run_id,
     experiment_id, job_name, cron, url, pipeline, pipeline_id, version, version_id, reused}.
 
@@ -558,21 +634,48 @@ def schedule(cfg: StudyConfig, host: str | None, cron: str, *, token: str | None
     with _package(package_path, cfg, fan_in) as path:
         client = _client(host, token, namespace)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
-        existing = _bounded(host, f"listing recurring runs of experiment {experiment!r}",
-                            lambda: client.list_recurring_runs(experiment_id=experiment_id, page_size=10,
-                                                               filter=json.dumps({"predicates": [{
-                                                                   "operation": "EQUALS", "key": "display_name",
-                                                                   "stringValue": job_name}]})))
+        existing = _bounded(
+            host,
+            f"listing recurring runs of experiment {experiment!r}",
+            lambda: client.list_recurring_runs(
+                experiment_id=experiment_id,
+                page_size=10,
+                filter=json.dumps(
+                    {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": job_name}]}
+                ),
+            ),
+        )
         for rr in existing.recurring_runs or []:
             if rr.display_name == job_name:
-                raise KfpError(f"recurring run {job_name!r} exists already in experiment {experiment!r} "
-                               f"(id {rr.recurring_run_id}); pass another --job-name or delete it first")
+                raise KfpError(
+                    f"recurring run {job_name!r} exists already in experiment {experiment!r} "
+                    f"(id {rr.recurring_run_id}); pass another --job-name or delete it first"
+                )
         version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
-        rr = _bounded(host, f"creating recurring run {job_name!r}", lambda: client.create_recurring_run(
-            experiment_id=experiment_id, job_name=job_name, description=cfg.description or None,
-            cron_expression=cron, max_concurrency=max_concurrency, no_catchup=no_catchup,
-            params=run_parameters(cfg, path), pipeline_id=version["pipeline_id"], version_id=version["version_id"],
-            enabled=True, service_account=service_account), creates=True)
-    return {"recurring_run_id": rr.recurring_run_id, "experiment_id": experiment_id, "experiment": experiment,
-            "job_name": job_name, "cron": cron,
-            "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}", **version}
+        rr = _bounded(
+            host,
+            f"creating recurring run {job_name!r}",
+            lambda: client.create_recurring_run(
+                experiment_id=experiment_id,
+                job_name=job_name,
+                description=cfg.description or None,
+                cron_expression=cron,
+                max_concurrency=max_concurrency,
+                no_catchup=no_catchup,
+                params=run_parameters(cfg, path),
+                pipeline_id=version["pipeline_id"],
+                version_id=version["version_id"],
+                enabled=True,
+                service_account=service_account,
+            ),
+            creates=True,
+        )
+    return {
+        "recurring_run_id": rr.recurring_run_id,
+        "experiment_id": experiment_id,
+        "experiment": experiment,
+        "job_name": job_name,
+        "cron": cron,
+        "url": f"{_ui_prefix(host)}/#/recurringrun/details/{rr.recurring_run_id}",
+        **version,
+    }

@@ -30,8 +30,14 @@ def default_config_path() -> str:
     return os.path.join(os.path.dirname(repeatlab.pipelines.__file__), "configs", DEFAULT_CONFIG_NAME)
 
 
-def compile_pipeline(package_path: str, cfg: StudyConfig | None = None, *, kubernetes_manifest: bool = False,
-                     pipeline_display_name: str | None = None, fan_in: str = "collected") -> str:
+def compile_pipeline(
+    package_path: str,
+    cfg: StudyConfig | None = None,
+    *,
+    kubernetes_manifest: bool = False,
+    pipeline_display_name: str | None = None,
+    fan_in: str = "collected",
+) -> str:
     """Compile the pipeline for a study (default: paper-small) to `package_path`; returns the path.
 
     fan_in: "collected" (KFP backends >= 2.14) or "storage" (2.4.1 to 2.13); see pipelines/repetition_grid.py."""
@@ -45,11 +51,21 @@ def compile_pipeline(package_path: str, cfg: StudyConfig | None = None, *, kuber
     if kubernetes_manifest:
         from kfp.compiler.compiler_utils import KubernetesManifestOptions
 
-        kwargs = {"kubernetes_manifest_format": True, "kubernetes_manifest_options": KubernetesManifestOptions(
-            pipeline_name=f"repeatlab-{cfg.name}",
-            pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
-            pipeline_version_name=f"repeatlab-{cfg.name}-v1", namespace="repeatlab", include_pipeline_manifest=True)}
+        kwargs = {
+            "kubernetes_manifest_format": True,
+            "kubernetes_manifest_options": KubernetesManifestOptions(
+                pipeline_name=f"repeatlab-{cfg.name}",
+                pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
+                pipeline_version_name=f"repeatlab-{cfg.name}-v1",
+                namespace="repeatlab",
+                include_pipeline_manifest=True,
+            ),
+        }
     os.makedirs(os.path.dirname(os.path.abspath(package_path)), exist_ok=True)
-    compiler.Compiler().compile(pipeline, package_path=package_path,
-                                pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}", **kwargs)
+    compiler.Compiler().compile(
+        pipeline,
+        package_path=package_path,
+        pipeline_display_name=pipeline_display_name or f"repeatlab {cfg.name}",
+        **kwargs,
+    )
     return package_path

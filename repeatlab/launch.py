@@ -33,10 +33,20 @@ DEFAULT_IMAGE = "ghcr.io/repeatlab/repeatlab:0.1.0"
 # torchrun
 
 
-def torchrun_command(run_url: str | list[str], nproc_per_node: int, nnodes: int = 1, *, node_rank: int | None = None,
-                     rdzv_endpoint: str | None = None, rdzv_id: str | None = None, rdzv_backend: str = "c10d",
-                     max_restarts: int = 0, max_steps: int | None = None, evaluate: bool = False,
-                     python: str | None = None) -> list[str]:
+def torchrun_command(
+    run_url: str | list[str],
+    nproc_per_node: int,
+    nnodes: int = 1,
+    *,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str | None = None,
+    rdzv_backend: str = "c10d",
+    max_restarts: int = 0,
+    max_steps: int | None = None,
+    evaluate: bool = False,
+    python: str | None = None,
+) -> list[str]:
     """The torchrun command line that trains `run_url` (several: one pack) with `nproc_per_node` processes on each of
     `nnodes` nodes.
 
@@ -57,11 +67,20 @@ def torchrun_command(run_url: str | list[str], nproc_per_node: int, nnodes: int 
         if not endpoint:
             from repeatlab.errors import TrainError
 
-            raise TrainError(f"nnodes {nnodes}: multi-node training needs a rendezvous endpoint "
-                             "(rdzv_endpoint, or MASTER_ADDR/MASTER_PORT in the environment)")
-        cmd += ["--nnodes", str(nnodes), "--rdzv-backend", rdzv_backend, "--rdzv-endpoint", endpoint,
-                "--rdzv-id", rdzv_id or os.environ.get("REPEATLAB_RDZV_ID") or os.environ.get("PET_RDZV_ID")
-                or "repeatlab"]
+            raise TrainError(
+                f"nnodes {nnodes}: multi-node training needs a rendezvous endpoint "
+                "(rdzv_endpoint, or MASTER_ADDR/MASTER_PORT in the environment)"
+            )
+        cmd += [
+            "--nnodes",
+            str(nnodes),
+            "--rdzv-backend",
+            rdzv_backend,
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            rdzv_id or os.environ.get("REPEATLAB_RDZV_ID") or os.environ.get("PET_RDZV_ID") or "repeatlab",
+        ]
         rank = node_rank if node_rank is not None else os.environ.get("NODE_RANK", os.environ.get("PET_NODE_RANK"))
         if rank is not None:
             cmd += ["--node-rank", str(rank)]
@@ -119,27 +138,58 @@ def restricted_pod_patch(shm_size: str | None) -> tuple[dict, dict]:
     writable emptyDirs for /tmp and $HOME (the root filesystem is read-only) and /dev/shm in memory (NCCL, torch's
     shared-memory tensors): the same as the manifests' TrainJob (manifests/jobs/trainjob/trainjob.yaml)."""
     seccomp = {"type": "RuntimeDefault"}
-    pod = {"securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                               "seccompProfile": seccomp},
-           "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
-                       {"name": "home", "emptyDir": {"sizeLimit": "1Gi"}},
-                       {"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": shm_size} if shm_size
-                                                                            else {})}}]}
-    container = {"securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                     "runAsNonRoot": True, "runAsUser": UID, "capabilities": {"drop": ["ALL"]},
-                                     "seccompProfile": seccomp},
-                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME},
-                                  {"name": "dshm", "mountPath": "/dev/shm"}]}
+    pod = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": seccomp,
+        },
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+            {"name": "home", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": shm_size} if shm_size else {})}},
+        ],
+    }
+    container = {
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": seccomp,
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "home", "mountPath": HOME},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
     return pod, container
 
 
-def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_nodes: int, nproc_per_node: int,
-                   resources: dict[str, Any], env: dict[str, str] | None = None,
-                   runtime: str = "torch-distributed", node_selector: dict[str, str] | None = None,
-                   tolerations: list[dict[str, Any]] | None = None, labels: dict[str, str] | None = None,
-                   runtime_kind: str = "ClusterTrainingRuntime", evaluate: bool = False,
-                   storage_secret: str | None = None, storage_secret_keys: dict[str, str] | None = None,
-                   service_account: str | None = None, shm_size: str | None = "1Gi") -> dict:
+def build_trainjob(
+    name: str,
+    namespace: str,
+    run_url: str,
+    image: str,
+    num_nodes: int,
+    nproc_per_node: int,
+    resources: dict[str, Any],
+    env: dict[str, str] | None = None,
+    runtime: str = "torch-distributed",
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
+    runtime_kind: str = "ClusterTrainingRuntime",
+    evaluate: bool = False,
+    storage_secret: str | None = None,
+    storage_secret_keys: dict[str, str] | None = None,
+    service_account: str | None = None,
+    shm_size: str | None = "1Gi",
+) -> dict:
     """A TrainJob that trains `run_url` on num_nodes x nproc_per_node processes, as a plain dict for the Kubernetes API.
 
     evaluate: the job's workers also evaluate the final checkpoint on their GPUs (eval.json) before they exit.
@@ -152,19 +202,34 @@ def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_node
     """
     from kubeflow_trainer_api import models
 
-    command = ["python", "-m", "torch.distributed.run", f"--nproc-per-node={int(nproc_per_node)}", "-m", TRAIN_MODULE,
-               *(["--evaluate"] if evaluate else []), "--run-url", run_url]
+    command = [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={int(nproc_per_node)}",
+        "-m",
+        TRAIN_MODULE,
+        *(["--evaluate"] if evaluate else []),
+        "--run-url",
+        run_url,
+    ]
     quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
     env_vars: list[dict[str, Any]] = [{"name": "HOME", "value": HOME}]
     env_vars += [{"name": str(k), "value": str(v)} for k, v in sorted((env or {}).items()) if k != "HOME"]
     if storage_secret:
-        env_vars += [{"name": var, "valueFrom": {"secretKeyRef": {"name": storage_secret, "key": key}}}
-                     for key, var in sorted((storage_secret_keys or {}).items())]
+        env_vars += [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": storage_secret, "key": key}}}
+            for key, var in sorted((storage_secret_keys or {}).items())
+        ]
     trainer = models.TrainerV1alpha1Trainer(
-        image=image, command=command, numNodes=int(num_nodes), numProcPerNode=int(nproc_per_node),
+        image=image,
+        command=command,
+        numNodes=int(num_nodes),
+        numProcPerNode=int(nproc_per_node),
         env=[models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env_vars],
         resourcesPerNode=models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)
-        if quantities else None,
+        if quantities
+        else None,
     )
     pod, container = restricted_pod_patch(shm_size)
     if service_account:
@@ -174,24 +239,41 @@ def build_trainjob(name: str, namespace: str, run_url: str, image: str, num_node
     if tolerations:
         pod["tolerations"] = [dict(t) for t in tolerations]
     pod["containers"] = [{"name": "node", **container}]  # the torch runtime's trainer container
-    patches = [models.TrainerV1alpha1RuntimePatch(
-        manager="repeatlab.io/launcher",
-        trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
-            template=models.TrainerV1alpha1JobSetTemplatePatch(
-                spec=models.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[
-                    models.TrainerV1alpha1ReplicatedJobPatch(
-                        name="node",
-                        template=models.TrainerV1alpha1JobTemplatePatch(
-                            spec=models.TrainerV1alpha1JobSpecPatch(
-                                template=models.TrainerV1alpha1PodTemplatePatch(
-                                    spec=models.TrainerV1alpha1PodSpecPatch.from_dict(pod)))))]))))]
+    patches = [
+        models.TrainerV1alpha1RuntimePatch(
+            manager="repeatlab.io/launcher",
+            trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
+                template=models.TrainerV1alpha1JobSetTemplatePatch(
+                    spec=models.TrainerV1alpha1JobSetSpecPatch(
+                        replicatedJobs=[
+                            models.TrainerV1alpha1ReplicatedJobPatch(
+                                name="node",
+                                template=models.TrainerV1alpha1JobTemplatePatch(
+                                    spec=models.TrainerV1alpha1JobSpecPatch(
+                                        template=models.TrainerV1alpha1PodTemplatePatch(
+                                            spec=models.TrainerV1alpha1PodSpecPatch.from_dict(pod)
+                                        )
+                                    )
+                                ),
+                            )
+                        ]
+                    )
+                )
+            ),
+        )
+    ]
     job = models.TrainerV1alpha1TrainJob(
-        apiVersion="trainer.kubeflow.org/v1alpha1", kind="TrainJob",
+        apiVersion="trainer.kubeflow.org/v1alpha1",
+        kind="TrainJob",
         metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
-            name=name, namespace=namespace, labels={"app.kubernetes.io/name": "repeatlab", **(labels or {})}),
+            name=name, namespace=namespace, labels={"app.kubernetes.io/name": "repeatlab", **(labels or {})}
+        ),
         spec=models.TrainerV1alpha1TrainJobSpec(
-            runtimeRef=models.TrainerV1alpha1RuntimeRef(name=runtime, kind=runtime_kind,
-                                                        apiGroup="trainer.kubeflow.org"),
-            trainer=trainer, runtimePatches=patches),
+            runtimeRef=models.TrainerV1alpha1RuntimeRef(
+                name=runtime, kind=runtime_kind, apiGroup="trainer.kubeflow.org"
+            ),
+            trainer=trainer,
+            runtimePatches=patches,
+        ),
     )
     return job.to_dict()

@@ -59,8 +59,10 @@ def _process_start(pid: int) -> str | None:
 
 def _describe(record: dict) -> str:
     age = time.time() - float(record.get("heartbeat", 0))
-    return (f"{record.get('owner', '?')} (host {record.get('host', '?')}, pid {record.get('pid', '?')}, "
-            f"last heartbeat {age:.0f} s ago)")
+    return (
+        f"{record.get('owner', '?')} (host {record.get('host', '?')}, pid {record.get('pid', '?')}, "
+        f"last heartbeat {age:.0f} s ago)"
+    )
 
 
 def stale_reason(record: dict, now: float | None = None) -> str | None:
@@ -81,8 +83,9 @@ def stale_reason(record: dict, now: float | None = None) -> str | None:
 class Lease:
     """The lease on one run folder, held by this process (see the module docstring)."""
 
-    def __init__(self, run_url: str, owner: str = "repeatlab.train", ttl_s: float | None = None,
-                 job: str | None = None):
+    def __init__(
+        self, run_url: str, owner: str = "repeatlab.train", ttl_s: float | None = None, job: str | None = None
+    ):
         self.url = storage.join(run_url, LEASE_NAME)
         self.owner = owner
         self.job = job  # the torchrun job whose rank 0 holds the lease: its other ranks wait for this
@@ -94,9 +97,17 @@ class Lease:
 
     def _record(self) -> dict[str, Any]:
         now = time.time()
-        return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                "pid_start": _process_start(os.getpid()), "token": self.token, "heartbeat": now,
-                "expires": now + self.ttl_s, "ttl_s": self.ttl_s, "job": self.job}
+        return {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+            "token": self.token,
+            "heartbeat": now,
+            "expires": now + self.ttl_s,
+            "ttl_s": self.ttl_s,
+            "job": self.job,
+        }
 
     def _read(self) -> dict | None:
         try:
@@ -134,8 +145,10 @@ class Lease:
                 self._start_heartbeat()
                 return
             if time.monotonic() >= deadline:
-                raise LeaseError(f"{self.url}: this run is being trained by {_describe(holder)}; waited {wait_s:.0f} s "
-                                 "(REPEATLAB_LEASE_WAIT_S); stop that trainer, or wait for it to finish")
+                raise LeaseError(
+                    f"{self.url}: this run is being trained by {_describe(holder)}; waited {wait_s:.0f} s "
+                    "(REPEATLAB_LEASE_WAIT_S); stop that trainer, or wait for it to finish"
+                )
             if not told and on_wait is not None:
                 on_wait(f"waiting for {self.url}: the run is being trained by {_describe(holder)}")
                 told = True
@@ -157,8 +170,11 @@ class Lease:
     def renew(self) -> None:
         current = self._read()
         if not current or current.get("token") != self.token:
-            self.lost = (f"{self.url}: lease lost to {_describe(current)}" if current
-                         else f"{self.url}: lease removed by another process")
+            self.lost = (
+                f"{self.url}: lease lost to {_describe(current)}"
+                if current
+                else f"{self.url}: lease removed by another process"
+            )
             return
         storage.write_text(self.url, json.dumps(self._record()))
 
@@ -185,8 +201,9 @@ class Lease:
         self.release()
 
 
-def wait_for_job(run_url: str, job: str, done_name: str = layout.DONE, wait_s: float | None = None,
-                 poll_s: float | None = None) -> None:
+def wait_for_job(
+    run_url: str, job: str, done_name: str = layout.DONE, wait_s: float | None = None, poll_s: float | None = None
+) -> None:
     """Ranks other than 0: wait until rank 0 of the same torchrun job holds the lease (or the run is done), so they
     do not time out in the process group's rendezvous while rank 0 waits for another trainer."""
     wait_s = wait_s if wait_s is not None else _env_float("REPEATLAB_LEASE_WAIT_S", 86_400.0)

@@ -69,11 +69,15 @@ def read_pointer(artifact: Any) -> dict:
             pointer = json.load(fh)
     except (OSError, ValueError) as exc:
         name = getattr(artifact, "name", "?")
-        raise PointerError(f"input artifact {name!r} at {artifact.path}: not a readable repeatlab pointer "
-                           f"({type(exc).__name__}); connect it to a repeatlab step's output") from None
+        raise PointerError(
+            f"input artifact {name!r} at {artifact.path}: not a readable repeatlab pointer "
+            f"({type(exc).__name__}); connect it to a repeatlab step's output"
+        ) from None
     if not isinstance(pointer, dict) or pointer.get("kind") != POINTER_KIND or not pointer.get("storage_url"):
-        raise PointerError(f"input artifact {getattr(artifact, 'name', '?')!r} at {artifact.path}: not a repeatlab "
-                           f"pointer (expected kind {POINTER_KIND!r} and a storage_url)")
+        raise PointerError(
+            f"input artifact {getattr(artifact, 'name', '?')!r} at {artifact.path}: not a repeatlab "
+            f"pointer (expected kind {POINTER_KIND!r} and a storage_url)"
+        )
     return pointer
 
 
@@ -122,8 +126,10 @@ def study_metrics(analysis: dict) -> dict[str, float]:
     """Study-level metrics of the analysis step: records, and per point its test-loss damage (metric names are
     the point's label, so the UI's compare view lines them up across runs of the study)."""
     summary = analysis.get("summary") or {}
-    out = {"evaluated_points": float(summary.get("records") or len(analysis.get("runs") or [])),
-           "missing_points": float(len(analysis.get("missing") or []))}
+    out = {
+        "evaluated_points": float(summary.get("records") or len(analysis.get("runs") or [])),
+        "missing_points": float(len(analysis.get("missing") or [])),
+    }
     damages = [w.get("damage") for w in (analysis.get("worst") or {}).get("test_loss") or []]
     damages = [float(d) for d in damages if d is not None]
     if damages:
@@ -139,8 +145,15 @@ def publish_model(artifact: Any, run_url: str, done: dict) -> dict:
     """The Model pointer of one trained point: its checkpoints folder, final step and tokens, reused or not."""
     from repeatlab import layout
 
-    return write_pointer(artifact, layout.Run(run_url).checkpoints, run_url=run_url, step=done.get("step"),
-                         tokens=done.get("tokens"), reused=bool(done.get("skipped")), trainjob=done.get("trainjob"))
+    return write_pointer(
+        artifact,
+        layout.Run(run_url).checkpoints,
+        run_url=run_url,
+        step=done.get("step"),
+        tokens=done.get("tokens"),
+        reused=bool(done.get("skipped")),
+        trainjob=done.get("trainjob"),
+    )
 
 
 def run_urls_of(artifact: Any) -> list[str]:
@@ -161,11 +174,14 @@ def publish_packs(study_config: str, plans: list | None, packs: Any) -> list[str
         planned = {run_url_of(plan) for plan in plans}
         for url in packed:
             if url not in planned:
-                raise PlanError(f"pack point {url} has no plan among the {len(planned)} handed to plan_packs; is "
-                                "storage.root the same for every step?")
+                raise PlanError(
+                    f"pack point {url} has no plan among the {len(planned)} handed to plan_packs; is "
+                    "storage.root the same for every step?"
+                )
     cfg = steps.load_study(study_config)
-    write_pointer(packs, layout.Study(layout.study_url(cfg.storage.root, cfg.name)).packs, packs=len(items),
-                  points=len(packed))
+    write_pointer(
+        packs, layout.Study(layout.study_url(cfg.storage.root, cfg.name)).packs, packs=len(items), points=len(packed)
+    )
     return items
 
 
@@ -176,9 +192,15 @@ def publish_pack_model(artifact: Any, run_urls: list[str], done: list[dict]) -> 
 
     if len(run_urls) == 1:
         return publish_model(artifact, run_urls[0], done[0])
-    return write_pointer(artifact, layout.Run(run_urls[0]).checkpoints, run_url=run_urls[0], run_urls=run_urls,
-                         step=done[0].get("step"), tokens=[d.get("tokens") for d in done],
-                         reused=all(bool(d.get("skipped")) for d in done))
+    return write_pointer(
+        artifact,
+        layout.Run(run_urls[0]).checkpoints,
+        run_url=run_urls[0],
+        run_urls=run_urls,
+        step=done[0].get("step"),
+        tokens=[d.get("tokens") for d in done],
+        reused=all(bool(d.get("skipped")) for d in done),
+    )
 
 
 def publish_evaluation(model: Any, metrics: Any, evaluation: Any) -> dict:
@@ -194,13 +216,25 @@ def publish_evaluation(model: Any, metrics: Any, evaluation: Any) -> dict:
             metrics.log_metric(name if len(urls) == 1 else f"{name} {label}", value)
     if len(urls) == 1:
         record = records[0]
-        return write_pointer(evaluation, layout.Run(urls[0]).eval, run_url=urls[0], point_id=record.get("point_id"),
-                             point=labels[0], test_loss=record.get("test_loss"),
-                             record_sha256=record.get("record_sha256"))
-    return write_pointer(evaluation, layout.Run(urls[0]).eval, run_url=urls[0], run_urls=urls,
-                         eval_urls=[layout.Run(url).eval for url in urls],
-                         point_ids=[record.get("point_id") for record in records], points=labels,
-                         test_loss=[record.get("test_loss") for record in records])
+        return write_pointer(
+            evaluation,
+            layout.Run(urls[0]).eval,
+            run_url=urls[0],
+            point_id=record.get("point_id"),
+            point=labels[0],
+            test_loss=record.get("test_loss"),
+            record_sha256=record.get("record_sha256"),
+        )
+    return write_pointer(
+        evaluation,
+        layout.Run(urls[0]).eval,
+        run_url=urls[0],
+        run_urls=urls,
+        eval_urls=[layout.Run(url).eval for url in urls],
+        point_ids=[record.get("point_id") for record in records],
+        points=labels,
+        test_loss=[record.get("test_loss") for record in records],
+    )
 
 
 def _check_evaluations(analysis: dict, evaluations: list) -> None:
@@ -212,9 +246,11 @@ def _check_evaluations(analysis: dict, evaluations: list) -> None:
         pointer = read_pointer(artifact)
         for point_id in pointer.get("point_ids") or [pointer.get("point_id")]:  # a pack's evaluation lists several
             if str(point_id) not in analysed:
-                raise AnalysisError(f"evaluation {pointer['storage_url']} (point {point_id}) was handed to the "
-                                    "analysis but its record was not read from storage; is storage.root the same "
-                                    "for every step?")
+                raise AnalysisError(
+                    f"evaluation {pointer['storage_url']} (point {point_id}) was handed to the "
+                    "analysis but its record was not read from storage; is storage.root the same "
+                    "for every step?"
+                )
 
 
 def publish_analysis(study_config: str, points: Any, evaluations: list | None, analysis: Any, metrics: Any) -> dict:
@@ -226,8 +262,12 @@ def publish_analysis(study_config: str, points: Any, evaluations: list | None, a
     if evaluations is not None:
         _check_evaluations(result, evaluations)
     cfg = steps.load_study(study_config)
-    write_pointer(analysis, layout.Study(layout.study_url(cfg.storage.root, cfg.name)).analysis,
-                  evaluated_points=len(result.get("runs") or []), missing_points=len(result.get("missing") or []))
+    write_pointer(
+        analysis,
+        layout.Study(layout.study_url(cfg.storage.root, cfg.name)).analysis,
+        evaluated_points=len(result.get("runs") or []),
+        missing_points=len(result.get("missing") or []),
+    )
     for name, value in study_metrics(result).items():
         metrics.log_metric(name, value)
     return result

@@ -68,8 +68,10 @@ class GPTConfig:
         self.n_embd = _require_int(self.n_embd, f"{where}.n_embd", 1)
         self.mlp_ratio = _require_int(self.mlp_ratio, f"{where}.mlp_ratio", 1)
         if self.n_embd % self.n_head != 0:
-            raise ConfigError(f"{where}.n_embd: {self.n_embd!r} is not allowed: "
-                              f"a positive multiple of n_head ({self.n_head}), so every head has the same width")
+            raise ConfigError(
+                f"{where}.n_embd: {self.n_embd!r} is not allowed: "
+                f"a positive multiple of n_head ({self.n_head}), so every head has the same width"
+            )
         if not isinstance(self.attention_only, bool):
             raise ConfigError(f"{where}.attention_only: {self.attention_only!r} is not allowed: true or false")
         if not isinstance(self.name, str):
@@ -181,12 +183,14 @@ class GPT(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(config.vocab_size, config.n_embd),
-            "wpe": nn.Embedding(config.context, config.n_embd),
-            "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            "ln_f": nn.LayerNorm(config.n_embd),
-        })
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.context, config.n_embd),
+                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                "ln_f": nn.LayerNorm(config.n_embd),
+            }
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # type: ignore[union-attr,assignment]  # tied: one matrix reads tokens in and writes logits out
 
@@ -222,15 +226,18 @@ class GPT(nn.Module):
         N = non-embedding parameters (2N multiply-adds forward, x3 for forward and backward); the second term is the
         attention scores and weighted sum, 2 * n_layer * n_ctx * d_attn forward (d_attn = n_embd here), x3. Like
         Kaplan it leaves out the embedding lookups and the unembedding matmul."""
-        return training_flops_per_token(self.num_params(True), self.config.n_layer, self.config.n_embd,
-                                        self.config.context)
+        return training_flops_per_token(
+            self.num_params(True), self.config.n_layer, self.config.n_embd, self.config.context
+        )
 
     def _check_length(self, idx: torch.Tensor) -> None:
         if idx.dim() != 2:
             raise ConfigError(f"idx: shape {tuple(idx.shape)} is not allowed: a [batch, time] tensor of token ids")
         if idx.size(1) > self.config.context:
-            raise ConfigError(f"idx: sequence length {idx.size(1)} is not allowed: "
-                              f"at most the model's context ({self.config.context})")
+            raise ConfigError(
+                f"idx: sequence length {idx.size(1)} is not allowed: "
+                f"at most the model's context ({self.config.context})"
+            )
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         self._check_length(idx)
@@ -253,8 +260,7 @@ class GPT(nn.Module):
         """Cross-entropy per position, [B, T], no reduction (0 where the target is -1)."""
         logits, _ = self(idx)
         B, T, V = logits.shape
-        loss = F.cross_entropy(logits.view(B * T, V).float(), targets.reshape(B * T), ignore_index=-1,
-                               reduction="none")
+        loss = F.cross_entropy(logits.view(B * T, V).float(), targets.reshape(B * T), ignore_index=-1, reduction="none")
         return loss.view(B, T)
 
     def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -267,8 +273,9 @@ class GPT(nn.Module):
             patterns.append(pattern)
         return self.lm_head(self.transformer.ln_f(x)), patterns  # type: ignore[operator]
 
-    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                            device_type: str) -> torch.optim.AdamW:
+    def configure_optimizer(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
         """AdamW as in nanoGPT: weight decay on every parameter of 2 or more dimensions (the Linear weights and the
         tied wte, and wpe), none on biases and LayerNorm; the fused kernel on CUDA."""
         params = [p for p in self.parameters() if p.requires_grad]  # the tied matrix once
@@ -309,8 +316,9 @@ class PackedGPT(nn.Module):
         self.names = [n for n, _ in template.named_parameters()]  # the tied wte / lm_head matrix once
         self.state_keys = list(template.state_dict().keys())  # lm_head.weight too: what a GPT checkpoint holds
         for name, p in template.named_parameters():
-            self.register_parameter(_param_key(name), nn.Parameter(p.detach().unsqueeze(0).repeat(
-                self.size, *([1] * p.dim()))))
+            self.register_parameter(
+                _param_key(name), nn.Parameter(p.detach().unsqueeze(0).repeat(self.size, *([1] * p.dim())))
+            )
 
     @classmethod
     def from_models(cls, models: list[GPT]) -> PackedGPT:
@@ -359,14 +367,16 @@ class PackedGPT(nn.Module):
         h = F.gelu(self._linear(x, prefix + ".c_fc"), approximate="tanh")
         return self._linear(h, prefix + ".c_proj")
 
-    def forward(self, idx: torch.Tensor,
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx, targets: [P, B, T] token ids, model p reading idx[p]. Returns (logits [P, B, T, vocab], per-model
         mean cross-entropy [P] or None)."""
         P, B, T = idx.shape
         if P != self.size or T > self.config.context:
-            raise ConfigError(f"idx: shape {tuple(idx.shape)} is not allowed: [{self.size}, batch, time <= "
-                              f"{self.config.context}]")
+            raise ConfigError(
+                f"idx: shape {tuple(idx.shape)} is not allowed: [{self.size}, batch, time <= {self.config.context}]"
+            )
         wte, V = self.stacked("transformer.wte.weight"), self.config.vocab_size
         flat_ids = idx + torch.arange(P, device=idx.device).view(P, 1, 1) * V  # model p's rows of the stacked table
         tok = F.embedding(flat_ids, wte.reshape(P * V, -1))  # (P, B, T, C)
@@ -383,13 +393,16 @@ class PackedGPT(nn.Module):
             loss = loss.view(P, B * T).mean(dim=1)
         return logits.view(P, B, T, V), loss
 
-    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                            device_type: str) -> torch.optim.AdamW:
+    def configure_optimizer(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
         """GPT.configure_optimizer over the stacked tensors: decay where the unstacked parameter has >= 2 dimensions.
         AdamW is element-wise, so one step over [P, ...] is P independent steps, in one (fused on CUDA) call."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 3], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 3], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 3], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 3], "weight_decay": 0.0},
+        ]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = {"fused": True} if fused else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(float(betas[0]), float(betas[1])), **extra)
@@ -412,10 +425,10 @@ class PackedGPT(nn.Module):
 
 def non_embedding_params(n_layer: int, n_embd: int, mlp_ratio: int = 4, attention_only: bool = False) -> int:
     """Kaplan's N for this layout, exactly what GPT.num_params(True) counts. With d = n_embd, r = mlp_ratio:
-        per block   ln_1 2d + c_attn 3d^2+3d + attn.c_proj d^2+d                        = 4d^2 + 6d
-                    + ln_2 2d + mlp.c_fc r*d^2+r*d + mlp.c_proj r*d^2+d  (unless attention-only)
-                    full block                                          = (4+2r) d^2 + (9+r) d   (r=4: 12d^2 + 13d)
-        N = n_layer * block + 2d (ln_f)."""
+    per block   ln_1 2d + c_attn 3d^2+3d + attn.c_proj d^2+d                        = 4d^2 + 6d
+                + ln_2 2d + mlp.c_fc r*d^2+r*d + mlp.c_proj r*d^2+d  (unless attention-only)
+                full block                                          = (4+2r) d^2 + (9+r) d   (r=4: 12d^2 + 13d)
+    N = n_layer * block + 2d (ln_f)."""
     d, r = n_embd, mlp_ratio
     block = 4 * d * d + 6 * d
     if not attention_only:
@@ -435,8 +448,10 @@ def training_flops_per_token(n_params_nonembed: int, n_layer: int, n_embd: int, 
 
 FAMILY_NAME = re.compile(r"d(\d+)(-attn)?")
 SHAPE_NAME = re.compile(r"L(\d+)-E(\d+)-H(\d+)(-attn)?")
-NAME_FORMS = ("'d{depth}' for a family member (e.g. 'd4') or 'L{n_layer}-E{n_embd}-H{n_head}' for an explicit "
-              "shape (e.g. 'L2-E64-H4'), either optionally ending in '-attn' for attention-only")
+NAME_FORMS = (
+    "'d{depth}' for a family member (e.g. 'd4') or 'L{n_layer}-E{n_embd}-H{n_head}' for an explicit "
+    "shape (e.g. 'L2-E64-H4'), either optionally ending in '-attn' for attention-only"
+)
 MAX_FAMILY_DEPTH = 4096  # far beyond any trainable size; bounds the target-size search
 
 
@@ -458,48 +473,68 @@ def shape_name(n_layer: int, n_embd: int, n_head: int, attention_only: bool = Fa
     return f"L{n_layer}-E{n_embd}-H{n_head}" + ("-attn" if attention_only else "")
 
 
-def family_member(family, depth: int, vocab_size: int, context: int, attention_only: bool = False,
-                  name: str | None = None) -> GPTConfig:
+def family_member(
+    family, depth: int, vocab_size: int, context: int, attention_only: bool = False, name: str | None = None
+) -> GPTConfig:
     n_layer, n_embd, n_head = family_shape(depth, family.aspect_ratio, family.head_dim)
-    return GPTConfig(vocab_size=vocab_size, context=context, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                     mlp_ratio=family.mlp_ratio, attention_only=attention_only,
-                     name=name or family_name(depth, attention_only))
+    return GPTConfig(
+        vocab_size=vocab_size,
+        context=context,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        mlp_ratio=family.mlp_ratio,
+        attention_only=attention_only,
+        name=name or family_name(depth, attention_only),
+    )
 
 
-def list_family(family, vocab_size: int, context: int, max_depth: int = 24,
-                attention_only: bool = False) -> list[dict]:
+def list_family(family, vocab_size: int, context: int, max_depth: int = 24, attention_only: bool = False) -> list[dict]:
     """One row per depth 1..max_depth: name, depth, shape, N non-embedding, N total, training FLOPs per token."""
     max_depth = _require_int(max_depth, "max_depth", 1, MAX_FAMILY_DEPTH)
     rows = []
     for depth in range(1, max_depth + 1):
         cfg = family_member(family, depth, vocab_size, context, attention_only)
-        rows.append({
-            "name": cfg.name, "depth": depth, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
-            "mlp_ratio": cfg.mlp_ratio, "attention_only": cfg.attention_only,
-            "n_params_nonembed": cfg.n_params_nonembed, "n_params_total": cfg.n_params_total,
-            "flops_per_token": training_flops_per_token(cfg.n_params_nonembed, cfg.n_layer, cfg.n_embd, context),
-        })
+        rows.append(
+            {
+                "name": cfg.name,
+                "depth": depth,
+                "n_layer": cfg.n_layer,
+                "n_embd": cfg.n_embd,
+                "n_head": cfg.n_head,
+                "mlp_ratio": cfg.mlp_ratio,
+                "attention_only": cfg.attention_only,
+                "n_params_nonembed": cfg.n_params_nonembed,
+                "n_params_total": cfg.n_params_total,
+                "flops_per_token": training_flops_per_token(cfg.n_params_nonembed, cfg.n_layer, cfg.n_embd, context),
+            }
+        )
     return rows
 
 
 def _nearest_depth(family, target: float, attention_only: bool, where: str) -> int:
     """The depth whose N is nearest to target in log space. N grows strictly with depth (more layers, width never
     shrinks), so walk up until N passes the target and compare the two neighbours."""
+
     def n_at(depth):
         n_layer, n_embd, _ = family_shape(depth, family.aspect_ratio, family.head_dim)
         return non_embedding_params(n_layer, n_embd, family.mlp_ratio, attention_only)
 
     smallest = n_at(1)
     if target < smallest / 2:
-        raise ConfigError(f"{where}.target_params: {target!r} is not allowed: the smallest family member "
-                          f"{family_name(1, attention_only)} has N = {smallest:,} non-embedding parameters")
+        raise ConfigError(
+            f"{where}.target_params: {target!r} is not allowed: the smallest family member "
+            f"{family_name(1, attention_only)} has N = {smallest:,} non-embedding parameters"
+        )
     for depth in range(1, MAX_FAMILY_DEPTH + 1):
         if n_at(depth) >= target:
             if depth > 1 and math.log(target / n_at(depth - 1)) < math.log(n_at(depth) / target):
                 return depth - 1
             return depth
-    raise ConfigError(f"{where}.target_params: {target!r} is not allowed: larger than the family reaches "
-                      f"(depth {MAX_FAMILY_DEPTH}, N = {n_at(MAX_FAMILY_DEPTH):,})")
+    raise ConfigError(
+        f"{where}.target_params: {target!r} is not allowed: larger than the family reaches "
+        f"(depth {MAX_FAMILY_DEPTH}, N = {n_at(MAX_FAMILY_DEPTH):,})"
+    )
 
 
 def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "model") -> GPTConfig:
@@ -515,19 +550,32 @@ def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "
     try:
         if any(x is not None for x in explicit):
             if spec.target_params is not None:
-                raise ConfigError(f"{where}.target_params: {spec.target_params!r} is not allowed: "
-                                  "either target_params or an explicit shape (n_layer, n_embd, n_head), not both")
+                raise ConfigError(
+                    f"{where}.target_params: {spec.target_params!r} is not allowed: "
+                    "either target_params or an explicit shape (n_layer, n_embd, n_head), not both"
+                )
             if any(x is None for x in explicit):
                 given = {k: getattr(spec, k) for k in ("n_layer", "n_embd", "n_head")}
-                raise ConfigError(f"{where}: {given!r} is not allowed: an explicit shape needs n_layer, n_embd and "
-                                  "n_head (or give target_params)")
-            cfg = GPTConfig(vocab_size=vocab_size, context=context, n_layer=spec.n_layer, n_head=spec.n_head,
-                            n_embd=spec.n_embd, mlp_ratio=family.mlp_ratio, attention_only=attention_only,
-                            name=name or shape_name(spec.n_layer, spec.n_embd, spec.n_head, attention_only))
+                raise ConfigError(
+                    f"{where}: {given!r} is not allowed: an explicit shape needs n_layer, n_embd and "
+                    "n_head (or give target_params)"
+                )
+            cfg = GPTConfig(
+                vocab_size=vocab_size,
+                context=context,
+                n_layer=spec.n_layer,
+                n_head=spec.n_head,
+                n_embd=spec.n_embd,
+                mlp_ratio=family.mlp_ratio,
+                attention_only=attention_only,
+                name=name or shape_name(spec.n_layer, spec.n_embd, spec.n_head, attention_only),
+            )
             match = SHAPE_NAME.fullmatch(name or "")
             if match and (tuple(int(g) for g in match.groups()[:3]) != (cfg.n_layer, cfg.n_embd, cfg.n_head)):
-                raise ConfigError(f"{where}.name: {name!r} is not allowed: it names a different shape than "
-                                  f"n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, n_head={cfg.n_head}")
+                raise ConfigError(
+                    f"{where}.name: {name!r} is not allowed: it names a different shape than "
+                    f"n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, n_head={cfg.n_head}"
+                )
             return cfg
         if spec.target_params is not None:
             target = spec.target_params
@@ -536,8 +584,10 @@ def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "
             depth = _nearest_depth(family, float(target), attention_only, where)
             return family_member(family, depth, vocab_size, context, attention_only, name=name)
         if name is None:
-            raise ConfigError(f"{where}: no model given: set name ({NAME_FORMS}), an explicit shape "
-                              "(n_layer, n_embd, n_head) or target_params")
+            raise ConfigError(
+                f"{where}: no model given: set name ({NAME_FORMS}), an explicit shape "
+                "(n_layer, n_embd, n_head) or target_params"
+            )
         if match := FAMILY_NAME.fullmatch(name):
             depth = int(match.group(1))
             if not 1 <= depth <= MAX_FAMILY_DEPTH:
@@ -548,16 +598,27 @@ def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "
             n_layer, n_embd, n_head = (int(g) for g in match.groups()[:3])
             attention_only = attention_only or bool(match.group(4))
             if min(n_layer, n_embd, n_head) < 1 or n_embd % n_head:
-                raise ConfigError(f"{where}.name: {name!r} is not allowed: L, E and H must be >= 1 and E (n_embd) "
-                                  "a multiple of H (n_head)")
-            return GPTConfig(vocab_size=vocab_size, context=context, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                             mlp_ratio=family.mlp_ratio, attention_only=attention_only,
-                             name=shape_name(n_layer, n_embd, n_head, attention_only))
-        raise ConfigError(f"{where}.name: {name!r} is not allowed: {NAME_FORMS}; or give an explicit shape "
-                          "(n_layer, n_embd, n_head) or target_params")
+                raise ConfigError(
+                    f"{where}.name: {name!r} is not allowed: L, E and H must be >= 1 and E (n_embd) "
+                    "a multiple of H (n_head)"
+                )
+            return GPTConfig(
+                vocab_size=vocab_size,
+                context=context,
+                n_layer=n_layer,
+                n_head=n_head,
+                n_embd=n_embd,
+                mlp_ratio=family.mlp_ratio,
+                attention_only=attention_only,
+                name=shape_name(n_layer, n_embd, n_head, attention_only),
+            )
+        raise ConfigError(
+            f"{where}.name: {name!r} is not allowed: {NAME_FORMS}; or give an explicit shape "
+            "(n_layer, n_embd, n_head) or target_params"
+        )
     except ConfigError as exc:
         # GPTConfig names its fields 'model.<field>'; say which model of the study it was
         message = str(exc)
         if where != "model" and message.startswith("model."):
-            raise ConfigError(where + message[len("model"):]) from None
+            raise ConfigError(where + message[len("model") :]) from None
         raise

@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 PER_POINT_FIELDS = ("point_id", "fraction", "epochs", "seed", "control", "eval")
 MEMORY_FRACTION = 0.5  # of the pod's memory, for the pack's weights, gradients, optimizer state and activations
 QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?\s*$")
-UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 DEFAULT_PACK_SIZE = 8  # train.pack_size 0 with ddp: the per-process cost shared 8 ways (docs/benchmarks.md)
@@ -97,14 +96,23 @@ def plan_packs(points: list[dict], pack_size: int, pod_memory: str) -> list[dict
         note = ""
         if split:
             need = point_train_bytes(members[0]) * min(int(pack_size), len(members))
-            note = (f"a pack of {min(int(pack_size), len(members))} x {members[0]['model'].get('name', 'model')} "
-                    f"needs about {need / 2**30:.2f} GiB, more than half of cluster.memory ({pod_memory}): split "
-                    f"into packs of {limit}")
+            note = (
+                f"a pack of {min(int(pack_size), len(members))} x {members[0]['model'].get('name', 'model')} "
+                f"needs about {need / 2**30:.2f} GiB, more than half of cluster.memory ({pod_memory}): split "
+                f"into packs of {limit}"
+            )
             log.warning("grid: %s", note)
         for start in range(0, len(members), limit):
-            chunk = members[start:start + limit]
-            packs.append({"point_ids": [p["point_id"] for p in chunk], "size_limit": limit, "split": split,
-                          "note": note, "cost_flops": sum(point_cost(p) for p in chunk)})
+            chunk = members[start : start + limit]
+            packs.append(
+                {
+                    "point_ids": [p["point_id"] for p in chunk],
+                    "size_limit": limit,
+                    "split": split,
+                    "note": note,
+                    "cost_flops": sum(point_cost(p) for p in chunk),
+                }
+            )
     return sorted(packs, key=lambda pack: -pack["cost_flops"])  # stable: equal costs keep grid order
 
 
@@ -115,6 +123,8 @@ def describe_packs(packs: list[dict], points: list[dict]) -> list[str]:
     for i, pack in enumerate(packs, 1):
         model = by_id[pack["point_ids"][0]]["model"]
         split = "  (split: memory)" if pack["split"] else ""
-        lines.append(f"pack {i}: {len(pack['point_ids'])} points of {model.get('name', '?')} "
-                     f"(N={model.get('n_params_nonembed')}){split}: {' '.join(pack['point_ids'])}")
+        lines.append(
+            f"pack {i}: {len(pack['point_ids'])} points of {model.get('name', '?')} "
+            f"(N={model.get('n_params_nonembed')}){split}: {' '.join(pack['point_ids'])}"
+        )
     return lines

@@ -121,8 +121,9 @@ def run_tied(command: list[str], env: dict[str, str] | None = None, **popen_kwar
     to exit (torchrun stops its workers); on any exit from here, the remaining tree is killed.
     """
     launcher = os.getpid()
-    proc = subprocess.Popen(command, env=env, process_group=0,
-                            preexec_fn=lambda: die_with_parent(signal.SIGTERM, launcher), **popen_kwargs)
+    proc = subprocess.Popen(
+        command, env=env, process_group=0, preexec_fn=lambda: die_with_parent(signal.SIGTERM, launcher), **popen_kwargs
+    )
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -140,8 +141,9 @@ def run_tied(command: list[str], env: dict[str, str] | None = None, **popen_kwar
                 rc = proc.wait(timeout=KILL_GRACE_S if received else None)
                 break
             except subprocess.TimeoutExpired:
-                log.warning("child %d did not exit within %.0f s of signal %s; killing it", proc.pid, KILL_GRACE_S,
-                            received[-1])
+                log.warning(
+                    "child %d did not exit within %.0f s of signal %s; killing it", proc.pid, KILL_GRACE_S, received[-1]
+                )
                 kill_tree(proc, grace_s=1.0)
         if received:
             return 128 + int(received[0])

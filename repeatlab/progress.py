@@ -43,7 +43,8 @@ class TaskOutput(io.TextIOBase):
         self.log_file, self.echo = log_file, echo
         self.lock = threading.Lock()
         self.lines: dict[int, collections.deque[str]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=HISTORY_LINES))
+            lambda: collections.deque(maxlen=HISTORY_LINES)
+        )
         self.partial: dict[int, str] = collections.defaultdict(str)
 
     def writable(self) -> bool:
@@ -183,8 +184,9 @@ class StudyProgress:
     """Polls storage in a thread: the study's points (once planned) and which of them have an eval.json; logs one
     line per finished point and drives a tqdm bar with an ETA on `terminal`."""
 
-    def __init__(self, root: str, study: str, pipeline_root: str, started: float, terminal: TextIO,
-                 poll_s: float = POLL_S):
+    def __init__(
+        self, root: str, study: str, pipeline_root: str, started: float, terminal: TextIO, poll_s: float = POLL_S
+    ):
         self.root, self.study, self.pipeline_root, self.started = root, study, pipeline_root, started
         self.terminal, self.poll_s = terminal, poll_s
         self.points: list[dict] | None = None
@@ -235,8 +237,16 @@ class StudyProgress:
             for point in reused:
                 self._finish(point, storage.read_json(self._eval_url(point)))
             # initial: the rate and the ETA count only the points this run trains
-            self.bar = tqdm(total=len(self.points), initial=len(reused), desc=self.study, unit="point",
-                            file=self.terminal, dynamic_ncols=True, mininterval=0.5, leave=True)
+            self.bar = tqdm(
+                total=len(self.points),
+                initial=len(reused),
+                desc=self.study,
+                unit="point",
+                file=self.terminal,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                leave=True,
+            )
         for point in self.points:
             if point["point_id"] not in self.finished and storage.exists(self._eval_url(point)):
                 self._finish(point, storage.read_json(self._eval_url(point)))
@@ -264,9 +274,14 @@ class StudyProgress:
 def _baseline_loss(point: dict, records: list[dict]) -> float | None:
     """Mean test loss of the finished f = 0 runs of the same model (all seeds so far)."""
     model = (point.get("model") or {}).get("name")
-    losses = [r["test_loss"] for r in records if (r.get("point") or {}).get("fraction") == 0
-              and not (r.get("point") or {}).get("control") and ((r.get("point") or {}).get("model") or {}).get("name")
-              == model and r.get("test_loss") is not None]
+    losses = [
+        r["test_loss"]
+        for r in records
+        if (r.get("point") or {}).get("fraction") == 0
+        and not (r.get("point") or {}).get("control")
+        and ((r.get("point") or {}).get("model") or {}).get("name") == model
+        and r.get("test_loss") is not None
+    ]
     return sum(losses) / len(losses) if losses else None
 
 
@@ -315,11 +330,13 @@ def describe_failures(progress: StudyProgress | None, watch: TaskWatch) -> list[
         lines.append(f"point {point_label(point)} ({point['point_id']}) failed in {failed_step(url)}")
         if point["point_id"] in matched:
             failure = matched[point["point_id"]]
-            lines += [f"  last lines of its {failure.task} task:"] + [f"    {line}" for line in
-                                                                      failure.lines[-TAIL_LINES:]]
+            lines += [f"  last lines of its {failure.task} task:"] + [
+                f"    {line}" for line in failure.lines[-TAIL_LINES:]
+            ]
     for failure in failures:
-        lines += [f"task {failure.task} failed; its last lines:"] + [f"    {line}" for line in
-                                                                    failure.lines[-TAIL_LINES:]]
+        lines += [f"task {failure.task} failed; its last lines:"] + [
+            f"    {line}" for line in failure.lines[-TAIL_LINES:]
+        ]
     return lines
 
 

@@ -24,12 +24,39 @@ import numpy as np
 
 from repeatlab.errors import AnalysisError
 
-CSV_COLUMNS = ["point_id", "model", "n_params", "fraction", "epochs", "seed", "control", "test_loss",
-               "repeated_loss", "copying", "prefix_matching_top_mean", "prefix_matching_max", "icl_score", "ood_loss",
-               "n_eff", "multiplier", "damage", "extrapolated", "icl_stderr", "damage_se", "significant",
-               "mechanism"]
-FIGURES = ["loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves", "prefix_heads",
-           "per_copy_loss", "region"]
+CSV_COLUMNS = [
+    "point_id",
+    "model",
+    "n_params",
+    "fraction",
+    "epochs",
+    "seed",
+    "control",
+    "test_loss",
+    "repeated_loss",
+    "copying",
+    "prefix_matching_top_mean",
+    "prefix_matching_max",
+    "icl_score",
+    "ood_loss",
+    "n_eff",
+    "multiplier",
+    "damage",
+    "extrapolated",
+    "icl_stderr",
+    "damage_se",
+    "significant",
+    "mechanism",
+]
+FIGURES = [
+    "loss_vs_epochs",
+    "multiplier_heatmap",
+    "repeated_loss",
+    "learning_curves",
+    "prefix_heads",
+    "per_copy_loss",
+    "region",
+]
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
 .table{overflow-x:auto;max-width:100%}
@@ -109,8 +136,9 @@ def _fig_loss_vs_epochs(analysis, records, colors):
                 se = rows[0]["metrics"]["test_loss"].get("damage_se")
                 if se:  # where a one-seed point is within 3 standard errors of the baseline: not significant
                     ax.axhspan(mean - 3 * se, mean + 3 * se, color=colors[size], alpha=0.12, lw=0)
-        ax.set(xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)",
-               title=f"f = {f:g}")  # the caption says what the dashed line and the band are
+        ax.set(
+            xscale="log", xlabel="repeated epochs E", ylabel="test loss (nats/token)", title=f"f = {f:g}"
+        )  # the caption says what the dashed line and the band are
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -147,10 +175,20 @@ def _fig_repeated_loss(analysis, records, colors):
     for ax, f in zip(axes, fractions):
         for size in sorted({p["n_params"] for p in pts if p["fraction"] == f}):
             rows = sorted([p for p in pts if p["fraction"] == f and p["n_params"] == size], key=lambda p: p["epochs"])
-            ax.plot([p["epochs"] for p in rows], [p["repeated_loss"]["mean"] for p in rows], marker="o", ms=3,
-                    color=colors[size], label=f"N = {size:.3g}")
-        ax.set(xscale="log", xlabel="repeated epochs E", ylabel="repeated-subset loss (nats/token)",
-               title=f"memorization of the repeated subset, f = {f:g}")
+            ax.plot(
+                [p["epochs"] for p in rows],
+                [p["repeated_loss"]["mean"] for p in rows],
+                marker="o",
+                ms=3,
+                color=colors[size],
+                label=f"N = {size:.3g}",
+            )
+        ax.set(
+            xscale="log",
+            xlabel="repeated epochs E",
+            ylabel="repeated-subset loss (nats/token)",
+            title=f"memorization of the repeated subset, f = {f:g}",
+        )
         ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -173,21 +211,28 @@ def _fig_learning_curves(analysis, records, colors):
     for size, w in sorted(worst.items()):
         match = [p for p in pts if p["fraction"] == f and p["n_params"] == size and p["epochs"] == w["epochs"]]
         base = [p for p in analysis["points"] if p["kind"] == "baseline" and p["n_params"] == size]
-        for p, ls, label in ((match[0] if match else None, "-", f"N = {size:.3g}, E = {w['epochs']:g} (worst)"),
-                             (base[0] if base else None, "--", f"N = {size:.3g}, f = 0")):
+        for p, ls, label in (
+            (match[0] if match else None, "-", f"N = {size:.3g}, E = {w['epochs']:g} (worst)"),
+            (base[0] if base else None, "--", f"N = {size:.3g}, f = 0"),
+        ):
             if not p:
                 continue
             curve = (by_id.get(p["point_ids"][0]) or {}).get("learning_curve") or []
-            rows = sorted((r["tokens"], r["test_loss"]) for r in curve
-                          if r.get("tokens") and r.get("test_loss") is not None)
+            rows = sorted(
+                (r["tokens"], r["test_loss"]) for r in curve if r.get("tokens") and r.get("test_loss") is not None
+            )
             if rows:
                 ax.plot([r[0] for r in rows], [r[1] for r in rows], ls=ls, color=colors[size], label=label)
                 drawn += 1
     if not drawn:
         plt.close(fig)
         return None, "no learning curves in the eval records"
-    ax.set(xscale="log", xlabel="training tokens", ylabel="test loss (nats/token)",
-           title=f"learning curves at the highest f = {f:g} (epoch-wise double descent)")
+    ax.set(
+        xscale="log",
+        xlabel="training tokens",
+        ylabel="test loss (nats/token)",
+        title=f"learning curves at the highest f = {f:g} (epoch-wise double descent)",
+    )
     ax.legend(fontsize=7)
     return _png(fig), None
 
@@ -203,8 +248,11 @@ def _worst_pair(analysis, records):
     if not rows:
         return None, None, None, None
     w = max(rows, key=lambda r: r["damage"])
-    worst = [p for p in _repeated(analysis) if p["n_params"] == w["n_params"] and p["fraction"] == w["fraction"]
-             and p["epochs"] == w["epochs"]]
+    worst = [
+        p
+        for p in _repeated(analysis)
+        if p["n_params"] == w["n_params"] and p["fraction"] == w["fraction"] and p["epochs"] == w["epochs"]
+    ]
     base = [p for p in analysis["points"] if p["kind"] == "baseline" and p["n_params"] == w["n_params"]]
     if not worst or not base:
         return None, None, None, None
@@ -220,8 +268,11 @@ def _fig_prefix_heads(analysis, records, colors):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     vmax = max(float(np.nanmax(m)) for m in mats) or 1.0
-    for ax, m, title in zip(axes, mats, (f"baseline f = 0, N = {w['n_params']:.3g}",
-                                         f"f = {w['fraction']:g}, E = {w['epochs']:g} (worst {metric})")):
+    for ax, m, title in zip(
+        axes,
+        mats,
+        (f"baseline f = 0, N = {w['n_params']:.3g}", f"f = {w['fraction']:g}, E = {w['epochs']:g} (worst {metric})"),
+    ):
         im = ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
@@ -241,10 +292,18 @@ def _fig_per_copy(analysis, records, colors):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(range(1, len(curves[0]) + 1), curves[0], marker="o", ls="--", color="k", label="baseline f = 0")
-    ax.plot(range(1, len(curves[1]) + 1), curves[1], marker="o", color="C3",
-            label=f"f = {w['fraction']:g}, E = {w['epochs']:g}")
-    ax.set(xlabel="copy of the probe paragraph", ylabel="loss (nats/token)",
-           title=f"loss per copy, N = {w['n_params']:.3g}")
+    ax.plot(
+        range(1, len(curves[1]) + 1),
+        curves[1],
+        marker="o",
+        color="C3",
+        label=f"f = {w['fraction']:g}, E = {w['epochs']:g}",
+    )
+    ax.set(
+        xlabel="copy of the probe paragraph",
+        ylabel="loss (nats/token)",
+        title=f"loss per copy, N = {w['n_params']:.3g}",
+    )
     ax.legend(fontsize=8)
     return _png(fig), None
 
@@ -268,14 +327,16 @@ def _fig_region(analysis, records, colors):
         for side, ls in (("left", "--"), ("right", ":")):
             fe = reg["fits"][side]
             if fe.get("ok"):
-                ax.plot(ns, fe["k"] * ns ** fe["alpha"], "k", ls=ls,
-                        label=f"{side}: E = {fe['k']:.3g} N^{fe['alpha']:.2f}")
+                ax.plot(
+                    ns, fe["k"] * ns ** fe["alpha"], "k", ls=ls, label=f"{side}: E = {fe['k']:.3g} N^{fe['alpha']:.2f}"
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("repeated epochs E")
-        ax.set_title(f"poor-performance region (damage >= {reg['level']:.0%} of max), f = {reg['fraction']:g}",
-                     fontsize=9)
+        ax.set_title(
+            f"poor-performance region (damage >= {reg['level']:.0%} of max), f = {reg['fraction']:g}", fontsize=9
+        )
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return _png(fig), None
@@ -284,20 +345,20 @@ def _fig_region(analysis, records, colors):
 # One sentence per figure: what a reader should look at.
 FIGURE_WHAT_TO_SEE = {
     "loss_vs_epochs": "Each line is one model size at one repeated fraction: a bump above its f = 0 baseline (dashed; "
-                      "the band is +-3 standard errors) is the damage, and where it peaks along E is where repetition "
-                      "hurts most.",
+    "the band is +-3 standard errors) is the damage, and where it peaks along E is where repetition "
+    "hurts most.",
     "multiplier_heatmap": "Each cell is N / N_eff at one (N, E): a value above 1 means the model performs like one "
-                          "that many times smaller trained on unique data.",
+    "that many times smaller trained on unique data.",
     "repeated_loss": "Loss on the repeated subset falls as E grows: low values mean the model has memorized the "
-                     "repeated data.",
+    "repeated data.",
     "learning_curves": "Test loss during training at the highest repeated fraction: a curve that rises mid-training "
-                       "is the repeated data starting to hurt.",
+    "is the repeated data starting to hurt.",
     "prefix_heads": "Induction heads score high here: compare the baseline (left) with the worst point (right) to see "
-                    "whether repetition weakened them.",
+    "whether repetition weakened them.",
     "per_copy_loss": "The loss should fall after the first copy of a paragraph (copying in context): a flatter line at "
-                     "the worst point means copying was damaged.",
+    "the worst point means copying was damaged.",
     "region": "For each size the bar spans the E range where the damage is at least half its peak (star: the worst "
-              "E); the lines are the region's fitted edges across sizes.",
+    "E); the lines are the region's fitted edges across sizes.",
 }
 
 FIGURE_SPECS = {
@@ -337,16 +398,27 @@ def csv_rows(analysis: dict) -> list[dict]:
     for r in analysis["runs"]:
         tl = r["metrics"].get("test_loss", {})
         row = {
-            "point_id": r["point_id"], "model": r["model"], "n_params": r["n_params"], "fraction": r["fraction"],
-            "epochs": r["epochs"], "seed": r["seed"], "control": r["control"], "test_loss": tl.get("value"),
+            "point_id": r["point_id"],
+            "model": r["model"],
+            "n_params": r["n_params"],
+            "fraction": r["fraction"],
+            "epochs": r["epochs"],
+            "seed": r["seed"],
+            "control": r["control"],
+            "test_loss": tl.get("value"),
             "repeated_loss": r["repeated_loss"],
             "copying": (r["metrics"].get("copying") or {}).get("value"),
             "prefix_matching_top_mean": (r["metrics"].get("prefix_matching") or {}).get("value"),
-            "prefix_matching_max": r["prefix_matching_max"], "icl_score": r["icl_score"],
+            "prefix_matching_max": r["prefix_matching_max"],
+            "icl_score": r["icl_score"],
             "ood_loss": (r["metrics"].get("ood_loss") or {}).get("value"),
-            "n_eff": tl.get("n_eff"), "multiplier": tl.get("multiplier"), "damage": tl.get("damage"),
-            "extrapolated": tl.get("extrapolated"), "icl_stderr": (r.get("icl") or {}).get("stderr"),
-            "damage_se": tl.get("damage_se"), "significant": tl.get("significant"),
+            "n_eff": tl.get("n_eff"),
+            "multiplier": tl.get("multiplier"),
+            "damage": tl.get("damage"),
+            "extrapolated": tl.get("extrapolated"),
+            "icl_stderr": (r.get("icl") or {}).get("stderr"),
+            "damage_se": tl.get("damage_se"),
+            "significant": tl.get("significant"),
             "mechanism": r.get("mechanism_verdict"),
         }
         rows.append(row)
@@ -374,54 +446,129 @@ def _corpus_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]
         if not c.get("composition"):
             tables.append((f"Split composition of corpus {c['corpus_id']}", ["note"], [[c.get("note") or ""]]))
             continue
-        rows = [[split, src, _fmt(row["documents"], "d"), _fmt(row["tokens"], ",d"), f"{row['share']:.1%}"]
-                for split, per in c["composition"].items() for src, row in per.items()]
-        unit = (f"chunks of about {c['chunk_tokens']} tokens" if c.get("chunk_tokens")
-                else "whole input documents, not chunked")
-        tables.append((f"Split composition of corpus {c['corpus_id']} (documents: {unit})",
-                       ["split", "source", "documents", "tokens", "share of the split"], rows))
+        rows = [
+            [split, src, _fmt(row["documents"], "d"), _fmt(row["tokens"], ",d"), f"{row['share']:.1%}"]
+            for split, per in c["composition"].items()
+            for src, row in per.items()
+        ]
+        unit = (
+            f"chunks of about {c['chunk_tokens']} tokens"
+            if c.get("chunk_tokens")
+            else "whole input documents, not chunked"
+        )
+        tables.append(
+            (
+                f"Split composition of corpus {c['corpus_id']} (documents: {unit})",
+                ["split", "source", "documents", "tokens", "share of the split"],
+                rows,
+            )
+        )
     return tables
 
 
 def _noise_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     noise = analysis.get("noise") or {}
-    rows = [[f"{r['n_params']:.3g}", _fmt(r["sigma"], ".4f"), r["source"], _fmt(r["seed_dof"]),
-             _fmt(r["low_e_dof"]),
-             ", ".join(f"f = {p['fraction']:g}, E = {p['epochs']:g}: {p['deviation']:+.4f}" for p in r["low_e_points"])]
-            for r in noise.get("per_model", [])]
-    tables = [("Run-to-run noise of the test loss (sigma, nats): extra seeds and E <= 4 points",
-               ["N", "sigma", "source", "seed dof", "low-E dof", "low-E points vs baseline"], rows)]
-    rows = [[f"{r['n_params']:.3g}", _fmt(r["baseline_mean"], ".4f"), _fmt(r["baseline_runs"]),
-             _fmt(r["pooled_mean"], ".4f"), _fmt(r["pooled_runs"]), _fmt(r["outlier"]), _fmt(r["not_converged"]),
-             "; ".join(r["notes"])] for r in analysis.get("baseline_checks") or []]
-    tables.append(("Baseline checks (pooled baseline: the f = 0 runs and the E <= 4 points)",
-                   ["N", "baseline", "runs", "pooled baseline", "runs", "outlier", "not converged", "why"], rows))
+    rows = [
+        [
+            f"{r['n_params']:.3g}",
+            _fmt(r["sigma"], ".4f"),
+            r["source"],
+            _fmt(r["seed_dof"]),
+            _fmt(r["low_e_dof"]),
+            ", ".join(f"f = {p['fraction']:g}, E = {p['epochs']:g}: {p['deviation']:+.4f}" for p in r["low_e_points"]),
+        ]
+        for r in noise.get("per_model", [])
+    ]
+    tables = [
+        (
+            "Run-to-run noise of the test loss (sigma, nats): extra seeds and E <= 4 points",
+            ["N", "sigma", "source", "seed dof", "low-E dof", "low-E points vs baseline"],
+            rows,
+        )
+    ]
+    rows = [
+        [
+            f"{r['n_params']:.3g}",
+            _fmt(r["baseline_mean"], ".4f"),
+            _fmt(r["baseline_runs"]),
+            _fmt(r["pooled_mean"], ".4f"),
+            _fmt(r["pooled_runs"]),
+            _fmt(r["outlier"]),
+            _fmt(r["not_converged"]),
+            "; ".join(r["notes"]),
+        ]
+        for r in analysis.get("baseline_checks") or []
+    ]
+    tables.append(
+        (
+            "Baseline checks (pooled baseline: the f = 0 runs and the E <= 4 points)",
+            ["N", "baseline", "runs", "pooled baseline", "runs", "outlier", "not converged", "why"],
+            rows,
+        )
+    )
     if analysis.get("loss_spikes"):
-        rows = [[f"{r['n_params']:.3g}", f"{r['fraction']:g}", f"{r['epochs']:g}", _fmt(r["seed"]),
-                 f"{r['from_loss']:.2f} -> {r['to_loss']:.2f}", f"{r['at_tokens']:.3g}", _fmt(r["recovered"])]
-                for r in analysis["loss_spikes"]]
-        tables.append(("Loss spikes in the learning curves", ["N", "f", "E", "seed", "test loss", "at tokens",
-                                                              "recovered"], rows))
+        rows = [
+            [
+                f"{r['n_params']:.3g}",
+                f"{r['fraction']:g}",
+                f"{r['epochs']:g}",
+                _fmt(r["seed"]),
+                f"{r['from_loss']:.2f} -> {r['to_loss']:.2f}",
+                f"{r['at_tokens']:.3g}",
+                _fmt(r["recovered"]),
+            ]
+            for r in analysis["loss_spikes"]
+        ]
+        tables.append(
+            ("Loss spikes in the learning curves", ["N", "f", "E", "seed", "test loss", "at tokens", "recovered"], rows)
+        )
     return tables
 
 
 def _mechanism_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    rows = [[f"{r['n_params']:.3g}", _pm(r["score"], r["stderr"]), _fmt(r["runs"]),
-             {True: "yes", False: "no"}.get(r["present"], "not judged")] for r in analysis.get("icl") or []]
-    tables = [("In-context learning at the f = 0 baselines: late minus early loss (nats), ± standard error; "
-               "present only beyond 2 standard errors", ["N", "ICL score", "runs", "ICL present"], rows)]
+    rows = [
+        [
+            f"{r['n_params']:.3g}",
+            _pm(r["score"], r["stderr"]),
+            _fmt(r["runs"]),
+            {True: "yes", False: "no"}.get(r["present"], "not judged"),
+        ]
+        for r in analysis.get("icl") or []
+    ]
+    tables = [
+        (
+            "In-context learning at the f = 0 baselines: late minus early loss (nats), ± standard error; "
+            "present only beyond 2 standard errors",
+            ["N", "ICL score", "runs", "ICL present"],
+            rows,
+        )
+    ]
     mech = analysis.get("mechanism") or {}
 
     def pair(m: dict) -> str:
         return "" if m["baseline"] is None else f"{m['baseline']:.3f} -> {_fmt(m['worst'], '.3f')}"
 
-    rows = [[f"{r['n_params']:.3g}", f"{r['fraction']:g}", f"{r['epochs']:g}", pair(r["previous_token_max"]),
-             pair(r["prefix_matching_max"]), pair(r["copy_gain"]), ", ".join(r["baseline_verdicts"]),
-             ", ".join(r["worst_verdicts"])] for r in mech.get("at_worst", [])]
-    tables.append(("Mechanism evidence: f = 0 baseline -> the worst E (best previous-token head, best "
-                   "prefix-matching head, copy gain = copy 1 minus copies 2..n in nats)",
-                   ["N", "f", "worst E", "previous-token", "prefix-matching", "copy gain", "baseline", "worst E"],
-                   rows))
+    rows = [
+        [
+            f"{r['n_params']:.3g}",
+            f"{r['fraction']:g}",
+            f"{r['epochs']:g}",
+            pair(r["previous_token_max"]),
+            pair(r["prefix_matching_max"]),
+            pair(r["copy_gain"]),
+            ", ".join(r["baseline_verdicts"]),
+            ", ".join(r["worst_verdicts"]),
+        ]
+        for r in mech.get("at_worst", [])
+    ]
+    tables.append(
+        (
+            "Mechanism evidence: f = 0 baseline -> the worst E (best previous-token head, best "
+            "prefix-matching head, copy gain = copy 1 minus copies 2..n in nats)",
+            ["N", "f", "worst E", "previous-token", "prefix-matching", "copy gain", "baseline", "worst E"],
+            rows,
+        )
+    )
     return tables
 
 
@@ -432,56 +579,137 @@ def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows = []
     for metric, b in analysis["baseline"].items():
         fit = b.get("fit")
-        rows.append([metric, b["direction"], str(len(b["points"])),
-                     _fmt(fit and fit["asymptote"]), _fmt(fit and fit["A"]), _fmt(fit and fit["alpha"]),
-                     _fmt(fit and fit["rms_residual"]),
-                     ("yes" if fit.get("usable", True) else f"no: {fit.get('unusable_reason')}") if fit else "",
-                     "" if fit else (b.get("fit_note") or "")])
-    tables.append(("Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha), "
-                   "0 <= L_inf <= the smallest observed loss",
-                   ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "usable", "note"],
-                   rows))
+        rows.append(
+            [
+                metric,
+                b["direction"],
+                str(len(b["points"])),
+                _fmt(fit and fit["asymptote"]),
+                _fmt(fit and fit["A"]),
+                _fmt(fit and fit["alpha"]),
+                _fmt(fit and fit["rms_residual"]),
+                ("yes" if fit.get("usable", True) else f"no: {fit.get('unusable_reason')}") if fit else "",
+                "" if fit else (b.get("fit_note") or ""),
+            ]
+        )
+    tables.append(
+        (
+            "Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha), "
+            "0 <= L_inf <= the smallest observed loss",
+            ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "usable", "note"],
+            rows,
+        )
+    )
     rows = []
     for w in analysis["worst"].get("test_loss", []):
-        rows.append([f"{w['n_params']:.3g}", f"{w['fraction']:g}", f"{w['epochs']:g}", _fmt(w["interior"]),
-                     _pm(w["damage"], w.get("damage_se"), "+.4f"), _fmt(w.get("z"), ".1f"),
-                     {True: "yes", False: "no"}.get(w.get("significant"), "unknown"),
-                     {True: "yes", False: "no"}.get(w.get("interior_significant"), "unknown"),
-                     _fmt(w.get("damage_pooled"), "+.4f"),
-                     multiplier_text(w), _fmt(w["repeated_loss"], ".4f"), _fmt(w["test_loss"], ".4f")])
-    tables.append(("Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
-                   ["N", "f", "worst E", "interior", "damage (nats)", "z", "significant", "peak above both grid ends",
-                    "damage vs pooled baseline", "effective size", "repeated loss", "test loss"], rows))
+        rows.append(
+            [
+                f"{w['n_params']:.3g}",
+                f"{w['fraction']:g}",
+                f"{w['epochs']:g}",
+                _fmt(w["interior"]),
+                _pm(w["damage"], w.get("damage_se"), "+.4f"),
+                _fmt(w.get("z"), ".1f"),
+                {True: "yes", False: "no"}.get(w.get("significant"), "unknown"),
+                {True: "yes", False: "no"}.get(w.get("interior_significant"), "unknown"),
+                _fmt(w.get("damage_pooled"), "+.4f"),
+                multiplier_text(w),
+                _fmt(w["repeated_loss"], ".4f"),
+                _fmt(w["test_loss"], ".4f"),
+            ]
+        )
+    tables.append(
+        (
+            "Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
+            [
+                "N",
+                "f",
+                "worst E",
+                "interior",
+                "damage (nats)",
+                "z",
+                "significant",
+                "peak above both grid ends",
+                "damage vs pooled baseline",
+                "effective size",
+                "repeated loss",
+                "test loss",
+            ],
+            rows,
+        )
+    )
     rows = []
     for p in analysis["points"]:
         if p["kind"] != "repeated":
             continue
         m = p["metrics"]["test_loss"]
-        rows.append([f"{p['n_params']:.3g}", f"{p['fraction']:g}", f"{p['epochs']:g}", _fmt(p["n_seeds"]),
-                     _pm(m["damage"], m.get("damage_se"), "+.4f"), _fmt(m.get("z"), ".1f"),
-                     {True: "yes", False: "no"}.get(m.get("significant"), "unknown"), multiplier_text(m)])
-    tables.append(("Damage at every repeated point (test loss)",
-                   ["N", "f", "E", "seeds", "damage (nats)", "z", "significant", "effective size"], rows))
+        rows.append(
+            [
+                f"{p['n_params']:.3g}",
+                f"{p['fraction']:g}",
+                f"{p['epochs']:g}",
+                _fmt(p["n_seeds"]),
+                _pm(m["damage"], m.get("damage_se"), "+.4f"),
+                _fmt(m.get("z"), ".1f"),
+                {True: "yes", False: "no"}.get(m.get("significant"), "unknown"),
+                multiplier_text(m),
+            ]
+        )
+    tables.append(
+        (
+            "Damage at every repeated point (test loss)",
+            ["N", "f", "E", "seeds", "damage (nats)", "z", "significant", "effective size"],
+            rows,
+        )
+    )
     rows = []
     for reg in analysis["regions"]:
         for m in reg["per_model"]:
-            rows.append([f"{reg['fraction']:g}", f"{m['n_params']:.3g}", _fmt(m.get("max_damage"), "+.4f"),
-                         _fmt(m.get("peak_epochs"), "g"), _fmt(m.get("left"), ".4g"), _fmt(m.get("right"), ".4g"),
-                         m.get("note") or ""])
-    tables.append(("Poor-performance region per (f, N)",
-                   ["f", "N", "max damage", "peak E", "left edge E", "right edge E", "note"], rows))
+            rows.append(
+                [
+                    f"{reg['fraction']:g}",
+                    f"{m['n_params']:.3g}",
+                    _fmt(m.get("max_damage"), "+.4f"),
+                    _fmt(m.get("peak_epochs"), "g"),
+                    _fmt(m.get("left"), ".4g"),
+                    _fmt(m.get("right"), ".4g"),
+                    m.get("note") or "",
+                ]
+            )
+    tables.append(
+        (
+            "Poor-performance region per (f, N)",
+            ["f", "N", "max damage", "peak E", "left edge E", "right edge E", "note"],
+            rows,
+        )
+    )
     rows = []
     for reg in analysis["regions"]:
         for side in ("left", "right"):
             fe = reg["fits"][side]
-            rows.append([f"{reg['fraction']:g}", side, _fmt(fe.get("k")), _fmt(fe.get("alpha")),
-                         _fmt(fe.get("n_sizes")), "" if fe.get("ok") else fe.get("note", "")])
+            rows.append(
+                [
+                    f"{reg['fraction']:g}",
+                    side,
+                    _fmt(fe.get("k")),
+                    _fmt(fe.get("alpha")),
+                    _fmt(fe.get("n_sizes")),
+                    "" if fe.get("ok") else fe.get("note", ""),
+                ]
+            )
     tables.append(("Region edge fits E = k N^alpha", ["f", "edge", "k", "alpha", "sizes", "note"], rows))
     tables += _mechanism_tables(analysis)
     if analysis["missing"]:
-        tables.append(("Missing eval files", ["point_id", "model", "f", "E", "seed"],
-                       [[str(m["point_id"]), str(m["model"]), _fmt(m["fraction"]), _fmt(m["epochs"]),
-                         _fmt(m["seed"])] for m in analysis["missing"]]))
+        tables.append(
+            (
+                "Missing eval files",
+                ["point_id", "model", "f", "E", "seed"],
+                [
+                    [str(m["point_id"]), str(m["model"]), _fmt(m["fraction"]), _fmt(m["epochs"]), _fmt(m["seed"])]
+                    for m in analysis["missing"]
+                ],
+            )
+        )
     return tables
 
 
@@ -501,24 +729,36 @@ def _fraction_sentence(fraction: float, rows: list[dict], region: dict | None) -
     head = f"When {fraction:.0%} of the training tokens are repeats (f = {fraction:g})"
     if not hurt:
         worst = max(rows, key=lambda r: r["damage"])
-        noise = (f" ({worst['z']:.1f} standard errors: below the 3 that tell damage from run-to-run noise)"
-                 if worst.get("z") is not None else " (no noise estimate: add seeds to judge it)")
-        return (f"{head}, no model size (N = {', '.join(map(_n, sizes))}) is measurably hurt: the largest damage is "
-                f"{worst['damage']:+.3f} nats of test loss at N = {_n(worst['n_params'])}, E = {worst['epochs']:g}"
-                f"{noise}.")
+        noise = (
+            f" ({worst['z']:.1f} standard errors: below the 3 that tell damage from run-to-run noise)"
+            if worst.get("z") is not None
+            else " (no noise estimate: add seeds to judge it)"
+        )
+        return (
+            f"{head}, no model size (N = {', '.join(map(_n, sizes))}) is measurably hurt: the largest damage is "
+            f"{worst['damage']:+.3f} nats of test loss at N = {_n(worst['n_params'])}, E = {worst['epochs']:g}"
+            f"{noise}."
+        )
     damages = [r["damage"] for r in hurt]
-    text = (f"{head}, repetition hurts {len(hurt)} of {len(sizes)} model sizes (N = "
-            f"{', '.join(_n(r['n_params']) for r in sorted(hurt, key=lambda r: r['n_params']))}): test loss is "
-            f"{_span([round(d, 3) for d in damages])} nats worse than training on unique data, worst when "
-            f"the repeated data is seen E = {_span([r['epochs'] for r in hurt])} times")
+    text = (
+        f"{head}, repetition hurts {len(hurt)} of {len(sizes)} model sizes (N = "
+        f"{', '.join(_n(r['n_params']) for r in sorted(hurt, key=lambda r: r['n_params']))}): test loss is "
+        f"{_span([round(d, 3) for d in damages])} nats worse than training on unique data, worst when "
+        f"the repeated data is seen E = {_span([r['epochs'] for r in hurt])} times"
+    )
     spared = [r for r in rows if not r.get("significant")]
     if spared:
         text += f"; not measurably at N = {', '.join(_n(r['n_params']) for r in spared)}"
-    edges = [(m["left"], m["right"]) for m in (region or {}).get("per_model") or []
-             if m.get("significant") and m.get("left") is not None and m.get("right") is not None]
+    edges = [
+        (m["left"], m["right"])
+        for m in (region or {}).get("per_model") or []
+        if m.get("significant") and m.get("left") is not None and m.get("right") is not None
+    ]
     if edges:
-        text += (f"; the damage is at least half its peak for E between about {min(e[0] for e in edges):.0f} and "
-                 f"{max(e[1] for e in edges):.0f}")
+        text += (
+            f"; the damage is at least half its peak for E between about {min(e[0] for e in edges):.0f} and "
+            f"{max(e[1] for e in edges):.0f}"
+        )
     return text + "."
 
 
@@ -530,23 +770,31 @@ def answer_lines(analysis: dict) -> list[str]:
     if not rows:
         return ["No damage can be measured: the study has no f = 0 baseline runs to compare the repeated runs with."]
     regions = {r["fraction"]: r for r in analysis.get("regions") or [] if r.get("metric", "test_loss") == "test_loss"}
-    lines = [_fraction_sentence(f, [r for r in rows if r["fraction"] == f], regions.get(f))
-             for f in sorted({r["fraction"] for r in rows})]
+    lines = [
+        _fraction_sentence(f, [r for r in rows if r["fraction"] == f], regions.get(f))
+        for f in sorted({r["fraction"] for r in rows})
+    ]
     hurt = [r for r in rows if r.get("significant")]
     if hurt:
         worst = max(hurt, key=lambda r: r["damage"])
-        lines.append(f"The largest damage: {worst['damage']:+.3f} nats at N = {_n(worst['n_params'])}, "
-                     f"f = {worst['fraction']:g}, E = {worst['epochs']:g}"
-                     + (f" ({worst['z']:.0f} standard errors)." if worst.get("z") is not None else "."))
+        lines.append(
+            f"The largest damage: {worst['damage']:+.3f} nats at N = {_n(worst['n_params'])}, "
+            f"f = {worst['fraction']:g}, E = {worst['epochs']:g}"
+            + (f" ({worst['z']:.0f} standard errors)." if worst.get("z") is not None else ".")
+        )
     if analysis["summary"].get("partial"):
-        lines.append(f"Partial: {analysis['summary']['missing_points']} of {analysis['summary']['expected_points']} "
-                     "points have no results yet; the answer may change.")
+        lines.append(
+            f"Partial: {analysis['summary']['missing_points']} of {analysis['summary']['expected_points']} "
+            "points have no results yet; the answer may change."
+        )
     return lines
 
 
-ANSWER_NOTE = ("Damage is the increase in test loss (nats per token) over a model of the same size trained on the "
-               "same number of unique tokens (f = 0); it counts as measured only beyond 3 standard errors of the "
-               "run-to-run noise.")
+ANSWER_NOTE = (
+    "Damage is the increase in test loss (nats per token) over a model of the same size trained on the "
+    "same number of unique tokens (f = 0); it counts as measured only beyond 3 standard errors of the "
+    "run-to-run noise."
+)
 
 
 def figure_captions() -> dict[str, str]:
@@ -562,11 +810,15 @@ def html_figures(captions: dict[str, str], figures: dict) -> list[str]:
         png, reason = figures[fid]
         if png:
             data = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure id="fig-{fid}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
+            parts.append(
+                f'<figure id="fig-{fid}"><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{e(caption)}</figcaption></figure>"
+            )
         else:
-            parts.append(f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
-                         f"{e(reason or 'no data')}.</div>")
+            parts.append(
+                f'<div class="note" id="fig-{fid}-skipped"><b>{e(caption)}</b>: figure skipped: '
+                f"{e(reason or 'no data')}.</div>"
+            )
     return parts
 
 
@@ -575,8 +827,9 @@ def html_tables(tables: list) -> list[str]:
     e = html.escape
     parts = ['<h2 id="tables">Tables</h2>']
     for name, header, rows in tables:
-        parts.append(f'<h3>{e(name)}</h3><div class="table"><table><tr>'
-                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts.append(
+            f'<h3>{e(name)}</h3><div class="table"><table><tr>' + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+        )
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
         parts.append("</table></div>")
     return parts
@@ -619,12 +872,18 @@ def _html(analysis: dict, figures: dict, title: str) -> str:
     """Title, the answer in words, the figures with captions; then findings, warnings and tables."""
     e = html.escape
     s = analysis["summary"]
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     if s["partial"]:
-        parts.append(f'<p class="partial" id="partial">Partial results: {s["missing_points"]} of '
-                     f'{s["expected_points"]} expected points have no eval.json (listed below).</p>')
+        parts.append(
+            f'<p class="partial" id="partial">Partial results: {s["missing_points"]} of '
+            f"{s['expected_points']} expected points have no eval.json (listed below).</p>"
+        )
     parts.append('<section class="answer" id="answer"><h2>The answer</h2>')
     parts += [f"<p>{e(line)}</p>" for line in answer_lines(analysis)]
     parts.append(f'<p class="how"><small>{e(ANSWER_NOTE)}</small></p></section>')
@@ -646,8 +905,13 @@ def _markdown(analysis: dict, figures: dict, title: str) -> str:
     s = analysis["summary"]
     lines = [f"# {title}", ""]
     if s["partial"]:
-        lines += [(f"**Partial results: {s['missing_points']} of {s['expected_points']} expected points have no "
-                   "eval.json (listed below).**"), ""]
+        lines += [
+            (
+                f"**Partial results: {s['missing_points']} of {s['expected_points']} expected points have no "
+                "eval.json (listed below).**"
+            ),
+            "",
+        ]
     lines += ["## The answer", ""] + [f"{line}" + "\n" for line in answer_lines(analysis)] + [f"*{ANSWER_NOTE}*", ""]
     lines += markdown_figures(figure_captions(), figures)
     lines += ["## Findings", ""] + [f"- {line}" for line in analysis["findings"]] + [""]
@@ -682,5 +946,9 @@ def write_report(analysis: dict, records: list[dict], out_url: str, title: str) 
             storage.remove(storage.join(out_url, f"fig-{fid}.png"))
     storage.write_bytes(storage.join(out_url, "index.html"), html_text)  # last: the report is complete
     paths["index.html"] = storage.join(out_url, "index.html")
-    return {"index.html": paths["index.html"], "report.md": paths["report.md"], "results.csv": paths["results.csv"],
-            "figures": {k: v for k, v in paths.items() if k.endswith(".png")}}
+    return {
+        "index.html": paths["index.html"],
+        "report.md": paths["report.md"],
+        "results.csv": paths["results.csv"],
+        "figures": {k: v for k, v in paths.items() if k.endswith(".png")},
+    }

@@ -44,10 +44,14 @@ INPUT_STEPS = ("prepare", "plan-grid", "plan_grid", "mix")
 
 def _rerun_advice(task: str, root: str) -> str:
     if any(step in task for step in INPUT_STEPS):
-        return ("this step checks its inputs, so a rerun fails the same way until the error in its log above is "
-                f"fixed; finished points are kept in {root}/runs")
-    return (f"finished points are kept in {root}/runs and a rerun resumes the rest from their last checkpoints "
-            "(step logs above)")
+        return (
+            "this step checks its inputs, so a rerun fails the same way until the error in its log above is "
+            f"fixed; finished points are kept in {root}/runs"
+        )
+    return (
+        f"finished points are kept in {root}/runs and a rerun resumes the rest from their last checkpoints "
+        "(step logs above)"
+    )
 
 
 @contextlib.contextmanager
@@ -69,26 +73,39 @@ def _pipeline_root(cfg: config_lib.StudyConfig, pipeline_root: str | None) -> st
         base = storage.local_path(cfg.storage.root) if local else os.path.abspath(".repeatlab")
         pipeline_root = os.path.join(base, "kfp-local", cfg.name)
     elif not storage.is_local(pipeline_root):
-        raise config_lib.ConfigError(f"--pipeline-root: {pipeline_root!r} is not allowed: the KFP local runner needs "
-                                     "a local folder (keep large data at storage.root instead)")
+        raise config_lib.ConfigError(
+            f"--pipeline-root: {pipeline_root!r} is not allowed: the KFP local runner needs "
+            "a local folder (keep large data at storage.root instead)"
+        )
     os.makedirs(pipeline_root, exist_ok=True)
     return os.path.abspath(pipeline_root)
 
 
-def _failure(cfg: config_lib.StudyConfig, exc: RuntimeError, seconds: float, log_path: str,
-             details: list[str]) -> PipelineRunError:
+def _failure(
+    cfg: config_lib.StudyConfig, exc: RuntimeError, seconds: float, log_path: str, details: list[str]
+) -> PipelineRunError:
     """Log what failed (points, steps, last lines of their tasks); the one-line error names the log file."""
     failed = re.search(r"Inner task failed: (.*?)\.?$", re.sub(r"\x1b\[[0-9;]*m", "", str(exc)))
     task = failed.group(1) if failed else ""
     for line in details:
         log.error("%s", line)
     return PipelineRunError(
-        f"study {cfg.name!r}: the pipeline failed after {seconds:.0f} s" + (f" in {task}" if task else "")
-        + "; " + _rerun_advice(task, cfg.storage.root) + f"; full log: {log_path}")
+        f"study {cfg.name!r}: the pipeline failed after {seconds:.0f} s"
+        + (f" in {task}" if task else "")
+        + "; "
+        + _rerun_advice(task, cfg.storage.root)
+        + f"; full log: {log_path}"
+    )
 
 
-def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, verbose: bool = False,
-              terminal: TextIO | None = None, fan_in: str = "collected") -> dict:
+def run_local(
+    cfg: config_lib.StudyConfig,
+    *,
+    pipeline_root: str | None = None,
+    verbose: bool = False,
+    terminal: TextIO | None = None,
+    fan_in: str = "collected",
+) -> dict:
     """Run the study through the KFP local runner; returns {status, report, study, seconds, pipeline_root, log,
     answer}. Progress (a tqdm bar on `terminal`, default stderr) and one line per finished point are logged; the
     tasks' own output goes to the log file (and to `terminal` too when verbose)."""
@@ -107,8 +124,7 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
     log_path = os.path.join(pipeline_root, "logs", f"run-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}.log")
     # The local runner warns on every task that its cluster settings (images, limits) are ignored: known, by design.
     warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
-                   raise_on_error=True)
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
     pipeline = build_pipeline(cfg, fan_in=fan_in)
     started = time.time()
     log.info("study %r at %s through the KFP local runner; task output: %s", cfg.name, cfg.storage.root, log_path)
@@ -128,10 +144,18 @@ def run_local(cfg: config_lib.StudyConfig, *, pipeline_root: str | None = None, 
         raise _failure(cfg, error, time.time() - started, log_path, details) from error
     seconds = time.time() - started
     if not storage.exists(report):
-        raise PipelineRunError(f"study {cfg.name!r}: the pipeline finished but wrote no report at {report}; "
-                               f"full log: {log_path}")
-    return {"status": "SUCCEEDED", "study": study, "report": report, "seconds": round(seconds, 1),
-            "pipeline_root": pipeline_root, "log": log_path, "answer": study_answer(study)}
+        raise PipelineRunError(
+            f"study {cfg.name!r}: the pipeline finished but wrote no report at {report}; full log: {log_path}"
+        )
+    return {
+        "status": "SUCCEEDED",
+        "study": study,
+        "report": report,
+        "seconds": round(seconds, 1),
+        "pipeline_root": pipeline_root,
+        "log": log_path,
+        "answer": study_answer(study),
+    }
 
 
 def study_answer(study: str) -> list[str]:

@@ -46,8 +46,10 @@ def _as_patterns(patterns: Any) -> torch.Tensor:
         elif t.dim() == 5:
             out = t.to(torch.float64)
         else:
-            raise ValueError(f"patterns must be [layer, head, query, key] or [layer, batch, head, query, key]; "
-                             f"got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"patterns must be [layer, head, query, key] or [layer, batch, head, query, key]; "
+                f"got shape {tuple(t.shape)}"
+            )
     if out.shape[-1] != out.shape[-2]:
         raise ValueError(f"patterns must be square over (query, key); got shape {tuple(out.shape)}")
     return out  # no function below writes into it in place
@@ -148,7 +150,7 @@ def make_prefix_matching_batch(
         raise ValueError("no tokens to draw a prefix-matching sample from (vocabulary holds only BOS)")
     order = seen[np.argsort(-counts[seen], kind="stable")]  # most frequent first, ties by id
     drop = int(np.floor(drop_fraction * order.size))
-    pool = order[drop: order.size - drop] if order.size - 2 * drop >= max(2, n_random) else order
+    pool = order[drop : order.size - drop] if order.size - 2 * drop >= max(2, n_random) else order
     pool_t = torch.as_tensor(np.sort(pool), dtype=torch.long)
     rows = []
     for _ in range(n_samples):
@@ -230,12 +232,13 @@ def copying_score(model: Any) -> torch.Tensor:
             w_qkv = attn.c_attn.weight.detach().to("cpu", torch.float64)  # [3d, d] (out, in)
             w_proj = attn.c_proj.weight.detach().to("cpu", torch.float64)  # [d, d]
             ln_1 = getattr(block, "ln_1", None)
-            embed_in = (_layernorm_linear(ln_1, n_embd) if ln_1 is not None
-                        else torch.eye(n_embd, dtype=torch.float64)) @ w_e.T  # [d, V]: residual input per token
+            embed_in = (
+                _layernorm_linear(ln_1, n_embd) if ln_1 is not None else torch.eye(n_embd, dtype=torch.float64)
+            ) @ w_e.T  # [d, V]: residual input per token
             scores = []
             for h in range(n_head):
-                w_v = w_qkv[2 * n_embd + h * hd: 2 * n_embd + (h + 1) * hd]  # [hd, d]
-                w_o = w_proj[:, h * hd:(h + 1) * hd]  # [d, hd]
+                w_v = w_qkv[2 * n_embd + h * hd : 2 * n_embd + (h + 1) * hd]  # [hd, d]
+                w_o = w_proj[:, h * hd : (h + 1) * hd]  # [d, hd]
                 small = w_v @ embed_in @ unembed @ w_o  # [hd, hd]; same nonzero spectrum as W_U W_O W_V W_E
                 eig = torch.linalg.eigvals(small)
                 denom = eig.abs().sum().item()

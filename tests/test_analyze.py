@@ -41,8 +41,11 @@ def study():
 
 
 def point_of(analysis, n, f, e=None, kind="repeated"):
-    rows = [p for p in analysis["points"] if p["kind"] == kind and p["n_params"] == n and p["fraction"] == f
-            and (e is None or p["epochs"] == e)]
+    rows = [
+        p
+        for p in analysis["points"]
+        if p["kind"] == kind and p["n_params"] == n and p["fraction"] == f and (e is None or p["epochs"] == e)
+    ]
     assert len(rows) == 1, (n, f, e, kind, len(rows))
     return rows[0]
 
@@ -63,11 +66,11 @@ def test_fit_recovers_an_exact_law():
 
 def test_fit_of_a_score_that_grows_with_n():
     s_inf, amp, alpha = syn.BASELINE["prefix_matching"]
-    scores = s_inf - amp * SIZES8 ** -alpha
+    scores = s_inf - amp * SIZES8**-alpha
     fit = analyze.fit_power_law(SIZES8, scores, "higher")
     assert fit["ok"] and fit["form"] == "S_inf - A * N^-alpha"
     assert (fit["asymptote"], fit["A"], fit["alpha"]) == pytest.approx((s_inf, amp, alpha), rel=1e-4)
-    assert analyze.invert_fit(fit, s_inf - amp * 2e5 ** -alpha) == pytest.approx(2e5, rel=1e-6)
+    assert analyze.invert_fit(fit, s_inf - amp * 2e5**-alpha) == pytest.approx(2e5, rel=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -128,7 +131,7 @@ def test_log_n_interpolation_fallback():
     interp = analyze.make_interpolation(sizes, [3.0, 2.0, 1.5])
     assert analyze.invert_interpolation(interp, 2.0) == pytest.approx(1e6)
     assert analyze.invert_interpolation(interp, 2.5) == pytest.approx(math.sqrt(1e5 * 1e6))  # midway in log N
-    assert analyze.invert_interpolation(interp, 3.5) == pytest.approx(10 ** 4.5)  # the end segment extends it
+    assert analyze.invert_interpolation(interp, 3.5) == pytest.approx(10**4.5)  # the end segment extends it
     # a non-monotone baseline is made monotone (pool-adjacent-violators): 2.0, 2.2 pool to 2.1
     bumpy = analyze.make_interpolation(sizes, [3.0, 2.0, 2.2])
     assert bumpy["values"] == pytest.approx([3.0, 2.1, 2.1])
@@ -195,14 +198,25 @@ def test_mechanistic_metrics_are_damaged_more(study):
     _, analysis = study
     for f in (0.1, 0.5):
         for n in syn.SIZES:
-            by_metric = {m: next(w for w in analysis["worst"][m] if w["n_params"] == n and w["fraction"] == f)
-                         for m in ("test_loss", "copying", "prefix_matching")}
+            by_metric = {
+                m: next(w for w in analysis["worst"][m] if w["n_params"] == n and w["fraction"] == f)
+                for m in ("test_loss", "copying", "prefix_matching")
+            }
             assert by_metric["copying"]["damage"] == pytest.approx(syn.COPY_FACTOR * syn.DAMAGE[f])
             assert by_metric["prefix_matching"]["damage"] == pytest.approx(syn.PREFIX_FACTOR * syn.DAMAGE[f])
             if by_metric["copying"]["multiplier"] is not None and by_metric["test_loss"]["multiplier"] is not None:
                 assert by_metric["copying"]["multiplier"] > by_metric["test_loss"]["multiplier"] > 1
-    pairs = [(w, next(c for c in analysis["worst"]["copying"] if (c["n_params"], c["fraction"])
-                      == (w["n_params"], w["fraction"]))) for w in analysis["worst"]["test_loss"]]
+    pairs = [
+        (
+            w,
+            next(
+                c
+                for c in analysis["worst"]["copying"]
+                if (c["n_params"], c["fraction"]) == (w["n_params"], w["fraction"])
+            ),
+        )
+        for w in analysis["worst"]["test_loss"]
+    ]
     assert any(c["multiplier"] is not None and w["multiplier"] is not None for w, c in pairs)
 
 
@@ -212,8 +226,8 @@ def test_region_edges_and_their_power_laws(study):
     for reg in analysis["regions"]:
         for row in reg["per_model"]:
             n = row["n_params"]
-            assert row["left"] == pytest.approx(syn.LEFT_K * n ** syn.PEAK_ALPHA, rel=1e-6)
-            assert row["right"] == pytest.approx(syn.RIGHT_K * n ** syn.PEAK_ALPHA, rel=1e-6)
+            assert row["left"] == pytest.approx(syn.LEFT_K * n**syn.PEAK_ALPHA, rel=1e-6)
+            assert row["right"] == pytest.approx(syn.RIGHT_K * n**syn.PEAK_ALPHA, rel=1e-6)
             assert row["left_censored"] is False and row["right_censored"] is False
             assert row["max_damage"] == pytest.approx(syn.DAMAGE[reg["fraction"]])
         left, right = reg["fits"]["left"], reg["fits"]["right"]
@@ -241,7 +255,7 @@ def test_region_edge_helpers():
     censored = analyze.region_edges(e, [1.0, 0.9, 0.2, 0.1, 0.0])
     assert censored["left"] is None and censored["left_censored"] and "censored" in censored["note"]
     assert analyze.region_edges(e, [0.0, -0.1, 0.0, -0.2, 0.0])["left"] is None
-    fit = analyze.fit_edge([1e5, 1e6, 1e7], [100 * n ** -0.5 for n in (1e5, 1e6, 1e7)])
+    fit = analyze.fit_edge([1e5, 1e6, 1e7], [100 * n**-0.5 for n in (1e5, 1e6, 1e7)])
     assert (fit["k"], fit["alpha"]) == pytest.approx((100, -0.5))
     assert not analyze.fit_edge([1e5], [3.0])["ok"]
 
@@ -401,8 +415,13 @@ def test_cli_without_eval_records(tmp_path, capsys):
 
 
 def test_python_m_repeatlab_analyze_errors_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "repeatlab", "analyze", "--root", str(tmp_path), "--study", "none"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repeatlab", "analyze", "--root", str(tmp_path), "--study", "none"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("repeatlab analyze: error:")
@@ -429,8 +448,10 @@ def test_grid_rounding_of_E_is_a_warning_in_the_analysis():
     odd["point_id"] = "rounded"
     analysis = analyze.analyze_study(records, expected_points=[*expected, odd])
     grid_warnings = [w["message"] for w in analysis["warnings"] if w["code"] == "grid_epochs"]
-    assert any(w.startswith(f"f = 0.5, E = {odd['epochs']:g}: the repeated subset rounds to 1 sequence(s)")
-               for w in grid_warnings)
+    assert any(
+        w.startswith(f"f = 0.5, E = {odd['epochs']:g}: the repeated subset rounds to 1 sequence(s)")
+        for w in grid_warnings
+    )
     assert all("E = 4:" not in w for w in grid_warnings)  # small E: many sequences, exact
 
 

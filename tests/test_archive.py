@@ -23,8 +23,10 @@ def test_archive_keeps_what_the_analysis_needs_and_no_checkpoints(tmp_path):
     storage.write_bytes(storage.join(root, "runs", first, "plan.npy"), b"x" * 1000)
     corpus = storage.join(root, "corpora", "synthetic")
     comp = {"test": {"A": {"documents": 60, "tokens": 600, "share": 1.0}}}
-    storage.write_json(storage.join(corpus, "manifest.json"), {"corpus_id": "synthetic", "composition": comp,
-                                                               "splits": {"test": {"documents": 60, "tokens": 600}}})
+    storage.write_json(
+        storage.join(corpus, "manifest.json"),
+        {"corpus_id": "synthetic", "composition": comp, "splits": {"test": {"documents": 60, "tokens": 600}}},
+    )
     storage.write_bytes(storage.join(corpus, "train.bin"), b"x" * 1000)
     original = analyze.run_analysis(root, "s")
     assert original["corpus"][0]["composition"] == comp
@@ -44,8 +46,23 @@ def test_archive_keeps_what_the_analysis_needs_and_no_checkpoints(tmp_path):
 def test_archive_of_a_missing_study_is_one_line(tmp_path):
     with pytest.raises(StorageError, match="no study 'nope'"):
         archive_study(f"file://{tmp_path}", "nope", f"file://{tmp_path / 'out'}")
-    proc = subprocess.run([sys.executable, "-m", "repeatlab", "archive", "--root", str(tmp_path), "--study", "nope",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repeatlab",
+            "archive",
+            "--root",
+            str(tmp_path),
+            "--study",
+            "nope",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out").exists()

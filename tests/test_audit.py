@@ -24,8 +24,9 @@ PAPER_SMALL = ROOT / "docs/results/paper-small/studies/paper-small/analysis.json
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("planted") / "planted.jsonl")
-    key = make_planted_corpus(path, unique_docs=300, exact_copies=(5, 20), near_similarities=(0.9,),
-                              near_pairs_each=10, span_repeats=(3, 12))
+    key = make_planted_corpus(
+        path, unique_docs=300, exact_copies=(5, 20), near_similarities=(0.9,), near_pairs_each=10, span_repeats=(3, 12)
+    )
     return path, key
 
 
@@ -39,7 +40,7 @@ def planted_scan(planted):
 
 
 def _brute_window_counts(tokens: np.ndarray, k: int) -> np.ndarray:
-    windows = [tokens[p: p + k].tobytes() for p in range(tokens.size - k + 1)]
+    windows = [tokens[p : p + k].tobytes() for p in range(tokens.size - k + 1)]
     seen: dict[bytes, int] = {}
     for w in windows:
         seen[w] = seen.get(w, 0) + 1
@@ -75,8 +76,10 @@ def test_sliding_max_covers_every_window_over_each_token():
     values = np.array([1, 1, 4, 1, 1, 1, 2, 1], dtype=np.int64)
     width = 3
     out = _sliding_max(values, width, values.size + width - 1)
-    want = [max(values[max(0, i - width + 1): i + 1]) if i < values.size else max(values[i - width + 1:])
-            for i in range(values.size + width - 1)]
+    want = [
+        max(values[max(0, i - width + 1) : i + 1]) if i < values.size else max(values[i - width + 1 :])
+        for i in range(values.size + width - 1)
+    ]
     assert out.tolist() == want
 
 
@@ -167,10 +170,14 @@ def test_study_placement_uses_the_study_damage_and_ranks_by_damage_per_token():
 
 def test_predicted_damage_interpolates_the_study_points():
     analysis = json.loads(PAPER_SMALL.read_text())
-    pts = [p for p in analysis["points"] if p["kind"] == "repeated" and p["fraction"] == 0.1
-           and p["n_params"] == 100096.0 and p["epochs"] == 512.0]
+    pts = [
+        p
+        for p in analysis["points"]
+        if p["kind"] == "repeated" and p["fraction"] == 0.1 and p["n_params"] == 100096.0 and p["epochs"] == 512.0
+    ]
     assert danger.predicted_damage(analysis, 0.1, 100096.0, 512.0) == pytest.approx(
-        pts[0]["metrics"]["test_loss"]["damage"])
+        pts[0]["metrics"]["test_loss"]["damage"]
+    )
     assert danger.predicted_damage({"points": []}, 0.1, 1e5, 10) is None
 
 
@@ -255,21 +262,35 @@ def test_cli_reads_gzip_and_writes_deduplicated(planted, tmp_path, capsys):
     gz = tmp_path / "planted.jsonl.gz"
     gz.write_bytes(gzip.compress(Path(path).read_bytes()))
     clean = tmp_path / "clean.jsonl"
-    rc = main(["audit", "--corpus", str(gz), "--out", str(tmp_path / "r"), "--write-deduplicated", str(clean),
-               "--remove", "all"])
+    rc = main(
+        [
+            "audit",
+            "--corpus",
+            str(gz),
+            "--out",
+            str(tmp_path / "r"),
+            "--write-deduplicated",
+            str(clean),
+            "--remove",
+            "all",
+        ]
+    )
     assert rc == 0 and clean.exists()
     assert "duplicates dropped" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--params", "abc"], "--params: 'abc' is not a number"),
-    (["--params", "-5"], "--params"),
-    (["--min-span", "1"], "--min-span: 1 is not allowed"),
-    (["--threshold", "1.5"], "--threshold"),
-    (["--shard-tokens", str(1 << 30), "--max-memory", str(1 << 30)], "lower --shard-tokens"),
-    (["--study", "/nonexistent/analysis.json", "--params", "1e6"], "no analysis.json"),
-    (["--write-deduplicated", "x.jsonl"], "--remove flagged needs --params"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--params", "abc"], "--params: 'abc' is not a number"),
+        (["--params", "-5"], "--params"),
+        (["--min-span", "1"], "--min-span: 1 is not allowed"),
+        (["--threshold", "1.5"], "--threshold"),
+        (["--shard-tokens", str(1 << 30), "--max-memory", str(1 << 30)], "lower --shard-tokens"),
+        (["--study", "/nonexistent/analysis.json", "--params", "1e6"], "no analysis.json"),
+        (["--write-deduplicated", "x.jsonl"], "--remove flagged needs --params"),
+    ],
+)
 def test_bad_options_are_one_line_errors(planted, tmp_path, capsys, args, message):
     rc = main(["audit", "--corpus", planted[0], "--out", str(tmp_path / "r"), *args])
     err = capsys.readouterr().err
@@ -311,9 +332,14 @@ def test_kfp_component_runs_locally_and_logs_metrics(planted, tmp_path):
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     out = str(tmp_path / "audit")
-    task = audit_corpus(corpus_url=planted[0], out_url=out, params="1e8",
-                        write_deduplicated=str(tmp_path / "clean.jsonl"), remove="all",
-                        options_json=json.dumps({"min_span": 50}))
+    task = audit_corpus(
+        corpus_url=planted[0],
+        out_url=out,
+        params="1e8",
+        write_deduplicated=str(tmp_path / "clean.jsonl"),
+        remove="all",
+        options_json=json.dumps({"min_span": 50}),
+    )
     assert task.outputs["Output"] == str(tmp_path / "clean.jsonl")
     assert json.loads((tmp_path / "audit" / "audit.json").read_text())["deduplicated"]["documents_dropped"] > 0
     metrics = task.outputs["metrics"]
@@ -327,8 +353,9 @@ def test_parquet_and_corrupt_inputs(planted, tmp_path, capsys):
 
     texts = [json.loads(line)["text"] for line in open(planted[0])]
     pq.write_table(pa.table({"body": texts}), tmp_path / "c.parquet")
-    result, s = audit.run_audit(str(tmp_path / "c.parquet"), ScanSettings(),
-                                corpus_cfg=audit.CorpusConfig(text_field="body"))
+    result, s = audit.run_audit(
+        str(tmp_path / "c.parquet"), ScanSettings(), corpus_cfg=audit.CorpusConfig(text_field="body")
+    )
     assert s.histogram == scan(planted[0], ScanSettings()).histogram
     (tmp_path / "bad.jsonl.gz").write_bytes(b"\x1f\x8b" + b"not gzip at all")
     rc = main(["audit", "--corpus", str(tmp_path / "bad.jsonl.gz"), "--out", str(tmp_path / "r")])
@@ -343,8 +370,19 @@ def test_audit_reads_and_writes_object_storage(planted, s3_env, tmp_path):
     src = storage.join(s3_env, "in", "planted.jsonl")
     storage.write_bytes(src, Path(planted[0]).read_bytes())
     out = storage.join(s3_env, "clean.jsonl.zst")
-    rc = main(["audit", "--corpus", src, "--out", storage.join(s3_env, "audit"), "--write-deduplicated", out,
-               "--remove", "all"])
+    rc = main(
+        [
+            "audit",
+            "--corpus",
+            src,
+            "--out",
+            storage.join(s3_env, "audit"),
+            "--write-deduplicated",
+            out,
+            "--remove",
+            "all",
+        ]
+    )
     assert rc == 0 and storage.exists(storage.join(s3_env, "audit", "index.html"))
     again = scan(out, ScanSettings())
     assert set(again.histogram) == {1}

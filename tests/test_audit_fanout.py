@@ -22,8 +22,14 @@ def split_corpus(tmp_path_factory):
     different files, so every kind of repeat crosses group boundaries."""
     folder = tmp_path_factory.mktemp("split")
     whole = folder / "planted.jsonl"
-    make_planted_corpus(str(whole), unique_docs=200, exact_copies=(5, 20), near_similarities=(0.9,),
-                        near_pairs_each=8, span_repeats=(3, 12))
+    make_planted_corpus(
+        str(whole),
+        unique_docs=200,
+        exact_copies=(5, 20),
+        near_similarities=(0.9,),
+        near_pairs_each=8,
+        span_repeats=(3, 12),
+    )
     lines = whole.read_text().splitlines()
     whole.unlink()
     parts = folder / "parts"
@@ -49,8 +55,9 @@ def _same_scan(a, b):
     for name in ("doc", "start", "end", "count", "key"):
         assert a.segments[name].tolist() == b.segments[name].tolist()
     assert a.examples == b.examples
-    assert {k: v for k, v in a.spans.items() if k not in ("shards", "method")} == \
-        {k: v for k, v in b.spans.items() if k not in ("shards", "method")}
+    assert {k: v for k, v in a.spans.items() if k not in ("shards", "method")} == {
+        k: v for k, v in b.spans.items() if k not in ("shards", "method")
+    }
 
 
 @pytest.mark.parametrize("shard_tokens", [1 << 21, 20_000])
@@ -103,7 +110,8 @@ def test_checked_in_audit_pipeline_matches_a_fresh_compile(tmp_path):
 
     fresh = compile_audit_pipeline(str(tmp_path / "audit.yaml"))
     assert pathlib.Path(GOLDEN).read_text() == pathlib.Path(fresh).read_text(), (
-        "pipelines/audit_corpus.yaml is stale: run `make compile` and review the diff")
+        "pipelines/audit_corpus.yaml is stale: run `make compile` and review the diff"
+    )
 
 
 def test_audit_pipeline_fans_out_and_reduces_after_the_loop():
@@ -123,13 +131,21 @@ def test_fanout_pipeline_through_the_local_runner_equals_the_single_process_audi
     from repeatlab.pipelines.audit_corpus import build_audit_pipeline
 
     warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
-                   raise_on_error=True)
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"), raise_on_error=True
+    )
     out = "file://" + str(tmp_path / "audit")
     options = json.dumps({"shard_tokens": 20_000})
     clean = str(tmp_path / "clean.jsonl")
-    build_audit_pipeline(parallelism=2)(corpus_url=split_corpus, out_url=out, groups=3, params="1e9",
-                                        options_json=options, write_deduplicated=clean, remove="all")
+    build_audit_pipeline(parallelism=2)(
+        corpus_url=split_corpus,
+        out_url=out,
+        groups=3,
+        params="1e9",
+        options_json=options,
+        write_deduplicated=clean,
+        remove="all",
+    )
     fanned = storage.read_json(storage.join(out, "audit.json"))
     single, scanned = run_audit(split_corpus, ScanSettings(shard_tokens=20_000), n_params=1e9)
     single_clean = str(tmp_path / "single-clean.jsonl")
@@ -142,8 +158,9 @@ def test_fanout_pipeline_through_the_local_runner_equals_the_single_process_audi
     for key in ("corpus", "settings", "exact", "near", "histogram", "profile", "examples", "placement", "audit_id"):
         assert fanned[key] == single[key], key
     strip = ("shards", "method")
-    assert {k: v for k, v in fanned["spans"].items() if k not in strip} == \
-        {k: v for k, v in single["spans"].items() if k not in strip}
+    assert {k: v for k, v in fanned["spans"].items() if k not in strip} == {
+        k: v for k, v in single["spans"].items() if k not in strip
+    }
     assert "<img" in storage.read_text(storage.join(out, "index.html"))
 
 

@@ -32,13 +32,17 @@ def test_integral_floats_are_accepted_for_integers():
 @pytest.mark.parametrize(
     "data,expected",
     [
-        ({"grid": {"fractions": [0, 1.5]}},
-         "grid.fractions[1]: 1.5 is not allowed: a repeated fraction must be in [0, 1)"),
+        (
+            {"grid": {"fractions": [0, 1.5]}},
+            "grid.fractions[1]: 1.5 is not allowed: a repeated fraction must be in [0, 1)",
+        ),
         ({"grid": {"fractions": [0, -0.1]}}, "grid.fractions[1]: -0.1 is not allowed"),
         ({"grid": {"epochs": [0.5]}}, "grid.epochs[0]: 0.5 is not allowed: repeated epochs E must be >= 1"),
         ({"grid": {"fractionz": [0]}}, "grid.fractionz: unknown field; allowed fields here:"),
-        ({"budget": {"context": 100, "batch_tokens": 150}},
-         "budget.batch_tokens: 150 is not allowed: a positive multiple"),
+        (
+            {"budget": {"context": 100, "batch_tokens": 150}},
+            "budget.batch_tokens: 150 is not allowed: a positive multiple",
+        ),
         ({"budget": {"total_tokens": "many"}}, "budget.total_tokens: 'many' is not allowed: expected an integer"),
         ({"budget": {"context": 12.5}}, "budget.context: 12.5 is not allowed: expected an integer"),
         ({"corpus": {"tokenizer": "word"}}, "corpus.tokenizer: 'word' is not allowed: expected one of 'byte', 'bpe'"),
@@ -55,22 +59,30 @@ def test_integral_floats_are_accepted_for_integers():
         ({"train": {"dtype": "fp8"}}, "train.dtype: 'fp8' is not allowed"),
         ({"name": "My Study"}, "name: 'My Study' is not allowed"),
         ({"storage": {"options": {"s3": {"secret": "abc"}}}}, "storage.options.s3.secret"),
-        ({"eval": {"prefix_random_tokens": 60, "prefix_repeats": 4}, "budget": {"context": 128}},
-         "eval.prefix_random_tokens: 60 is not allowed"),
+        (
+            {"eval": {"prefix_random_tokens": 60, "prefix_repeats": 4}, "budget": {"context": 128}},
+            "eval.prefix_random_tokens: 60 is not allowed",
+        ),
         ({"cluster": {"parallelism": 0}}, "cluster.parallelism: 0 is not allowed"),
         # The GPU model is not a Kubernetes resource: KFP's driver would make it the container limit's name verbatim.
-        ({"cluster": {"accelerator_type": "nvidia-l4", "accelerator_limit": 1}},
-         "cluster.accelerator_type: 'nvidia-l4' is not allowed: not a standard container resource (cpu, memory, "
-         "ephemeral-storage) and not domain-prefixed: write the accelerator's Kubernetes resource name, e.g. "
-         "nvidia.com/gpu, and select the GPU model with cluster.node_selector"),
-        ({"cluster": {"accelerator_type": "NVIDIA_H100_80GB_HBM3"}},
-         "cluster.accelerator_type: 'NVIDIA_H100_80GB_HBM3'"),
+        (
+            {"cluster": {"accelerator_type": "nvidia-l4", "accelerator_limit": 1}},
+            "cluster.accelerator_type: 'nvidia-l4' is not allowed: not a standard container resource (cpu, memory, "
+            "ephemeral-storage) and not domain-prefixed: write the accelerator's Kubernetes resource name, e.g. "
+            "nvidia.com/gpu, and select the GPU model with cluster.node_selector",
+        ),
+        (
+            {"cluster": {"accelerator_type": "NVIDIA_H100_80GB_HBM3"}},
+            "cluster.accelerator_type: 'NVIDIA_H100_80GB_HBM3'",
+        ),
         ({"cluster": {"accelerator_type": "kubernetes.io/gpu"}}, "the kubernetes.io domain is reserved"),
         ({"cluster": {"accelerator_type": "Nvidia.com/gpu"}}, "not a qualified name"),
         ({"cluster": {"accelerator_type": "memory"}}, "not cpu/memory"),
-        ({"cluster": {"accelerator_limit": 1, "train_image": "ghcr.io/repeatlab/repeatlab:0.2.0"}},
-         "cluster.train_image: 'ghcr.io/repeatlab/repeatlab:0.2.0' is not allowed: the CPU image (cluster.image) "
-         "cannot use the 1 GPU(s)"),
+        (
+            {"cluster": {"accelerator_limit": 1, "train_image": "ghcr.io/repeatlab/repeatlab:0.2.0"}},
+            "cluster.train_image: 'ghcr.io/repeatlab/repeatlab:0.2.0' is not allowed: the CPU image (cluster.image) "
+            "cannot use the 1 GPU(s)",
+        ),
         ("not a mapping", "config: 'not a mapping' is not allowed: expected a mapping"),
     ],
 )
@@ -88,8 +100,15 @@ def test_accelerator_resource_names():
     for ok in ("nvidia.com/gpu", "amd.com/gpu", "nvidia.com/mig-1g.10gb", "gpu.intel.com/i915"):
         assert config.from_dict({"cluster": {"accelerator_type": ok, "accelerator_limit": 1}}).cluster.accelerator_limit
     # a GPU limit on the CUDA image (the default train_image) or with a digest-pinned CPU image elsewhere is fine
-    config.from_dict({"cluster": {"accelerator_limit": 2, "image": "r.example/repeatlab@sha256:" + "a" * 64,
-                                  "train_image": "r.example/repeatlab-cuda@sha256:" + "b" * 64}})
+    config.from_dict(
+        {
+            "cluster": {
+                "accelerator_limit": 2,
+                "image": "r.example/repeatlab@sha256:" + "a" * 64,
+                "train_image": "r.example/repeatlab-cuda@sha256:" + "b" * 64,
+            }
+        }
+    )
 
 
 def test_cluster_runs_need_shared_storage():

@@ -15,8 +15,25 @@ from repeatlab.corpus import corpus_url, load_manifest, open_split, prepare_corp
 from repeatlab.errors import ConfigError, CorpusError, StorageError
 from repeatlab.tokenizer import load_tokenizer
 
-WORDS = ["thou", "art", "the", "king", "of", "denmark", "and", "god", "said", "let", "there", "be", "light",
-         "wherefore", "romeo", "héllo", "wörld"]
+WORDS = [
+    "thou",
+    "art",
+    "the",
+    "king",
+    "of",
+    "denmark",
+    "and",
+    "god",
+    "said",
+    "let",
+    "there",
+    "be",
+    "light",
+    "wherefore",
+    "romeo",
+    "héllo",
+    "wörld",
+]
 FRACTIONS = {"test_fraction": 0.2, "probe_fraction": 0.2}  # small corpora still fill every split
 
 
@@ -62,9 +79,23 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
     m = prepare_corpus(cfg_(src), str(root), log=quiet)
 
     assert m["documents_read"] == 65 and m["duplicates_dropped"] == 3 and m["empty_dropped"] == 2
-    assert set(m) == {"corpus_id", "format_version", "source", "tokenizer", "dtype", "documents_read",
-                      "duplicates_dropped", "empty_dropped", "splits", "config", "created_by", "chunks",
-                      "chunk_tokens", "composition", "warnings"}
+    assert set(m) == {
+        "corpus_id",
+        "format_version",
+        "source",
+        "tokenizer",
+        "dtype",
+        "documents_read",
+        "duplicates_dropped",
+        "empty_dropped",
+        "splits",
+        "config",
+        "created_by",
+        "chunks",
+        "chunk_tokens",
+        "composition",
+        "warnings",
+    }
     assert m["format_version"] == 1 and m["created_by"].startswith("repeatlab ")
     assert m["source"]["url"] == src and m["source"]["format"] == "jsonl"
     (f,) = m["source"]["files"]
@@ -102,8 +133,9 @@ def test_split_is_deterministic_and_salted(tmp_path):
     m2 = prepare_corpus(cfg_(src2), str(tmp_path / "r2"), log=quiet)
     for s in ("train", "test", "probe"):
         assert m1["splits"][s]["documents"] == m2["splits"][s]["documents"]
-        assert set(shard_docs(corpus_url(str(tmp_path / "r1"), m1["corpus_id"]), s, m1)) == \
-            set(shard_docs(corpus_url(str(tmp_path / "r2"), m2["corpus_id"]), s, m2))
+        assert set(shard_docs(corpus_url(str(tmp_path / "r1"), m1["corpus_id"]), s, m1)) == set(
+            shard_docs(corpus_url(str(tmp_path / "r2"), m2["corpus_id"]), s, m2)
+        )
     # exactly what split_of says
     for t in texts[:10]:
         assert corpus.split_of(corpus.normalize(t), "repeatlab", 0.2, 0.2) in ("train", "test", "probe")
@@ -164,8 +196,11 @@ def test_gzip_zstd_parquet_give_the_same_shards(tmp_path):
     (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
     pq.write_table(pa.table({"body": texts, "n": list(range(50))}), tmp_path / "c.parquet")
     ref = prepare_corpus(cfg_(plain), str(tmp_path / "r"), log=quiet)
-    for url, extra in [(tmp_path / "c.jsonl.gz", {}), (tmp_path / "c.jsonl.zst", {}),
-                       (tmp_path / "c.parquet", {"text_field": "body"})]:
+    for url, extra in [
+        (tmp_path / "c.jsonl.gz", {}),
+        (tmp_path / "c.jsonl.zst", {}),
+        (tmp_path / "c.parquet", {"text_field": "body"}),
+    ]:
         m = prepare_corpus(cfg_(url, **extra), str(tmp_path / "r"), log=quiet)
         assert m["corpus_id"] != ref["corpus_id"]
         assert {s: v["sha256"] for s, v in m["splits"].items()} == {s: v["sha256"] for s, v in ref["splits"].items()}
@@ -185,15 +220,23 @@ def test_bpe_corpus_ood_and_memory_root(tmp_path, monkeypatch):
     ood = tmp_path / "ood.txt"
     ood.write_text("def f(x):\n    return x + 1\n\nclass A:\n    pass\n")
     root = "memory://rl-test-root"
-    m = prepare_corpus(cfg_(src, tokenizer="bpe", vocab_size=512, ood_url=str(ood), split_on_blank_lines=True),
-                       root, log=quiet)
+    m = prepare_corpus(
+        cfg_(src, tokenizer="bpe", vocab_size=512, ood_url=str(ood), split_on_blank_lines=True), root, log=quiet
+    )
     assert m["tokenizer"]["kind"] == "bpe" and m["tokenizer"]["file"] == "tokenizer.json"
     assert m["tokenizer"]["vocab_size"] <= 512 and m["dtype"] == "uint16"
     assert m["splits"]["ood"]["documents"] == 2 and m["source"]["ood_files"][0]["path"] == str(ood)
     url = corpus_url(root, m["corpus_id"])
     assert url.startswith("memory://")
-    assert set(storage.listdir(url)) == {"manifest.json", "config.json", "tokenizer.json", "train.bin", "test.bin",
-                                         "probe.bin", "ood.bin"}
+    assert set(storage.listdir(url)) == {
+        "manifest.json",
+        "config.json",
+        "tokenizer.json",
+        "train.bin",
+        "test.bin",
+        "probe.bin",
+        "ood.bin",
+    }
     got = set().union(*(shard_docs(url, s, m) for s in ("train", "test", "probe")))
     assert got == set(texts)
     assert shard_docs(url, "ood", m) == ["def f(x):\n    return x + 1", "class A:\n    pass\n"]
@@ -209,8 +252,9 @@ def test_cli_flags_json_and_config(tmp_path, capsys):
     root = str(tmp_path / "root")
     # default fractions (0.05 / 0.02) need more documents: use a config file for the fractions
     study = tmp_path / "study.yaml"
-    study.write_text(f"name: t\ncorpus:\n  url: {src}\n  test_fraction: 0.2\n  probe_fraction: 0.2\n"
-                     f"storage:\n  root: {root}\n")
+    study.write_text(
+        f"name: t\ncorpus:\n  url: {src}\n  test_fraction: 0.2\n  probe_fraction: 0.2\nstorage:\n  root: {root}\n"
+    )
     from repeatlab.cli import main
 
     assert main(["prepare", "--config", str(study)]) == 0

@@ -24,8 +24,11 @@ def analysis():
 
 
 def worst_multiplier(analysis, n, f, e):
-    p = next(p for p in analysis["points"] if p["kind"] == "repeated" and p["n_params"] == n
-             and p["fraction"] == f and p["epochs"] == e)
+    p = next(
+        p
+        for p in analysis["points"]
+        if p["kind"] == "repeated" and p["n_params"] == n and p["fraction"] == f and p["epochs"] == e
+    )
     return p["metrics"]["test_loss"]["multiplier"]
 
 
@@ -34,8 +37,8 @@ def test_inside_the_fitted_region(analysis):
     r = danger.assess(n, 0.1, 30.0, analysis)  # E = 30 is the known peak at N = 1e6
     assert r["source"] == "study" and r["study"] == "synthetic" and r["study_fraction"] == 0.1
     assert r["in_region"] is True and r["extrapolated"] is False
-    assert r["left_edge"] == pytest.approx(syn.LEFT_K * n ** syn.PEAK_ALPHA, rel=1e-6)
-    assert r["right_edge"] == pytest.approx(syn.RIGHT_K * n ** syn.PEAK_ALPHA, rel=1e-6)
+    assert r["left_edge"] == pytest.approx(syn.LEFT_K * n**syn.PEAK_ALPHA, rel=1e-6)
+    assert r["right_edge"] == pytest.approx(syn.RIGHT_K * n**syn.PEAK_ALPHA, rel=1e-6)
     assert r["left_basis"].startswith("fitted E = ")
     assert "IN the poor-performance region" in r["answer"] and "study synthetic" in r["answer"]
 
@@ -72,7 +75,7 @@ def test_extrapolation_beyond_the_study(analysis):
     big = danger.assess(1e8, 0.1, 3.0, analysis)
     assert big["extrapolated"] is True and "EXTRAPOLATED" in big["answer"]
     assert any("outside the study's sizes" in note for note in big["notes"])
-    assert big["left_edge"] == pytest.approx(syn.LEFT_K * 1e8 ** syn.PEAK_ALPHA, rel=1e-6)  # the fitted law
+    assert big["left_edge"] == pytest.approx(syn.LEFT_K * 1e8**syn.PEAK_ALPHA, rel=1e-6)  # the fitted law
     many = danger.assess(1e6, 0.1, 1e6, analysis)
     assert many["extrapolated"] is True and any("E range" in note for note in many["notes"])
 
@@ -99,8 +102,8 @@ def test_paper_region_without_a_study():
     n = 8e8
     r = danger.assess(n, 0.1, 100.0)  # the paper's headline: 800M, 0.1 % of the data repeated 100 times
     assert r["source"] == "paper" and r["in_region"] is True and r["extrapolated"] is False
-    assert r["left_edge"] == pytest.approx(4.2e6 * n ** -0.56)
-    assert r["right_edge"] == pytest.approx(5.1e7 * n ** -0.50)
+    assert r["left_edge"] == pytest.approx(4.2e6 * n**-0.56)
+    assert r["right_edge"] == pytest.approx(5.1e7 * n**-0.50)
     assert r["multiplier"] is None
     assert any(note.startswith("No study given: the paper's published region") for note in r["notes"])
     assert "the paper's published region" in r["answer"]
@@ -121,25 +124,30 @@ def test_cli_without_a_study_says_so(capsys):
 def test_cli_with_a_study(tmp_path, analysis, capsys):
     url = str(tmp_path / "analysis.json")
     storage.write_json(url, analysis)
-    assert repeatlab_main(["danger", "--params", "1e6", "--fraction", "0.1", "--epochs", "30",
-                           "--study", url, "--json"]) == 0
+    assert (
+        repeatlab_main(["danger", "--params", "1e6", "--fraction", "0.1", "--epochs", "30", "--study", url, "--json"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result == json.loads(json.dumps(danger.assess(1e6, 0.1, 30, analysis)))
     assert result["in_region"] is True
 
 
-@pytest.mark.parametrize("args, field, allowed", [
-    (["--params", "-5", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
-    (["--params=-5", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
-    (["--params", "0", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
-    (["--params", "big", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
-    (["--params", "1e9", "--fraction", "1", "--epochs", "10"], "--fraction", "[0, 1)"),
-    (["--params", "1e9", "--fraction", "-0.1", "--epochs", "10"], "--fraction", "[0, 1)"),
-    (["--params", "1e9", "--fraction", "nan", "--epochs", "10"], "--fraction", "[0, 1)"),
-    (["--params", "1e9", "--fraction", "0.1", "--epochs", "0.5"], "--epochs", ">= 1"),
-    (["--params", "1e9", "--fraction", "0.1", "--epochs", "many"], "--epochs", ">= 1"),
-    (["--params", "1e9", "--fraction", "0.1", "--epochs", "inf"], "--epochs", ">= 1"),
-])
+@pytest.mark.parametrize(
+    "args, field, allowed",
+    [
+        (["--params", "-5", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
+        (["--params=-5", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
+        (["--params", "0", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
+        (["--params", "big", "--fraction", "0.1", "--epochs", "10"], "--params", "> 0"),
+        (["--params", "1e9", "--fraction", "1", "--epochs", "10"], "--fraction", "[0, 1)"),
+        (["--params", "1e9", "--fraction", "-0.1", "--epochs", "10"], "--fraction", "[0, 1)"),
+        (["--params", "1e9", "--fraction", "nan", "--epochs", "10"], "--fraction", "[0, 1)"),
+        (["--params", "1e9", "--fraction", "0.1", "--epochs", "0.5"], "--epochs", ">= 1"),
+        (["--params", "1e9", "--fraction", "0.1", "--epochs", "many"], "--epochs", ">= 1"),
+        (["--params", "1e9", "--fraction", "0.1", "--epochs", "inf"], "--epochs", ">= 1"),
+    ],
+)
 def test_bad_inputs_give_one_line_errors(capsys, args, field, allowed):
     rc = repeatlab_main(["danger", *args])
     captured = capsys.readouterr()
@@ -156,8 +164,9 @@ def test_bad_inputs_in_the_api():
 
 
 def test_missing_or_wrong_study_file(tmp_path, capsys):
-    rc = repeatlab_main(["danger", "--params", "1e6", "--fraction", "0.1", "--epochs", "30",
-                         "--study", str(tmp_path / "none.json")])
+    rc = repeatlab_main(
+        ["danger", "--params", "1e6", "--fraction", "0.1", "--epochs", "30", "--study", str(tmp_path / "none.json")]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "run `repeatlab analyze` first" in err
     other = tmp_path / "other.json"

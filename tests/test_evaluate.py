@@ -22,10 +22,26 @@ from repeatlab.model import GPT, GPTConfig
 sys.path.insert(0, os.path.dirname(__file__))
 from test_scores import CONTEXT, VOCAB, build_induction_model
 
-SMALL_EVAL = EvalConfig(eval_tokens=512, copy_repeats=11, prefix_samples=4, prefix_random_tokens=10,
-                        prefix_repeats=4, top_k_heads=3)
-EVAL_KEYS = {"point_id", "point", "step", "test_loss", "repeated_loss", "ood_loss", "copying", "icl_score",
-             "icl_positions", "icl", "heads", "aggregates", "learning_curve", "warnings", "record_sha256"}
+SMALL_EVAL = EvalConfig(
+    eval_tokens=512, copy_repeats=11, prefix_samples=4, prefix_random_tokens=10, prefix_repeats=4, top_k_heads=3
+)
+EVAL_KEYS = {
+    "point_id",
+    "point",
+    "step",
+    "test_loss",
+    "repeated_loss",
+    "ood_loss",
+    "copying",
+    "icl_score",
+    "icl_positions",
+    "icl",
+    "heads",
+    "aggregates",
+    "learning_curve",
+    "warnings",
+    "record_sha256",
+}
 AGGREGATE_KEYS = {"prefix_matching_max", "prefix_matching_top_mean", "previous_token_max", "copying_max"}
 
 
@@ -33,7 +49,7 @@ def text_like(n_tokens: int, seed: int, doc_len: int = 40) -> np.ndarray:
     """Random non-BOS tokens with an EOT (0) after every document, like a shard."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(1, VOCAB, size=n_tokens).astype(np.uint16)
-    tokens[doc_len::doc_len + 1] = 0
+    tokens[doc_len :: doc_len + 1] = 0
     return tokens
 
 
@@ -53,10 +69,11 @@ def test_evaluate_model_on_the_induction_model():
     model.train()  # evaluate_model must restore this
     before = {k: v.clone() for k, v in model.state_dict().items()}
     test = periodic(8 * CONTEXT + 1, period=20, seed=1)
-    probe = np.concatenate([np.concatenate([np.random.default_rng(i).permutation(np.arange(1, VOCAB))[:12], [0]])
-                            for i in range(10)]).astype(np.uint16)  # 10 documents of 12 distinct tokens
+    probe = np.concatenate(
+        [np.concatenate([np.random.default_rng(i).permutation(np.arange(1, VOCAB))[:12], [0]]) for i in range(10)]
+    ).astype(np.uint16)  # 10 documents of 12 distinct tokens
     counts = np.bincount(text_like(5000, seed=2), minlength=VOCAB)
-    windows = np.stack([test[k * CONTEXT: k * CONTEXT + CONTEXT + 1] for k in range(3)]).astype(np.int64)
+    windows = np.stack([test[k * CONTEXT : k * CONTEXT + CONTEXT + 1] for k in range(3)]).astype(np.int64)
     out = evaluate.evaluate_model(model, test, probe, counts, SMALL_EVAL, CONTEXT, repeated_windows=windows, seed=3)
 
     assert model.training
@@ -98,18 +115,18 @@ def test_loss_windows_are_contiguous_and_capped():
     test = text_like(10 * 16 + 1, seed=0)
     cfg = dataclasses.replace(SMALL_EVAL, eval_tokens=48, prefix_random_tokens=3, prefix_repeats=2, copy_repeats=3)
     out = evaluate.evaluate_model(model, test, test, np.ones(VOCAB), cfg, 16)
-    x = torch.from_numpy(test[:3 * 16 + 1].astype(np.int64))
-    windows = torch.stack([x[k * 16: k * 16 + 17] for k in range(3)])  # 48 tokens = 3 windows
+    x = torch.from_numpy(test[: 3 * 16 + 1].astype(np.int64))
+    windows = torch.stack([x[k * 16 : k * 16 + 17] for k in range(3)])  # 48 tokens = 3 windows
     with torch.no_grad():
         expected = model.per_token_loss(windows[:, :-1], windows[:, 1:])
     assert out["test_loss"] == pytest.approx(expected.mean().item(), rel=1e-6)
     # the ICL estimate: random windows, late band minus early band, mean and standard error over windows
     (e0, e1), (l0, l1) = evaluate.icl_bands(cfg, 16)
     offsets, _ = evaluate.icl_window_offsets(test, 16, cfg.icl_windows, l1 + 1)
-    rows = torch.from_numpy(np.stack([test[o: o + 17] for o in offsets]).astype(np.int64))
+    rows = torch.from_numpy(np.stack([test[o : o + 17] for o in offsets]).astype(np.int64))
     with torch.no_grad():
         loss = model.per_token_loss(rows[:, :-1], rows[:, 1:]).double()
-    scores = (loss[:, l0: l1 + 1].mean(1) - loss[:, e0: e1 + 1].mean(1)).numpy()
+    scores = (loss[:, l0 : l1 + 1].mean(1) - loss[:, e0 : e1 + 1].mean(1)).numpy()
     assert out["icl"]["windows"] == len(offsets) == min(cfg.icl_windows, len(test) - 16)
     assert out["icl_score"] == out["icl"]["score"] == pytest.approx(scores.mean(), rel=1e-6, abs=1e-9)
     assert out["icl"]["stderr"] == pytest.approx(scores.std(ddof=1) / np.sqrt(len(scores)), rel=1e-6)
@@ -127,7 +144,7 @@ def test_icl_estimate_reads_random_offsets_inside_documents_with_an_error_bar():
     assert len(offsets) == 200 == inside and len(set(offsets.tolist())) == 200
     assert (offsets % context != 0).mean() > 0.9  # not the fixed window grid
     for o in offsets:  # no document boundary before the late band
-        assert not (tokens[o: o + l1 + 1] == 0).any()
+        assert not (tokens[o : o + l1 + 1] == 0).any()
     again, _ = evaluate.icl_window_offsets(tokens, context, 200, l1 + 1)
     assert np.array_equal(offsets, again)  # every run of a study reads the same windows
     torch.manual_seed(0)
@@ -155,8 +172,9 @@ def test_probe_paragraphs_spread_over_the_split_without_titles():
     probe = np.concatenate([doc(100), [0], doc(1100)]).astype(np.uint16)
     paras = evaluate.probe_paragraphs(probe, 4, limit=8)
     assert paras.shape == (8, 4) and not np.any(paras == 99) and not np.any(paras == 0)
-    starts = [int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(probe, 4) == p, axis=1))[0])
-              for p in paras]
+    starts = [
+        int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(probe, 4) == p, axis=1))[0]) for p in paras
+    ]
     assert starts == sorted(starts) and starts[0] == 4 and starts[-1] == len(probe) - 4
     # evenly spaced in chunks: up to one chunk of rounding, plus the EOT and skipped title between the documents
     assert np.ptp(np.diff(starts)) <= 2 * 4 + 1
@@ -178,13 +196,29 @@ def write_corpus(root: str, ood: bool) -> str:
     for name, tokens in splits.items():
         data = tokens.astype(np.uint16).tobytes()
         storage.write_bytes(storage.join(url, f"{name}.bin"), data)
-        info[name] = {"documents": int((tokens == 0).sum()), "tokens": len(tokens), "bytes": len(data),
-                      "file": f"{name}.bin", "sha256": hashlib.sha256(data).hexdigest()}
-    storage.write_json(storage.join(url, "manifest.json"), {
-        "corpus_id": "c0", "format_version": 1, "source": {"url": "synthetic", "format": "text", "files": []},
-        "tokenizer": {"kind": "byte", "vocab_size": VOCAB, "eot_id": 0, "file": None}, "dtype": "uint16",
-        "documents_read": 0, "duplicates_dropped": 0, "empty_dropped": 0, "splits": info, "config": {},
-        "created_by": "test"})
+        info[name] = {
+            "documents": int((tokens == 0).sum()),
+            "tokens": len(tokens),
+            "bytes": len(data),
+            "file": f"{name}.bin",
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    storage.write_json(
+        storage.join(url, "manifest.json"),
+        {
+            "corpus_id": "c0",
+            "format_version": 1,
+            "source": {"url": "synthetic", "format": "text", "files": []},
+            "tokenizer": {"kind": "byte", "vocab_size": VOCAB, "eot_id": 0, "file": None},
+            "dtype": "uint16",
+            "documents_read": 0,
+            "duplicates_dropped": 0,
+            "empty_dropped": 0,
+            "splits": info,
+            "config": {},
+            "created_by": "test",
+        },
+    )
     return url
 
 
@@ -201,10 +235,19 @@ def make_run(tmp_path, fraction=0.5, ood=False, model_cfg=None) -> str:
     corpus_url = write_corpus(root, ood)
     run_url = storage.join(root, "runs", "p0")
     cfg = GPTConfig(**(model_cfg or TINY))
-    point = {"point_id": "p0", "corpus_id": "c0", "corpus_url": corpus_url, "model": cfg.to_dict(),
-             "fraction": fraction, "epochs": 4.0 if fraction else None, "seed": 0, "control": False,
-             "budget": dataclasses.asdict(BudgetConfig(total_tokens=4096, context=CONTEXT, batch_tokens=256)),
-             "train": dataclasses.asdict(TrainConfig()), "eval": dataclasses.asdict(SMALL_EVAL)}
+    point = {
+        "point_id": "p0",
+        "corpus_id": "c0",
+        "corpus_url": corpus_url,
+        "model": cfg.to_dict(),
+        "fraction": fraction,
+        "epochs": 4.0 if fraction else None,
+        "seed": 0,
+        "control": False,
+        "budget": dataclasses.asdict(BudgetConfig(total_tokens=4096, context=CONTEXT, batch_tokens=256)),
+        "train": dataclasses.asdict(TrainConfig()),
+        "eval": dataclasses.asdict(SMALL_EVAL),
+    }
     storage.write_json(storage.join(run_url, "point.json"), point)
     repeated = np.array([0, 3 * CONTEXT, 7 * CONTEXT] if fraction else [], dtype=np.int64)
     with storage.atomic_local_file(storage.join(run_url, "repeated.npy")) as tmp:
@@ -214,8 +257,19 @@ def make_run(tmp_path, fraction=0.5, ood=False, model_cfg=None) -> str:
     save_checkpoint(run_url, 5, GPT(cfg))
     save_checkpoint(run_url, 10, GPT(cfg))
     save_checkpoint(run_url, 20, GPT(cfg), complete=False)  # no state.json: ignored
-    rows = [{"step": s, "tokens": s * 256, "lr": 1e-3, "train_loss": 4.0, "test_loss": 4.1, "repeated_loss": 3.9,
-             "tokens_per_s": 1e4, "elapsed_s": 0.1 * s} for s in (5, 10)]
+    rows = [
+        {
+            "step": s,
+            "tokens": s * 256,
+            "lr": 1e-3,
+            "train_loss": 4.0,
+            "test_loss": 4.1,
+            "repeated_loss": 3.9,
+            "tokens_per_s": 1e4,
+            "elapsed_s": 0.1 * s,
+        }
+        for s in (5, 10)
+    ]
     storage.write_text(storage.join(run_url, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     return run_url
 
@@ -268,8 +322,11 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path, capsys):
 
     run_url = make_run(tmp_path)
     save_checkpoint(run_url, 30, GPT(GPTConfig(**{**TINY, "n_embd": 48})))
-    with pytest.raises(CheckpointError, match=r"^checkpoint .*step-0000030/model.pt does not match the config: .*"
-                                              r"lm_head.weight has shape \[64, 48\], the config needs \[64, 32\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^checkpoint .*step-0000030/model.pt does not match the config: .*"
+        r"lm_head.weight has shape \[64, 48\], the config needs \[64, 32\]",
+    ):
         evaluate.evaluate_run(run_url, log=lambda _: None, device="cpu")
     save_checkpoint(run_url, 40, GPT(GPTConfig(**{**TINY, "n_layer": 1})))
     assert main(["evaluate", "--run-url", run_url]) == 2
@@ -291,9 +348,26 @@ def test_evaluate_under_torchrun_matches_one_process(tmp_path):
     storage.remove(storage.join(run_url, "eval.json"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "repeatlab.evaluate", "--run-url", run_url, "--device", "cpu"],
-        check=False, capture_output=True, text=True, env=env, timeout=90)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "repeatlab.evaluate",
+            "--run-url",
+            run_url,
+            "--device",
+            "cpu",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     distributed = storage.read_json(storage.join(run_url, "eval.json"))
     assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("{")]) == 1  # rank 0 logs once

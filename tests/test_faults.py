@@ -33,8 +33,11 @@ from repeatlab import storage
 from repeatlab.proc import descendants
 
 # Long enough (75 steps of a 2-layer model) that a kill lands mid-run.
-LONG = dict(sequences=600, train={"checkpoint_every": 3, "keep_checkpoints": 100},
-            model={"n_layer": 2, "n_embd": 64, "n_head": 4})
+LONG = dict(
+    sequences=600,
+    train={"checkpoint_every": 3, "keep_checkpoints": 100},
+    model={"n_layer": 2, "n_embd": 64, "n_head": 4},
+)
 
 
 def _flip(path: Path, offset: int | None = None) -> None:
@@ -90,20 +93,34 @@ def corpus(tmp_path_factory) -> str:
 
 LAUNCHERS = {
     "repeatlab train": lambda run: [PY, "-m", "repeatlab", "train", "--run-url", run, "--nproc-per-node", "2"],
-    "pipeline train step": lambda run: [PY, "-c", "import sys; from repeatlab import steps; "
-                                        f"steps.train({run!r}, nproc_per_node=2, evaluate=False)"],
+    "pipeline train step": lambda run: [
+        PY,
+        "-c",
+        f"import sys; from repeatlab import steps; steps.train({run!r}, nproc_per_node=2, evaluate=False)",
+    ],
 }
 
 
-@pytest.mark.parametrize("how", ["SIGKILL the launcher's process group",  # the others: slow (make test's budget)
-                                 pytest.param("SIGTERM the launcher", marks=pytest.mark.slow),
-                                 pytest.param("SIGKILL the launcher alone", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "SIGKILL the launcher's process group",  # the others: slow (make test's budget)
+        pytest.param("SIGTERM the launcher", marks=pytest.mark.slow),
+        pytest.param("SIGKILL the launcher alone", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_trainers_die_with_their_launcher(corpus, tmp_path, launcher, how):
     run = make_run(tmp_path / "run", corpus, point_id="p", **LONG)
     folder = Path(storage.local_path(run))
-    proc = subprocess.Popen(LAUNCHERS[launcher](run), env=_env(REPEATLAB_KILL_GRACE_S="5"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        LAUNCHERS[launcher](run),
+        env=_env(REPEATLAB_KILL_GRACE_S="5"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         assert _wait_for(lambda: (folder / "checkpoints" / "step-0000003" / "state.json").exists())
         workers = _trainer_pids(descendants(proc.pid))
@@ -135,8 +152,14 @@ def test_trainers_die_with_their_launcher(corpus, tmp_path, launcher, how):
 @pytest.mark.slow
 def test_run_local_killed_leaves_no_trainer(tmp_path):
     cfg_path, root = _write_study(tmp_path, "killed")
-    proc = subprocess.Popen([PY, "-m", "repeatlab", "run", "--local", "--config", str(cfg_path)], env=_env(),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "repeatlab", "run", "--local", "--config", str(cfg_path)],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         seen: set[int] = set()
 
@@ -164,10 +187,11 @@ def test_two_trainers_of_one_run_train_it_once(corpus, tmp_path, nproc):
 
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=160, train={"checkpoint_every": 1})
     env = _env(REPEATLAB_LEASE_POLL_S="0.2")
-    command = (torchrun_command(run, nproc_per_node=2) if nproc == 2
-               else [PY, "-m", "repeatlab.train", "--run-url", run])
-    procs = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    command = torchrun_command(run, nproc_per_node=2) if nproc == 2 else [PY, "-m", "repeatlab.train", "--run-url", run]
+    procs = [
+        subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     logs = [o[1] for o in outs]
@@ -191,9 +215,27 @@ def _write_study(tmp_path: Path, name: str) -> tuple[Path, str]:
 def test_two_concurrent_run_local_of_one_study(tmp_path):
     cfg_path, root = _write_study(tmp_path, "twice")
     env = _env(REPEATLAB_LEASE_POLL_S="0.5")
-    procs = [subprocess.Popen([PY, "-m", "repeatlab", "run", "--local", "--config", str(cfg_path), "--pipeline-root",
-                               str(tmp_path / f"kfp-{i}")], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "repeatlab",
+                "run",
+                "--local",
+                "--config",
+                str(cfg_path),
+                "--pipeline-root",
+                str(tmp_path / f"kfp-{i}"),
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=1800)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
     runs = storage.join(root, "runs")
@@ -218,8 +260,14 @@ def test_train_killed_at_a_random_moment_resumes_bitwise(corpus, tmp_path, seed)
     run_train(ref, nproc=2)
     duration = time.monotonic() - started
     run = make_run(tmp_path / "run", corpus, point_id="p", **LONG)
-    proc = subprocess.Popen(LAUNCHERS["repeatlab train"](run), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        LAUNCHERS["repeatlab train"](run),
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(random.Random(seed).uniform(0.2, 0.9) * duration)
     _kill_group_of(proc, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -234,18 +282,26 @@ def test_train_killed_at_a_random_moment_resumes_bitwise(corpus, tmp_path, seed)
 def test_prepare_killed_at_a_random_moment_then_rerun(tmp_path, seed):
     source = tmp_path / "docs.jsonl"
     rng = random.Random(1)
-    source.write_text("".join(json.dumps({"text": " ".join(rng.choice("abcdefghij") * rng.randint(1, 9)
-                                                           for _ in range(400))}) + "\n" for _ in range(600)))
+    source.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice("abcdefghij") * rng.randint(1, 9) for _ in range(400))}) + "\n"
+            for _ in range(600)
+        )
+    )
     study = tmp_path / "s.yaml"
-    study.write_text(json.dumps({"name": "p", "corpus": {"url": str(source), "format": "jsonl"},
-                                 "storage": {"root": str(tmp_path / "ref")}}))
+    study.write_text(
+        json.dumps(
+            {"name": "p", "corpus": {"url": str(source), "format": "jsonl"}, "storage": {"root": str(tmp_path / "ref")}}
+        )
+    )
     cmd = [PY, "-m", "repeatlab", "prepare", "--config", str(study)]
     started = time.monotonic()
     subprocess.run(cmd, env=_env(), cwd=REPO, check=True, capture_output=True, timeout=300)
     duration = time.monotonic() - started
     study.write_text(study.read_text().replace(str(tmp_path / "ref"), str(tmp_path / "killed")))
-    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     time.sleep(random.Random(seed).uniform(0.3, 1.0) * duration)
     _kill_group_of(proc, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -280,11 +336,18 @@ def test_s3_server_frozen_mid_checkpoint_then_resume(s3_server, s3_env, tmp_path
     del local_run
     pid = _server_pid(s3_server.endpoint_url)
     env = _env(REPEATLAB_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.Popen([PY, "-m", "repeatlab.train", "--run-url", run], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "repeatlab.train", "--run-url", run],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        assert _wait_for(lambda: storage.exists(storage.join(run, "checkpoints", "step-0000006", "state.json")),
-                         every_s=0.05)
+        assert _wait_for(
+            lambda: storage.exists(storage.join(run, "checkpoints", "step-0000006", "state.json")), every_s=0.05
+        )
         time.sleep(random.Random(3).uniform(0.0, 0.5))
         os.kill(pid, signal.SIGSTOP)
         time.sleep(2)
@@ -293,8 +356,9 @@ def test_s3_server_frozen_mid_checkpoint_then_resume(s3_server, s3_env, tmp_path
     finally:
         os.kill(pid, signal.SIGCONT)
     storage.clear_instance_caches()
-    out = subprocess.run([PY, "-m", "repeatlab.train", "--run-url", run], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [PY, "-m", "repeatlab.train", "--run-url", run], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in storage.read_text(storage.join(run, "train.jsonl")).splitlines()]
     got = np.array([[r["train_loss"], r["test_loss"], r["repeated_loss"] or 0.0] for r in rows])
@@ -304,8 +368,10 @@ def test_s3_server_frozen_mid_checkpoint_then_resume(s3_server, s3_env, tmp_path
     import torch
 
     done = storage.read_json(storage.join(run, "done.json"))
-    weights = torch.load(io.BytesIO(storage.read_bytes(storage.join(run, "checkpoints", done["checkpoint"],
-                                                                    "model.pt"))), weights_only=True)
+    weights = torch.load(
+        io.BytesIO(storage.read_bytes(storage.join(run, "checkpoints", done["checkpoint"], "model.pt"))),
+        weights_only=True,
+    )
     wb = final_weights(ref)
     assert all(np.array_equal(weights[k].numpy(), wb[k].numpy()) for k in wb)
 
@@ -341,8 +407,14 @@ def test_bit_flip_in_a_shard_is_detected(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     _flip(folder / "train.bin")
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=40)
-    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", run], env=_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "train", "--run-url", run],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     _one_line_error(proc, "train.bin", "sha256", "manifest.json")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -350,16 +422,28 @@ def test_bit_flip_in_a_shard_is_detected(tmp_path):
 def test_bit_flip_in_a_plan_is_detected(corpus, tmp_path):
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=40)
     _flip(tmp_path / "run" / "plan.npy", offset=-3)
-    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", run], env=_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "train", "--run-url", run],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     _one_line_error(proc, "plan.npy", "plan.json", "repeatlab mix")
 
 
 def test_train_before_mix_says_mix(corpus, tmp_path):
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=40)
     (tmp_path / "run" / "plan.json").unlink()
-    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", run], env=_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "train", "--run-url", run],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     _one_line_error(proc, "plan.json", "repeatlab mix")
 
 
@@ -367,9 +451,20 @@ def test_train_before_mix_says_mix(corpus, tmp_path):
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     corpus = make_corpus(folder / "corpus", probe_tokens=512)
-    run = make_run(folder / "run", corpus, point_id="p", sequences=40, eval_cfg={
-        "eval_tokens": 256, "copy_repeats": 3, "prefix_samples": 2, "prefix_random_tokens": 4, "prefix_repeats": 2,
-        "top_k_heads": 1})
+    run = make_run(
+        folder / "run",
+        corpus,
+        point_id="p",
+        sequences=40,
+        eval_cfg={
+            "eval_tokens": 256,
+            "copy_repeats": 3,
+            "prefix_samples": 2,
+            "prefix_random_tokens": 4,
+            "prefix_repeats": 2,
+            "top_k_heads": 1,
+        },
+    )
     run_train(run, evaluate=True)
     return folder / "run", run
 
@@ -382,8 +477,14 @@ def test_bit_flip_in_a_checkpoint_is_detected_by_evaluate(trained, tmp_path):
     shutil.copytree(src, copy)
     (model,) = sorted(copy.glob("checkpoints/*/model.pt"))[-1:]
     _flip(model)
-    proc = subprocess.run([PY, "-m", "repeatlab", "evaluate", "--run-url", "file://" + str(copy)], env=_env(),
-                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "evaluate", "--run-url", "file://" + str(copy)],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     _one_line_error(proc, "model.pt", "sha256", "state.json")
 
 

@@ -11,8 +11,12 @@ STUDY = {
         {"n_layer": 1, "n_embd": 32, "n_head": 2},
         {"n_layer": 2, "n_embd": 32, "n_head": 2, "attention_only": True, "fractions": [0.0, 0.5]},
     ],
-    "grid": {"fractions": [0.0, 0.1, 0.5], "epochs": [2, 16], "seeds": [0],
-             "extra_seeds": {"seeds": [1], "fractions": [0.0, 0.5], "epochs": [16]}},
+    "grid": {
+        "fractions": [0.0, 0.1, 0.5],
+        "epochs": [2, 16],
+        "seeds": [0],
+        "extra_seeds": {"seeds": [1], "fractions": [0.0, 0.5], "epochs": [16]},
+    },
 }
 
 
@@ -46,8 +50,9 @@ def test_point_ids_are_stable_and_ignore_execution_settings():
     model = resolve_models(cfg, 256)[0]
     a = make_point(cfg, model, "c", "file:///c", 0.5, 16, 0)
     b = make_point(cfg, model, "c", "file:///elsewhere", 0.5, 16, 0)
-    faster = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, nproc_per_node=2, threads_per_rank=4,
-                                                                 checkpoint_every=7))
+    faster = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, nproc_per_node=2, threads_per_rank=4, checkpoint_every=7)
+    )
     c = make_point(faster, model, "c", "file:///c", 0.5, 16, 0)
     assert a["point_id"] == b["point_id"] == c["point_id"]
     other_lr = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=1e-4))
@@ -60,16 +65,20 @@ def test_models_carry_both_parameter_conventions():
     from repeatlab.model import GPT, GPTConfig
 
     m = resolve_models(config.from_dict(STUDY), 256)[0]
-    module = GPT(GPTConfig(vocab_size=256, context=m["context"], n_layer=m["n_layer"], n_head=m["n_head"],
-                           n_embd=m["n_embd"]))
+    module = GPT(
+        GPTConfig(vocab_size=256, context=m["context"], n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"])
+    )
     assert m["n_params_nonembed"] == module.num_params(non_embedding=True)
     assert m["n_params_total"] == module.num_params(non_embedding=False)
 
 
 def _budget_study(total_tokens, context, fractions, epochs):
-    return {"name": "b", "models": [{"n_layer": 1, "n_embd": 32, "n_head": 2}],
-            "budget": {"total_tokens": total_tokens, "context": context, "batch_tokens": context * 4},
-            "grid": {"fractions": fractions, "epochs": epochs, "seeds": [0]}}
+    return {
+        "name": "b",
+        "models": [{"n_layer": 1, "n_embd": 32, "n_head": 2}],
+        "budget": {"total_tokens": total_tokens, "context": context, "batch_tokens": context * 4},
+        "grid": {"fractions": fractions, "epochs": epochs, "seeds": [0]},
+    }
 
 
 def test_check_points_warns_where_whole_sequences_change_E():
@@ -82,8 +91,9 @@ def test_check_points_warns_where_whole_sequences_change_E():
     # E = 2048: 1 sequence, realized 1953 (within 10%) but a single sequence
     assert any(w.startswith("f = 0.1, E = 2048: the repeated subset is 1 sequence (256 tokens)") for w in warnings)
     # E = 3000: round(0.651) = 1 sequence, realized 1953: 35% off
-    assert any(w.startswith("f = 0.1, E = 3000: the repeated subset rounds to 1 sequence(s), so E is 1953")
-               for w in warnings)
+    assert any(
+        w.startswith("f = 0.1, E = 3000: the repeated subset rounds to 1 sequence(s), so E is 1953") for w in warnings
+    )
 
 
 def test_check_points_names_an_impossible_point():

@@ -42,8 +42,9 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 def base_image(path: Path) -> str:
     """The default of the Dockerfile's BASE_IMAGE build argument (every stage is FROM ${BASE_IMAGE})."""
-    (default,) = [args.split("=", 1)[1] for word, args in instructions(path) if word == "ARG"
-                  and args.startswith("BASE_IMAGE=")]
+    (default,) = [
+        args.split("=", 1)[1] for word, args in instructions(path) if word == "ARG" and args.startswith("BASE_IMAGE=")
+    ]
     return default
 
 
@@ -116,12 +117,15 @@ def test_dockerfile_lint(path):
                 assert "apt-get install" not in args or "rm -rf /var/lib/apt/lists" in args
     assert any(word == "COPY" and "images/constraints.txt" in args for stage in all_stages for word, args in stage)
     # the build context holds what pyproject.toml maps into the package: repeatlab.components and repeatlab.pipelines
-    copied = {args.split()[0] for stage in all_stages for word, args in stage
-              if word == "COPY" and "--from" not in args}
+    copied = {
+        args.split()[0] for stage in all_stages for word, args in stage if word == "COPY" and "--from" not in args
+    }
     assert {"repeatlab", "components", "pipelines", "pyproject.toml"} <= copied
     # the default corpus ships in the image, where repeatlab.default_corpus looks for it
-    assert any(word == "COPY" and args.startswith("images/build/corpus/ /opt/repeatlab/cache/default-corpus/")
-               for word, args in final)
+    assert any(
+        word == "COPY" and args.startswith("images/build/corpus/ /opt/repeatlab/cache/default-corpus/")
+        for word, args in final
+    )
     assert "REPEATLAB_CACHE=/opt/repeatlab/cache" in env
     # The final stage installs nothing (no compilers, no caches).
     assert not any(word == "RUN" and re.search(r"pip3? install|apt-get|conda install", args) for word, args in final)
@@ -138,15 +142,16 @@ def test_cuda_image_keeps_the_base_torch():
     # the venv's python is the one on the PATH (the trainer command's `python -m torch.distributed.run`)
     assert 'test "$(command -v python)" = /opt/venv/bin/python' in text
     cpu = (IMAGES / "Dockerfile.cpu").read_text()
-    assert '"torch==${TORCH_VERSION}+cpu"' in cpu and 'ARG TORCH_VERSION=' + TORCH in cpu
+    assert '"torch==${TORCH_VERSION}+cpu"' in cpu and "ARG TORCH_VERSION=" + TORCH in cpu
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_build_context_is_an_allow_list(path):
     ignore = Path(f"{path}.dockerignore").read_text().split()
     assert ignore[ignore.index("*")] == "*" and "!images/constraints.txt" in ignore
-    copied = {src for word, args in instructions(path) if word == "COPY" and "--from" not in args
-              for src in args.split()[:-1]}
+    copied = {
+        src for word, args in instructions(path) if word == "COPY" and "--from" not in args for src in args.split()[:-1]
+    }
     for src in copied:
         assert f"!{src.rstrip('/')}" in ignore or f"!{src.rstrip('/')}/" in ignore, f"{src} is not in the context"
 
@@ -166,9 +171,9 @@ def test_constraints_cover_every_runtime_dependency():
 
 
 def test_constraints_match_the_venv():
-    out = subprocess.run([sys.executable, str(IMAGES / "lock.py"), "--check"], capture_output=True, text=True,
-                         check=False,
-                         timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(IMAGES / "lock.py"), "--check"], capture_output=True, text=True, check=False, timeout=60
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -181,16 +186,36 @@ def test_constraints_resolve_on_the_index(tmp_path):
     (tmp_path / "requirements.txt").write_text("\n".join(reqs) + "\n")
     report = tmp_path / "report.json"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                          "--report", str(report), "-r", str(tmp_path / "requirements.txt"),
-                          "-c", str(IMAGES / "constraints.txt")], capture_output=True, text=True, check=False,
-                         timeout=300, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "-r",
+            str(tmp_path / "requirements.txt"),
+            "-c",
+            str(IMAGES / "constraints.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env=env,
+    )
     if out.returncode != 0 and re.search(r"(?i)(connection|network|resolve host|timed out)", out.stderr):
         pytest.skip(f"package index unreachable: {out.stderr.strip().splitlines()[-1]}")
     assert out.returncode == 0, out.stderr[-3000:]
     pins = constraints()
-    picked = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
-              for i in json.loads(report.read_text())["install"]}
+    picked = {
+        canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
     assert "torch" not in picked
     unpinned = {n: v for n, v in picked.items() if pins.get(n) != v}
     assert not unpinned, f"resolved outside the constraints: {unpinned}"
@@ -202,9 +227,15 @@ def test_constraints_resolve_on_the_index(tmp_path):
 
 
 def run_build(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(IMAGES / "build.sh"), *args], capture_output=True, text=True, check=False,
-                          timeout=60,
-                          env={**os.environ, **env}, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )
 
 
 def test_build_sh_without_engine_exits_3():
@@ -221,18 +252,28 @@ def test_build_sh_print_commands():
         "DOCKER_BUILDKIT=1 docker build --pull -f images/Dockerfile.cuda -t ghcr.io/repeatlab/repeatlab-cuda:0.1.0 .",
     ]
     out = run_build("--print", "cuda", ENGINE="buildah", REGISTRY="example.com/me", TAG="dev")
-    assert out.stdout.strip() == ("buildah bud --pull --layers -f images/Dockerfile.cuda --ignorefile "
-                                  "images/Dockerfile.cuda.dockerignore -t example.com/me/repeatlab-cuda:dev .")
+    assert out.stdout.strip() == (
+        "buildah bud --pull --layers -f images/Dockerfile.cuda --ignorefile "
+        "images/Dockerfile.cuda.dockerignore -t example.com/me/repeatlab-cuda:dev ."
+    )
     assert run_build("bogus").returncode == 2
 
 
 def test_base_image_is_overridable():
     """A mirror or a stand-in base (images/check.sh) replaces the pinned default through the build argument; no
     --pull then (a local image is not in any registry)."""
-    for engine, start in (("docker", "DOCKER_BUILDKIT=1 docker build --build-arg"), ("buildah", "buildah bud --layers"),
-                          ("podman", "podman build --build-arg")):
-        out = run_build("--print", "cpu", ENGINE=engine, BASE_IMAGE="localhost/repeatlab-base:bookworm",
-                        BUILD_ARGS="TORCH_VERSION=2.13.0")
+    for engine, start in (
+        ("docker", "DOCKER_BUILDKIT=1 docker build --build-arg"),
+        ("buildah", "buildah bud --layers"),
+        ("podman", "podman build --build-arg"),
+    ):
+        out = run_build(
+            "--print",
+            "cpu",
+            ENGINE=engine,
+            BASE_IMAGE="localhost/repeatlab-base:bookworm",
+            BUILD_ARGS="TORCH_VERSION=2.13.0",
+        )
         assert out.returncode == 0, out.stderr
         line = out.stdout.strip()
         assert line.startswith(start) and "--pull" not in line
@@ -244,8 +285,14 @@ def test_trainjob_workers_run_the_venv_python():
     torchrun worker is this venv's interpreter and imports repeatlab (images/check.sh runs the same inside the
     image)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    out = subprocess.run([sys.executable, str(IMAGES / "check_workers.py")], capture_output=True, text=True,
-                         check=False, timeout=300, env=env)
+    out = subprocess.run(
+        [sys.executable, str(IMAGES / "check_workers.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["command"][:3] == ["python", "-m", "torch.distributed.run"]

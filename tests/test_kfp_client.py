@@ -60,8 +60,15 @@ class FakeKfp:
                 else:
                     body = json.loads(raw) if raw else None
                 with fake.lock:
-                    fake.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query),
-                                          "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    fake.requests.append(
+                        {
+                            "method": method,
+                            "path": url.path,
+                            "query": parse_qs(url.query),
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                        }
+                    )
                     code, obj = fake.route(method, url.path, parse_qs(url.query), body)
                 self._answer(code, obj)
 
@@ -86,21 +93,34 @@ class FakeKfp:
                 name = flt["predicates"][0]["stringValue"]
                 found = [e for e in self.experiments if e["display_name"] == name]
                 return 200, ({"experiments": found, "total_size": len(found)} if found else {})
-            exp = {"experiment_id": f"exp-{len(self.experiments) + 1}", "display_name": body["display_name"],
-                   "description": body.get("description")}
+            exp = {
+                "experiment_id": f"exp-{len(self.experiments) + 1}",
+                "display_name": body["display_name"],
+                "description": body.get("description"),
+            }
             self.experiments.append(exp)
             return 200, exp
         if path.startswith("/apis/v2beta1/pipelines"):
             return self.route_pipelines(method, path, query, body)
         if method == "POST" and path == "/apis/v2beta1/runs":
-            return 200, {"run_id": "run-123", "display_name": body["display_name"],
-                         "experiment_id": body["experiment_id"], "state": "PENDING"}
+            return 200, {
+                "run_id": "run-123",
+                "display_name": body["display_name"],
+                "experiment_id": body["experiment_id"],
+                "state": "PENDING",
+            }
         if path == "/apis/v2beta1/recurringruns":
             if method == "GET":
-                return 200, {"recurringRuns": self.recurring, "total_size": len(self.recurring)} if self.recurring \
-                    else {}
-            rr = {"recurring_run_id": f"rr-{len(self.recurring) + 1}", "display_name": body["display_name"],
-                  "experiment_id": body["experiment_id"], "mode": "ENABLE"}
+                return 200, {
+                    "recurringRuns": self.recurring,
+                    "total_size": len(self.recurring),
+                } if self.recurring else {}
+            rr = {
+                "recurring_run_id": f"rr-{len(self.recurring) + 1}",
+                "display_name": body["display_name"],
+                "experiment_id": body["experiment_id"],
+                "mode": "ENABLE",
+            }
             self.recurring.append(rr)
             return 200, rr
         return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
@@ -115,20 +135,31 @@ class FakeKfp:
             if method == "GET":
                 found = named(self.pipelines)
                 return 200, ({"pipelines": found, "total_size": len(found)} if found else {})
-            pipeline = {"pipeline_id": f"pl-{len(self.pipelines) + 1}", "display_name": body["display_name"],
-                        "description": body.get("description"), "namespace": body.get("namespace")}
+            pipeline = {
+                "pipeline_id": f"pl-{len(self.pipelines) + 1}",
+                "display_name": body["display_name"],
+                "description": body.get("description"),
+                "namespace": body.get("namespace"),
+            }
             self.pipelines.append(pipeline)
             return 200, pipeline
         if path == "/apis/v2beta1/pipelines/upload_version" and method == "POST":
-            version = {"pipeline_version_id": f"pv-{len(self.versions) + 1}", "pipeline_id": query["pipelineid"][0],
-                       "display_name": query["name"][0], "name": query["name"][0],
-                       "spec": body["form"]["uploadfile"]}
+            version = {
+                "pipeline_version_id": f"pv-{len(self.versions) + 1}",
+                "pipeline_id": query["pipelineid"][0],
+                "display_name": query["name"][0],
+                "name": query["name"][0],
+                "spec": body["form"]["uploadfile"],
+            }
             self.versions.append(version)
             return 200, {k: v for k, v in version.items() if k != "spec"}
         listed = re.fullmatch(r"/apis/v2beta1/pipelines/([^/]+)/versions", path)
         if listed and method == "GET":
-            found = [{k: v for k, v in version.items() if k != "spec"} for version in named(self.versions)
-                     if version["pipeline_id"] == listed.group(1)]
+            found = [
+                {k: v for k, v in version.items() if k != "spec"}
+                for version in named(self.versions)
+                if version["pipeline_id"] == listed.group(1)
+            ]
             return 200, ({"pipeline_versions": found, "total_size": len(found)} if found else {})
         return 404, {"error": f"no route {method} {path}", "code": 5, "message": "not found"}
 
@@ -147,8 +178,10 @@ class FakeKfp:
 
 def _form_fields(content_type: str, raw: bytes) -> dict:
     message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in message.get_payload()}
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.get_payload()
+    }
 
 
 API_DIR = pathlib.Path(__file__).parent / "data" / "kfp_v2beta1"
@@ -179,8 +212,9 @@ def check_against_api(request: dict) -> None:
     import jsonschema
 
     operations, definitions = _api_definitions()
-    matching = [op for method, pattern, op in operations if method == request["method"] and
-                pattern.match(request["path"])]
+    matching = [
+        op for method, pattern, op in operations if method == request["method"] and pattern.match(request["path"])
+    ]
     assert matching, f"{request['method']} {request['path']} is not a v2beta1 API call"
     params = matching[0].get("parameters") or []
     declared = {p["name"] for p in params if p["in"] == "query"}
@@ -218,8 +252,9 @@ def isolated(monkeypatch, tmp_path):
     def compile_pipeline(path, cfg=None, fan_in="collected"):
         compiled.append(cfg.name)
         # the study is the parameter's default, as in the real pipeline: another study, another spec
-        compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(path),
-                                    pipeline_parameters={"study_config": cfg.to_json()})
+        compiler.Compiler().compile(
+            pipeline_func=pipeline, package_path=str(path), pipeline_parameters={"study_config": cfg.to_json()}
+        )
         return str(path)
 
     compiled: list = []
@@ -231,16 +266,26 @@ def isolated(monkeypatch, tmp_path):
 
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     monkeypatch.setattr(kfp_client, "SA_TOKEN_PATH", str(tmp_path / "no-such-token"))
-    for var in ("KFP_HOST", "KFP_NAMESPACE", "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_UI_ENDPOINT",
-                "KF_PIPELINES_ENDPOINT"):
+    for var in (
+        "KFP_HOST",
+        "KFP_NAMESPACE",
+        "KF_PIPELINES_SA_TOKEN_PATH",
+        "KF_PIPELINES_UI_ENDPOINT",
+        "KF_PIPELINES_ENDPOINT",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
 def study(tmp_path):
-    cfg = config.from_dict({"name": "upweight-10x", "description": "is 10x in the danger zone?",
-                            "grid": {"fractions": [0.0, 0.25], "epochs": [4, 16]},
-                            "storage": {"root": "s3://mlpipeline/repeatlab"}})
+    cfg = config.from_dict(
+        {
+            "name": "upweight-10x",
+            "description": "is 10x in the danger zone?",
+            "grid": {"fractions": [0.0, 0.25], "epochs": [4, 16]},
+            "storage": {"root": "s3://mlpipeline/repeatlab"},
+        }
+    )
     path = tmp_path / "study.yaml"
     path.write_text(cfg.to_yaml())
     return cfg, str(path)
@@ -253,8 +298,7 @@ def _run_parameters(body: dict) -> dict:
 def test_submit_creates_experiment_once_and_run_with_study_config(fake_kfp, study):
     cfg, _ = study
     first = kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name=None, package_path=None)
-    second = kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name="again",
-                               package_path=None)
+    second = kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name="again", package_path=None)
 
     assert sys.modules["repeatlab.kfp_pipeline"].compiled == ["upweight-10x"] * 2  # compiled for this study
     assert len(fake_kfp.of("POST", "/apis/v2beta1/experiments")) == 1  # created once, then reused
@@ -263,7 +307,10 @@ def test_submit_creates_experiment_once_and_run_with_study_config(fake_kfp, stud
     lookups = fake_kfp.of("GET", "/apis/v2beta1/experiments")
     assert len(lookups) == 2
     assert json.loads(lookups[0]["query"]["filter"][0])["predicates"][0] == {
-        "operation": 1, "key": "display_name", "stringValue": "upweight-10x"}  # 1: EQUALS
+        "operation": 1,
+        "key": "display_name",
+        "stringValue": "upweight-10x",
+    }  # 1: EQUALS
 
     runs = fake_kfp.of("POST", "/apis/v2beta1/runs")
     assert len(runs) == 2
@@ -273,14 +320,23 @@ def test_submit_creates_experiment_once_and_run_with_study_config(fake_kfp, stud
     assert runs[1]["body"]["display_name"] == "again"
     # the run references the study's pipeline version (no inline spec); the parameter's value is the study
     assert "pipeline_spec" not in body
-    assert all(r["body"]["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-1"}
-               for r in runs)
+    assert all(
+        r["body"]["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-1"} for r in runs
+    )
     value = _run_parameters(body)["study_config"]
     assert config.loads(value) == cfg
-    assert first == {"run_id": "run-123", "experiment_id": "exp-1", "experiment": "upweight-10x",
-                     "run_name": body["display_name"], "url": f"{fake_kfp.host}/#/runs/details/run-123",
-                     "pipeline": "upweight-10x", "pipeline_id": "pl-1", "version": fake_kfp.versions[0]["name"],
-                     "version_id": "pv-1", "reused": False}
+    assert first == {
+        "run_id": "run-123",
+        "experiment_id": "exp-1",
+        "experiment": "upweight-10x",
+        "run_name": body["display_name"],
+        "url": f"{fake_kfp.host}/#/runs/details/run-123",
+        "pipeline": "upweight-10x",
+        "pipeline_id": "pl-1",
+        "version": fake_kfp.versions[0]["name"],
+        "version_id": "pv-1",
+        "reused": False,
+    }
     assert second["reused"] is True
     # no token given, none sent
     assert all("authorization" not in r["headers"] for r in fake_kfp.requests)
@@ -325,8 +381,21 @@ def test_submit_with_token_sends_bearer_and_never_shows_it(fake_kfp, study, tmp_
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     caplog.set_level(logging.DEBUG)
-    rc = cli_main(["submit", "--host", fake_kfp.host, "--config", cfg_path, "--token-file", str(token_file),
-                   "--experiment", "nightly", "--run-name", "by-hand"])
+    rc = cli_main(
+        [
+            "submit",
+            "--host",
+            fake_kfp.host,
+            "--config",
+            cfg_path,
+            "--token-file",
+            str(token_file),
+            "--experiment",
+            "nightly",
+            "--run-name",
+            "by-hand",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "run_id: run-123" in out and f"url: {fake_kfp.host}/#/runs/details/run-123" in out
@@ -402,39 +471,60 @@ def test_schedule_creates_recurring_run(fake_kfp, study, capsys):
 
 def test_schedule_api_options(fake_kfp, study):
     cfg, _ = study
-    out = kfp_client.schedule(cfg, fake_kfp.host, "0 30 */6 * * MON-FRI", token=None, experiment="weekly",
-                              job_name="every-6h", max_concurrency=2, no_catchup=False)
+    out = kfp_client.schedule(
+        cfg,
+        fake_kfp.host,
+        "0 30 */6 * * MON-FRI",
+        token=None,
+        experiment="weekly",
+        job_name="every-6h",
+        max_concurrency=2,
+        no_catchup=False,
+    )
     body = fake_kfp.of("POST", "/apis/v2beta1/recurringruns")[0]["body"]
     assert int(body["max_concurrency"]) == 2 and body["no_catchup"] is False
     assert body["trigger"]["cron_schedule"]["cron"] == "0 30 */6 * * MON-FRI"
     assert out["job_name"] == "every-6h" and out["experiment"] == "weekly"
 
 
-@pytest.mark.parametrize("cron", ["0 0 3 * * *", "*/30 * * * * ?", "0 0 0 1 JAN,jul *", "0 15 10 ? * 1-5",
-                                  "@daily", "@every 1h30m", "  0  0 3 * * *  "])
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 0 3 * * *",
+        "*/30 * * * * ?",
+        "0 0 0 1 JAN,jul *",
+        "0 15 10 ? * 1-5",
+        "@daily",
+        "@every 1h30m",
+        "  0  0 3 * * *  ",
+    ],
+)
 def test_valid_crons(cron):
     assert kfp_client.validate_cron(cron) == " ".join(cron.split())
 
 
-@pytest.mark.parametrize("cron,words", [
-    ("0 3 * * *", ["5 fields", "prepend the seconds", "'0 0 3 * * *'"]),
-    ("30 2 * * 1", ["5 fields", "'0 30 2 * * 1'"]),
-    ("0 0 3 * * * 2030", ["7 fields", "exactly 6"]),
-    ("0 0", ["2 fields"]),
-    ("", ["empty"]),
-    ("0 0 3 * * * ;rm", ["7 fields"]),
-    ("0 0 3 * * $", ["day of week", "characters"]),
-    ("60 0 3 * * *", ["seconds", "out of range"]),
-    ("0 0 24 * * *", ["hours", "out of range"]),
-    ("0 0 3 0 * *", ["day of month", "out of range"]),
-    ("0 0 3 * 13 *", ["month", "out of range"]),
-    ("0 0 3 * * 7", ["day of week", "out of range"]),
-    ("0 0 3 * FOO *", ["month", "not a number"]),
-    ("0 0 5-3 * * *", ["ends before it starts"]),
-    ("0 */0 * * * *", ["step"]),
-    ("? 0 3 * * *", ["only allowed"]),
-    ("@sometimes", ["unknown descriptor"]),
-])
+@pytest.mark.parametrize(
+    "cron,words",
+    [
+        ("0 3 * * *", ["5 fields", "prepend the seconds", "'0 0 3 * * *'"]),
+        ("30 2 * * 1", ["5 fields", "'0 30 2 * * 1'"]),
+        ("0 0 3 * * * 2030", ["7 fields", "exactly 6"]),
+        ("0 0", ["2 fields"]),
+        ("", ["empty"]),
+        ("0 0 3 * * * ;rm", ["7 fields"]),
+        ("0 0 3 * * $", ["day of week", "characters"]),
+        ("60 0 3 * * *", ["seconds", "out of range"]),
+        ("0 0 24 * * *", ["hours", "out of range"]),
+        ("0 0 3 0 * *", ["day of month", "out of range"]),
+        ("0 0 3 * 13 *", ["month", "out of range"]),
+        ("0 0 3 * * 7", ["day of week", "out of range"]),
+        ("0 0 3 * FOO *", ["month", "not a number"]),
+        ("0 0 5-3 * * *", ["ends before it starts"]),
+        ("0 */0 * * * *", ["step"]),
+        ("? 0 3 * * *", ["only allowed"]),
+        ("@sometimes", ["unknown descriptor"]),
+    ],
+)
 def test_bad_crons(cron, words):
     with pytest.raises(ConfigError) as info:
         kfp_client.validate_cron(cron)
@@ -468,8 +558,7 @@ def test_unreachable_host_is_one_line(study, capsys):
     assert err.count("\n") == 1 and "cannot be reached" in err and host in err and "Traceback" not in err
     assert time.monotonic() - start < 15
     with pytest.raises(kfp_client.KfpError):
-        kfp_client.schedule(config.load(cfg_path), host, "0 0 3 * * *", token=None, experiment=None,
-                            job_name=None)
+        kfp_client.schedule(config.load(cfg_path), host, "0 0 3 * * *", token=None, experiment=None, job_name=None)
 
 
 def test_host_from_env_and_missing_host(fake_kfp, study, monkeypatch, capsys):
@@ -485,11 +574,16 @@ def test_host_from_env_and_missing_host(fake_kfp, study, monkeypatch, capsys):
 def test_package_without_study_parameter_is_refused(fake_kfp, study, tmp_path):
     cfg, _ = study
     package = tmp_path / "other.yaml"
-    package.write_text(yaml.safe_dump({"pipelineInfo": {"name": "x"}, "root": {"inputDefinitions": {
-        "parameters": {"n": {"parameterType": "NUMBER_INTEGER"}}}}}))
+    package.write_text(
+        yaml.safe_dump(
+            {
+                "pipelineInfo": {"name": "x"},
+                "root": {"inputDefinitions": {"parameters": {"n": {"parameterType": "NUMBER_INTEGER"}}}},
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="no 'study_config' parameter"):
-        kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name=None,
-                          package_path=str(package))
+        kfp_client.submit(cfg, fake_kfp.host, token=None, experiment=None, run_name=None, package_path=str(package))
     assert fake_kfp.requests == []
 
 
@@ -535,8 +629,10 @@ def test_pipeline_version_is_the_spec_hash_reused_until_the_study_changes(fake_k
     third = kfp_client.submit(changed, fake_kfp.host, package_path=None)
     assert (third["pipeline_id"], third["version_id"], third["reused"]) == ("pl-1", "pv-2", False)
     assert len(fake_kfp.of("POST", "/apis/v2beta1/pipelines")) == 1
-    references = [r["body"]["pipeline_version_reference"]["pipeline_version_id"]
-                  for r in fake_kfp.of("POST", "/apis/v2beta1/runs")]
+    references = [
+        r["body"]["pipeline_version_reference"]["pipeline_version_id"]
+        for r in fake_kfp.of("POST", "/apis/v2beta1/runs")
+    ]
     assert references == ["pv-1", "pv-1", "pv-2"]
 
 
@@ -554,9 +650,12 @@ def test_an_undeclared_field_fails_the_api_check():
     """The API check itself can fail: a run body with a field the v2beta1 Run does not have."""
     import jsonschema
 
-    good = {"method": "POST", "path": "/apis/v2beta1/runs", "query": {},
-            "body": {"display_name": "x", "pipeline_version_reference": {"pipeline_id": "p",
-                                                                         "pipeline_version_id": "v"}}}
+    good = {
+        "method": "POST",
+        "path": "/apis/v2beta1/runs",
+        "query": {},
+        "body": {"display_name": "x", "pipeline_version_reference": {"pipeline_id": "p", "pipeline_version_id": "v"}},
+    }
     check_against_api(good)
     with pytest.raises(jsonschema.ValidationError, match="pipeline_version"):
         check_against_api({**good, "body": {**good["body"], "pipeline_version": "v"}})

@@ -12,10 +12,15 @@ from repeatlab import lineage
 from repeatlab.kfp_pipeline import GOLDEN, compile_pipeline
 
 # The chain the Kubeflow UI's lineage view must show, as (task, output) pairs, and each output's type.
-CHAIN = [("prepare-corpus", "corpus", "system.Dataset"), ("mix", "plan", "system.Dataset"),
-         ("plan-packs", "packs", "system.Dataset"), ("train", "model", "system.Model"),
-         ("evaluate", "evaluation", "system.Artifact"), ("analyze", "analysis", "system.Artifact"),
-         ("report", "html", "system.HTML")]
+CHAIN = [
+    ("prepare-corpus", "corpus", "system.Dataset"),
+    ("mix", "plan", "system.Dataset"),
+    ("plan-packs", "packs", "system.Dataset"),
+    ("train", "model", "system.Model"),
+    ("evaluate", "evaluation", "system.Artifact"),
+    ("analyze", "analysis", "system.Artifact"),
+    ("report", "html", "system.HTML"),
+]
 
 
 def _spec(path) -> dict:
@@ -47,9 +52,19 @@ class ArtifactGraph:
             ref = self.dags[dag_name]["tasks"][producer]["componentRef"]["name"]
             if ref in self.dags:  # a DAG (the loop): follow its output selectors inside
                 selectors = self.dags[ref]["outputs"]["artifacts"][key]["artifactSelectors"]
-                return [p for s in selectors for p in self._producers(
-                    ref, {"taskOutputArtifact": {"producerTask": s["producerSubtask"],
-                                                 "outputArtifactKey": s["outputArtifactKey"]}})]
+                return [
+                    p
+                    for s in selectors
+                    for p in self._producers(
+                        ref,
+                        {
+                            "taskOutputArtifact": {
+                                "producerTask": s["producerSubtask"],
+                                "outputArtifactKey": s["outputArtifactKey"],
+                            }
+                        },
+                    )
+                ]
             return [(producer, key)]
         if "componentInputArtifact" in source:  # from the enclosing DAG's task inputs
             parent_dag, task_name = self.parent[self._component_of(dag_name)]
@@ -102,16 +117,20 @@ def test_artifact_edges_connect_the_corpus_to_the_report(source, tmp_path):
         from repeatlab.kfp_pipeline import DEFAULT_CONFIG
 
         cfg = config.load(DEFAULT_CONFIG)
-        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, multinode=True),
-                                  train=dataclasses.replace(cfg.train, nnodes=2))
+        cfg = dataclasses.replace(
+            cfg,
+            cluster=dataclasses.replace(cfg.cluster, multinode=True),
+            train=dataclasses.replace(cfg.train, nnodes=2),
+        )
         path = compile_pipeline(str(tmp_path / "multinode.yaml"), cfg)
     graph = ArtifactGraph(_spec(path))
     seen = _reachable_chain(graph, ("prepare-corpus", "corpus"))
     for end in (("report", "html"), ("report", "markdown"), ("analyze", "metrics")):
         assert end in seen, f"{end} is not reachable from the corpus along artifact edges"
     train_task = "train" if source == "golden" else "train-multinode"
-    chain = [(train_task if t == "train" else t, k, ty) for t, k, ty in CHAIN
-             if source == "golden" or t != "plan-packs"]  # multinode trains each point: no packs
+    chain = [
+        (train_task if t == "train" else t, k, ty) for t, k, ty in CHAIN if source == "golden" or t != "plan-packs"
+    ]  # multinode trains each point: no packs
     edges = graph.edges()
     for (task, key, _), (consumer, _, _) in zip(chain, chain[1:]):
         assert consumer in edges[(task, key)], f"{task}.{key} does not reach {consumer} as an artifact input"
@@ -153,17 +172,28 @@ class FakeArtifact:
 
 def test_pointer_round_trip_and_metadata(tmp_path):
     artifact = FakeArtifact(tmp_path / "out" / "plan")
-    lineage.write_pointer(artifact, "s3://b/runs/abc/plan.npy", run_url="s3://b/runs/abc", epochs=32.0,
-                          point={"nested": [1]}, skipped=None)
-    assert artifact.metadata == {"storage_url": "s3://b/runs/abc/plan.npy", "run_url": "s3://b/runs/abc",
-                                 "epochs": 32.0, "point": '{"nested":[1]}'}
+    lineage.write_pointer(
+        artifact,
+        "s3://b/runs/abc/plan.npy",
+        run_url="s3://b/runs/abc",
+        epochs=32.0,
+        point={"nested": [1]},
+        skipped=None,
+    )
+    assert artifact.metadata == {
+        "storage_url": "s3://b/runs/abc/plan.npy",
+        "run_url": "s3://b/runs/abc",
+        "epochs": 32.0,
+        "point": '{"nested":[1]}',
+    }
     assert lineage.storage_url_of(artifact) == "s3://b/runs/abc/plan.npy"
     assert lineage.run_url_of(artifact) == "s3://b/runs/abc"
     assert json.loads(pathlib.Path(artifact.path).read_text())["kind"] == lineage.POINTER_KIND
 
 
-@pytest.mark.parametrize("content", [None, "not json", '{"kind": "other", "storage_url": "x"}', '{"kind": '
-                                     '"repeatlab.pointer"}'])
+@pytest.mark.parametrize(
+    "content", [None, "not json", '{"kind": "other", "storage_url": "x"}', '{"kind": "repeatlab.pointer"}']
+)
 def test_an_input_that_is_not_a_pointer_is_a_clear_error(tmp_path, content):
     artifact = FakeArtifact(tmp_path / "plan")
     if content is not None:
@@ -173,19 +203,42 @@ def test_an_input_that_is_not_a_pointer_is_a_clear_error(tmp_path, content):
 
 
 def test_point_and_study_metrics():
-    record = {"point": {"model": {"name": "L1-E16-H2", "n_params_nonembed": 3072}, "fraction": 0.5, "epochs": 32.0,
-                        "seed": 0},
-              "test_loss": 2.5, "repeated_loss": 0.4, "copying": {"mean_copies_2_to_last": 1.0},
-              "aggregates": {"prefix_matching_max": 0.3, "previous_token_max": 0.7}}
+    record = {
+        "point": {
+            "model": {"name": "L1-E16-H2", "n_params_nonembed": 3072},
+            "fraction": 0.5,
+            "epochs": 32.0,
+            "seed": 0,
+        },
+        "test_loss": 2.5,
+        "repeated_loss": 0.4,
+        "copying": {"mean_copies_2_to_last": 1.0},
+        "aggregates": {"prefix_matching_max": 0.3, "previous_token_max": 0.7},
+    }
     metrics = lineage.point_metrics(record)
     assert metrics["best_induction_head"] == 0.3 and metrics["best_previous_token_head"] == 0.7
     assert metrics["test_loss"] == 2.5 and "icl_score" not in metrics
-    analysis = {"summary": {"records": 2}, "missing": [],
-                "worst": {"test_loss": [{"damage": 0.12}, {"damage": None}]},
-                "runs": [{"model": "L1-E16-H2", "fraction": 0.5, "epochs": 32.0, "seed": 0,
-                          "metrics": {"test_loss": {"damage": 0.12}}},
-                         {"model": "L1-E16-H2", "fraction": 0.0, "epochs": 0.0, "seed": 0,
-                          "metrics": {"test_loss": {"damage": 0.0}}}]}
+    analysis = {
+        "summary": {"records": 2},
+        "missing": [],
+        "worst": {"test_loss": [{"damage": 0.12}, {"damage": None}]},
+        "runs": [
+            {
+                "model": "L1-E16-H2",
+                "fraction": 0.5,
+                "epochs": 32.0,
+                "seed": 0,
+                "metrics": {"test_loss": {"damage": 0.12}},
+            },
+            {
+                "model": "L1-E16-H2",
+                "fraction": 0.0,
+                "epochs": 0.0,
+                "seed": 0,
+                "metrics": {"test_loss": {"damage": 0.0}},
+            },
+        ],
+    }
     study = lineage.study_metrics(analysis)
     assert study["max_test_loss_damage"] == 0.12 and study["evaluated_points"] == 2.0
     assert study["damage L1-E16-H2 f=0.5 E=32 seed=0"] == 0.12
@@ -209,8 +262,9 @@ def test_the_analysis_checks_every_point_of_a_pack_evaluation(tmp_path):
     from repeatlab.errors import AnalysisError
 
     evaluation = FakeArtifact(tmp_path / "evaluation")
-    lineage.write_pointer(evaluation, "s3://b/runs/a/eval.json", run_urls=["s3://b/runs/a", "s3://b/runs/b"],
-                          point_ids=["a", "b"])
+    lineage.write_pointer(
+        evaluation, "s3://b/runs/a/eval.json", run_urls=["s3://b/runs/a", "s3://b/runs/b"], point_ids=["a", "b"]
+    )
     lineage._check_evaluations({"runs": [{"point_id": "a"}, {"point_id": "b"}]}, [evaluation])
     with pytest.raises(AnalysisError, match=r"\(point b\) was handed to the analysis"):
         lineage._check_evaluations({"runs": [{"point_id": "a"}]}, [evaluation])
@@ -229,9 +283,15 @@ def test_a_pack_evaluation_names_its_metrics_by_point(monkeypatch, tmp_path, pac
     from repeatlab import steps
 
     urls = ["s3://b/runs/a", "s3://b/runs/b"][:pack]
-    records = {url: {"point_id": url[-1], "test_loss": 2.0 + i, "record_sha256": "x",
-                     "point": {"model": {"name": "L1"}, "fraction": 0.5, "epochs": 2.0, "seed": i}}
-               for i, url in enumerate(urls)}
+    records = {
+        url: {
+            "point_id": url[-1],
+            "test_loss": 2.0 + i,
+            "record_sha256": "x",
+            "point": {"model": {"name": "L1"}, "fraction": 0.5, "epochs": 2.0, "seed": i},
+        }
+        for i, url in enumerate(urls)
+    }
     monkeypatch.setattr(steps, "evaluate", lambda url: records[url])
     model, evaluation, metrics = FakeArtifact(tmp_path / "m"), FakeArtifact(tmp_path / "e"), FakeMetrics()
     lineage.publish_pack_model(model, urls, [{"step": 1}] * pack)

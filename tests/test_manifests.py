@@ -36,8 +36,9 @@ needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kube
 
 @functools.cache
 def build(target: str) -> tuple[dict, ...]:
-    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS / target)], capture_output=True, text=True,
-                         check=False, timeout=60)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / target)], capture_output=True, text=True, check=False, timeout=60
+    )
     assert out.returncode == 0, f"kubectl kustomize {target} failed:\n{out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
@@ -70,8 +71,11 @@ def pod_specs(resource: dict) -> list[tuple[str, dict]]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_kustomize_builds(target):
     kinds = sorted({r["kind"] for r in build(target)})
-    expected = {"": ["ConfigMap", "CronJob", "Namespace", "Role", "RoleBinding", "ServiceAccount"],
-                "submit": ["Job"], "trainjob": ["TrainJob"]}[target.split("/")[2] if target.count("/") == 2 else ""]
+    expected = {
+        "": ["ConfigMap", "CronJob", "Namespace", "Role", "RoleBinding", "ServiceAccount"],
+        "submit": ["Job"],
+        "trainjob": ["TrainJob"],
+    }[target.split("/")[2] if target.count("/") == 2 else ""]
     if target == "overlays/profile":  # the Profile controller owns the namespace
         expected = sorted(set(expected) - {"Namespace"})
     assert kinds == expected
@@ -163,8 +167,13 @@ def test_trainjob_schema_file_matches_installed_trainer_api():
     installed = importlib.metadata.version("kubeflow_trainer_api")
     if installed != TRAINER_API_VERSION:
         pytest.skip(f"kubeflow_trainer_api {installed} installed; the schema file is for {TRAINER_API_VERSION}")
-    out = subprocess.run([sys.executable, str(MANIFESTS / "schemas/generate_trainjob_schema.py"), "--check"],
-                         capture_output=True, text=True, check=False, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(MANIFESTS / "schemas/generate_trainjob_schema.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -179,8 +188,16 @@ def _check_restricted(where: str, spec: dict, trainjob: bool) -> None:
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         assert not spec.get(flag), f"{where}: {flag}"
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    allowed = {"configMap", "emptyDir", "projected", "secret", "downwardAPI", "persistentVolumeClaim", "ephemeral",
-               "csi"}
+    allowed = {
+        "configMap",
+        "emptyDir",
+        "projected",
+        "secret",
+        "downwardAPI",
+        "persistentVolumeClaim",
+        "ephemeral",
+        "csi",
+    }
     for v in volumes.values():
         assert set(v) - {"name"} <= allowed, f"{where}: volume {v['name']} has a type the restricted PSS forbids"
     containers = spec.get("containers", []) + spec.get("initContainers", [])
@@ -223,9 +240,11 @@ def test_every_pod_template_meets_restricted_pss(target):
 
 
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE|API_KEY)", re.IGNORECASE)
-SECRET_VALUE = re.compile(r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|\"private_key\"|minio123|"
-                          r"(?<![A-Za-z0-9+/])(?!/)(?=[A-Za-z0-9+/]{40})(?=[A-Za-z0-9+/]*[0-9])(?=[A-Za-z0-9+/]*[A-Z])"
-                          r"(?=[A-Za-z0-9+/]*[a-z])[A-Za-z0-9+/]{40,}={0,2})")  # AWS key id, PEM, default MinIO, base64
+SECRET_VALUE = re.compile(
+    r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|\"private_key\"|minio123|"
+    r"(?<![A-Za-z0-9+/])(?!/)(?=[A-Za-z0-9+/]{40})(?=[A-Za-z0-9+/]*[0-9])(?=[A-Za-z0-9+/]*[A-Z])"
+    r"(?=[A-Za-z0-9+/]*[a-z])[A-Za-z0-9+/]{40,}={0,2})"
+)  # AWS key id, PEM, default MinIO, base64
 
 
 def _envs(obj):
@@ -247,8 +266,9 @@ def test_no_secret_values_in_manifests():
         assert r["kind"] != "Secret", f"{where}: no Secret objects in the manifests"
         for env in _envs(r):
             if SECRET_NAME.search(env["name"]) and not env["name"].endswith(("_PATH", "_FILE")):
-                assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), \
+                assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (
                     f"{where}: env {env['name']} must come from a secretKeyRef, not a literal"
+                )
         text = yaml.safe_dump(r)
         match = SECRET_VALUE.search(text)
         assert match is None, f"{where}: looks like a credential: {match.group(0)[:12]}..."
@@ -258,8 +278,12 @@ def test_no_secret_values_in_manifests():
 
 @needs_kubectl
 def test_role_is_least_privilege():
-    expected = {("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
-                ("", "pods"): {"get", "list", "watch"}, ("", "pods/log"): {"get"}, ("", "events"): {"get", "list"}}
+    expected = {
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+        ("", "events"): {"get", "list"},
+    }
     for overlay in OVERLAYS:
         resources = build(f"overlays/{overlay}")
         assert not [r for r in resources if r["kind"] in ("ClusterRole", "ClusterRoleBinding")]
@@ -280,7 +304,8 @@ def test_role_is_least_privilege():
         assert binding["subjects"] == subjects
         others = [r for r in resources if r["kind"] == "RoleBinding" and r is not binding]
         assert [(r["roleRef"]["kind"], r["roleRef"]["name"]) for r in others] == (
-            [("ClusterRole", "kubeflow-pipelines-edit")] if overlay == "profile" else [])
+            [("ClusterRole", "kubeflow-pipelines-edit")] if overlay == "profile" else []
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -330,9 +355,14 @@ def test_submit_flags_are_known_to_the_cli():
         import repeatlab.kfp_client  # noqa: F401
     except ImportError:
         pytest.skip("repeatlab.kfp_client (repeatlab submit) is not written yet")
-    out = subprocess.run([sys.executable, "-m", "repeatlab", "submit", "--help"], capture_output=True, text=True,
-                         check=False,
-                         timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "repeatlab", "submit", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     used = {f for _, spec in _submit_pods() for f in spec["containers"][0]["args"][0::2]}
     missing = {f for f in used if f not in out.stdout}
@@ -374,8 +404,10 @@ def test_overlay_specifics():
         assert "secretKeyRef" not in json.dumps(job), overlay
         tj, _ = trainjob_pod(overlay)
         env = {e["name"]: e for e in tj["spec"]["trainer"]["env"]}
-        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "mlpipeline-minio-artifact",
-                                                                         "key": "accesskey"}
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+            "name": "mlpipeline-minio-artifact",
+            "key": "accesskey",
+        }
         assert env["REPEATLAB_S3_ENDPOINT_URL"]["value"] == "http://minio-service.kubeflow:9000"
 
     tj, pod = trainjob_pod("dev")
@@ -394,8 +426,9 @@ def test_profile_overlay_for_multi_user_kubeflow():
     bindings = {r["metadata"]["name"]: r for r in resources if r["kind"] == "RoleBinding"}
     assert {(s["name"], s["namespace"]) for s in bindings["repeatlab"]["subjects"]} >= {("default-editor", namespace)}
     assert bindings["repeatlab-kfp-edit"]["roleRef"]["name"] == "kubeflow-pipelines-edit"
-    assert bindings["repeatlab-kfp-edit"]["subjects"] == [{"kind": "ServiceAccount", "name": "repeatlab",
-                                                           "namespace": namespace}]
+    assert bindings["repeatlab-kfp-edit"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "repeatlab", "namespace": namespace}
+    ]
     for where, pod in _submit_pods():
         if not where.startswith("overlays/profile"):
             continue
@@ -429,24 +462,33 @@ def test_base_study_is_the_demo_config():
     demo = ROOT / "pipelines/configs/demo.yaml"
     if not demo.exists():
         pytest.skip("pipelines/configs/demo.yaml does not exist yet; manifests/base/study.yaml is a placeholder")
-    assert (MANIFESTS / "base/study.yaml").read_text() == demo.read_text(), \
+    assert (MANIFESTS / "base/study.yaml").read_text() == demo.read_text(), (
         "copy pipelines/configs/demo.yaml to manifests/base/study.yaml"
+    )
 
 
 def test_shipped_study_configs_are_in_sync_with_pipelines_configs():
     """base/study.yaml is pipelines/configs/demo.yaml; overlays/<o>/study.yaml is its source + study-overrides.yaml."""
     if not (ROOT / "pipelines/configs/demo.yaml").exists():
         pytest.skip("pipelines/configs/demo.yaml does not exist yet")
-    out = subprocess.run([sys.executable, str(MANIFESTS / "sync_studies.py"), "--check"], capture_output=True,
-                         text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, str(MANIFESTS / "sync_studies.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
 
 
 @needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_configmap_carries_the_overlay_study(overlay):
-    (cm,) = [r for r in build(f"overlays/{overlay}") if r["kind"] == "ConfigMap"
-             and r["metadata"]["name"] == "repeatlab-study"]
+    (cm,) = [
+        r
+        for r in build(f"overlays/{overlay}")
+        if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "repeatlab-study"
+    ]
     assert cm["data"]["study.yaml"] == (MANIFESTS / f"overlays/{overlay}/study.yaml").read_text()
     (kfp,) = [r for r in build(f"overlays/{overlay}") if r["metadata"]["name"] == "repeatlab-kfp"]
     assert kfp["data"]["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"

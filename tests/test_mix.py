@@ -12,8 +12,16 @@ CONTEXT = 16
 
 
 def plan_for(fraction, epochs, *, total=16 * 1000, train=16 * 5000 + 1, seed=0, control=False, salt="p"):
-    return build_plan(train_tokens=train, total_tokens=total, context=CONTEXT, fraction=fraction, epochs=epochs,
-                      seed=seed, control=control, salt=salt)
+    return build_plan(
+        train_tokens=train,
+        total_tokens=total,
+        context=CONTEXT,
+        fraction=fraction,
+        epochs=epochs,
+        seed=seed,
+        control=control,
+        salt=salt,
+    )
 
 
 @pytest.mark.parametrize("fraction,epochs", [(0.5, 10), (0.1, 4), (0.1, 3), (0.9, 7), (0.03, 1), (0.5, 500)])

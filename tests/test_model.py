@@ -24,8 +24,15 @@ VOCAB, CONTEXT = 16, 12
 
 def tiny(attention_only=False, n_layer=2, n_embd=8, n_head=2, mlp_ratio=4, seed=0):
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=VOCAB, context=CONTEXT, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                    mlp_ratio=mlp_ratio, attention_only=attention_only)
+    cfg = GPTConfig(
+        vocab_size=VOCAB,
+        context=CONTEXT,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        mlp_ratio=mlp_ratio,
+        attention_only=attention_only,
+    )
     return GPT(cfg).eval()
 
 
@@ -136,10 +143,18 @@ def test_attention_only_blocks_have_no_mlp_and_no_ln_2():
 def test_gpt2_parameter_names_and_tied_embedding():
     model = tiny()
     names = set(model.state_dict())
-    for expected in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
-                     "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
-                     "transformer.h.0.ln_2.bias", "transformer.h.0.mlp.c_fc.weight",
-                     "transformer.h.0.mlp.c_proj.weight", "transformer.ln_f.weight", "lm_head.weight"):
+    for expected in (
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_proj.bias",
+        "transformer.h.0.ln_2.bias",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_proj.weight",
+        "transformer.ln_f.weight",
+        "lm_head.weight",
+    ):
         assert expected in names
     assert model.lm_head.weight is model.transformer.wte.weight
     assert model.lm_head.bias is None
@@ -198,9 +213,16 @@ def test_parameter_counts_match_a_hand_count():
     assert full.config.n_params_nonembed == 1760 and full.config.n_params_total == 1984
 
 
-@pytest.mark.parametrize("n_layer,n_embd,n_head,mlp_ratio,attention_only", [
-    (1, 4, 1, 4, False), (2, 8, 2, 4, True), (3, 24, 3, 2, False), (2, 16, 4, 1, False), (4, 32, 2, 4, True),
-])
+@pytest.mark.parametrize(
+    "n_layer,n_embd,n_head,mlp_ratio,attention_only",
+    [
+        (1, 4, 1, 4, False),
+        (2, 8, 2, 4, True),
+        (3, 24, 3, 2, False),
+        (2, 16, 4, 1, False),
+        (4, 32, 2, 4, True),
+    ],
+)
 def test_closed_form_equals_the_module_count(n_layer, n_embd, n_head, mlp_ratio, attention_only):
     model = tiny(attention_only, n_layer=n_layer, n_embd=n_embd, n_head=n_head, mlp_ratio=mlp_ratio)
     assert non_embedding_params(n_layer, n_embd, mlp_ratio, attention_only) == model.num_params(True)
@@ -217,19 +239,22 @@ def test_flops_per_token_is_kaplans_formula():
 # Config validation
 
 
-@pytest.mark.parametrize("overrides,field", [
-    ({"n_embd": 10, "n_head": 4}, "n_embd"),
-    ({"n_layer": 0}, "n_layer"),
-    ({"n_head": 0}, "n_head"),
-    ({"n_embd": -8}, "n_embd"),
-    ({"vocab_size": 1}, "vocab_size"),
-    ({"context": 0}, "context"),
-    ({"context": 1 << 20}, "context"),
-    ({"n_layer": True}, "n_layer"),
-    ({"n_embd": 8.0}, "n_embd"),
-    ({"mlp_ratio": 0}, "mlp_ratio"),
-    ({"attention_only": "yes"}, "attention_only"),
-])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"n_embd": 10, "n_head": 4}, "n_embd"),
+        ({"n_layer": 0}, "n_layer"),
+        ({"n_head": 0}, "n_head"),
+        ({"n_embd": -8}, "n_embd"),
+        ({"vocab_size": 1}, "vocab_size"),
+        ({"context": 0}, "context"),
+        ({"context": 1 << 20}, "context"),
+        ({"n_layer": True}, "n_layer"),
+        ({"n_embd": 8.0}, "n_embd"),
+        ({"mlp_ratio": 0}, "mlp_ratio"),
+        ({"attention_only": "yes"}, "attention_only"),
+    ],
+)
 def test_bad_config_raises_config_error_naming_the_field(overrides, field):
     args = {"vocab_size": VOCAB, "context": CONTEXT, "n_layer": 2, "n_head": 2, "n_embd": 8} | overrides
     with pytest.raises(ConfigError, match=rf"^model\.{field}: .* is not allowed: "):
@@ -276,8 +301,16 @@ def test_family_grows_strictly_and_counts_are_exact(attention_only):
     r = rows[1]
     assert r["flops_per_token"] == 6 * r["n_params_nonembed"] + 6 * r["n_layer"] * 128 * r["n_embd"]
     torch.manual_seed(0)
-    small = GPT(GPTConfig(vocab_size=256, context=128, n_layer=r["n_layer"], n_head=r["n_head"], n_embd=r["n_embd"],
-                          attention_only=attention_only))
+    small = GPT(
+        GPTConfig(
+            vocab_size=256,
+            context=128,
+            n_layer=r["n_layer"],
+            n_head=r["n_head"],
+            n_embd=r["n_embd"],
+            attention_only=attention_only,
+        )
+    )
     assert small.num_params(True) == r["n_params_nonembed"] and small.num_params(False) == r["n_params_total"]
 
 
@@ -302,7 +335,8 @@ def test_target_params_picks_the_nearest_member_in_log_space():
     assert attn.attention_only and attn.name.endswith("-attn")
     assert attn.n_params_nonembed == min(
         (r["n_params_nonembed"] for r in list_family(FAMILY, 256, 128, 10, attention_only=True)),
-        key=lambda n: abs(math.log(n / by_depth[2])))
+        key=lambda n: abs(math.log(n / by_depth[2])),
+    )
 
 
 def test_target_params_out_of_range():
@@ -329,17 +363,20 @@ def test_resolve_explicit_shapes_and_names():
     assert resolve_model(ModelSpec(name="d2-attn"), FAMILY, 256, 128).attention_only
 
 
-@pytest.mark.parametrize("spec,pattern", [
-    (ModelSpec(name="gpt2-small"), r"^models\[0\]\.name: 'gpt2-small' is not allowed: 'd\{depth\}'"),
-    (ModelSpec(name="d0"), r"^models\[0\]\.name: 'd0'"),
-    (ModelSpec(name="L2-E30-H4"), r"^models\[0\]\.name: 'L2-E30-H4'.*multiple"),
-    (ModelSpec(), r"^models\[0\]: no model given"),
-    (ModelSpec(n_layer=2, n_embd=64), r"^models\[0\]: .*needs n_layer, n_embd and n_head"),
-    (ModelSpec(n_layer=2, n_embd=30, n_head=4), r"^models\[0\]\.n_embd: 30 is not allowed"),
-    (ModelSpec(n_layer=0, n_embd=64, n_head=4), r"^models\[0\]\.n_layer: 0 is not allowed"),
-    (ModelSpec(n_layer=2, n_embd=64, n_head=4, target_params=1e5), r"^models\[0\]\.target_params: .*not both"),
-    (ModelSpec(name="L3-E64-H4", n_layer=2, n_embd=64, n_head=4), r"^models\[0\]\.name: .*different shape"),
-])
+@pytest.mark.parametrize(
+    "spec,pattern",
+    [
+        (ModelSpec(name="gpt2-small"), r"^models\[0\]\.name: 'gpt2-small' is not allowed: 'd\{depth\}'"),
+        (ModelSpec(name="d0"), r"^models\[0\]\.name: 'd0'"),
+        (ModelSpec(name="L2-E30-H4"), r"^models\[0\]\.name: 'L2-E30-H4'.*multiple"),
+        (ModelSpec(), r"^models\[0\]: no model given"),
+        (ModelSpec(n_layer=2, n_embd=64), r"^models\[0\]: .*needs n_layer, n_embd and n_head"),
+        (ModelSpec(n_layer=2, n_embd=30, n_head=4), r"^models\[0\]\.n_embd: 30 is not allowed"),
+        (ModelSpec(n_layer=0, n_embd=64, n_head=4), r"^models\[0\]\.n_layer: 0 is not allowed"),
+        (ModelSpec(n_layer=2, n_embd=64, n_head=4, target_params=1e5), r"^models\[0\]\.target_params: .*not both"),
+        (ModelSpec(name="L3-E64-H4", n_layer=2, n_embd=64, n_head=4), r"^models\[0\]\.name: .*different shape"),
+    ],
+)
 def test_resolve_bad_specs(spec, pattern):
     with pytest.raises(ConfigError, match=pattern):
         resolve_model(spec, FAMILY, 256, 128, where="models[0]")

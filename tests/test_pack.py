@@ -36,8 +36,14 @@ from repeatlab import storage
 CURVE_ATOL = 2e-6  # nats; measured <= 3e-7 (see the module docstring)
 WEIGHT_REL = 1e-3
 EVAL_REL = 1e-4  # eval.json's losses and ICL score from the final weights; measured <= 1.2e-6
-SMALL_EVAL = {"eval_tokens": 256, "copy_repeats": 3, "prefix_samples": 4, "prefix_random_tokens": 5,
-              "prefix_repeats": 3, "top_k_heads": 2}  # sized for the 16-token context
+SMALL_EVAL = {
+    "eval_tokens": 256,
+    "copy_repeats": 3,
+    "prefix_samples": 4,
+    "prefix_random_tokens": 5,
+    "prefix_repeats": 3,
+    "top_k_heads": 2,
+}  # sized for the 16-token context
 POINTS = (("a", {}), ("b", {"seed": 3, "fraction": 0.0}), ("c", {"seed": 1, "fraction": 0.5, "n_rep": 2}))
 
 
@@ -49,16 +55,14 @@ def train_cmd(*run_urls: str, max_steps: int | None = None, evaluate: bool = Fal
 
 
 def run_pack(*run_urls: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(*run_urls, **kw), env=_env(), capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+    proc = subprocess.run(train_cmd(*run_urls, **kw), env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"pack training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
 
 
 def make_points(root: Path, corpus: str, **extra) -> list[str]:
-    return [make_run(root / name, corpus, point_id=name, eval_cfg=SMALL_EVAL, **{**kw, **extra})
-            for name, kw in POINTS]
+    return [make_run(root / name, corpus, point_id=name, eval_cfg=SMALL_EVAL, **{**kw, **extra}) for name, kw in POINTS]
 
 
 def curve(run: str) -> list[dict]:
@@ -117,14 +121,16 @@ def test_packed_gradients_are_each_models_own_and_clipping_is_per_model():
     lone_norms = []
     for p, model in enumerate(models):
         model(idx[p], idx[p])[1].backward()
-        torch.testing.assert_close(pack.stacked(name).grad[p], dict(model.named_parameters())[name].grad,
-                                   atol=1e-7, rtol=1e-4)  # before clipping: model p's own gradient
+        torch.testing.assert_close(
+            pack.stacked(name).grad[p], dict(model.named_parameters())[name].grad, atol=1e-7, rtol=1e-4
+        )  # before clipping: model p's own gradient
         lone_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)))
     norms = pack.clip_grad_norm_(0.01)
     assert [float(n) for n in norms] == pytest.approx(lone_norms, rel=1e-5)
     for p, model in enumerate(models):  # each clipped by its own norm
-        torch.testing.assert_close(pack.stacked(name).grad[p], dict(model.named_parameters())[name].grad,
-                                   atol=1e-9, rtol=1e-4)
+        torch.testing.assert_close(
+            pack.stacked(name).grad[p], dict(model.named_parameters())[name].grad, atol=1e-9, rtol=1e-4
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -169,8 +175,9 @@ def test_sigkilled_pack_resumes_to_the_uninterrupted_result(tmp_path, corpus, pa
     """SIGKILL the pack once every point has its step-10 checkpoint, rerun: each point resumes from step 10 and ends
     bit-identical to the uninterrupted pack (curves, weights, exposures)."""
     runs = make_points(tmp_path, corpus)
-    proc = subprocess.Popen(train_cmd(*runs, evaluate=True), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(*runs, evaluate=True), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 240
         while not all(_complete(r, 10) for r in runs) and time.time() < deadline and proc.poll() is None:
@@ -179,7 +186,8 @@ def test_sigkilled_pack_resumes_to_the_uninterrupted_result(tmp_path, corpus, pa
     finally:
         proc.wait(timeout=30)
     assert all(_complete(r, 10) for r in runs) and not any(
-        (Path(storage.local_path(r)) / "done.json").exists() for r in runs), "killed too late to test a resume"
+        (Path(storage.local_path(r)) / "done.json").exists() for r in runs
+    ), "killed too late to test a resume"
     out = run_pack(*runs, evaluate=True)
     assert out.stderr.count("resuming from") == 3
     for run, ref in zip(runs, packed):
@@ -210,8 +218,9 @@ def test_ddp_pack_matches_one_process(tmp_path, corpus, packed):
     from repeatlab.launch import torchrun_command
 
     runs = make_points(tmp_path, corpus)
-    proc = subprocess.run(torchrun_command(runs, nproc_per_node=2), env=_env(), capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        torchrun_command(runs, nproc_per_node=2), env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for run, ref in zip(runs, packed):
         np.testing.assert_allclose(losses(run), losses(ref), atol=CURVE_ATOL, rtol=0)
@@ -238,8 +247,9 @@ def test_points_of_other_shapes_cannot_share_a_pack(tmp_path, corpus):
 
 
 def test_fsdp_pack_is_refused(tmp_path, corpus):
-    runs = [make_run(tmp_path / n, corpus, point_id=n, seed=i, train={"parallelism": "fsdp"})
-            for i, n in enumerate("xy")]
+    runs = [
+        make_run(tmp_path / n, corpus, point_id=n, seed=i, train={"parallelism": "fsdp"}) for i, n in enumerate("xy")
+    ]
     _refused(run_pack(*runs, check=False), "train.parallelism", "fsdp", "pack")
 
 
@@ -264,13 +274,29 @@ def test_config_refuses_fsdp_with_packs_and_bad_pack_size():
 
 
 def _point(pid: str, n_embd: int = 16, **over) -> dict:
-    point = {"point_id": pid, "corpus_id": "c", "corpus_url": "file:///c", "fraction": 0.5, "epochs": 4.0, "seed": 0,
-             "control": False, "eval": {},
-             "model": {"name": "m", "n_layer": 1, "n_embd": n_embd, "n_head": 2, "mlp_ratio": 4, "vocab_size": 256,
-                       "context": 128, "n_params_nonembed": 12 * n_embd ** 2, "n_params_total": 12 * n_embd ** 2},
-             "budget": {"total_tokens": 1 << 20, "context": 128, "batch_tokens": 4096},
-             "train": {"learning_rate": 3e-3, "pack_size": 4, "nproc_per_node": 1, "nnodes": 1,
-                       "micro_batch_sequences": 0}}
+    point = {
+        "point_id": pid,
+        "corpus_id": "c",
+        "corpus_url": "file:///c",
+        "fraction": 0.5,
+        "epochs": 4.0,
+        "seed": 0,
+        "control": False,
+        "eval": {},
+        "model": {
+            "name": "m",
+            "n_layer": 1,
+            "n_embd": n_embd,
+            "n_head": 2,
+            "mlp_ratio": 4,
+            "vocab_size": 256,
+            "context": 128,
+            "n_params_nonembed": 12 * n_embd**2,
+            "n_params_total": 12 * n_embd**2,
+        },
+        "budget": {"total_tokens": 1 << 20, "context": 128, "batch_tokens": 4096},
+        "train": {"learning_rate": 3e-3, "pack_size": 4, "nproc_per_node": 1, "nnodes": 1, "micro_batch_sequences": 0},
+    }
     point.update(over)
     return point
 
@@ -278,8 +304,11 @@ def _point(pid: str, n_embd: int = 16, **over) -> dict:
 def test_packs_group_by_shape_and_schedule_and_respect_pack_size():
     from repeatlab.packs import plan_packs
 
-    points = ([_point(f"a{i}", seed=i) for i in range(6)] + [_point("w0", n_embd=32), _point("w1", n_embd=32)]
-              + [_point("lr", train={**_point("x")["train"], "learning_rate": 1e-3})])
+    points = (
+        [_point(f"a{i}", seed=i) for i in range(6)]
+        + [_point("w0", n_embd=32), _point("w1", n_embd=32)]
+        + [_point("lr", train={**_point("x")["train"], "learning_rate": 1e-3})]
+    )
     packs = plan_packs(points, pack_size=4, pod_memory="8Gi")
     # the most expensive pack first: 2 points of width 32 cost more than 4 of width 16
     assert [p["point_ids"] for p in packs] == [["w0", "w1"], ["a0", "a1", "a2", "a3"], ["a4", "a5"], ["lr"]]
@@ -343,7 +372,13 @@ def test_a_bad_point_does_not_keep_its_pack_from_training(tmp_path, corpus):
 def test_repeatlab_train_trains_several_run_urls_as_one_pack(tmp_path, corpus):
     """`repeatlab train --run-url A B`: one torchrun, one pack (done.json says pack_size 2)."""
     runs = make_points(tmp_path, corpus)[:2]
-    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", *runs, "--nproc-per-node", "1",
-                           "--no-evaluate"], env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "train", "--run-url", *runs, "--nproc-per-node", "1", "--no-evaluate"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [storage.read_json(storage.join(r, "done.json"))["pack_size"] for r in runs] == [2, 2]

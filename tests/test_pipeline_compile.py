@@ -37,8 +37,16 @@ def _docs(path):
 def test_dag_shape():
     spec = _docs(GOLDEN)[0]
     root_tasks = spec["root"]["dag"]["tasks"]
-    assert set(root_tasks) == {"resolve-study", "prepare-corpus", "plan-grid", "for-loop-1", "plan-packs",
-                               "for-loop-2", "analyze", "report"}
+    assert set(root_tasks) == {
+        "resolve-study",
+        "prepare-corpus",
+        "plan-grid",
+        "for-loop-1",
+        "plan-packs",
+        "for-loop-2",
+        "analyze",
+        "report",
+    }
     # The fan-ins: plan_packs consumes every point's plan and analyze every pack's evaluation through dsl.Collected
     # (the lineage connects; KFP backends >= 2.14) and read the records from storage; `--fan-in storage` compiles
     # the older backends' shape (tests/test_lineage.py, docs/deploy.md "Fan-in").
@@ -66,9 +74,12 @@ def test_dag_shape():
 def test_cluster_settings_are_compiled_in(tmp_path):
     cfg = config.load(DEFAULT_CONFIG)
     cluster = dataclasses.replace(
-        cfg.cluster, storage_secret="mlpipeline-minio-artifact", node_selector={"pool": "gpu"},
+        cfg.cluster,
+        storage_secret="mlpipeline-minio-artifact",
+        node_selector={"pool": "gpu"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        env={"REPEATLAB_S3_ENDPOINT_URL": "http://minio-service.kubeflow:9000"}, retries=2,
+        env={"REPEATLAB_S3_ENDPOINT_URL": "http://minio-service.kubeflow:9000"},
+        retries=2,
     )
     path = compile_pipeline(str(tmp_path / "p.yaml"), dataclasses.replace(cfg, cluster=cluster))
     spec, platform = _docs(path)
@@ -101,8 +112,9 @@ def test_cluster_settings_are_compiled_in(tmp_path):
 
 def test_multinode_training_goes_through_a_trainjob(tmp_path):
     cfg = config.load(DEFAULT_CONFIG)
-    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, multinode=True),
-                              train=dataclasses.replace(cfg.train, nnodes=2))
+    cfg = dataclasses.replace(
+        cfg, cluster=dataclasses.replace(cfg.cluster, multinode=True), train=dataclasses.replace(cfg.train, nnodes=2)
+    )
     spec, platform = _docs(compile_pipeline(str(tmp_path / "p.yaml"), cfg))
     loop_tasks = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
     assert "train-multinode" in loop_tasks and "train" not in loop_tasks
@@ -110,8 +122,10 @@ def test_multinode_training_goes_through_a_trainjob(tmp_path):
     assert params["num_nodes"]["runtimeValue"]["constant"] == 2
     env = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-multinode"]["fieldPathAsEnv"]
     # the TrainJob goes to the launcher's namespace and runs as its service account (the one KFP runs pipelines as)
-    assert env == [{"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"},
-                   {"fieldPath": "spec.serviceAccountName", "name": "POD_SERVICE_ACCOUNT"}]
+    assert env == [
+        {"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"},
+        {"fieldPath": "spec.serviceAccountName", "name": "POD_SERVICE_ACCOUNT"},
+    ]
     placement = json.loads(params["placement_json"]["runtimeValue"]["constant"])
     assert placement["storage_secret"] == cfg.cluster.storage_secret and placement["shm_size"] == cfg.cluster.shm_size
 

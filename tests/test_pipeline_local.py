@@ -16,13 +16,15 @@ import pytest
 from repeatlab import config, storage
 from repeatlab.runner import PipelineRunError, run_local
 
-WORDS = ("the of and to in that is was he for it with as his on be at by had are but from or have an they which "
-         "one you were her all she there would their we him been has when who will more no if out so said what up "
-         "its about into than them can only other new some could time these two may then do first any my now such "
-         "like our over man me even most made after also did many before must through back years where much your way "
-         "well down should because each just those people how too little state good very make world still own see "
-         "men work long get here between both life being under never day same another know while last might us great "
-         "old year off come since against go came right used take three").split()
+WORDS = (
+    "the of and to in that is was he for it with as his on be at by had are but from or have an they which "
+    "one you were her all she there would their we him been has when who will more no if out so said what up "
+    "its about into than them can only other new some could time these two may then do first any my now such "
+    "like our over man me even most made after also did many before must through back years where much your way "
+    "well down should because each just those people how too little state good very make world still own see "
+    "men work long get here between both life being under never day same another know while last might us great "
+    "old year off come since against go came right used take three"
+).split()
 
 
 def write_corpus(folder: pathlib.Path, documents: int = 240, seed: int = 0) -> str:
@@ -37,24 +39,35 @@ def write_corpus(folder: pathlib.Path, documents: int = 240, seed: int = 0) -> s
 
 
 def tiny_study(name: str, corpus_url: str, root: str) -> config.StudyConfig:
-    return config.from_dict({
-        "name": name,
-        "corpus": {"url": corpus_url, "format": "jsonl", "test_fraction": 0.1, "probe_fraction": 0.05},
-        "budget": {"total_tokens": 8192, "context": 32, "batch_tokens": 1024},
-        "models": [{"n_layer": 1, "n_embd": 16, "n_head": 2}, {"n_layer": 1, "n_embd": 32, "n_head": 2}],
-        "grid": {"fractions": [0.0, 0.5], "epochs": [4, 32], "seeds": [0]},
-        "train": {"learning_rate": 0.01, "eval_points": 3, "eval_sequences": 4, "threads_per_rank": 1},
-        "eval": {"eval_tokens": 512, "copy_repeats": 3, "prefix_samples": 2, "prefix_random_tokens": 5,
-                 "prefix_repeats": 3, "top_k_heads": 1},
-        "storage": {"root": root},
-        "cluster": {"parallelism": 2},
-    })
+    return config.from_dict(
+        {
+            "name": name,
+            "corpus": {"url": corpus_url, "format": "jsonl", "test_fraction": 0.1, "probe_fraction": 0.05},
+            "budget": {"total_tokens": 8192, "context": 32, "batch_tokens": 1024},
+            "models": [{"n_layer": 1, "n_embd": 16, "n_head": 2}, {"n_layer": 1, "n_embd": 32, "n_head": 2}],
+            "grid": {"fractions": [0.0, 0.5], "epochs": [4, 32], "seeds": [0]},
+            "train": {"learning_rate": 0.01, "eval_points": 3, "eval_sequences": 4, "threads_per_rank": 1},
+            "eval": {
+                "eval_tokens": 512,
+                "copy_repeats": 3,
+                "prefix_samples": 2,
+                "prefix_random_tokens": 5,
+                "prefix_repeats": 3,
+                "top_k_heads": 1,
+            },
+            "storage": {"root": root},
+            "cluster": {"parallelism": 2},
+        }
+    )
 
 
 def trained_points(root: str) -> dict:
     runs = storage.join(root, "runs")
-    return {pid: storage.read_json(storage.join(runs, pid, "done.json"))
-            for pid in storage.listdir(runs) if storage.exists(storage.join(runs, pid, "done.json"))}
+    return {
+        pid: storage.read_json(storage.join(runs, pid, "done.json"))
+        for pid in storage.listdir(runs)
+        if storage.exists(storage.join(runs, pid, "done.json"))
+    }
 
 
 def check_report(cfg, result):
@@ -88,13 +101,32 @@ def file_study(tmp_path_factory):
     (folder / "study.yaml").write_text(cfg.to_json())  # JSON is YAML
     started = time.time()
     # bytes: text mode would turn the progress bar's \r redraws into line breaks
-    proc = subprocess.run([sys.executable, "-m", "repeatlab", "run", "--local", "--config", str(folder / "study.yaml"),
-                           "--pipeline-root", str(folder / "kfp")], capture_output=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repeatlab",
+            "run",
+            "--local",
+            "--config",
+            str(folder / "study.yaml"),
+            "--pipeline-root",
+            str(folder / "kfp"),
+        ],
+        capture_output=True,
+        timeout=900,
+    )
     first_seconds = time.time() - started
     assert proc.returncode == 0, proc.stderr[-3000:].decode(errors="replace")
     study = storage.join(cfg.storage.root, "studies", "tiny")
-    first = {"status": "SUCCEEDED", "study": study, "report": storage.join(study, "report", "index.html"),
-             "pipeline_root": str(folder / "kfp"), "stdout": proc.stdout.decode(), "stderr": proc.stderr.decode()}
+    first = {
+        "status": "SUCCEEDED",
+        "study": study,
+        "report": storage.join(study, "report", "index.html"),
+        "pipeline_root": str(folder / "kfp"),
+        "stdout": proc.stdout.decode(),
+        "stderr": proc.stderr.decode(),
+    }
     first_done = trained_points(cfg.storage.root)
     return cfg, first, first_seconds, first_done
 
@@ -115,11 +147,16 @@ def test_terminal_shows_progress_points_and_the_answer_not_the_task_output(file_
     assert lines < 20, f"{lines} lines on the terminal:\n{out}{raw_err}"  # 6 points: 13 lines
     err = raw_err.replace("\r", "\n")  # each redraw of the bar, and each line, on its own line
     points = storage.read_json(storage.join(result["study"], "points.json"))
-    finished = re.findall(r"^\s*\d+/6 (\S+) f=(\S+)(?: E=(\S+))? seed=\d+\s+test loss (\d+\.\d+)\s+"
-                          r"(baseline|damage [+-]\d+\.\d+|damage: no baseline yet)", err, flags=re.M)
+    finished = re.findall(
+        r"^\s*\d+/6 (\S+) f=(\S+)(?: E=(\S+))? seed=\d+\s+test loss (\d+\.\d+)\s+"
+        r"(baseline|damage [+-]\d+\.\d+|damage: no baseline yet)",
+        err,
+        flags=re.M,
+    )
     assert len(finished) == len(points) == 6
     assert {(m, float(f), float(e or 0)) for m, f, e, _, _ in finished} == {
-        (p["model"]["name"], p["fraction"], p["epochs"]) for p in points}
+        (p["model"]["name"], p["fraction"], p["epochs"]) for p in points
+    }
     assert re.search(r"tiny: 100%\|.*\| 6/6 \[", err), "no finished progress bar"
     assert "executor_input" not in out + err and "Executing task" not in out + err
     log_files = glob.glob(os.path.join(result["pipeline_root"], "logs", "run-*.log"))
@@ -148,15 +185,20 @@ def test_steps_exchange_pointer_artifacts_to_the_real_objects(file_study):
 
     def pointers(task, output):
         # loop tasks sit in for-loop-1-iteration-<i>/
-        return [lineage.read_pointer(Found(p))
-                for p in glob.glob(os.path.join(run_root, "**", task, output), recursive=True)]
+        return [
+            lineage.read_pointer(Found(p))
+            for p in glob.glob(os.path.join(run_root, "**", task, output), recursive=True)
+        ]
 
     corpus = pointers("prepare-corpus", "corpus")
     assert len(corpus) == 1 and storage.exists(storage.join(corpus[0]["storage_url"], "manifest.json"))
     packs = pointers("plan-packs", "packs")
     assert len(packs) == 1 and storage.exists(packs[0]["storage_url"]) and packs[0]["points"] == 6
-    for task, output, name in (("mix", "plan", "plan.npy"), ("train", "model", "checkpoints"),
-                               ("evaluate", "evaluation", "eval.json")):
+    for task, output, name in (
+        ("mix", "plan", "plan.npy"),
+        ("train", "model", "checkpoints"),
+        ("evaluate", "evaluation", "eval.json"),
+    ):
         found = pointers(task, output)
         # one plan per point; one model and evaluation per pack, listing every point of the pack
         covered = [url for p in found for url in (p.get("run_urls") or [p["run_url"]])]
@@ -194,16 +236,22 @@ def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env, c
     from repeatlab.corpus import corpus_url, prepare_corpus
 
     manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=lambda m: None)
-    points = grid_points(cfg, manifest["corpus_id"], corpus_url(cfg.storage.root, manifest["corpus_id"]),
-                         manifest["tokenizer"]["vocab_size"])
+    points = grid_points(
+        cfg,
+        manifest["corpus_id"],
+        corpus_url(cfg.storage.root, manifest["corpus_id"]),
+        manifest["tokenizer"]["vocab_size"],
+    )
     broken = points[-1]
     bad = json.loads(json.dumps(broken))
     bad["model"]["n_head"] = 3  # 32 is not a multiple of 3
     broken_url = storage.join(run_url(cfg.storage.root, broken["point_id"]), "point.json")
     storage.write_json(broken_url, bad)
 
-    with caplog.at_level(logging.ERROR, logger="repeatlab.runner"), \
-            pytest.raises(PipelineRunError, match="finished points are kept") as failed:
+    with (
+        caplog.at_level(logging.ERROR, logger="repeatlab.runner"),
+        pytest.raises(PipelineRunError, match="finished points are kept") as failed,
+    ):
         run_local(cfg, pipeline_root=str(tmp_path / "kfp"))
     log_path = str(failed.value).rsplit("full log: ", 1)[1]
     assert log_path.startswith(str(tmp_path / "kfp" / "logs")) and os.path.exists(log_path)
@@ -211,7 +259,7 @@ def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env, c
     from repeatlab.lineage import point_label
 
     assert f"point {point_label(broken)} ({broken['point_id']}) failed in train" in details
-    tail = details[details.index(f"point {point_label(broken)} ({broken['point_id']}) failed in train") + 1:]
+    tail = details[details.index(f"point {point_label(broken)} ({broken['point_id']}) failed in train") + 1 :]
     assert tail[0].startswith("  last lines of its train") and any("Traceback" in t or "Error" in t for t in tail)
     survivors = trained_points(cfg.storage.root)
     assert broken["point_id"] not in survivors

@@ -29,8 +29,11 @@ def study(variant: str) -> config.StudyConfig:
     overlay, _, multinode = variant.partition("-")
     cfg = config.load(str(ROOT / "manifests" / "overlays" / overlay / "study.yaml"))
     if multinode:
-        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, multinode=True),
-                                  train=dataclasses.replace(cfg.train, nnodes=2))
+        cfg = dataclasses.replace(
+            cfg,
+            cluster=dataclasses.replace(cfg.cluster, multinode=True),
+            train=dataclasses.replace(cfg.train, nnodes=2),
+        )
     return cfg
 
 
@@ -50,8 +53,9 @@ def pod_problems(pods: dict[str, dict], cfg: config.StudyConfig, versions=K8S_VE
             try:
                 kubernetes_validate.validate(pod, version, strict=True)
             except kubernetes_validate.ValidationError as e:
-                problems.append(f"{task}: invalid Pod for Kubernetes {version}: {'.'.join(map(str, e.path))}: "
-                                f"{e.message}")
+                problems.append(
+                    f"{task}: invalid Pod for Kubernetes {version}: {'.'.join(map(str, e.path))}: {e.message}"
+                )
         container = pod["spec"]["containers"][0]
         resources = container.get("resources") or {}
         for kind in ("limits", "requests"):
@@ -61,13 +65,16 @@ def pod_problems(pods: dict[str, dict], cfg: config.StudyConfig, versions=K8S_VE
                     problems.append(f"{task}: resources.{kind}[{name!r}]: Kubernetes refuses it: {problem}")
                 elif name not in config.STANDARD_CONTAINER_RESOURCES and not str(value).isdigit():
                     problems.append(f"{task}: resources.{kind}[{name!r}] = {value!r}: an extended resource is whole")
-        accelerators = {k: v for k, v in (resources.get("limits") or {}).items()
-                        if k not in config.STANDARD_CONTAINER_RESOURCES}
+        accelerators = {
+            k: v for k, v in (resources.get("limits") or {}).items() if k not in config.STANDARD_CONTAINER_RESOURCES
+        }
         trains_here = task == "train"
         wanted = {c.accelerator_type: str(c.accelerator_limit)} if trains_here and c.accelerator_limit else {}
         if accelerators != wanted:
-            problems.append(f"{task}: accelerator limits {accelerators or 'none'}, the study asks for "
-                            f"{wanted or 'none'} (cluster.accelerator_type x cluster.accelerator_limit)")
+            problems.append(
+                f"{task}: accelerator limits {accelerators or 'none'}, the study asks for "
+                f"{wanted or 'none'} (cluster.accelerator_type x cluster.accelerator_limit)"
+            )
         if not trains_here and pod["spec"].get("nodeSelector") and c.accelerator_limit:
             problems.append(f"{task}: sent to the GPU nodes ({pod['spec']['nodeSelector']}) without asking for a GPU")
     return problems
@@ -78,8 +85,16 @@ def test_every_task_pod_is_valid_and_gets_what_the_study_asks_for(variant, tmp_p
     cfg = study(variant)
     spec, platform = compiled(cfg, tmp_path)
     pods = render_pods(spec, platform)
-    expected = {"resolve-study", "prepare-corpus", "plan-grid", "mix", "evaluate", "analyze", "report",
-                "train-multinode" if cfg.cluster.multinode else "train"}
+    expected = {
+        "resolve-study",
+        "prepare-corpus",
+        "plan-grid",
+        "mix",
+        "evaluate",
+        "analyze",
+        "report",
+        "train-multinode" if cfg.cluster.multinode else "train",
+    }
     if not cfg.cluster.multinode:
         expected.add("plan-packs")  # the pack fan-out's items
     assert set(pods) == expected
@@ -93,8 +108,11 @@ def test_every_task_pod_is_valid_and_gets_what_the_study_asks_for(variant, tmp_p
         for name, value in c.env.items():
             assert env[name]["value"] == value
         if c.storage_secret:
-            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if "valueFrom" in e
-                    and "secretKeyRef" in e["valueFrom"]}
+            refs = {
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in env.values()
+                if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+            }
             assert refs == {c.storage_secret}, task
     if not c.multinode:
         train = pods["train"]["spec"]
@@ -124,8 +142,10 @@ def test_the_check_fails_on_the_old_gke_limit(tmp_path):
     pods = render_pods(*compiled(old, tmp_path))
     assert pods["train"]["spec"]["containers"][0]["resources"]["limits"]["nvidia-l4"] == "1"
     problems = pod_problems(pods, old, versions=[])
-    assert any(p.startswith("train: resources.limits['nvidia-l4']: Kubernetes refuses it: not a standard container "
-                            "resource") for p in problems), problems
+    assert any(
+        p.startswith("train: resources.limits['nvidia-l4']: Kubernetes refuses it: not a standard container resource")
+        for p in problems
+    ), problems
     with pytest.raises(config.ConfigError, match=r"^cluster.accelerator_type: 'nvidia-l4' is not allowed"):
         config.validate(old)
 
@@ -142,8 +162,10 @@ def test_the_check_fails_on_the_old_minio_missing_gpu(tmp_path):
     pods = render_pods(old, platform)
     assert set(pods["train"]["spec"]["containers"][0]["resources"]["limits"]) == {"cpu", "memory"}
     problems = pod_problems(pods, cfg, versions=[])
-    assert problems == ["train: accelerator limits none, the study asks for {'nvidia.com/gpu': '1'} "
-                        "(cluster.accelerator_type x cluster.accelerator_limit)"]
+    assert problems == [
+        "train: accelerator limits none, the study asks for {'nvidia.com/gpu': '1'} "
+        "(cluster.accelerator_type x cluster.accelerator_limit)"
+    ]
 
 
 def test_the_schema_check_has_teeth(tmp_path):
@@ -173,8 +195,11 @@ def test_every_audit_task_pod_is_valid_and_gets_the_storage_secret(overlay, tmp_
     for task, pod in pods.items():
         container = pod["spec"]["containers"][0]
         assert container["image"] == c.image
-        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
-                if "secretKeyRef" in e.get("valueFrom", {})}
+        refs = {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
         assert refs == ({c.storage_secret} if c.storage_secret else set()), task
         if task != "audit-plan":
             assert container["resources"]["limits"]["memory"] == c.memory

@@ -100,17 +100,28 @@ def test_failures_name_the_point_its_step_and_its_tasks_last_lines(tmp_path):
     watcher.points = [planned, trained, point("d1", 0.0, 0.0, pid="ccc")]
     watcher.finished = {"ccc": {}}
     watch = progress.TaskWatch(progress.TaskOutput(io.StringIO()))
-    watch.failed = [progress.FailedTask("evaluate", ["evaluating", "ValueError: bad record"]),
-                    progress.FailedTask("train", ["train: torchrun ... file:///x/runs/aaa",
-                                                  *[f"l{i}" for i in range(30)],
-                                                  "TrainError: training exited with code 1"])]
+    watch.failed = [
+        progress.FailedTask("evaluate", ["evaluating", "ValueError: bad record"]),
+        progress.FailedTask(
+            "train",
+            [
+                "train: torchrun ... file:///x/runs/aaa",
+                *[f"l{i}" for i in range(30)],
+                "TrainError: training exited with code 1",
+            ],
+        ),
+    ]
     lines = progress.describe_failures(watcher, watch)
-    assert lines == ["point d1 f=0.5 E=4 seed=0 (aaa) failed in train",  # its task's output names its id
-                     "  last lines of its train task:",
-                     *[f"    l{i}" for i in range(16, 30)],
-                     "    TrainError: training exited with code 1",
-                     "point d1 f=0.5 E=32 seed=0 (bbb) failed in evaluate",  # the only task left for the only point
-                     "  last lines of its evaluate task:", "    evaluating", "    ValueError: bad record"]
+    assert lines == [
+        "point d1 f=0.5 E=4 seed=0 (aaa) failed in train",  # its task's output names its id
+        "  last lines of its train task:",
+        *[f"    l{i}" for i in range(16, 30)],
+        "    TrainError: training exited with code 1",
+        "point d1 f=0.5 E=32 seed=0 (bbb) failed in evaluate",  # the only task left for the only point
+        "  last lines of its evaluate task:",
+        "    evaluating",
+        "    ValueError: bad record",
+    ]
     assert progress.failed_step(storage.join(root, "runs", "zzz")) == "mix"
 
 
@@ -123,8 +134,9 @@ def test_planned_points_come_from_this_runs_plan_grid_pointer(tmp_path):
     storage.write_json(storage.join(root, "studies", "s", "points.json"), points)
     pointer = tmp_path / "kfp" / "repeatlab-repetition-grid-1" / "plan-grid" / "points"
     pointer.parent.mkdir(parents=True)
-    pointer.write_text(json.dumps({"kind": "repeatlab.pointer",
-                                   "storage_url": storage.join(root, "studies", "s", "points.json")}))
+    pointer.write_text(
+        json.dumps({"kind": "repeatlab.pointer", "storage_url": storage.join(root, "studies", "s", "points.json")})
+    )
     old = time.time() - 3600
     os.utime(pointer, (old, old))
     watcher = progress.StudyProgress(root, "s", str(tmp_path / "kfp"), time.time(), io.StringIO())

@@ -41,10 +41,18 @@ SECRET_OPTIONS = [
     {"gs": {"credentials": "planted"}},
     {"s3": {"client_kwargs": {"headers": ["x", "Authorization: token=planted"]}}},
 ]
-SECRET_ENV = [{"DB_PASSWD": "x"}, {"MY_APIKEY": "x"}, {"HF_TOKEN": "x"}, {"dbPassword": "x"},
-              {"AWS_ACCESS_KEY_ID": "x"}, {"GOOGLE_APPLICATION_CREDENTIALS": "/x.json"}, {"PRIVATE_KEY": "x"},
-              {"PLAIN": "-----BEGIN RSA PRIVATE KEY-----"}, {"URL": "https://u:planted@host/x"},
-              {"HEADER": "password=planted"}]
+SECRET_ENV = [
+    {"DB_PASSWD": "x"},
+    {"MY_APIKEY": "x"},
+    {"HF_TOKEN": "x"},
+    {"dbPassword": "x"},
+    {"AWS_ACCESS_KEY_ID": "x"},
+    {"GOOGLE_APPLICATION_CREDENTIALS": "/x.json"},
+    {"PRIVATE_KEY": "x"},
+    {"PLAIN": "-----BEGIN RSA PRIVATE KEY-----"},
+    {"URL": "https://u:planted@host/x"},
+    {"HEADER": "password=planted"},
+]
 
 
 @pytest.mark.parametrize("options", SECRET_OPTIONS)
@@ -64,12 +72,25 @@ def test_secret_looking_cluster_env_is_rejected(env):
 
 
 def test_legitimate_names_pass():
-    cfg = config.from_dict({
-        "storage": {"options": {"gs": {"token": "google_default", "project": "p"},
-                                "s3": {"client_kwargs": {"region_name": "eu"},
-                                       "s3_additional_kwargs": {"SSEKMSKeyId": "alias/k"}}}},
-        "cluster": {"env": {"TOKENIZERS_PARALLELISM": "false", "KEYCLOAK_URL": "https://kc", "MONKEY": "1",
-                            "REPEATLAB_S3_ENDPOINT_URL": "http://minio:9000", "AWS_REGION": "eu-west-1"}}})
+    cfg = config.from_dict(
+        {
+            "storage": {
+                "options": {
+                    "gs": {"token": "google_default", "project": "p"},
+                    "s3": {"client_kwargs": {"region_name": "eu"}, "s3_additional_kwargs": {"SSEKMSKeyId": "alias/k"}},
+                }
+            },
+            "cluster": {
+                "env": {
+                    "TOKENIZERS_PARALLELISM": "false",
+                    "KEYCLOAK_URL": "https://kc",
+                    "MONKEY": "1",
+                    "REPEATLAB_S3_ENDPOINT_URL": "http://minio:9000",
+                    "AWS_REGION": "eu-west-1",
+                }
+            },
+        }
+    )
     assert cfg.cluster.env["TOKENIZERS_PARALLELISM"] == "false"
 
 
@@ -85,13 +106,33 @@ def test_planted_secrets_never_reach_the_compiled_yaml_or_the_logs(tmp_path):
         name = next(iter(env))
         secret = f"planted-{i}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
         planted.append(secret)
-        study = dict(base, storage={**base.get("storage", {}), "root": str(tmp_path / "root"),
-                                    "options": {"s3": {"client_kwargs": {f"secret_{i}": secret}}}},
-                     cluster={**base.get("cluster", {}), "env": {name: secret}})
+        study = dict(
+            base,
+            storage={
+                **base.get("storage", {}),
+                "root": str(tmp_path / "root"),
+                "options": {"s3": {"client_kwargs": {f"secret_{i}": secret}}},
+            },
+            cluster={**base.get("cluster", {}), "env": {name: secret}},
+        )
         path = tmp_path / f"study-{i}.yaml"
         path.write_text(json.dumps(study))
-        proc = subprocess.run([sys.executable, "-m", "repeatlab", "compile", "--config", str(path), "--output",
-                               str(tmp_path / f"p{i}.yaml")], capture_output=True, text=True, timeout=120, cwd=REPO)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "repeatlab",
+                "compile",
+                "--config",
+                str(path),
+                "--output",
+                str(tmp_path / f"p{i}.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert proc.returncode == 2, proc.stderr
         assert secret not in proc.stdout + proc.stderr
         assert not (tmp_path / f"p{i}.yaml").exists()
@@ -133,8 +174,13 @@ def test_null_section_is_an_error():
 def test_non_utf8_config_is_one_line(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
-    proc = subprocess.run([sys.executable, "-m", "repeatlab", "grid", "--config", str(path)], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repeatlab", "grid", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -400,12 +446,27 @@ def _cluster_study() -> config.StudyConfig:
 @pytest.mark.parametrize("command", ["submit", "schedule"])
 def test_kfp_commands_end_when_the_server_stalls(tmp_path, stalling_kfp, command):
     pytest.importorskip("kfp")
-    env = dict(os.environ, REPEATLAB_KFP_READ_TIMEOUT_S="2", REPEATLAB_KFP_CONNECT_TIMEOUT_S="1",
-               REPEATLAB_KFP_BACKOFF_S="0.1", KF_PIPELINES_SA_TOKEN_PATH=str(tmp_path / "none"))
+    env = dict(
+        os.environ,
+        REPEATLAB_KFP_READ_TIMEOUT_S="2",
+        REPEATLAB_KFP_CONNECT_TIMEOUT_S="1",
+        REPEATLAB_KFP_BACKOFF_S="0.1",
+        KF_PIPELINES_SA_TOKEN_PATH=str(tmp_path / "none"),
+    )
     study = tmp_path / "study.yaml"
     study.write_text(json.dumps(_cluster_study().to_dict()))
-    args = [sys.executable, "-m", "repeatlab", command, "--host", stalling_kfp, "--config", str(study),
-            "--package", str(REPO / "pipelines/repetition_grid.yaml")]
+    args = [
+        sys.executable,
+        "-m",
+        "repeatlab",
+        command,
+        "--host",
+        stalling_kfp,
+        "--config",
+        str(study),
+        "--package",
+        str(REPO / "pipelines/repetition_grid.yaml"),
+    ]
     if command == "schedule":
         args += ["--cron", "0 0 3 * * *"]
     started = time.monotonic()
@@ -426,8 +487,7 @@ def test_kfp_command_deadline(tmp_path, stalling_kfp, monkeypatch):
     cfg = _cluster_study()
     started = time.monotonic()
     with pytest.raises(kfp_client.KfpError, match="stalled: no answer within 3 s"):
-        kfp_client.submit(cfg, stalling_kfp, package_path=str(REPO / "pipelines/repetition_grid.yaml"),
-                          deadline_s=3)
+        kfp_client.submit(cfg, stalling_kfp, package_path=str(REPO / "pipelines/repetition_grid.yaml"), deadline_s=3)
     assert time.monotonic() - started < 20
 
 
@@ -450,8 +510,11 @@ def test_retryable_errors_are_retried_with_backoff(monkeypatch):
     assert kfp_client._bounded("http://h", "listing", flaky) == "ok" and len(calls) == 3
     calls.clear()
     with pytest.raises(kfp_client.KfpError, match="listing failed"):
-        kfp_client._bounded("http://h", "listing", lambda: calls.append(1) or (_ for _ in ()).throw(
-            urllib3.exceptions.NewConnectionError(None, "refused")))
+        kfp_client._bounded(
+            "http://h",
+            "listing",
+            lambda: calls.append(1) or (_ for _ in ()).throw(urllib3.exceptions.NewConnectionError(None, "refused")),
+        )
     assert len(calls) == kfp_client.CALL_ATTEMPTS
 
 
@@ -479,9 +542,15 @@ def test_gs_without_credentials_fails_fast(monkeypatch, tmp_path):
 
 def test_s3_without_credentials_fails_fast(monkeypatch, tmp_path):
     pytest.importorskip("s3fs")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -554,8 +623,12 @@ def test_model_too_large_for_memory_is_refused_before_allocating():
     with pytest.raises(TrainError, match="d999") as info:
         check_memory(huge, torch.device("cpu"), DistEnv(0, 0, 1, 1, False), "ddp")
     assert "GiB" in one_line(info.value)
-    check_memory(GPTConfig(vocab_size=256, context=64, n_layer=2, n_head=2, n_embd=32), torch.device("cpu"),
-                 DistEnv(0, 0, 1, 1, False), "ddp")
+    check_memory(
+        GPTConfig(vocab_size=256, context=64, n_layer=2, n_head=2, n_embd=32),
+        torch.device("cpu"),
+        DistEnv(0, 0, 1, 1, False),
+        "ddp",
+    )
 
 
 def test_short_test_split_is_warned_about():

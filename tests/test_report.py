@@ -71,12 +71,24 @@ def test_every_file_and_figure_is_written(study):
         assert is_png(png), fid
         # inlined, so the Kubeflow UI renders the Markdown artifact on its own
         assert base64.b64encode(png).decode() in md and f"(fig-{fid}.png)" not in md
-    assert set(report.FIGURES) == {"loss_vs_epochs", "multiplier_heatmap", "repeated_loss", "learning_curves",
-                                   "prefix_heads", "per_copy_loss", "region"}
-    for heading in ("Split composition of corpus synthetic", "Run-to-run noise of the test loss", "Baseline checks",
-                    "Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
-                    "Damage at every repeated point", "In-context learning at the f = 0 baselines",
-                    "Mechanism evidence"):
+    assert set(report.FIGURES) == {
+        "loss_vs_epochs",
+        "multiplier_heatmap",
+        "repeated_loss",
+        "learning_curves",
+        "prefix_heads",
+        "per_copy_loss",
+        "region",
+    }
+    for heading in (
+        "Split composition of corpus synthetic",
+        "Run-to-run noise of the test loss",
+        "Baseline checks",
+        "Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
+        "Damage at every repeated point",
+        "In-context learning at the f = 0 baselines",
+        "Mechanism evidence",
+    ):
         assert heading in md and heading in page, heading
     assert "more than" not in md  # no bound phrased as a multiplier
 
@@ -91,7 +103,7 @@ def test_page_is_self_contained(study):
     for fid, src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
-        png = base64.b64decode(src[len(prefix):], validate=True)
+        png = base64.b64decode(src[len(prefix) :], validate=True)
         assert png == (study["out"] / f"fig-{fid}.png").read_bytes()
 
 
@@ -146,19 +158,30 @@ WORST = re.compile(
     r" nats(?: \+- (?P<se>[\d.]+) \((?P<z>[-\d.]+) sigma: (?P<verdict>significant|within the noise, not "
     r"significant)\)| \(no noise estimate: significance unknown\))(?P<clauses>.*?); effective size: "
     r"(?:(?P<mult>[\d.]+)x smaller effective model \((?:from the fit|interpolated between the baselines)\)|"
-    r"(?P<note>not meaningful for this study: [^;]+))(?:; repeated-subset loss (?P<rl>[\d.]+))?\.$")
-NOISE = re.compile(r"Run-to-run noise of the test loss \(from extra seeds and E <= 4 points\): (.*)\. A damage "
-                   r"counts only beyond 3 standard errors; more seeds at the worst E narrow them\.$")
+    r"(?P<note>not meaningful for this study: [^;]+))(?:; repeated-subset loss (?P<rl>[\d.]+))?\.$"
+)
+NOISE = re.compile(
+    r"Run-to-run noise of the test loss \(from extra seeds and E <= 4 points\): (.*)\. A damage "
+    r"counts only beyond 3 standard errors; more seeds at the worst E narrow them\.$"
+)
 ICL = re.compile(r"In-context learning at the f = 0 baselines \(late minus early loss\): (.*)\.$")
-MECH = re.compile(r"Mechanism at N = (\S+), f = 0 -> f = (\S+), E = (\S+) \(the worst E\): best previous-token head "
-                  r".*, best prefix-matching head .*, copy gain \(copy 1 minus copies 2\.\.n, nats\) .*; baseline: "
-                  r".*; worst E: .*\.$")
-BASELINE = re.compile(r"Baseline test loss fit: L\(N\) = (\S+) \+ (\S+) \* N\^-(\S+) \(rms residual (\S+) nats\); "
-                      r"effective sizes come from it\.$")
-EDGE = re.compile(r"f = (\S+): (left|right) edge of the poor-performance region "
-                  r"E = (\S+) \* N\^(\S+) \((\d+) sizes\)\.$")
-EPOCHWISE = re.compile(r"f = (\S+): (\d+) of (\d+) learning curves rise mid-training \(largest rise (\S+) nats at "
-                       r"N = (\S+), E = (\S+)\); (\d+) fall again\.$")
+MECH = re.compile(
+    r"Mechanism at N = (\S+), f = 0 -> f = (\S+), E = (\S+) \(the worst E\): best previous-token head "
+    r".*, best prefix-matching head .*, copy gain \(copy 1 minus copies 2\.\.n, nats\) .*; baseline: "
+    r".*; worst E: .*\.$"
+)
+BASELINE = re.compile(
+    r"Baseline test loss fit: L\(N\) = (\S+) \+ (\S+) \* N\^-(\S+) \(rms residual (\S+) nats\); "
+    r"effective sizes come from it\.$"
+)
+EDGE = re.compile(
+    r"f = (\S+): (left|right) edge of the poor-performance region "
+    r"E = (\S+) \* N\^(\S+) \((\d+) sizes\)\.$"
+)
+EPOCHWISE = re.compile(
+    r"f = (\S+): (\d+) of (\d+) learning curves rise mid-training \(largest rise (\S+) nats at "
+    r"N = (\S+), E = (\S+)\); (\d+) fall again\.$"
+)
 SUMMARY = re.compile(r"(\d+) runs over (\d+) model size\(s\), fractions (.*)\.$")
 
 
@@ -182,8 +205,10 @@ def _check_damage(m: re.Match, entry: dict) -> None:
 
 def test_findings_state_the_analysis_values(study):
     analysis = study["analysis"]
-    worst = {m: {(w["n_params"], w["fraction"]): w for w in analysis["worst"][m]}
-             for m in ("test_loss", "copying", "prefix_matching")}
+    worst = {
+        m: {(w["n_params"], w["fraction"]): w for w in analysis["worst"][m]}
+        for m in ("test_loss", "copying", "prefix_matching")
+    }
     regions = {r["fraction"]: r for r in analysis["regions"]}
     epochwise = {e["fraction"]: e for e in analysis["epochwise"]}
     seen_worst = set()
@@ -225,8 +250,11 @@ def test_findings_state_the_analysis_values(study):
         elif m := ICL.match(line):
             assert len(m[1].split("; N = ")) == len(analysis["icl"])
         elif m := MECH.match(line):
-            row = next(r for r in analysis["mechanism"]["at_worst"] if close(m[1], r["n_params"])
-                       and float(m[2]) == r["fraction"] and float(m[3]) == r["epochs"])
+            row = next(
+                r
+                for r in analysis["mechanism"]["at_worst"]
+                if close(m[1], r["n_params"]) and float(m[2]) == r["fraction"] and float(m[3]) == r["epochs"]
+            )
             assert row["previous_token_max"]["baseline"] is not None
         else:
             pytest.fail(f"a finding the test does not know: {line!r}")
@@ -253,8 +281,11 @@ def test_results_csv_rows_match_the_analysis_runs(study):
         run, rec = runs[row["point_id"]], records[row["point_id"]]
         tl = run["metrics"]["test_loss"]
         assert float(row["n_params"]) == run["n_params"] == rec["point"]["model"]["n_params_nonembed"]
-        assert (float(row["fraction"]), float(row["epochs"]), int(row["seed"])) == \
-               (run["fraction"], run["epochs"], run["seed"])
+        assert (float(row["fraction"]), float(row["epochs"]), int(row["seed"])) == (
+            run["fraction"],
+            run["epochs"],
+            run["seed"],
+        )
         assert row["control"] == str(run["control"])
         assert float(row["test_loss"]) == tl["value"] == rec["test_loss"]  # exact: floats round-trip through repr
         assert _csv_value(row["repeated_loss"]) == rec["repeated_loss"]
@@ -306,8 +337,19 @@ def test_report_cli_without_eval_records_is_one_line(tmp_path, capsys):
 
 def chromium(url: str, screenshot: Path, profile: Path, size: str = "1400,4000") -> tuple[int, str, list[str]]:
     """(exit code, DOM after load, console lines) of one headless Chromium run, killed after 60 s."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-           f"--user-data-dir={profile}", f"--screenshot={screenshot}", f"--window-size={size}", "--dump-dom", url]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={profile}",
+        f"--screenshot={screenshot}",
+        f"--window-size={size}",
+        "--dump-dom",
+        url,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         dom, err = proc.communicate(timeout=60)
@@ -365,28 +407,52 @@ def test_the_answer_states_where_how_much_and_for_which_sizes(study):
     f01, f05, largest = lines
     sizes = ", ".join(f"{n:.3g}" for n in syn.SIZES)
     assert f01.startswith("When 10% of the training tokens are repeats (f = 0.1), repetition hurts 4 of 4 model sizes")
-    assert f05.startswith(f"When 50% of the training tokens are repeats (f = 0.5), repetition hurts 4 of 4 model "
-                          f"sizes (N = {sizes})")
+    assert f05.startswith(
+        f"When 50% of the training tokens are repeats (f = 0.5), repetition hurts 4 of 4 model sizes (N = {sizes})"
+    )
     worst = max((w for w in study["analysis"]["worst"]["test_loss"]), key=lambda w: w["damage"])
     assert abs(worst["damage"] - syn.DAMAGE[0.5]) < 0.02
-    assert largest.startswith(f"The largest damage: {worst['damage']:+.3f} nats at N = {worst['n_params']:.3g}, "
-                              f"f = 0.5, E = {worst['epochs']:g}")
+    assert largest.startswith(
+        f"The largest damage: {worst['damage']:+.3f} nats at N = {worst['n_params']:.3g}, "
+        f"f = 0.5, E = {worst['epochs']:g}"
+    )
     # where: the region's E range at f = 0.5 brackets the synthetic peak of every size
     low, high = map(float, re.search(r"between about (\S+) and (\S+)\.", f05).groups())
-    peaks = [syn.PEAK_K * n ** syn.PEAK_ALPHA for n in syn.SIZES]
+    peaks = [syn.PEAK_K * n**syn.PEAK_ALPHA for n in syn.SIZES]
     assert low < min(peaks) and high > max(peaks)
 
 
 def test_no_significant_damage_is_said_plainly():
-    analysis = {"summary": {"partial": False},
-                "worst": {"test_loss": [{"model": "a", "n_params": 1e5, "fraction": 0.5, "epochs": 512.0,
-                                         "damage": 0.144, "z": 2.1, "significant": False},
-                                        {"model": "b", "n_params": 3e5, "fraction": 0.5, "epochs": 64.0,
-                                         "damage": 0.05, "z": 0.4, "significant": False}]}}
+    analysis = {
+        "summary": {"partial": False},
+        "worst": {
+            "test_loss": [
+                {
+                    "model": "a",
+                    "n_params": 1e5,
+                    "fraction": 0.5,
+                    "epochs": 512.0,
+                    "damage": 0.144,
+                    "z": 2.1,
+                    "significant": False,
+                },
+                {
+                    "model": "b",
+                    "n_params": 3e5,
+                    "fraction": 0.5,
+                    "epochs": 64.0,
+                    "damage": 0.05,
+                    "z": 0.4,
+                    "significant": False,
+                },
+            ]
+        },
+    }
     assert report.answer_lines(analysis) == [
         "When 50% of the training tokens are repeats (f = 0.5), no model size (N = 1e+05, 3e+05) is measurably hurt: "
         "the largest damage is +0.144 nats of test loss at N = 1e+05, E = 512 (2.1 standard errors: below the 3 that "
-        "tell damage from run-to-run noise)."]
+        "tell damage from run-to-run noise)."
+    ]
     assert report.answer_lines({"summary": {}, "worst": {"test_loss": []}})[0].startswith("No damage can be measured")
 
 
@@ -438,7 +504,8 @@ def test_the_page_fits_desktop_and_phone_widths(study, tmp_path, device, size):
     import matplotlib.image
 
     (tmp_path / "probe.html").write_text(
-        (study["out"] / "index.html").read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+        (study["out"] / "index.html").read_text().replace("</body>", LAYOUT_PROBE + "</body>")
+    )
     frame = tmp_path / "device.html"
     frame.write_text(DEVICE_FRAME.format(w=size[0], h=size[1]))
     ARTIFACTS.mkdir(exist_ok=True)
@@ -458,6 +525,6 @@ def test_the_page_fits_desktop_and_phone_widths(study, tmp_path, device, size):
     # the screenshot is the first screen: the answer's green box is in it
     pixels = matplotlib.image.imread(str(shot))[..., :3]
     assert pixels.shape[:2] == (window[1], window[0])
-    pixels = pixels[:, :size[0]]  # the device's frame
+    pixels = pixels[:, : size[0]]  # the device's frame
     answer_green = np.all(np.abs(pixels - np.array([0xEE, 0xF6, 0xEE]) / 255) < 0.02, axis=-1).mean()
     assert answer_green > 0.02, f"only {answer_green:.1%} of the first screen is the answer box"

@@ -43,8 +43,17 @@ def build_induction_model(copy_sign: float = 1.0) -> GPT:
       ln_f        gain 3; lm_head is tied to wte, so logit_u reads e_T[u] (the balance part is a shift).
     """
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=VOCAB, context=CONTEXT, n_layer=2, n_head=N_HEAD, n_embd=N_EMBD,
-                          attention_only=True, name="induction"))
+    model = GPT(
+        GPTConfig(
+            vocab_size=VOCAB,
+            context=CONTEXT,
+            n_layer=2,
+            n_head=N_HEAD,
+            n_embd=N_EMBD,
+            attention_only=True,
+            name="induction",
+        )
+    )
     s0 = 1.0 / math.sqrt(6.0 / N_EMBD + LN_EPS)
     s1 = 1.0 / math.sqrt(12.0 / N_EMBD + LN_EPS)
     q_, k_, v_ = 0, N_EMBD, 2 * N_EMBD  # row offsets of query, key, value in c_attn.weight (head 0: first HEAD_DIM)
@@ -86,14 +95,16 @@ def build_induction_model(copy_sign: float = 1.0) -> GPT:
 
 def random_model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=VOCAB, context=CONTEXT, n_layer=2, n_head=N_HEAD, n_embd=64,
-                         attention_only=True)).eval()
+    return GPT(
+        GPTConfig(vocab_size=VOCAB, context=CONTEXT, n_layer=2, n_head=N_HEAD, n_embd=64, attention_only=True)
+    ).eval()
 
 
 def prefix_batch(n_samples=6, n_random=12, n_repeats=4, seed=0):
     counts = np.arange(VOCAB, dtype=np.int64) + 1  # distinct frequencies: 1..64 (id 0 is BOS, excluded anyway)
-    return scores.make_prefix_matching_batch(counts, n_random, n_repeats, n_samples,
-                                             generator=torch.Generator().manual_seed(seed))
+    return scores.make_prefix_matching_batch(
+        counts, n_random, n_repeats, n_samples, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def patterns_of(model, tokens):
@@ -125,8 +136,9 @@ def test_hand_built_model_has_exact_previous_token_and_induction_heads():
     others = [(layer, h) for layer in range(2) for h in range(N_HEAD) if h != 0]
     for layer, h in others:  # zero-weight heads attend uniformly: the analytic value, exactly
         assert prefix[layer, h].item() == pytest.approx(uniform, abs=1e-6)
-        assert prev[layer, h].item() == pytest.approx(scores.uniform_attention_previous_token_score(tokens.shape[1]),
-                                                  abs=1e-6)
+        assert prev[layer, h].item() == pytest.approx(
+            scores.uniform_attention_previous_token_score(tokens.shape[1]), abs=1e-6
+        )
     assert scores.head_max(prefix) == pytest.approx(prefix[1, 0].item())
     assert uniform < 0.2
 

@@ -16,8 +16,11 @@ def record(n, f, e, seed=0, test=2.3, repeated=2.5, curve=None, **extra):
     rec = syn.make_record(n, f, e, seed=seed, ood=False, epochwise_bump=False)
     rec["test_loss"] = test
     rec["repeated_loss"] = repeated if f > 0 else None
-    rec["learning_curve"] = curve if curve is not None else [
-        {"tokens": t, "test_loss": test + 0.3 * (1e6 / t) ** 0.5 - 0.3} for t in (1e5, 2e5, 4e5, 7e5, 1e6)]
+    rec["learning_curve"] = (
+        curve
+        if curve is not None
+        else [{"tokens": t, "test_loss": test + 0.3 * (1e6 / t) ** 0.5 - 0.3} for t in (1e5, 2e5, 4e5, 7e5, 1e6)]
+    )
     rec.update(extra)
     return rec
 
@@ -34,8 +37,8 @@ def study(base=(2.30, 2.31), low_e=2.305, damage=None, n=1e5):
 def test_noise_floor_pools_seeds_and_low_e_points():
     a = analyze.analyze_study(study())
     (row,) = a["noise"]["per_model"]
-    seed_ss = 2 * 0.005 ** 2  # two seeds 0.01 apart
-    low_ss = 0.0 ** 2 / (1 + 1 / 2)  # E = 2 sits on the baseline mean
+    seed_ss = 2 * 0.005**2  # two seeds 0.01 apart
+    low_ss = 0.0**2 / (1 + 1 / 2)  # E = 2 sits on the baseline mean
     assert row["seed_dof"] == 1 and row["low_e_dof"] == 1 and row["source"] == "own"
     assert row["sigma"] == pytest.approx(math.sqrt((seed_ss + low_ss) / 2))
 
@@ -53,8 +56,9 @@ def test_damage_is_significant_only_beyond_three_standard_errors():
 
 
 def test_a_peak_within_the_noise_is_no_peak_and_no_region():
-    a = analyze.analyze_study(study(base=(2.30, 2.36), low_e=2.33, damage={8.0: 0.0, 32.0: 0.04, 128.0: 0.0,
-                                                                            512.0: 0.0}))
+    a = analyze.analyze_study(
+        study(base=(2.30, 2.36), low_e=2.33, damage={8.0: 0.0, 32.0: 0.04, 128.0: 0.0, 512.0: 0.0})
+    )
     (w,) = a["worst"]["test_loss"]
     assert w["epochs"] == 32.0 and w["significant"] is False and w["interior_significant"] is False
     assert "within the noise, not significant" in next(x for x in a["findings"] if x.startswith("At N = "))
@@ -86,8 +90,9 @@ def test_baseline_still_falling_at_the_end_is_flagged_not_converged():
 
 def test_loss_spike_is_flagged():
     recs = study()
-    recs[-1]["learning_curve"] = [{"tokens": t, "test_loss": v} for t, v in
-                                 ((1e4, 5.0), (3e4, 4.4), (6e4, 6.2), (2e5, 3.0), (1e6, 2.5))]
+    recs[-1]["learning_curve"] = [
+        {"tokens": t, "test_loss": v} for t, v in ((1e4, 5.0), (3e4, 4.4), (6e4, 6.2), (2e5, 3.0), (1e6, 2.5))
+    ]
     a = analyze.analyze_study(recs)
     (spike,) = a["loss_spikes"]
     assert spike["rise"] == pytest.approx(1.8) and spike["recovered"] is True and spike["epochs"] == 512.0
@@ -100,16 +105,18 @@ def test_fit_cannot_go_unphysical_and_is_marked_unusable():
     fit = analyze.fit_power_law(n, loss)
     assert fit["ok"] and 0.0 <= fit["asymptote"] <= min(loss)
     assert fit["usable"] is False and fit["unusable_reason"]
-    good = analyze.fit_power_law([1e5, 3e5, 1e6, 3e6], [syn.baseline_value("test_loss", x) for x in
-                                                         (1e5, 3e5, 1e6, 3e6)])
+    good = analyze.fit_power_law(
+        [1e5, 3e5, 1e6, 3e6], [syn.baseline_value("test_loss", x) for x in (1e5, 3e5, 1e6, 3e6)]
+    )
     assert good["usable"] is True and good["asymptote"] == pytest.approx(1.8, abs=1e-3)
 
 
 def test_unusable_fit_and_out_of_range_points_give_no_multiplier_anywhere(tmp_path):
     recs = []
     for n, base in ((12.8e3, 2.334), (56.6e3, 2.281), (100.1e3, 2.252), (335.7e3, 2.040)):
-        recs += study(base=(base, base + 0.004), low_e=base + 0.002, n=n,
-                      damage={8.0: 0.0, 32.0: 0.02, 128.0: 0.1, 512.0: 0.35})
+        recs += study(
+            base=(base, base + 0.004), low_e=base + 0.002, n=n, damage={8.0: 0.0, 32.0: 0.02, 128.0: 0.1, 512.0: 0.35}
+        )
     a = analyze.analyze_study(recs)
     assert a["baseline"]["test_loss"]["fit"]["usable"] is False
     text = " ".join(a["findings"])
@@ -120,8 +127,9 @@ def test_unusable_fit_and_out_of_range_points_give_no_multiplier_anywhere(tmp_pa
         r = danger.assess(w["n_params"], 0.5, w["epochs"], a)
         assert r["multiplier"] is None and "x smaller" not in r["answer"]
         assert "not meaningful for this study" in r["answer"]
-    inside = next(p for p in a["points"] if p["kind"] == "repeated" and p["n_params"] == 335.7e3
-                  and p["epochs"] == 128.0)
+    inside = next(
+        p for p in a["points"] if p["kind"] == "repeated" and p["n_params"] == 335.7e3 and p["epochs"] == 128.0
+    )
     m = inside["metrics"]["test_loss"]
     assert m["n_eff_method"] == "interpolation" and m["multiplier"] > 1
     r = danger.assess(335.7e3, 0.5, 128.0, a)
@@ -176,12 +184,23 @@ def test_mechanism_damage_at_the_worst_e_is_reported():
 def test_split_composition_reaches_the_findings_and_old_corpora_are_named():
     recs = study()
     cid = recs[0]["point"]["corpus_id"]
-    comp = {"train": {"A": {"documents": 90, "tokens": 900, "share": 0.6}, "B": {"documents": 60, "tokens": 600,
-                                                                                  "share": 0.4}},
-            "test": {"A": {"documents": 55, "tokens": 55, "share": 0.55}, "B": {"documents": 45, "tokens": 45,
-                                                                                 "share": 0.45}}}
-    manifest = {"corpus_id": cid, "chunk_tokens": 2048, "composition": comp, "warnings": [],
-                "splits": {"train": {"documents": 150, "tokens": 1500}, "test": {"documents": 100, "tokens": 100}}}
+    comp = {
+        "train": {
+            "A": {"documents": 90, "tokens": 900, "share": 0.6},
+            "B": {"documents": 60, "tokens": 600, "share": 0.4},
+        },
+        "test": {
+            "A": {"documents": 55, "tokens": 55, "share": 0.55},
+            "B": {"documents": 45, "tokens": 45, "share": 0.45},
+        },
+    }
+    manifest = {
+        "corpus_id": cid,
+        "chunk_tokens": 2048,
+        "composition": comp,
+        "warnings": [],
+        "splits": {"train": {"documents": 150, "tokens": 1500}, "test": {"documents": 100, "tokens": 100}},
+    }
     a = analyze.analyze_study(recs, corpora={cid: manifest})
     assert any("the test split (100 documents) is A 55% / B 45%" in x for x in a["findings"])
     old = dict(manifest, composition=None)
@@ -191,6 +210,7 @@ def test_split_composition_reaches_the_findings_and_old_corpora_are_named():
 
 def test_noise_helpers():
     assert noise.loss_spike([{"tokens": 1, "test_loss": 3.0}, {"tokens": 2, "test_loss": 3.1}]) is None
-    assert noise.final_drop_per_doubling([{"tokens": 1e5, "test_loss": 2.5}, {"tokens": 2e5, "test_loss": 2.4}]) \
-        == pytest.approx(0.1)
+    assert noise.final_drop_per_doubling(
+        [{"tokens": 1e5, "test_loss": 2.5}, {"tokens": 2e5, "test_loss": 2.4}]
+    ) == pytest.approx(0.1)
     assert noise.significance(0.1, None, 1, 2)["significant"] is None

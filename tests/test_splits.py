@@ -16,14 +16,16 @@ SOURCES = {"epic": 3, "letters": 2, "plays": 5}  # few, large documents per sour
 
 def _big_doc(rng: random.Random, n_lines: int, tag: str) -> str:
     words = ["sing", "goddess", "wrath", "ships", "dear", "friend", "yours", "exit", "enter", "king", "queen", tag]
-    return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + f" {tag}{i}"
-                     for i in range(n_lines))
+    return "\n".join(
+        " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + f" {tag}{i}" for i in range(n_lines)
+    )
 
 
 def _corpus(tmp_path) -> str:
     rng = random.Random(7)
-    rows = [{"text": _big_doc(rng, 4000, f"{src}{k}"), "collection": src}
-            for src, n in SOURCES.items() for k in range(n)]
+    rows = [
+        {"text": _big_doc(rng, 4000, f"{src}{k}"), "collection": src} for src, n in SOURCES.items() for k in range(n)
+    ]
     path = tmp_path / "works.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
@@ -35,8 +37,11 @@ def _shares(manifest: dict, split: str) -> dict[str, float]:
 
 def test_chunked_split_samples_every_source_like_train(tmp_path):
     url = _corpus(tmp_path)
-    m = prepare_corpus(CorpusConfig(url=url, source_field="collection", chunk_tokens=1024, test_fraction=0.1),
-                       str(tmp_path / "root"), log=lambda *_: None)
+    m = prepare_corpus(
+        CorpusConfig(url=url, source_field="collection", chunk_tokens=1024, test_fraction=0.1),
+        str(tmp_path / "root"),
+        log=lambda *_: None,
+    )
     assert m["chunk_tokens"] == 1024 and m["documents_read"] == 10 and m["chunks"] > 1000
     assert m["splits"]["test"]["documents"] >= 50 and m["splits"]["test"]["largest_document_tokens"] <= 1025
     train, test = _shares(m, "train"), _shares(m, "test")
@@ -51,8 +56,11 @@ def test_chunked_split_samples_every_source_like_train(tmp_path):
 def test_few_large_documents_warn_and_name_chunk_tokens(tmp_path):
     url = _corpus(tmp_path)
     logged = []
-    m = prepare_corpus(CorpusConfig(url=url, source_field="collection", test_fraction=0.3, probe_fraction=0.1),
-                       str(tmp_path / "root"), log=logged.append)
+    m = prepare_corpus(
+        CorpusConfig(url=url, source_field="collection", test_fraction=0.3, probe_fraction=0.1),
+        str(tmp_path / "root"),
+        log=logged.append,
+    )
     assert m["chunk_tokens"] == 0 and m["chunks"] == 10
     assert any("train split has only" in w for w in m["warnings"])
     assert any("% of the train split's tokens" in w for w in m["warnings"]) or m["splits"]["train"]["documents"] > 5
@@ -63,8 +71,11 @@ def test_few_large_documents_warn_and_name_chunk_tokens(tmp_path):
 def test_source_defaults_to_the_input_file(tmp_path):
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(_big_doc(random.Random(name), 2000, name[0]))
-    m = prepare_corpus(CorpusConfig(url=str(tmp_path / "*.txt"), chunk_tokens=512, test_fraction=0.2),
-                       str(tmp_path / "root"), log=lambda *_: None)
+    m = prepare_corpus(
+        CorpusConfig(url=str(tmp_path / "*.txt"), chunk_tokens=512, test_fraction=0.2),
+        str(tmp_path / "root"),
+        log=lambda *_: None,
+    )
     assert set(m["composition"]["train"]) == {"a.txt", "b.txt"}
 
 

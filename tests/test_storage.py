@@ -273,10 +273,15 @@ def test_unreachable_s3_endpoint_fails_fast_with_one_line(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    storage.configure({"s3": {"config_kwargs": {"connect_timeout": 1, "read_timeout": 1,
-                                                "retries": {"max_attempts": 1}}}})
-    for action in (lambda u: storage.read_bytes(u), lambda u: storage.write_bytes(u, b"x"),
-                   lambda u: storage.listdir(u), lambda u: storage.exists(u)):
+    storage.configure(
+        {"s3": {"config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}}}}
+    )
+    for action in (
+        lambda u: storage.read_bytes(u),
+        lambda u: storage.write_bytes(u, b"x"),
+        lambda u: storage.listdir(u),
+        lambda u: storage.exists(u),
+    ):
         started = time.monotonic()
         with pytest.raises(StorageError) as info:
             action("s3://bucket/runs/x/plan.json")

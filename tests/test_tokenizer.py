@@ -10,8 +10,31 @@ from repeatlab import storage
 from repeatlab.errors import CorpusError
 from repeatlab.tokenizer import EOT_ID, BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
-WORDS = ["thou", "art", "the", "king", "of", "denmark", "and", "god", "said", "let", "there", "be", "light",
-         "wherefore", "romeo", "paradise", "lost", "héllo", "wörld", "naïve", "—", "12", "34"]
+WORDS = [
+    "thou",
+    "art",
+    "the",
+    "king",
+    "of",
+    "denmark",
+    "and",
+    "god",
+    "said",
+    "let",
+    "there",
+    "be",
+    "light",
+    "wherefore",
+    "romeo",
+    "paradise",
+    "lost",
+    "héllo",
+    "wörld",
+    "naïve",
+    "—",
+    "12",
+    "34",
+]
 
 
 def _docs(n: int, seed: int = 0, words: int = 60) -> list[str]:

@@ -34,8 +34,14 @@ CORPUS_ID = "c0ffee"
 # Synthetic inputs
 
 
-def make_corpus(folder: Path, train_tokens: int = 8192, test_tokens: int = 1024, vocab: int = VOCAB,
-                corpus_id: str = CORPUS_ID, probe_tokens: int = 0) -> str:
+def make_corpus(
+    folder: Path,
+    train_tokens: int = 8192,
+    test_tokens: int = 1024,
+    vocab: int = VOCAB,
+    corpus_id: str = CORPUS_ID,
+    probe_tokens: int = 0,
+) -> str:
     """train.bin/test.bin (and probe.bin when asked, for evaluation) of uint16 tokens from a noisy deterministic
     successor rule (something to learn)."""
     rng = np.random.default_rng(123)
@@ -51,20 +57,39 @@ def make_corpus(folder: Path, train_tokens: int = 8192, test_tokens: int = 1024,
     folder.mkdir(parents=True, exist_ok=True)
     stream(train_tokens).tofile(folder / "train.bin")
     stream(test_tokens).tofile(folder / "test.bin")
-    splits = {"train": {"tokens": train_tokens, "bytes": 2 * train_tokens, "file": "train.bin"},
-              "test": {"tokens": test_tokens, "bytes": 2 * test_tokens, "file": "test.bin"}}
+    splits = {
+        "train": {"tokens": train_tokens, "bytes": 2 * train_tokens, "file": "train.bin"},
+        "test": {"tokens": test_tokens, "bytes": 2 * test_tokens, "file": "test.bin"},
+    }
     if probe_tokens:
         stream(probe_tokens).tofile(folder / "probe.bin")
         splits["probe"] = {"tokens": probe_tokens, "bytes": 2 * probe_tokens, "file": "probe.bin"}
-    manifest = {"corpus_id": corpus_id, "format_version": 1, "dtype": "uint16",
-                "tokenizer": {"kind": "byte", "vocab_size": vocab, "eot_id": 0, "file": None}, "splits": splits}
+    manifest = {
+        "corpus_id": corpus_id,
+        "format_version": 1,
+        "dtype": "uint16",
+        "tokenizer": {"kind": "byte", "vocab_size": vocab, "eot_id": 0, "file": None},
+        "splits": splits,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return "file://" + str(folder)
 
 
-def make_run(folder: Path, corpus_url: str, *, sequences: int = 166, fraction: float = 0.25, n_rep: int = 4,
-             seed: int = 0, train: dict | None = None, model: dict | None = None, plan_corpus_id: str = CORPUS_ID,
-             batch: int = BATCH, point_id: str | None = None, eval_cfg: dict | None = None) -> str:
+def make_run(
+    folder: Path,
+    corpus_url: str,
+    *,
+    sequences: int = 166,
+    fraction: float = 0.25,
+    n_rep: int = 4,
+    seed: int = 0,
+    train: dict | None = None,
+    model: dict | None = None,
+    plan_corpus_id: str = CORPUS_ID,
+    batch: int = BATCH,
+    point_id: str | None = None,
+    eval_cfg: dict | None = None,
+) -> str:
     """A run folder: point.json, plan.npy (repeated windows shuffled among unique ones), repeated.npy, plan.json."""
     folder.mkdir(parents=True, exist_ok=True)
     windows = (8192 - 1) // CONTEXT
@@ -73,29 +98,64 @@ def make_run(folder: Path, corpus_url: str, *, sequences: int = 166, fraction: f
     exposures = int(round(fraction * sequences)) if fraction > 0 else 0
     n_rep = n_rep if exposures else 0
     repeated = pool[:n_rep].astype(np.int64) * CONTEXT
-    unique = pool[n_rep:n_rep + sequences - exposures].astype(np.int64) * CONTEXT
-    slots = np.concatenate([unique, np.repeat(repeated, np.diff(np.linspace(0, exposures, n_rep + 1).round()).astype(
-        int))]) if n_rep else unique
+    unique = pool[n_rep : n_rep + sequences - exposures].astype(np.int64) * CONTEXT
+    slots = (
+        np.concatenate([unique, np.repeat(repeated, np.diff(np.linspace(0, exposures, n_rep + 1).round()).astype(int))])
+        if n_rep
+        else unique
+    )
     plan = rng.permutation(slots).astype(np.int64)
     assert len(plan) == sequences
     np.save(folder / "plan.npy", plan)
     np.save(folder / "repeated.npy", repeated)
-    tc = {"learning_rate": 1e-2, "warmup_fraction": 0.1, "micro_batch_sequences": 2, "eval_points": 5,
-          "eval_sequences": 6, "checkpoint_every": 5, "keep_checkpoints": 2, "threads_per_rank": 1,
-          "process_group_timeout_s": 60}
+    tc = {
+        "learning_rate": 1e-2,
+        "warmup_fraction": 0.1,
+        "micro_batch_sequences": 2,
+        "eval_points": 5,
+        "eval_sequences": 6,
+        "checkpoint_every": 5,
+        "keep_checkpoints": 2,
+        "threads_per_rank": 1,
+        "process_group_timeout_s": 60,
+    }
     tc.update(train or {})
-    m = {"name": "tiny", "n_layer": 1, "n_embd": 16, "n_head": 2, "mlp_ratio": 2, "attention_only": False,
-         "vocab_size": VOCAB, "context": CONTEXT}
+    m = {
+        "name": "tiny",
+        "n_layer": 1,
+        "n_embd": 16,
+        "n_head": 2,
+        "mlp_ratio": 2,
+        "attention_only": False,
+        "vocab_size": VOCAB,
+        "context": CONTEXT,
+    }
     m.update(model or {})
-    point = {"point_id": point_id or folder.name, "corpus_id": CORPUS_ID, "corpus_url": corpus_url, "model": m,
-             "fraction": fraction, "epochs": exposures / n_rep if n_rep else 0.0, "seed": seed, "control": False,
-             "budget": {"total_tokens": sequences * CONTEXT, "context": CONTEXT, "batch_tokens": batch * CONTEXT},
-             "train": tc, "eval": dict(eval_cfg or {})}
+    point = {
+        "point_id": point_id or folder.name,
+        "corpus_id": CORPUS_ID,
+        "corpus_url": corpus_url,
+        "model": m,
+        "fraction": fraction,
+        "epochs": exposures / n_rep if n_rep else 0.0,
+        "seed": seed,
+        "control": False,
+        "budget": {"total_tokens": sequences * CONTEXT, "context": CONTEXT, "batch_tokens": batch * CONTEXT},
+        "train": tc,
+        "eval": dict(eval_cfg or {}),
+    }
     (folder / "point.json").write_text(json.dumps(point))
-    (folder / "plan.json").write_text(json.dumps({"corpus_id": plan_corpus_id, "point_id": point["point_id"],
-                                                  "sequences": sequences,
-                                                  "plan_sha256": _file_sha256(folder / "plan.npy"),
-                                                  "repeated_sha256": _file_sha256(folder / "repeated.npy")}))
+    (folder / "plan.json").write_text(
+        json.dumps(
+            {
+                "corpus_id": plan_corpus_id,
+                "point_id": point["point_id"],
+                "sequences": sequences,
+                "plan_sha256": _file_sha256(folder / "plan.npy"),
+                "repeated_sha256": _file_sha256(folder / "repeated.npy"),
+            }
+        )
+    )
     return "file://" + str(folder)
 
 
@@ -116,8 +176,7 @@ def _env(**extra) -> dict:
     return env
 
 
-def run_train(run_url: str, nproc: int = 1, max_steps: int | None = None, check: bool = True,
-              evaluate: bool = False):
+def run_train(run_url: str, nproc: int = 1, max_steps: int | None = None, check: bool = True, evaluate: bool = False):
     """Train through the launcher's torchrun command (nproc > 1) or as one plain process."""
     from repeatlab.launch import torchrun_command
 
@@ -229,8 +288,12 @@ def test_done_json_and_exposures(base):
         expected = plan_exposures(np.load(folder / "plan.npy"), np.load(folder / "repeated.npy"))
         measured = np.load(folder / "checkpoints" / done["checkpoint"] / "exposures.npy")
         assert measured.tolist() == expected.tolist()
-        assert done["repeated_exposures"] == {"sequences": 4, "min": int(expected.min()), "max": int(expected.max()),
-                                              "total": round(0.25 * 166)}
+        assert done["repeated_exposures"] == {
+            "sequences": 4,
+            "min": int(expected.min()),
+            "max": int(expected.max()),
+            "total": round(0.25 * 166),
+        }
         assert done["step"] == 21 and done["last_batch_sequences"] == 166 - 20 * BATCH
         # keep_checkpoints = 2: only the last two complete checkpoints remain
         assert sorted(os.listdir(folder / "checkpoints")) == ["step-0000020", "step-0000021"]
@@ -273,8 +336,7 @@ def test_preempted_then_resumed_is_bit_identical(base, tmp_path):
 
 def test_corrupt_and_partial_checkpoints_are_skipped(base, tmp_path):
     """(c) a checkpoint without state.json, and one with a truncated model.pt, are skipped for the previous one."""
-    run = make_run(tmp_path / "corrupt", base["corpus"], point_id="p",
-                   train={"keep_checkpoints": 5})
+    run = make_run(tmp_path / "corrupt", base["corpus"], point_id="p", train={"keep_checkpoints": 5})
     run_train(run, max_steps=15)
     ck = Path(storage.local_path(run)) / "checkpoints"
     assert sorted(os.listdir(ck)) == ["step-0000005", "step-0000010", "step-0000015"]
@@ -311,14 +373,23 @@ def test_sigkill_of_torchrun_job_then_resume(base, tmp_path):
     from repeatlab.launch import torchrun_command
 
     # Long enough (75 steps) that the kill lands mid-run; every checkpoint kept so the one seen is still there.
-    settings = dict(sequences=600, train={"checkpoint_every": 3, "keep_checkpoints": 100},
-                    model={"n_layer": 2, "n_embd": 64, "n_head": 4})
+    settings = dict(
+        sequences=600,
+        train={"checkpoint_every": 3, "keep_checkpoints": 100},
+        model={"n_layer": 2, "n_embd": 64, "n_head": 4},
+    )
     run = make_run(tmp_path / "killed", base["corpus"], point_id="p", **settings)
     ref = make_run(tmp_path / "killed-ref", base["corpus"], point_id="p", **settings)
     run_train(ref, nproc=2)
     ck = Path(storage.local_path(run)) / "checkpoints"
-    proc = subprocess.Popen(torchrun_command(run, nproc_per_node=2), env=_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        torchrun_command(run, nproc_per_node=2),
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (ck / "step-0000003" / "state.json").exists():
         time.sleep(0.002)
@@ -372,12 +443,20 @@ def _assert_refused(run: str, proc, *words):
 
 @pytest.mark.parametrize("case", ["corpus_id", "vocab", "batch", "micro"])
 def test_bad_input_is_one_line(base, tmp_path, case):
-    kwargs = {"corpus_id": dict(plan_corpus_id="other"), "vocab": dict(model={"vocab_size": 32}),
-              "batch": dict(batch=7), "micro": dict(train={"micro_batch_sequences": 3})}[case]
+    kwargs = {
+        "corpus_id": dict(plan_corpus_id="other"),
+        "vocab": dict(model={"vocab_size": 32}),
+        "batch": dict(batch=7),
+        "micro": dict(train={"micro_batch_sequences": 3}),
+    }[case]
     run = make_run(tmp_path / case, base["corpus"], sequences=40, **kwargs)
     proc = run_train(run, check=False)
-    words = {"corpus_id": ["corpus ids do not match", "other"], "vocab": ["vocab_size", "48"],
-             "batch": ["world size 1"], "micro": ["micro batch 3"]}[case]
+    words = {
+        "corpus_id": ["corpus ids do not match", "other"],
+        "vocab": ["vocab_size", "48"],
+        "batch": ["world size 1"],
+        "micro": ["micro batch 3"],
+    }[case]
     _assert_refused(run, proc, *words)
 
 
@@ -385,10 +464,13 @@ def test_world_size_that_does_not_divide_the_batch(base, tmp_path):
     run = make_run(tmp_path / "odd", base["corpus"], sequences=40, batch=6, train={"micro_batch_sequences": 0})
     from repeatlab.launch import torchrun_command
 
-    proc = subprocess.run(torchrun_command(run, nproc_per_node=4), env=_env(), capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        torchrun_command(run, nproc_per_node=4), env=_env(), capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert proc.returncode != 0
-    assert proc.stderr.count("repeatlab train: error: global batch of 6 sequences is not divisible by world size 4") == 1
+    assert (
+        proc.stderr.count("repeatlab train: error: global batch of 6 sequences is not divisible by world size 4") == 1
+    )
     assert not list(Path(storage.local_path(run)).glob("train.jsonl"))
 
 
@@ -407,8 +489,14 @@ def test_evaluate_in_the_training_processes_matches_the_evaluate_step(tmp_path):
     from repeatlab.evaluate import evaluate_run
 
     corpus = make_corpus(tmp_path / "corpus", probe_tokens=512)
-    small_eval = {"eval_tokens": 256, "copy_repeats": 3, "prefix_samples": 4, "prefix_random_tokens": 5,
-                  "prefix_repeats": 3, "top_k_heads": 2}  # sized for the 16-token context
+    small_eval = {
+        "eval_tokens": 256,
+        "copy_repeats": 3,
+        "prefix_samples": 4,
+        "prefix_random_tokens": 5,
+        "prefix_repeats": 3,
+        "top_k_heads": 2,
+    }  # sized for the 16-token context
     run = make_run(tmp_path / "run", corpus, point_id="ev", sequences=48, eval_cfg=small_eval)
     proc = run_train(run, nproc=2, evaluate=True)
     in_training = storage.read_json(storage.join(run, "eval.json"))
@@ -450,8 +538,11 @@ def test_torchrun_command_is_explicit():
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and cmd[cmd.index("--nproc-per-node") + 1] == "3" and "auto" not in cmd
     assert cmd[-4:] == ["-m", "repeatlab.train", "--run-url", "file:///r"]
-    assert torchrun_command("file:///r", nproc_per_node=1, evaluate=True)[-3:] == ["--evaluate", "--run-url",
-                                                                                   "file:///r"]
+    assert torchrun_command("file:///r", nproc_per_node=1, evaluate=True)[-3:] == [
+        "--evaluate",
+        "--run-url",
+        "file:///r",
+    ]
     multi = torchrun_command("file:///r", nproc_per_node=2, nnodes=4, rdzv_endpoint="head:29400", rdzv_id="job1")
     assert "--standalone" not in multi
     assert multi[multi.index("--nnodes") + 1] == "4" and multi[multi.index("--rdzv-endpoint") + 1] == "head:29400"
@@ -462,15 +553,27 @@ def test_launch_cli_runs_and_returns_exit_code(base, tmp_path):
     from repeatlab.cli import main
 
     run = make_run(tmp_path / "cli", base["corpus"], point_id="cli", sequences=40)
-    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", run, "--nproc-per-node", "1"], env=_env(),
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "train", "--run-url", run, "--nproc-per-node", "1"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (Path(storage.local_path(run)) / "done.json").exists()
     assert main(["train", "--run-url", run]) == 0  # already trained
     bad = make_run(tmp_path / "clibad", base["corpus"], sequences=40, batch=7)
     assert main(["train", "--run-url", bad]) == 2  # the trainer's one-line error, raised again and printed
-    proc = subprocess.run([PY, "-m", "repeatlab", "train", "--run-url", bad], env=_env(), capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [PY, "-m", "repeatlab", "train", "--run-url", bad],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("repeatlab train: error: ")
 
 
@@ -479,8 +582,9 @@ def test_trainer_component_appdef():
 
     from repeatlab.torchx_component import trainer_component
 
-    app = trainer_component("s3://b/runs/p1", image="img:1", nnodes=2, nproc_per_node=4, cpu=8, gpu=4, memMB=32000,
-                            env={"FOO": "bar"})
+    app = trainer_component(
+        "s3://b/runs/p1", image="img:1", nnodes=2, nproc_per_node=4, cpu=8, gpu=4, memMB=32000, env={"FOO": "bar"}
+    )
     assert isinstance(app, specs.AppDef)
     (role,) = app.roles
     assert role.image == "img:1" and role.num_replicas == 2
@@ -488,7 +592,8 @@ def test_trainer_component_appdef():
     assert role.env["FOO"] == "bar"
     line = " ".join([role.entrypoint, *role.args])
     assert line.startswith("bash -c python -m torch.distributed.run ") and "torchrun" not in line.replace(
-        "torch.distributed.run", "")
+        "torch.distributed.run", ""
+    )
     assert "--nnodes 2" in line and "--nproc_per_node 4" in line
     assert "-m repeatlab.train --run-url s3://b/runs/p1" in line
 
@@ -498,13 +603,25 @@ def test_build_trainjob_spec():
 
     from repeatlab.launch import build_trainjob
 
-    job = build_trainjob("rl-p1", "research", "s3://b/runs/p1", "img:1", num_nodes=2, nproc_per_node=4,
-                         resources={"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}, env={"A": "1"},
-                         node_selector={"pool": "gpu"},
-                         tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}], evaluate=True)
+    job = build_trainjob(
+        "rl-p1",
+        "research",
+        "s3://b/runs/p1",
+        "img:1",
+        num_nodes=2,
+        nproc_per_node=4,
+        resources={"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4},
+        env={"A": "1"},
+        node_selector={"pool": "gpu"},
+        tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        evaluate=True,
+    )
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
-    assert job["metadata"] == {"name": "rl-p1", "namespace": "research", "labels": {"app.kubernetes.io/name":
-                                                                                     "repeatlab"}}
+    assert job["metadata"] == {
+        "name": "rl-p1",
+        "namespace": "research",
+        "labels": {"app.kubernetes.io/name": "repeatlab"},
+    }
     spec = job["spec"]
     assert spec["runtimeRef"]["name"] == "torch-distributed"
     t = spec["trainer"]
@@ -532,8 +649,23 @@ def test_torchx_local_cwd_runs_a_point(base, tmp_path):
         pytest.skip("torchx CLI not installed")
     run = make_run(tmp_path / "torchx", base["corpus"], point_id="tx", sequences=40)
     env = _env(PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    proc = subprocess.run([str(torchx), "run", "-s", "local_cwd", "repeatlab/torchx_component.py:trainer_component",
-                           "--run_url", run, "--nproc_per_node", "2"], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [
+            str(torchx),
+            "run",
+            "-s",
+            "local_cwd",
+            "repeatlab/torchx_component.py:trainer_component",
+            "--run_url",
+            run,
+            "--nproc_per_node",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (Path(storage.local_path(run)) / "done.json").exists()

@@ -35,8 +35,12 @@ def strict(node):
     if node.pop("x-kubernetes-int-or-string", False):
         node.pop("type", None)
         node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        node.get("type") == "object"
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         node["additionalProperties"] = False
     return node
 
@@ -61,11 +65,23 @@ def launcher_trainjob(overlay: str) -> dict:
     resources = {"cpu": c.cpu, "memory": c.memory}
     if c.accelerator_limit:
         resources[c.accelerator_type] = str(c.accelerator_limit)
-    return build_trainjob(name="repeatlab-0123456789ab", namespace="kubeflow-user", run_url="s3://b/runs/p",
-                          image=c.train_image, num_nodes=2, nproc_per_node=4, resources=resources, env=c.env,
-                          evaluate=True, node_selector=c.node_selector, tolerations=c.tolerations,
-                          storage_secret=c.storage_secret, storage_secret_keys=c.storage_secret_keys,
-                          service_account="default-editor", shm_size=c.shm_size)
+    return build_trainjob(
+        name="repeatlab-0123456789ab",
+        namespace="kubeflow-user",
+        run_url="s3://b/runs/p",
+        image=c.train_image,
+        num_nodes=2,
+        nproc_per_node=4,
+        resources=resources,
+        env=c.env,
+        evaluate=True,
+        node_selector=c.node_selector,
+        tolerations=c.tolerations,
+        storage_secret=c.storage_secret,
+        storage_secret_keys=c.storage_secret_keys,
+        service_account="default-editor",
+        shm_size=c.shm_size,
+    )
 
 
 def test_crd_files_are_the_upstream_ones():
@@ -82,7 +98,8 @@ def test_launcher_trainjob_validates(overlay, version):
     trainjob = launcher_trainjob(overlay)
     assert errors(version, trainjob) == []
     pod = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
-        "template"]["spec"]["template"]["spec"]
+        "template"
+    ]["spec"]["template"]["spec"]
     c = config.load(str(ROOT / "manifests" / "overlays" / overlay / "study.yaml")).cluster
     assert pod["serviceAccountName"] == "default-editor"
     assert pod.get("nodeSelector", {}) == c.node_selector and pod.get("tolerations", []) == c.tolerations
@@ -103,8 +120,13 @@ def test_launcher_trainjob_validates(overlay, version):
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_manifest_trainjob_validates(overlay, version):
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests" / "overlays" / overlay / "trainjob")],
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "manifests" / "overlays" / overlay / "trainjob")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     (trainjob,) = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert errors(version, trainjob) == []
 

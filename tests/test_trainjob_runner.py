@@ -21,20 +21,46 @@ BASE = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
 
 def trainjob(name: str = NAME) -> dict:
     """A TrainJob as repeatlab.launch.build_trainjob makes it (the runner only needs the dict)."""
-    return {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "repeatlab"}},
-            "spec": {"runtimeRef": {"name": "torch-distributed"},
-                     "trainer": {"image": "ghcr.io/repeatlab/repeatlab-cuda:0.1.0", "numNodes": 2,
-                                 "numProcPerNode": 4, "command": ["python", "-m", "repeatlab.train"],
-                                 "args": ["--run-url", "file:///tmp/runs/x"]}}}
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "repeatlab"}},
+        "spec": {
+            "runtimeRef": {"name": "torch-distributed"},
+            "trainer": {
+                "image": "ghcr.io/repeatlab/repeatlab-cuda:0.1.0",
+                "numNodes": 2,
+                "numProcPerNode": 4,
+                "command": ["python", "-m", "repeatlab.train"],
+                "args": ["--run-url", "file:///tmp/runs/x"],
+            },
+        },
+    }
 
 
 def state(kind: str | None, reason: str = "", message: str = "", active: int = 0) -> dict:
-    status: dict = {"jobsStatus": [{"name": "node", "active": active, "ready": active, "succeeded": 0,
-                                    "failed": 1 if kind == "Failed" else 0, "suspended": 0}]}
+    status: dict = {
+        "jobsStatus": [
+            {
+                "name": "node",
+                "active": active,
+                "ready": active,
+                "succeeded": 0,
+                "failed": 1 if kind == "Failed" else 0,
+                "suspended": 0,
+            }
+        ]
+    }
     if kind:
-        status["conditions"] = [{"type": kind, "status": "True", "reason": reason, "message": message,
-                                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+        status["conditions"] = [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ]
     return status
 
 
@@ -70,8 +96,9 @@ class FakeKube:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 with fake.lock:
-                    fake.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query),
-                                          "body": body})
+                    fake.requests.append(
+                        {"method": method, "path": url.path, "query": parse_qs(url.query), "body": body}
+                    )
                     code, obj = fake.route(method, url.path, parse_qs(url.query), body)
                 self._answer(code, obj)
 
@@ -90,8 +117,15 @@ class FakeKube:
 
     @staticmethod
     def status(code: int, reason: str, message: str) -> tuple[int, dict]:
-        return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-                      "reason": reason, "code": code}
+        return code, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
 
     def route(self, method, path, query, body):
         if method == "POST" and path == BASE:
@@ -123,20 +157,36 @@ class FakeKube:
             selector = query.get("fieldSelector", [""])[0]
             obj_name = selector.split("=", 1)[1]
             kind = "Pod" if obj_name.startswith(f"{NAME}-node") else "TrainJob"
-            items = [{"metadata": {"name": f"{obj_name}.1", "namespace": NS},
-                      "involvedObject": {"kind": kind, "name": obj_name, "namespace": NS},
-                      "type": "Warning" if kind == "Pod" else "Normal",
-                      "reason": "OOMKilling" if kind == "Pod" else "JobsCreationSucceeded",
-                      "message": "Memory cgroup out of memory" if kind == "Pod" else "Succeeded to create Jobs",
-                      "count": 2 if kind == "Pod" else 1,
-                      "lastTimestamp": "2026-01-01T00:00:05Z" if kind == "Pod" else "2026-01-01T00:00:01Z"}]
+            items = [
+                {
+                    "metadata": {"name": f"{obj_name}.1", "namespace": NS},
+                    "involvedObject": {"kind": kind, "name": obj_name, "namespace": NS},
+                    "type": "Warning" if kind == "Pod" else "Normal",
+                    "reason": "OOMKilling" if kind == "Pod" else "JobsCreationSucceeded",
+                    "message": "Memory cgroup out of memory" if kind == "Pod" else "Succeeded to create Jobs",
+                    "count": 2 if kind == "Pod" else 1,
+                    "lastTimestamp": "2026-01-01T00:00:05Z" if kind == "Pod" else "2026-01-01T00:00:01Z",
+                }
+            ]
             return 200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}
         if method == "GET" and path == f"/api/v1/namespaces/{NS}/pods":
-            pod = {"metadata": {"name": f"{NAME}-node-0-0-abcde", "namespace": NS},
-                   "spec": {"containers": [{"name": "node", "image": "x"}]},
-                   "status": {"phase": "Failed", "containerStatuses": [
-                       {"name": "node", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-                        "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
+            pod = {
+                "metadata": {"name": f"{NAME}-node-0-0-abcde", "namespace": NS},
+                "spec": {"containers": [{"name": "node", "image": "x"}]},
+                "status": {
+                    "phase": "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": "node",
+                            "image": "x",
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                        }
+                    ],
+                },
+            }
             return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod]}
         return self.status(404, "NotFound", f"no route {method} {path}")
 
@@ -163,8 +213,13 @@ FAST = {"poll_s": 0.01, "backoff": 2.0, "max_poll_s": 0.05}
 
 def test_create_poll_running_complete():
     logs: list[str] = []
-    states = [None, state("Created", "JobsCreationSucceeded"), state(None, active=2), state(None, active=2),
-              state("Complete", "JobsCompleted", "jobset completed successfully")]
+    states = [
+        None,
+        state("Created", "JobsCreationSucceeded"),
+        state(None, active=2),
+        state(None, active=2),
+        state("Complete", "JobsCompleted", "jobset completed successfully"),
+    ]
     with FakeKube(states) as kube:
         out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=logs.append, **FAST)
     assert out["status"] == "Complete"
@@ -202,8 +257,11 @@ def test_failed_reports_events_deletes_and_raises_one_line():
     assert "exited 137 (OOMKilled)" in message and "OOMKilling" in message
     deletes = kube.of("DELETE", f"{BASE}/{NAME}")
     assert len(deletes) == 1 and deletes[0]["body"]["propagationPolicy"] == "Foreground"
-    pod_events = [r for r in kube.of("GET", f"/api/v1/namespaces/{NS}/events")
-                  if r["query"]["fieldSelector"] == [f"involvedObject.name={NAME}-node-0-0-abcde"]]
+    pod_events = [
+        r
+        for r in kube.of("GET", f"/api/v1/namespaces/{NS}/events")
+        if r["query"]["fieldSelector"] == [f"involvedObject.name={NAME}-node-0-0-abcde"]
+    ]
     assert len(pod_events) == 1
     assert any("event" in line and "OOMKilling x2" in line for line in logs)
     assert any("deleted" in line for line in logs)
@@ -211,10 +269,11 @@ def test_failed_reports_events_deletes_and_raises_one_line():
 
 def test_timeout_deletes():
     logs: list[str] = []
-    with FakeKube([state(None, active=1)]) as kube, pytest.raises(
-            TrainError, match=r"did not finish within 0.3s \(last status: Running"):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=0.3, log=logs.append,
-                            **FAST)
+    with (
+        FakeKube([state(None, active=1)]) as kube,
+        pytest.raises(TrainError, match=r"did not finish within 0.3s \(last status: Running"),
+    ):
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=0.3, log=logs.append, **FAST)
     assert len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
     gets = kube.of("GET", f"{BASE}/{NAME}")
     assert 3 <= len(gets) <= 30  # backoff capped at max_poll_s, bounded by the timeout
@@ -225,8 +284,16 @@ def test_backoff_intervals(monkeypatch):
     monkeypatch.setattr(runner.time, "sleep", lambda s: sleeps.append(round(s, 6)))
     states = [state(None, active=1)] * 6 + [state("Complete", "JobsCompleted")]
     with FakeKube(states) as kube:
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=100, poll_s=1, backoff=2,
-                            max_poll_s=5, log=lambda s: None)
+        runner.run_trainjob(
+            trainjob(),
+            NS,
+            api_client=kube.api_client(),
+            timeout_s=100,
+            poll_s=1,
+            backoff=2,
+            max_poll_s=5,
+            log=lambda s: None,
+        )
     assert sleeps == [1, 2, 4, 5, 5, 5]
 
 
@@ -258,10 +325,11 @@ def test_sigterm_deletes_and_raises_train_error():
 
 
 def test_create_forbidden_is_one_line_and_nothing_deleted():
-    with FakeKube([None], create_code=403) as kube, pytest.raises(
-            TrainError, match=r"cannot be created: HTTP 403 .*no RBAC"):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None,
-                            **FAST)
+    with (
+        FakeKube([None], create_code=403) as kube,
+        pytest.raises(TrainError, match=r"cannot be created: HTTP 403 .*no RBAC"),
+    ):
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, **FAST)
     assert kube.of("DELETE") == [] and kube.of("GET") == []
 
 
@@ -269,16 +337,18 @@ def test_transient_api_errors_are_tolerated():
     states = [state(None, active=1), "500", "500", state("Complete", "JobsCompleted")]
     logs: list[str] = []
     with FakeKube(states) as kube:
-        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=logs.append,
-                                  max_api_errors=3, **FAST)
+        out = runner.run_trainjob(
+            trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=logs.append, max_api_errors=3, **FAST
+        )
     assert out["status"] == "Complete"
     assert sum("status read failed" in line for line in logs) == 2
 
 
 def test_persistent_api_errors_fail_and_try_to_delete():
     with FakeKube(["500"]) as kube, pytest.raises(TrainError, match="failed 3 times in a row"):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None,
-                            max_api_errors=3, **FAST)
+        runner.run_trainjob(
+            trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, max_api_errors=3, **FAST
+        )
     assert len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
 
 
@@ -291,6 +361,7 @@ def test_existing_running_job_is_adopted():
             logs.append(line)
             if "waiting on it" in line:
                 kube.existing = None  # from now on the scripted states are served
+
         out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=log, **FAST)
     assert kube_existing is not None and out["status"] == "Complete"
     assert len(kube.of("POST", BASE)) == 1 and kube.of("DELETE") == []
@@ -299,8 +370,9 @@ def test_existing_running_job_is_adopted():
 
 def test_existing_failed_job_is_replaced():
     with FakeKube([state("Complete", "JobsCompleted")], existing=state("Failed", "JobsFailed")) as kube:
-        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None,
-                                  **FAST)
+        out = runner.run_trainjob(
+            trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, **FAST
+        )
     assert out["status"] == "Complete"
     assert [r["method"] for r in kube.requests if r["path"].startswith(BASE)][:4] == ["POST", "GET", "DELETE", "GET"]
     assert len(kube.of("POST", BASE)) == 2
@@ -309,11 +381,18 @@ def test_existing_failed_job_is_replaced():
 def test_kubeconfig_fallback(tmp_path, monkeypatch):
     with FakeKube([state("Complete", "JobsCompleted")]) as kube:
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": kube.host}}],
-            "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": NS}}]}))
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": kube.host}}],
+                    "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": NS}}],
+                }
+            )
+        )
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         out = runner.run_trainjob(trainjob(), NS, timeout_s=10, log=lambda s: None, **FAST)
@@ -327,15 +406,18 @@ def test_no_credentials(tmp_path, monkeypatch):
         runner.load_api_client()
 
 
-@pytest.mark.parametrize("obj,expected", [
-    ({}, "Pending"),
-    ({"status": state("Created")}, "Created"),
-    ({"status": state(None, active=1)}, "Running"),
-    ({"status": state("Suspended", "Suspended")}, "Suspended"),
-    ({"status": state("Complete")}, "Complete"),
-    ({"status": state("Failed")}, "Failed"),
-    ({"status": {"conditions": [{"type": "Complete", "status": "False"}]}}, "Pending"),
-])
+@pytest.mark.parametrize(
+    "obj,expected",
+    [
+        ({}, "Pending"),
+        ({"status": state("Created")}, "Created"),
+        ({"status": state(None, active=1)}, "Running"),
+        ({"status": state("Suspended", "Suspended")}, "Suspended"),
+        ({"status": state("Complete")}, "Complete"),
+        ({"status": state("Failed")}, "Failed"),
+        ({"status": {"conditions": [{"type": "Complete", "status": "False"}]}}, "Pending"),
+    ],
+)
 def test_trainjob_status(obj, expected):
     assert runner.trainjob_status(obj)[0] == expected
 
@@ -346,8 +428,16 @@ def test_runs_a_trainjob_built_by_launch():
         from repeatlab.launch import build_trainjob
     except ImportError as exc:  # pragma: no cover - before launch.py lands
         pytest.skip(f"repeatlab.launch not importable: {exc}")
-    built = build_trainjob(NAME, NS, "gs://bucket/runs/p1", "ghcr.io/repeatlab/repeatlab-cuda:0.1.0", 2, 4,
-                           {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4}, {"OMP_NUM_THREADS": "1"})
+    built = build_trainjob(
+        NAME,
+        NS,
+        "gs://bucket/runs/p1",
+        "ghcr.io/repeatlab/repeatlab-cuda:0.1.0",
+        2,
+        4,
+        {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 4},
+        {"OMP_NUM_THREADS": "1"},
+    )
     with FakeKube([state(None, active=2), state("Complete", "JobsCompleted")]) as kube:
         out = runner.run_trainjob(built, NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, **FAST)
     assert out["status"] == "Complete"

@@ -36,10 +36,15 @@ def strict(node: Any) -> Any:
 SCALARS = {
     "IoK8sApimachineryPkgApiResourceQuantity": {
         "description": "Kubernetes resource.Quantity, e.g. '2Gi', '500m', 4",
-        "anyOf": [{"type": "string", "pattern": r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[mkMGTPE])?$"},
-                  {"type": "number"}]},
+        "anyOf": [
+            {"type": "string", "pattern": r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[mkMGTPE])?$"},
+            {"type": "number"},
+        ],
+    },
     "IoK8sApimachineryPkgUtilIntstrIntOrString": {
-        "description": "Kubernetes IntOrString", "anyOf": [{"type": "string"}, {"type": "integer"}]},
+        "description": "Kubernetes IntOrString",
+        "anyOf": [{"type": "string"}, {"type": "integer"}],
+    },
 }
 
 
@@ -55,8 +60,8 @@ def build() -> tuple[str, str]:
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$comment": f"Generated from kubeflow_trainer_api=={version} (Kubeflow Trainer {version} API) "
-                    "TrainerV1alpha1TrainJob.model_json_schema(by_alias=True), every object made strict "
-                    "(additionalProperties: false), Quantity and IntOrString as scalars. Regenerate: python manifests/schemas/generate_trainjob_schema.py",
+        "TrainerV1alpha1TrainJob.model_json_schema(by_alias=True), every object made strict "
+        "(additionalProperties: false), Quantity and IntOrString as scalars. Regenerate: python manifests/schemas/generate_trainjob_schema.py",
         **schema,
     }
     # apiVersion/kind are optional in the model; a manifest must carry them.

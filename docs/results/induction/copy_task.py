@@ -39,11 +39,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=256, context=args.context,
-                          attention_only=args.attention_only))
+    model = GPT(
+        GPTConfig(
+            n_layer=2, n_embd=64, n_head=4, vocab_size=256, context=args.context, attention_only=args.attention_only
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     letter_counts = torch.zeros(256)
-    letter_counts[ord("a"): ord("z") + 1] = 1.0  # the probe draws from the tokens that training saw
+    letter_counts[ord("a") : ord("z") + 1] = 1.0  # the probe draws from the tokens that training saw
     probe = scores.make_prefix_matching_batch(letter_counts, 25, 4, 10, generator=torch.Generator().manual_seed(1))
     start = time.time()
     for step in range(args.steps + 1):
@@ -55,9 +58,12 @@ def main() -> None:
                 model.eval()
                 prefix_matching = head_scores(model, probe, x)["prefix_matching"]
                 model.train()
-            print(f"step {step}: first copy {loss[:, :length - 1].mean():.3f}, later copies "
-                  f"{loss[:, 2 * length:].mean():.3f}, best prefix-matching head {scores.head_max(prefix_matching):.3f} "
-                  f"({args.batch * args.context * step / 1e6:.1f}M tokens, {time.time() - start:.0f} s)", flush=True)
+            print(
+                f"step {step}: first copy {loss[:, : length - 1].mean():.3f}, later copies "
+                f"{loss[:, 2 * length :].mean():.3f}, best prefix-matching head {scores.head_max(prefix_matching):.3f} "
+                f"({args.batch * args.context * step / 1e6:.1f}M tokens, {time.time() - start:.0f} s)",
+                flush=True,
+            )
         x, y, _ = copy_batch(args.batch, args.context, generator)
         _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
