@@ -21,6 +21,7 @@ CORPORA, RUNS, STUDIES = "corpora", "runs", "studies"
 POINT, EXECUTION, DONE, EVAL, POINTS = "point.json", "execution.json", "done.json", "eval.json", "points.json"
 MANIFEST, TOKENIZER = "manifest.json", "tokenizer.json"
 LEASE = "lease.json"
+PACKS = "packs.json"  # the study's training packs (repeatlab.packs): which points trained together
 MODEL_FILE = "model.pt"
 AUDIT_PLAN = "plan.json"  # the audit fan-out's work folder: {work_url}/plan.json
 CHECKPOINTS = "checkpoints"
@@ -30,7 +31,7 @@ CHECKPOINT_FILES = (MODEL_FILE, "optim.pt", "rng.pt", "exposures.npy")
 CHECKPOINT_STATE = "state.json"
 # The records of a run and of a study that `repeatlab archive` keeps (no checkpoints, no plans' arrays).
 RUN_RECORDS = (POINT, "plan.json", DONE, EVAL, "train.jsonl")
-STUDY_RECORDS = ("config.yaml", POINTS, "analysis.json")
+STUDY_RECORDS = ("config.yaml", POINTS, PACKS, "analysis.json")
 
 
 def corpus_url(root: str, corpus_id: str) -> str:
@@ -177,7 +178,7 @@ class Study:
 
     @property
     def packs(self) -> str:
-        return storage.join(self.url, "packs.json")
+        return storage.join(self.url, PACKS)
 
     @property
     def analysis(self) -> str:

@@ -28,6 +28,8 @@ def test_archive_keeps_what_the_analysis_needs_and_no_checkpoints(tmp_path):
         {"corpus_id": "synthetic", "composition": comp, "splits": {"test": {"documents": 60, "tokens": 600}}},
     )
     storage.write_bytes(storage.join(corpus, "train.bin"), b"x" * 1000)
+    packs = [{"point_ids": [r["point_id"] for r in records[:2]], "split": False}]
+    storage.write_json(storage.join(root, "studies", "s", "packs.json"), packs)
     original = analyze.run_analysis(root, "s")
     assert original["corpus"][0]["composition"] == comp
 
@@ -35,6 +37,7 @@ def test_archive_keeps_what_the_analysis_needs_and_no_checkpoints(tmp_path):
     assert result["points"] == len(records) and result["evaluated"] == len(records) - 2
     kept = tmp_path / "kept"
     assert (kept / "studies" / "s" / "analysis.json").exists()
+    assert json.loads((kept / "studies" / "s" / "packs.json").read_text()) == packs  # which points trained together
     assert not list(kept.rglob("checkpoints")) and not list(kept.rglob("*.npy"))
     assert (kept / "corpora" / "synthetic" / "manifest.json").exists() and not list(kept.rglob("*.bin"))
     again = analyze.run_analysis(out, "s")
