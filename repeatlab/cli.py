@@ -417,12 +417,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from repeatlab.config import check_for_cluster
         from repeatlab.kfp_client import submit
 
-        _dump(submit(check_for_cluster(cfg), args.host))
+        _dump(submit(check_for_cluster(cfg), args.host, fan_in=args.fan_in))
         return 0
     from repeatlab.runner import run_local
 
     # --verbose also shows every task's KFP output (always kept in <pipeline root>/logs/)
-    result = run_local(cfg, pipeline_root=args.pipeline_root, verbose=bool(args.verbose))
+    result = run_local(cfg, pipeline_root=args.pipeline_root, verbose=bool(args.verbose), fan_in=args.fan_in)
     print(f"study {cfg.name} finished in {result['seconds']:.0f} s")
     for line in result["answer"]:
         print(f"- {line}")
@@ -657,6 +657,7 @@ def _add_pipeline(sub: Any) -> None:
     p.add_argument("--host", help="a Kubeflow Pipelines API to submit to instead (as `repeatlab submit`)")
     p.add_argument("--root", default=None, help="override storage.root (file://, s3://, gs://)")
     p.add_argument("--pipeline-root", default=None, help="local folder for KFP's step artifacts")
+    _fan_in_arg(p)
     # -v/--verbose (from LOGGING) also shows every task's KFP output; it is always in <pipeline root>/logs/
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser(
@@ -673,6 +674,11 @@ def _add_pipeline(sub: Any) -> None:
         action="store_true",
         help="emit Kubernetes-native Pipeline and PipelineVersion resources instead of the IR YAML",
     )
+    _fan_in_arg(p)
+    p.set_defaults(handler=cmd_compile)
+
+
+def _fan_in_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fan-in",
         choices=("collected", "storage"),
@@ -680,7 +686,6 @@ def _add_pipeline(sub: Any) -> None:
         help="how analyze gets the loop's evaluations: 'collected' (dsl.Collected, connected lineage; KFP backends "
         ">= 2.14) or 'storage' (after the loop, from storage; backends 2.4.1-2.13)",
     )
-    p.set_defaults(handler=cmd_compile)
 
 
 def _kfp_args(p: argparse.ArgumentParser) -> None:
@@ -705,12 +710,7 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use")
     p.add_argument("--package", default=None, help="a compiled pipeline package (default: compile it now)")
-    p.add_argument(
-        "--fan-in",
-        choices=("collected", "storage"),
-        default="collected",
-        help="'collected' (connected lineage; KFP backends >= 2.14) or 'storage' (backends 2.4.1-2.13)",
-    )
+    _fan_in_arg(p)
     p.add_argument(
         "--deadline",
         type=float,

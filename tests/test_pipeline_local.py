@@ -215,6 +215,24 @@ def test_steps_exchange_pointer_artifacts_to_the_real_objects(file_study):
     assert pathlib.Path(run_root, "report", "html").read_bytes() == storage.read_bytes(result["report"])
 
 
+def test_storage_fan_in_runs_end_to_end_with_the_same_results(file_study, tmp_path):
+    """`--fan-in storage` (KFP backends 2.4.1-2.13: plan_packs and analyze after the loops, reading storage) trains
+    and evaluates the same points to the same numbers as the default dsl.Collected fan-in."""
+    cfg, first, _, first_done = file_study
+    corpus = write_corpus(tmp_path)  # the same documents: the same corpus id, so the same point ids
+    storage_cfg = tiny_study("tiny", corpus, f"file://{tmp_path / 'store'}")
+    result = run_local(storage_cfg, pipeline_root=str(tmp_path / "kfp"), fan_in="storage")
+    assert result["status"] == "SUCCEEDED"
+    assert set(trained_points(storage_cfg.storage.root)) == set(first_done)
+    for pid in first_done:
+        ours = storage.read_json(storage.join(storage_cfg.storage.root, "runs", pid, "eval.json"))
+        theirs = storage.read_json(storage.join(cfg.storage.root, "runs", pid, "eval.json"))
+        assert ours["test_loss"] == theirs["test_loss"] and ours["repeated_loss"] == theirs["repeated_loss"]
+    analysis = check_report(storage_cfg, result)
+    collected = storage.read_json(storage.join(first["study"], "analysis.json"))
+    assert json.dumps(analysis["worst"], sort_keys=True) == json.dumps(collected["worst"], sort_keys=True)
+
+
 def test_rerun_trains_nothing_and_is_faster(file_study):
     cfg, _, first_seconds, first_done = file_study
     started = time.time()  # in-process this time (the first run was a subprocess: compare loosely)
