@@ -43,15 +43,17 @@ def test_run_without_local_or_host_runs_locally(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         repeatlab.runner,
         "run_local",
-        lambda cfg, pipeline_root=None, verbose=False: (
-            calls.append((cfg.name, verbose))
+        lambda cfg, pipeline_root=None, verbose=False, fan_in="collected": (
+            calls.append((cfg.name, verbose, fan_in))
             or {"seconds": 1.0, "report": "file:///r/index.html", "answer": ["repetition hurts"]}
         ),
     )
     assert main(["run", "--config", str(_study(tmp_path))]) == 0
-    assert calls == [("clitest", False)]
+    assert calls == [("clitest", False, "collected")]
     assert main(["run", "--local", "--config", str(_study(tmp_path)), "--verbose"]) == 0 and len(calls) == 2
-    assert calls[1] == ("clitest", True)  # --verbose also shows the tasks' KFP output
+    assert calls[1] == ("clitest", True, "collected")  # --verbose also shows the tasks' KFP output
+    assert main(["run", "--config", str(_study(tmp_path)), "--fan-in", "storage"]) == 0
+    assert calls[2] == ("clitest", False, "storage")  # for KFP backends 2.4.1-2.13
     out = capsys.readouterr().out
     assert "- repetition hurts\nreport: file:///r/index.html" in out
 
