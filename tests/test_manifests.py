@@ -28,7 +28,16 @@ TRAINJOB_SCHEMA = MANIFESTS / "schemas" / f"trainjob-{TRAINER_API_VERSION}.json"
 KFP_TOKEN_FILE = "/var/run/secrets/kubeflow/pipelines/token"
 STUDY_FILE = "/etc/repeatlab/study.yaml"
 # the lead's `repeatlab submit`
-SUBMIT_FLAGS = {"--host", "--config", "--token-file", "--experiment", "--run-name", "--namespace", "--service-account"}
+SUBMIT_FLAGS = {
+    "--host",
+    "--config",
+    "--token-file",
+    "--experiment",
+    "--run-name",
+    "--namespace",
+    "--service-account",
+    "--fan-in",
+}
 HOME = "/home/repeatlab"
 
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not on PATH")
@@ -340,6 +349,9 @@ def test_submit_pods_run_repeatlab_submit_with_cli_flags():
         for ref in re.findall(r"\$\((\w+)\)", " ".join(args)):
             assert ref in env, f"{where}: $({ref}) is not defined in env, Kubernetes would pass it literally"
         assert env["KFP_HOST"]["valueFrom"]["configMapKeyRef"] == {"name": "repeatlab-kfp", "key": "KFP_HOST"}
+        # the fan-in follows the backend's version, which KFP's API does not report: the ConfigMap says it
+        assert opts["--fan-in"] == "$(KFP_FAN_IN)", where
+        assert env["KFP_FAN_IN"]["valueFrom"]["configMapKeyRef"] == {"name": "repeatlab-kfp", "key": "KFP_FAN_IN"}
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         assert volumes[mounts["/etc/repeatlab"]]["configMap"]["name"] == "repeatlab-study", where
@@ -492,3 +504,7 @@ def test_overlay_configmap_carries_the_overlay_study(overlay):
     assert cm["data"]["study.yaml"] == (MANIFESTS / f"overlays/{overlay}/study.yaml").read_text()
     (kfp,) = [r for r in build(f"overlays/{overlay}") if r["metadata"]["name"] == "repeatlab-kfp"]
     assert kfp["data"]["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    from repeatlab.cli import build_parser
+
+    argv = ["submit", "--host", "http://kfp", "--config", STUDY_FILE, "--fan-in", kfp["data"]["KFP_FAN_IN"]]
+    assert build_parser().parse_args(argv).fan_in == "collected"  # a choice `repeatlab submit --fan-in` accepts
