@@ -144,3 +144,13 @@ def test_the_layout_spells_the_documented_paths():
     assert run.eval_at(10, final_step=10) == run.eval
     assert layout.Study(layout.study_url("file:///r", "s")).analysis == "file:///r/studies/s/analysis.json"
     assert layout.Corpus(layout.corpus_url("file:///r", "c")).split("train") == "file:///r/corpora/c/train.bin"
+
+
+def test_the_length_check_flags_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    (tmp_path / "short.py").write_text("def short():\n    return 1\n")
+    (tmp_path / "long.py").write_text(f"def too_long():\n{body}\n")
+    found = check_architecture.long_functions(tmp_path)
+    assert [(name, message.split(": ", 1)[1]) for _, name, message in found] == [
+        ("too_long", "too_long is 81 lines (more than 80)")
+    ]
