@@ -155,21 +155,63 @@ def _open_shard(corpus_url: str, manifest: dict, split: str, dtype: np.dtype) ->
 
 def load_inputs(run_url: str, world: int) -> Inputs:
     """Read and check everything before anything is written; every failure is one line."""
-    from repeatlab.model import GPTConfig
-
     run_url = run_url.rstrip("/")
+    point, budget, tc = _point_settings(run_url)
+    context = int(budget.context)
+    model_cfg = _model_config(point["model"], context)
+    corpus_url = point["corpus_url"].rstrip("/")
+    manifest = storage.read_json(storage.join(corpus_url, "manifest.json"))
+    plan_info = _plan_info(run_url, point, manifest)
+    vocab = int((manifest.get("tokenizer") or {}).get("vocab_size", 0))
+    if vocab > model_cfg.vocab_size:
+        raise TrainError(
+            f"model.vocab_size: {model_cfg.vocab_size} is not allowed: the corpus tokenizer has "
+            f"{vocab} tokens (the model's vocabulary must be at least as large)"
+        )
+    dtype = np.dtype(manifest.get("dtype", "uint16"))
+    plan, repeated = _load_plan(run_url, plan_info)
+    train_data = _open_shard(corpus_url, manifest, "train", dtype)
+    _check_offsets(run_url, plan, repeated, len(train_data), context)
+    test_data = None
+    if storage.exists(storage.join(corpus_url, "test.bin")):
+        test_data = _open_shard(corpus_url, manifest, "test", dtype)
+    batch = _global_batch(budget, tc, world)
+    return Inputs(
+        run_url=run_url,
+        point=point,
+        budget=budget,
+        tc=tc,
+        model_cfg=model_cfg,
+        context=context,
+        plan=plan,
+        repeated=repeated,
+        train_data=train_data,
+        test_data=test_data,
+        batch=batch,
+        steps=-(-len(plan) // batch),
+        config_hash=config_hash(point, plan_info),
+    )
+
+
+def _point_settings(run_url: str) -> tuple[dict, BudgetConfig, TrainConfig]:
+    """point.json, its budget, and its train settings updated by the execution-only settings (execution.json)."""
     point = storage.read_json(storage.join(run_url, "point.json"))
     budget = _known(BudgetConfig, point.get("budget"))
     train = dict(point.get("train") or {})
     execution_url = layout.Run(run_url).execution  # the execution-only settings, rewritten by every plan
     if storage.exists(execution_url):
         train.update(storage.read_json(execution_url).get("train") or {})
-    tc = _known(TrainConfig, train)
-    m = dict(point["model"])
-    context = int(budget.context)
+    return point, budget, _known(TrainConfig, train)
+
+
+def _model_config(model: dict, context: int) -> Any:
+    """The GPTConfig of point.json's model; its context must be the budget's."""
+    from repeatlab.model import GPTConfig
+
+    m = dict(model)
     if int(m.get("context", context)) != context:
         raise TrainError(f"model.context: {m.get('context')} is not allowed: must equal budget.context ({context})")
-    model_cfg = GPTConfig(
+    return GPTConfig(
         vocab_size=int(m["vocab_size"]),
         context=context,
         n_layer=int(m["n_layer"]),
@@ -180,8 +222,9 @@ def load_inputs(run_url: str, world: int) -> Inputs:
         name=str(m.get("name") or ""),
     )
 
-    corpus_url = point["corpus_url"].rstrip("/")
-    manifest = storage.read_json(storage.join(corpus_url, "manifest.json"))
+
+def _plan_info(run_url: str, point: dict, manifest: dict) -> dict:
+    """plan.json, which must exist and name the same corpus as point.json and the corpus manifest."""
     plan_url = storage.join(run_url, "plan.json")
     if not storage.exists(plan_url):
         raise PlanError(
@@ -200,14 +243,11 @@ def load_inputs(run_url: str, world: int) -> Inputs:
             + ", ".join(f"{k} {v}" for k, v in ids.items())
             + "; rebuild the plan (repeatlab mix) for this corpus"
         )
-    vocab = int((manifest.get("tokenizer") or {}).get("vocab_size", 0))
-    if vocab > model_cfg.vocab_size:
-        raise TrainError(
-            f"model.vocab_size: {model_cfg.vocab_size} is not allowed: the corpus tokenizer has "
-            f"{vocab} tokens (the model's vocabulary must be at least as large)"
-        )
-    dtype = np.dtype(manifest.get("dtype", "uint16"))
+    return plan_info
 
+
+def _load_plan(run_url: str, plan_info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(plan.npy memory-mapped, repeated.npy as int64), their hashes checked against plan.json."""
     integrity.verify_plan(run_url, plan_info)  # a flipped byte would silently train on other windows
     plan = _load_npy(storage.join(run_url, "plan.npy"))
     repeated = np.asarray(_load_npy(storage.join(run_url, "repeated.npy")), dtype=np.int64)
@@ -215,22 +255,26 @@ def load_inputs(run_url: str, world: int) -> Inputs:
         raise PlanError(f"{run_url}/plan.npy: expected a non-empty 1-D array of offsets, got shape {plan.shape}")
     if "sequences" in plan_info and int(plan_info["sequences"]) != len(plan):
         raise PlanError(f"{run_url}/plan.npy: {len(plan)} entries but plan.json says {plan_info['sequences']}")
+    return plan, repeated
 
-    train_data = _open_shard(corpus_url, manifest, "train", dtype)
+
+def _check_offsets(run_url: str, plan: np.ndarray, repeated: np.ndarray, tokens: int, context: int) -> None:
+    """Every window (context + 1 tokens) of the plan and of the repeated set lies inside the train shard."""
     hi = int(plan.max())
     if (
         int(plan.min()) < 0
-        or hi + context + 1 > len(train_data)
-        or (len(repeated) and (int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > len(train_data)))
+        or hi + context + 1 > tokens
+        or (len(repeated) and (int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > tokens))
     ):
         raise PlanError(
-            f"{run_url}/plan.npy: offsets run past the train shard ({len(train_data)} tokens, windows of "
+            f"{run_url}/plan.npy: offsets run past the train shard ({tokens} tokens, windows of "
             f"{context + 1}); the plan was built for another corpus or context"
         )
-    test_data = None
-    if storage.exists(storage.join(corpus_url, "test.bin")):
-        test_data = _open_shard(corpus_url, manifest, "test", dtype)
 
+
+def _global_batch(budget: BudgetConfig, tc: TrainConfig, world: int) -> int:
+    """B, sequences per global batch: it must split evenly over `world` ranks and their micro-batches."""
+    context = int(budget.context)
     batch = int(budget.batch_tokens) // context
     if batch < 1 or int(budget.batch_tokens) % context:
         raise TrainError(
@@ -244,22 +288,7 @@ def load_inputs(run_url: str, world: int) -> Inputs:
             f"{tc.micro_batch_sequences or 'the whole per-rank batch'}: choose nproc so that it divides "
             f"the batch, or change train.micro_batch_sequences"
         )
-    steps = -(-len(plan) // batch)
-    return Inputs(
-        run_url=run_url,
-        point=point,
-        budget=budget,
-        tc=tc,
-        model_cfg=model_cfg,
-        context=context,
-        plan=plan,
-        repeated=repeated,
-        train_data=train_data,
-        test_data=test_data,
-        batch=batch,
-        steps=steps,
-        config_hash=config_hash(point, plan_info),
-    )
+    return batch
 
 
 # ----------------------------------------------------------------------------------------------------------------------

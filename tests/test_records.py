@@ -154,3 +154,4 @@ def test_the_length_check_flags_a_long_function(tmp_path):
     assert [(name, message.split(": ", 1)[1]) for _, name, message in found] == [
         ("too_long", "too_long is 81 lines (more than 80)")
     ]
+    assert check_architecture.long_functions(check_architecture.PACKAGE) == []
