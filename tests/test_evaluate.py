@@ -16,7 +16,7 @@ import torch
 
 from repeatlab import evaluate, storage
 from repeatlab.config import BudgetConfig, EvalConfig, TrainConfig
-from repeatlab.errors import CheckpointError
+from repeatlab.errors import CheckpointError, TrainError
 from repeatlab.model import GPT, GPTConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -377,3 +377,12 @@ def test_evaluate_under_torchrun_matches_one_process(tmp_path):
     assert np.allclose(distributed["copying"]["per_copy_loss"], single["copying"]["per_copy_loss"], rtol=1e-5)
     for name in ("prefix_matching", "previous_token", "copying"):
         assert np.allclose(distributed["heads"][name], single["heads"][name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_a_one_line_error(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(TrainError, match=r"^device: 'cuda' is not allowed here: no CUDA device is available$"):
+        evaluate._dist_env("cuda")
+    env = evaluate._dist_env("cpu")  # one process: no process group is made, so there is nothing to tear down
+    assert (env.rank, env.world, env.device.type, env.owns_group) == (0, 1, "cpu", False)
