@@ -48,7 +48,7 @@ from repeatlab.distributed import DistEnv
 from repeatlab.errors import CheckpointError, CorpusError
 from repeatlab.records import EvalRecord, Point
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 EOT_ID = 0
 COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
 PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
@@ -576,9 +576,7 @@ def _repeated_windows(
     return _gather(train, offsets, context + 1).numpy() if len(offsets) else None
 
 
-def evaluate_run(
-    run_url: str, step: int | None = None, log: Callable[[str], Any] = _log.info, device: str = "auto"
-) -> dict:
+def evaluate_run(run_url: str, step: int | None = None, device: str = "auto") -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
     started = time.time()
     run = layout.Run(run_url)
@@ -602,8 +600,9 @@ def evaluate_run(
 
         repeated = _repeated_windows(run, point_record, train, cfg.eval_tokens // context, context)
         notes = short_split_warnings(test, ood, cfg.eval_tokens)
-        for note in notes:
-            log(f"evaluate: warning: {note}")
+        if dist.rank == 0:  # every rank finds the same
+            for note in notes:
+                log.warning("evaluate: %s", note)
         freqs = token_counts(train, int(point_record.model["vocab_size"]))
         metrics = evaluate_model(
             model,
@@ -632,7 +631,8 @@ def evaluate_run(
             out = eval_url(run_url, step, final_step)
             result = EvalRecord.from_json(integrity.seal_record(result), where=out).to_json()
             storage.write_json(out, result)
-            log(
+            log.info(
+                "%s",
                 json.dumps(
                     {
                         **headline(result),
@@ -641,7 +641,7 @@ def evaluate_run(
                         "output": out,
                     },
                     sort_keys=False,
-                )
+                ),
             )
         return result
     finally:

@@ -1166,7 +1166,7 @@ def evaluate_here(run_url: str, env: DistEnv) -> None:
     from repeatlab.evaluate import evaluate_run
 
     try:
-        evaluate_run(run_url, log=lambda msg: log.info("%s", msg) if env.rank == 0 else None, device=env.device.type)
+        evaluate_run(run_url, device=env.device.type)  # its INFO lines: rank 0 only (_configure_logging)
     except Exception as exc:  # noqa: BLE001 - see the docstring: the evaluate step retries and reports
         log.error(
             "train: rank %d: evaluation in the training process failed (%s: %s); the evaluate step will "

@@ -22,13 +22,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, NoReturn
 
+from repeatlab import logs
 from repeatlab.errors import TrainError
+
+log = logging.getLogger(__name__)
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -258,7 +261,6 @@ def run_trainjob(
     poll_s: float = 5,
     backoff: float = 1.5,
     max_poll_s: float = 60,
-    log: Callable[[str], Any] = print,
     delete_on_success: bool = False,
     request_timeout_s: float = 30,
     max_api_errors: int = 5,
@@ -269,10 +271,11 @@ def run_trainjob(
     it is on KeyboardInterrupt (re-raised) and SIGTERM (TrainError). Polls every poll_s seconds, growing by `backoff`
     up to max_poll_s. Up to max_api_errors consecutive failed status reads are tolerated (API server restarts).
     """
+    logs.ensure_configured()  # the launcher step's pod log shows every status change
     polling = _Polling(timeout_s, poll_s, backoff, max_poll_s, max_api_errors)
     polling.check()
     body = _trainjob_body(trainjob, namespace)
-    job = _TrainJobRun(body, api_client or load_api_client(), log, request_timeout_s)
+    job = _TrainJobRun(body, api_client or load_api_client(), request_timeout_s)
     return job.run(polling, delete_on_success)
 
 
@@ -317,7 +320,7 @@ def _trainjob_body(trainjob: dict, namespace: str) -> dict:
 class _TrainJobRun:
     """One TrainJob's life: create (or adopt) it, wait on it, report it, and delete it when we stop early."""
 
-    def __init__(self, body: dict, api_client: Any, log: Callable[[str], Any], request_timeout_s: float) -> None:
+    def __init__(self, body: dict, api_client: Any, request_timeout_s: float) -> None:
         from kubernetes import client as k8s
         from kubernetes.client.exceptions import ApiException
 
@@ -330,7 +333,6 @@ class _TrainJobRun:
         self.delete_options = k8s.V1DeleteOptions(propagation_policy="Foreground")
         self.api_exception = ApiException
         self.errors = _api_errors()
-        self.log = log
         self.request_timeout_s = request_timeout_s
         self.owned = False  # we created or adopted a TrainJob that has not finished: it must go when we stop early
 
@@ -375,16 +377,16 @@ class _TrainJobRun:
                 body=self.delete_options,
                 _request_timeout=self.request_timeout_s,
             )
-            self.log(f"{self.where}: deleted ({why})")
+            log.info(f"{self.where}: deleted ({why})")
         except self.api_exception as exc:
             if exc.status != 404:
-                self.log(f"{self.where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
+                log.warning(f"{self.where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
         except self.errors as exc:
-            self.log(f"{self.where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
+            log.warning(f"{self.where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
 
     def _abandon(self, message: str, why: str) -> None:
         if self.owned:
-            self.log(f"{self.where}: {message}")
+            log.info(f"{self.where}: {message}")
             self._delete(why)
             self.owned = False
 
@@ -392,9 +394,9 @@ class _TrainJobRun:
         """Log and return the job's recent events and its pods' container exit reasons."""
         events, exits = collect_events(self.core, self.namespace, self.name, self.request_timeout_s)
         for e in events:
-            self.log(f"{self.where}: event {_format_event(e)}")
+            log.info(f"{self.where}: event {_format_event(e)}")
         for line in exits:
-            self.log(f"{self.where}: {line}")
+            log.info(f"{self.where}: {line}")
         return events, exits
 
     # ---- create (or adopt)
@@ -403,7 +405,7 @@ class _TrainJobRun:
         try:
             self._create()
             self.owned = True
-            self.log(f"{self.where}: created")
+            log.info(f"{self.where}: created")
         except self.api_exception as exc:
             if exc.status != 409:
                 raise TrainError(f"{self.where} cannot be created: {_api_reason(exc)}") from None
@@ -415,13 +417,13 @@ class _TrainJobRun:
         """A TrainJob of this name exists (a retried launcher step): wait on it, or replace it if it failed."""
         status, _ = trainjob_status(self._get())
         if status == FAILED:
-            self.log(f"{self.where}: exists already and failed; deleting it and creating it again")
+            log.info(f"{self.where}: exists already and failed; deleting it and creating it again")
             self._delete("replacing a failed attempt")
             _wait_gone(self._get, self.api_exception, deadline, poll_s, self.where)
             self._create()
-            self.log(f"{self.where}: created")
+            log.info(f"{self.where}: created")
         else:
-            self.log(f"{self.where}: exists already ({status}); waiting on it")
+            log.info(f"{self.where}: exists already ({status}); waiting on it")
         self.owned = True
 
     # ---- wait
@@ -459,7 +461,7 @@ class _TrainJobRun:
             return None, _api_reason(exc)
 
     def _tolerate(self, failure: str, api_failures: int, max_api_errors: int) -> None:
-        self.log(f"{self.where}: status read failed ({failure}); attempt {api_failures} of {max_api_errors}")
+        log.warning(f"{self.where}: status read failed ({failure}); attempt {api_failures} of {max_api_errors}")
         if api_failures >= max_api_errors:
             raise TrainError(
                 f"{self.where}: the Kubernetes API failed {api_failures} times in a row "
@@ -471,7 +473,7 @@ class _TrainJobRun:
         status, condition = trainjob_status(obj)
         text = _describe(status, condition, obj)
         if text != last:
-            self.log(f"{self.where}: {text} after {time.monotonic() - start:.0f}s")
+            log.info(f"{self.where}: {text} after {time.monotonic() - start:.0f}s")
         if status == COMPLETE:
             events, exits = self._report()
             self.owned = False  # finished: it stays for inspection unless delete_on_success
