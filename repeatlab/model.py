@@ -477,6 +477,15 @@ def family_member(
     family, depth: int, vocab_size: int, context: int, attention_only: bool = False, name: str | None = None
 ) -> GPTConfig:
     n_layer, n_embd, n_head = family_shape(depth, family.aspect_ratio, family.head_dim)
+    shape = (n_layer, n_embd, n_head)
+    return _config(family, vocab_size, context, shape, attention_only, name or family_name(depth, attention_only))
+
+
+def _config(
+    family, vocab_size: int, context: int, shape: tuple[int, int, int], attention_only: bool, name: str
+) -> GPTConfig:
+    """A GPTConfig of the shape (n_layer, n_embd, n_head) with the family's MLP ratio."""
+    n_layer, n_embd, n_head = shape
     return GPTConfig(
         vocab_size=vocab_size,
         context=context,
@@ -485,7 +494,7 @@ def family_member(
         n_embd=n_embd,
         mlp_ratio=family.mlp_ratio,
         attention_only=attention_only,
-        name=name or family_name(depth, attention_only),
+        name=name,
     )
 
 
@@ -573,16 +582,8 @@ def _explicit_shape(spec, family, vocab_size: int, context: int, where: str) -> 
         )
     attention_only = bool(spec.attention_only)
     name = spec.name
-    cfg = GPTConfig(
-        vocab_size=vocab_size,
-        context=context,
-        n_layer=spec.n_layer,
-        n_head=spec.n_head,
-        n_embd=spec.n_embd,
-        mlp_ratio=family.mlp_ratio,
-        attention_only=attention_only,
-        name=name or shape_name(spec.n_layer, spec.n_embd, spec.n_head, attention_only),
-    )
+    shape = (spec.n_layer, spec.n_embd, spec.n_head)
+    cfg = _config(family, vocab_size, context, shape, attention_only, name or shape_name(*shape, attention_only))
     match = SHAPE_NAME.fullmatch(name or "")
     if match and (tuple(int(g) for g in match.groups()[:3]) != (cfg.n_layer, cfg.n_embd, cfg.n_head)):
         raise ConfigError(
@@ -624,16 +625,8 @@ def _named_model(spec, family, vocab_size: int, context: int, where: str) -> GPT
                 f"{where}.name: {name!r} is not allowed: L, E and H must be >= 1 and E (n_embd) "
                 "a multiple of H (n_head)"
             )
-        return GPTConfig(
-            vocab_size=vocab_size,
-            context=context,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_embd=n_embd,
-            mlp_ratio=family.mlp_ratio,
-            attention_only=attention_only,
-            name=shape_name(n_layer, n_embd, n_head, attention_only),
-        )
+        shape = (n_layer, n_embd, n_head)
+        return _config(family, vocab_size, context, shape, attention_only, shape_name(*shape, attention_only))
     raise ConfigError(
         f"{where}.name: {name!r} is not allowed: {NAME_FORMS}; or give an explicit shape "
         "(n_layer, n_embd, n_head) or target_params"

@@ -616,18 +616,28 @@ def _baseline_table(analysis: dict) -> Table:
     )
 
 
+def _point_cells(row: dict) -> list[str]:
+    """N, f, E of a grid point."""
+    return [f"{row['n_params']:.3g}", f"{row['fraction']:g}", f"{row['epochs']:g}"]
+
+
+def _damage_cells(metric: dict) -> list[str]:
+    """Damage ± standard error, z, significant."""
+    return [
+        _pm(metric["damage"], metric.get("damage_se"), "+.4f"),
+        _fmt(metric.get("z"), ".1f"),
+        _yes_no(metric.get("significant")),
+    ]
+
+
 def _worst_table(analysis: dict) -> Table:
     from repeatlab.analyze import multiplier_text
 
     rows = [
         [
-            f"{w['n_params']:.3g}",
-            f"{w['fraction']:g}",
-            f"{w['epochs']:g}",
+            *_point_cells(w),
             _fmt(w["interior"]),
-            _pm(w["damage"], w.get("damage_se"), "+.4f"),
-            _fmt(w.get("z"), ".1f"),
-            _yes_no(w.get("significant")),
+            *_damage_cells(w),
             _yes_no(w.get("interior_significant")),
             _fmt(w.get("damage_pooled"), "+.4f"),
             multiplier_text(w),
@@ -649,18 +659,7 @@ def _damage_table(analysis: dict) -> Table:
         if p["kind"] != "repeated":
             continue
         m = p["metrics"]["test_loss"]
-        rows.append(
-            [
-                f"{p['n_params']:.3g}",
-                f"{p['fraction']:g}",
-                f"{p['epochs']:g}",
-                _fmt(p["n_seeds"]),
-                _pm(m["damage"], m.get("damage_se"), "+.4f"),
-                _fmt(m.get("z"), ".1f"),
-                _yes_no(m.get("significant")),
-                multiplier_text(m),
-            ]
-        )
+        rows.append([*_point_cells(p), _fmt(p["n_seeds"]), *_damage_cells(m), multiplier_text(m)])
     return (
         "Damage at every repeated point (test loss)",
         ["N", "f", "E", "seeds", "damage (nats)", "z", "significant", "effective size"],
