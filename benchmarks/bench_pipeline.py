@@ -76,7 +76,7 @@ def run(study: str = "tiny") -> dict:
             direct_cfg = _study("bench-direct", corpus, "file://" + os.path.join(folder, "direct"))
             pipeline_cfg = _study("bench-pipeline", corpus, "file://" + os.path.join(folder, "pipeline"))
         started = time.perf_counter()
-        steps.run_study_directly(direct_cfg.to_json(), log=lambda m: None)
+        steps.run_study_directly(direct_cfg.to_json())
         direct = time.perf_counter() - started
         started = time.perf_counter()
         run_local(pipeline_cfg, pipeline_root=os.path.join(folder, "kfp"))

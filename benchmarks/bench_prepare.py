@@ -69,7 +69,7 @@ def _bench_byte(tmp: str, mb: float) -> dict:
 
     def prepare():
         root = tempfile.mkdtemp(dir=tmp)
-        prepare_corpus(cfg, root, log=lambda *_: None)
+        prepare_corpus(cfg, root)
         shutil.rmtree(root)
 
     t_prepare = _best(prepare)
@@ -103,7 +103,7 @@ def _bench_bpe(tmp: str, mb: float, vocab_size: int) -> dict:
     cfg = CorpusConfig(url=src, tokenizer="bpe", vocab_size=vocab_size)
     root = tempfile.mkdtemp(dir=tmp)
     t = time.perf_counter()
-    manifest = prepare_corpus(cfg, root, log=lambda *_: None)
+    manifest = prepare_corpus(cfg, root)
     t_prepare = time.perf_counter() - t
     t = time.perf_counter()
     tok = BPETokenizer.train(docs, vocab_size)

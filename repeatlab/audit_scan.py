@@ -118,7 +118,7 @@ def resolve_corpus(url: str, cfg: CorpusConfig | None = None) -> tuple[str, str,
     from repeatlab import corpus
 
     cfg = dataclasses.replace(cfg or CorpusConfig(), url=url)
-    return corpus._resolve(cfg, log.info)
+    return corpus._resolve(cfg)
 
 
 CHUNK_BYTES = 16 << 20  # JSONL files are parsed this many bytes at a time (whole lines)

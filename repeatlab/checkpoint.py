@@ -18,32 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from repeatlab import storage
+from repeatlab import layout, storage
 from repeatlab.errors import CheckpointError, StorageError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT_VERSION = 1
-CHECKPOINT_FILES = (("model.pt", "model"), ("optim.pt", "optim"), ("rng.pt", "rng"), ("exposures.npy", "exposures"))
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{int(step):07d}"
-
-
-def checkpoint_url(run_url: str, step: int) -> str:
-    return storage.join(run_url, "checkpoints", checkpoint_name(step))
-
-
-def checkpoint_steps(run_url: str, complete_only: bool = False) -> list[int]:
-    """Steps of the checkpoint folders, ascending; with complete_only, those holding state.json (written last)."""
-    out = []
-    for name in storage.listdir(storage.join(run_url, "checkpoints")):
-        if name.startswith("step-") and name[5:].isdigit():
-            step = int(name[5:])
-            if not complete_only or storage.exists(storage.join(checkpoint_url(run_url, step), "state.json")):
-                out.append(step)
-    return sorted(out)
+# The checkpoint's files (layout.CHECKPOINT_FILES) and their keys in what find_checkpoint returns
+CHECKPOINT_FILES = (
+    (layout.MODEL_FILE, "model"),
+    (layout.OPTIM_FILE, "optim"),
+    (layout.RNG_FILE, "rng"),
+    (layout.EXPOSURES_FILE, "exposures"),
+)
 
 
 def sha256(data: bytes) -> str:
@@ -74,7 +61,7 @@ def _load_files(url: str, state: dict, n_repeated: int) -> dict[str, Any]:
 
 
 def _read_state(url: str) -> dict | None:
-    state_url = storage.join(url, "state.json")
+    state_url = storage.join(url, layout.CHECKPOINT_STATE)
     if not storage.exists(state_url):
         log.info("train: skipping incomplete checkpoint %s (no state.json)", url)
         return None
@@ -88,8 +75,9 @@ def _read_state(url: str) -> dict | None:
 def find_checkpoint(run_url: str, point_id: str | None, config_hash: str, n_repeated: int) -> dict | None:
     """The latest complete, readable checkpoint of this config: {"step", "state", "model", "optim", "rng",
     "exposures", "url"}; None when there is none. Another config's checkpoint raises CheckpointError."""
-    for step in reversed(checkpoint_steps(run_url)):
-        url = checkpoint_url(run_url, step)
+    run = layout.Run(run_url)
+    for step in reversed(run.checkpoint_steps()):
+        url = run.checkpoint(step)
         state = _read_state(url)
         if state is None:
             continue
@@ -129,19 +117,20 @@ def save_checkpoint(
     run_url: str, step: int, model_sd: dict, optim_sd: dict, rng: dict, exposures: np.ndarray, state: dict, keep: int
 ) -> str:
     """Rank 0: write one checkpoint, state.json last, then prune to the last `keep` complete checkpoints."""
-    url = checkpoint_url(run_url, step)
+    run = layout.Run(run_url)
+    url = run.checkpoint(step)
     storage.remove(url, recursive=True)  # a partial leftover of an earlier attempt at this step
     buf = io.BytesIO()
     np.save(buf, np.asarray(exposures, dtype=np.int64), allow_pickle=False)
     files = {
-        "model.pt": write_torch(storage.join(url, "model.pt"), model_sd),
-        "optim.pt": write_torch(storage.join(url, "optim.pt"), optim_sd),
-        "rng.pt": write_torch(storage.join(url, "rng.pt"), rng),
-        "exposures.npy": _write_file(storage.join(url, "exposures.npy"), buf.getvalue()),
+        layout.MODEL_FILE: write_torch(run.checkpoint_file(step, layout.MODEL_FILE), model_sd),
+        layout.OPTIM_FILE: write_torch(run.checkpoint_file(step, layout.OPTIM_FILE), optim_sd),
+        layout.RNG_FILE: write_torch(run.checkpoint_file(step, layout.RNG_FILE), rng),
+        layout.EXPOSURES_FILE: _write_file(run.checkpoint_file(step, layout.EXPOSURES_FILE), buf.getvalue()),
     }
-    storage.write_json(storage.join(url, "state.json"), {**state, "files": files})
-    keep_steps = set(checkpoint_steps(run_url, complete_only=True)[-max(1, keep) :])
-    for s in checkpoint_steps(run_url):
+    storage.write_json(run.checkpoint_state(step), {**state, "files": files})
+    keep_steps = set(run.checkpoint_steps(complete_only=True)[-max(1, keep) :])
+    for s in run.checkpoint_steps():
         if s not in keep_steps and s < step:
-            storage.remove(checkpoint_url(run_url, s), recursive=True)
+            storage.remove(run.checkpoint(s), recursive=True)
     return url

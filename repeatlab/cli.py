@@ -147,7 +147,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         overrides["vocab_size"] = (
             256 if args.tokenizer == "byte" else (8192 if cfg.vocab_size == 256 else cfg.vocab_size)
         )
-    manifest = prepare_corpus(dataclasses.replace(cfg, **overrides), root, log=_info)
+    manifest = prepare_corpus(dataclasses.replace(cfg, **overrides), root)
     if args.json:
         _dump(manifest)
     else:
@@ -160,7 +160,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_mix(args: argparse.Namespace) -> int:
     from repeatlab.mix import mix_run
 
-    info = mix_run(args.run_url, log=_info)  # logs the plan's summary once
+    info = mix_run(args.run_url)  # logs the plan's summary once
     if args.json:
         _dump(info)
     return 0
@@ -172,9 +172,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from repeatlab.corpus import corpus_url, identify, prepare_corpus
 
     cfg = _load_config(args.config)
-    corpus_id, manifest = identify(cfg.corpus, cfg.storage.root, log=_info)
+    corpus_id, manifest = identify(cfg.corpus, cfg.storage.root)
     if args.write:
-        manifest = manifest or prepare_corpus(cfg.corpus, cfg.storage.root, log=_info)
+        manifest = manifest or prepare_corpus(cfg.corpus, cfg.storage.root)
         points = grid.plan_grid(cfg, manifest, corpus_url(cfg.storage.root, corpus_id))
     else:
         vocab = manifest["tokenizer"]["vocab_size"] if manifest else cfg.corpus.vocab_size
@@ -201,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from repeatlab import steps
 
     if len(args.run_url) > 1:
-        results = steps.train_pack(args.run_url, nproc_per_node=args.nproc_per_node, evaluate=args.evaluate, log=_info)
+        results = steps.train_pack(args.run_url, nproc_per_node=args.nproc_per_node, evaluate=args.evaluate)
         if args.json:
             _dump(results)
         return 0
@@ -211,7 +211,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         nnodes=args.nnodes,
         evaluate=args.evaluate,
         max_steps=args.max_steps,
-        log=_info,
     )
     if args.json:
         _dump(result)
@@ -221,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from repeatlab.evaluate import evaluate_run, headline
 
-    record = evaluate_run(args.run_url, step=args.checkpoint, log=_info, device=args.device)
+    record = evaluate_run(args.run_url, step=args.checkpoint, device=args.device)
     if logs.rank() in (None, 0):  # under torchrun: rank 0 prints the result once
         import os
 

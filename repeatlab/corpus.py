@@ -21,7 +21,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from repeatlab.config import CorpusConfig, stable_hash
 from repeatlab.errors import CorpusError, StorageError
 from repeatlab.tokenizer import EOT_ID, BPETokenizer, ByteTokenizer, token_dtype
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SPLITS = ("train", "test", "probe")
 TEXT_EXTENSIONS = {
@@ -423,7 +422,7 @@ def _write_array(url: str, arr: np.ndarray) -> str:
 # prepare_corpus
 
 
-def _read_inputs(url: str, log: Callable) -> tuple[list[dict], dict[str, bytes]]:
+def _read_inputs(url: str) -> tuple[list[dict], dict[str, bytes]]:
     files = list_input_files(url)
     infos: list[dict] = []
     held: dict[str, bytes] = {}
@@ -460,12 +459,12 @@ def _documents(
     return docs, formats, sources
 
 
-def _resolve(cfg: CorpusConfig, log: Callable) -> tuple[str, str, CorpusConfig]:
+def _resolve(cfg: CorpusConfig) -> tuple[str, str, CorpusConfig]:
     """(url to read, format, effective config) for a corpus config; 'default' becomes the built JSONL."""
     if cfg.url.strip() == "default":
         from repeatlab import default_corpus
 
-        path = default_corpus.default_corpus_path(log=log)
+        path = default_corpus.default_corpus_path()
         chunk = default_corpus.DEFAULT_CHUNK_TOKENS if cfg.chunk_tokens is None else cfg.chunk_tokens
         return path, "jsonl", dataclasses.replace(cfg, text_field="text", format="jsonl", chunk_tokens=chunk)
     return cfg.url, cfg.format, dataclasses.replace(cfg, chunk_tokens=cfg.chunk_tokens or 0)
@@ -502,20 +501,20 @@ class Inputs:
     corpus_id: str
 
 
-def resolve_inputs(cfg: CorpusConfig, log: Callable[[str], object] = _log.info) -> Inputs:
+def resolve_inputs(cfg: CorpusConfig) -> Inputs:
     """Read and hash the input files; nothing is written to the study's storage."""
-    url, fmt, eff = _resolve(cfg, log)
-    infos, held = _read_inputs(url, log)
+    url, fmt, eff = _resolve(cfg)
+    infos, held = _read_inputs(url)
     ood_infos: list[dict] | None = None
     ood_held: dict[str, bytes] = {}
     if cfg.ood_url:
-        ood_infos, ood_held = _read_inputs(cfg.ood_url, log)
+        ood_infos, ood_held = _read_inputs(cfg.ood_url)
     return Inputs(fmt, eff, infos, held, ood_infos, ood_held, corpus_id_of(eff, infos, ood_infos))
 
 
-def identify(cfg: CorpusConfig, root: str, log: Callable[[str], object] = _log.info) -> tuple[str, dict | None]:
+def identify(cfg: CorpusConfig, root: str) -> tuple[str, dict | None]:
     """(corpus id, its manifest under `root` or None when not prepared yet), without preparing anything."""
-    corpus_id = resolve_inputs(cfg, log).corpus_id
+    corpus_id = resolve_inputs(cfg).corpus_id
     manifest_url = layout.Corpus(corpus_url(root, corpus_id)).manifest
     return corpus_id, (load_manifest(corpus_url(root, corpus_id)) if storage.exists(manifest_url) else None)
 
@@ -577,10 +576,10 @@ def _write_ood(cfg: CorpusConfig, inputs: Inputs, tok: Any, dtype: np.dtype, fil
     }
 
 
-def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = _log.info) -> dict:
+def prepare_corpus(cfg: CorpusConfig, root: str) -> dict:
     """Read, deduplicate, split and tokenize the corpus into {root}/corpora/{corpus_id}/; returns the manifest."""
     t0 = time.perf_counter()
-    inputs = resolve_inputs(cfg, log)
+    inputs = resolve_inputs(cfg)
     eff, infos, ood_infos, corpus_id = inputs.eff, inputs.infos, inputs.ood_infos, inputs.corpus_id
     out = corpus_url(root, corpus_id)
     files = layout.Corpus(out)
@@ -589,7 +588,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = 
     if storage.exists(manifest_url):
         manifest = storage.read_json(manifest_url)
         if isinstance(manifest, dict) and manifest.get("corpus_id") == corpus_id:
-            log(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
+            log.info(f"corpus {corpus_id}: reusing the prepared corpus at {out} (same inputs and settings)")
             return manifest
 
     splits, counts, split_sources, formats = _split_documents(cfg, inputs)
@@ -598,7 +597,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = 
     if eff.tokenizer == "byte":
         tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
     else:
-        log(f"training a BPE tokenizer (vocab {eff.vocab_size}) on {len(splits['train'])} train documents")
+        log.info(f"training a BPE tokenizer (vocab {eff.vocab_size}) on {len(splits['train'])} train documents")
         tok = BPETokenizer.train(splits["train"], eff.vocab_size)
     dtype = token_dtype(tok.vocab_size)
 
@@ -621,7 +620,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = 
     composition = split_composition(split_sources, lengths)
     split_warning_list = split_warnings(lengths, eff.chunk_tokens or 0)
     for message in split_warning_list:
-        log(f"warning: {message}")
+        log.warning("%s", message)
     if ood_infos is not None:
         split_info["ood"] = _write_ood(cfg, inputs, tok, dtype, files)
     if isinstance(tok, BPETokenizer):
@@ -652,7 +651,7 @@ def prepare_corpus(cfg: CorpusConfig, root: str, log: Callable[[str], object] = 
     }
     storage.write_json(manifest_url, manifest)  # last: the corpus exists once this file does
     dt = time.perf_counter() - t0
-    log(f"corpus {corpus_id}: prepared at {out} in {dt:.1f} s (read, dedup and split {t_read - t0:.1f} s)")
+    log.info(f"corpus {corpus_id}: prepared at {out} in {dt:.1f} s (read, dedup and split {t_read - t0:.1f} s)")
     return manifest
 
 

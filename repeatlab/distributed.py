@@ -45,28 +45,30 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def choose_device(self, requested: str) -> Any:
-        """cuda:LOCAL_RANK for "cuda" (or "auto" with a GPU), else cpu; TrainError when CUDA is asked for but absent."""
+    def choose_device(self, requested: str, field: str = "train.device") -> Any:
+        """cuda:LOCAL_RANK for "cuda" (or "auto" with a GPU), else cpu; TrainError (naming `field`, the setting that
+        asked) when CUDA is asked for but absent."""
         import torch
 
         from repeatlab.errors import TrainError
 
         use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
         if use_cuda and not torch.cuda.is_available():
-            raise TrainError("train.device: 'cuda' is not allowed here: no CUDA device is available")
+            raise TrainError(f"{field}: 'cuda' is not allowed here: no CUDA device is available")
         self.device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
         return self.device
 
-    def init_process_group(self, timeout_s: int) -> None:
-        """Join torchrun's process group, or make a group of one; nccl on CUDA, gloo otherwise."""
+    def init_process_group(self, timeout_s: int | None) -> None:
+        """Join torchrun's process group, or make a group of one; nccl on CUDA, gloo otherwise. timeout_s None: torch's
+        default timeout. A group that exists already (made by the caller's caller) is used, not owned."""
         import torch.distributed as dist
 
         if dist.is_initialized():
             return
         backend = "nccl" if self.device is not None and self.device.type == "cuda" else "gloo"
-        timeout = timedelta(seconds=int(timeout_s))
+        timeout = None if timeout_s is None else timedelta(seconds=int(timeout_s))  # None: torch's default
         if self.distributed:
             dist.init_process_group(backend=backend, timeout=timeout)
         else:

@@ -30,13 +30,11 @@ ranks, their sums and counts all-reduced, and rank 0 writes eval.json; one plain
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,38 +44,15 @@ import torch
 
 from repeatlab import integrity, layout, logs, scores, storage
 from repeatlab.config import EvalConfig
+from repeatlab.distributed import DistEnv
 from repeatlab.errors import CheckpointError, CorpusError
 from repeatlab.records import EvalRecord, Point
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 EOT_ID = 0
 COPY_PARAGRAPHS = 16  # probe paragraphs averaged for the copying metric (fewer when the probe split is short)
 PREVIOUS_TOKEN_WINDOWS = 8  # test windows for the previous-token score
 TOKEN_COUNT_LIMIT = 1 << 26  # train tokens counted for the prefix-matching token frequencies (evenly spread chunks)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Distributed helpers (identity in one process)
-
-
-@dataclasses.dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    def reduce(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a float64 tensor over ranks (returns a CPU tensor)."""
-        if self.world == 1:
-            return values
-        import torch.distributed as dist
-
-        buf = values.to(self.device, torch.float64).clone()
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        return buf.cpu()
-
-    def shard(self, n: int) -> range:
-        return range(self.rank, n, self.world)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -112,7 +87,7 @@ def _batch_size(context: int, n_layer: int = 1, n_head: int = 1, with_attention:
     return max(1, min(256, (1 << 16) // context))
 
 
-def _loss_stats(model: Any, windows: torch.Tensor, dist: _Dist, positions: tuple[int, ...] = ()) -> torch.Tensor:
+def _loss_stats(model: Any, windows: torch.Tensor, dist: DistEnv, positions: tuple[int, ...] = ()) -> torch.Tensor:
     """All-reduced [sum, count, sum at each position...] of per-token losses over this rank's share of windows."""
     device = _model_device(model)
     mine = windows[list(dist.shard(len(windows)))]
@@ -128,7 +103,7 @@ def _loss_stats(model: Any, windows: torch.Tensor, dist: _Dist, positions: tuple
     return dist.reduce(stats)
 
 
-def _mean_loss(model: Any, windows: torch.Tensor | None, dist: _Dist) -> float | None:
+def _mean_loss(model: Any, windows: torch.Tensor | None, dist: DistEnv) -> float | None:
     if windows is None or len(windows) == 0:
         return None
     stats = _loss_stats(model, windows, dist)
@@ -163,9 +138,9 @@ def probe_paragraphs(probe_tokens: np.ndarray, length: int, limit: int = COPY_PA
     return np.stack([np.asarray(tokens[s : s + length], dtype=np.int64) for s in starts])
 
 
-def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: _Dist | None = None) -> list[float] | None:
+def copying_losses(model: Any, paragraphs: np.ndarray, repeats: int, dist: DistEnv | None = None) -> list[float] | None:
     """Per-copy mean loss of BOS + paragraph x repeats, averaged over paragraphs (None without paragraphs)."""
-    dist = dist or _Dist()
+    dist = dist or DistEnv()
     n, length = paragraphs.shape
     if n == 0 or length == 0:
         return None
@@ -228,10 +203,10 @@ def icl_window_offsets(
     return np.sort(chosen.astype(np.int64)), int(min(n, inside.sum()))
 
 
-def icl_estimate(model: Any, test_tokens: np.ndarray, eval_cfg: Any, context: int, dist: _Dist | None = None) -> dict:
+def icl_estimate(model: Any, test_tokens: np.ndarray, eval_cfg: Any, context: int, dist: DistEnv | None = None) -> dict:
     """Olsson's ICL score (late-band minus early-band loss) over random test windows, with its standard error."""
     cfg = _eval_config(eval_cfg)
-    dist = dist or _Dist()
+    dist = dist or DistEnv()
     (e0, e1), (l0, l1) = icl_bands(cfg, context)
     offsets, inside = icl_window_offsets(test_tokens, context, cfg.icl_windows, l1 + 1)
     windows = _gather(test_tokens, offsets, context + 1)
@@ -269,10 +244,10 @@ def icl_positions(eval_cfg: Any, context: int) -> tuple[int, int]:
 
 
 def head_scores(
-    model: Any, prefix_batch: torch.Tensor, test_windows: torch.Tensor, dist: _Dist | None = None
+    model: Any, prefix_batch: torch.Tensor, test_windows: torch.Tensor, dist: DistEnv | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-head prefix-matching, previous-token and copying scores, each [layer, head] float64."""
-    dist = dist or _Dist()
+    dist = dist or DistEnv()
     device = _model_device(model)
     cfg = getattr(scores._unwrap(model), "config", None)
     n_layer, n_head = getattr(cfg, "n_layer", 1), getattr(cfg, "n_head", 1)
@@ -306,7 +281,7 @@ def _nan_to_none(x: float | None) -> float | None:
 
 
 def _copying(
-    model: Any, probe_tokens: np.ndarray, test_tokens: np.ndarray, cfg: EvalConfig, context: int, dist: _Dist
+    model: Any, probe_tokens: np.ndarray, test_tokens: np.ndarray, cfg: EvalConfig, context: int, dist: DistEnv
 ) -> dict | None:
     """eval.json's `copying`: per-copy losses of probe paragraphs repeated cfg.copy_repeats times in one context."""
     para_len = (context - 1) // cfg.copy_repeats
@@ -333,7 +308,7 @@ def evaluate_model(
     repeated_windows: np.ndarray | torch.Tensor | None = None,
     ood_tokens: np.ndarray | None = None,
     seed: int = 0,
-    dist: _Dist | None = None,
+    dist: DistEnv | None = None,
 ) -> dict:
     """Every eval.json metric except the point and learning curve; does not modify the model (mode restored).
 
@@ -341,7 +316,7 @@ def evaluate_model(
     per id (for the prefix-matching tokens); repeated_windows: [n, context + 1] token windows of the repeated subset.
     """
     cfg = _eval_config(eval_cfg)
-    dist = dist or _Dist()
+    dist = dist or DistEnv()
     was_training = model.training
     model.eval()
     try:
@@ -544,22 +519,14 @@ def read_learning_curve(run_url: str) -> list[dict]:
 # The run-level entry point
 
 
-def _setup_dist(device: str) -> tuple[_Dist, bool]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world <= 1:
-        return _Dist(0, 1, dev), False
-    import torch.distributed as dist
-
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        created = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), dev), created
+def _dist_env(device: str) -> DistEnv:
+    """This process's rank and device; with several ranks, in torchrun's process group (joined here with torch's
+    default timeout, unless the trainer evaluating in its own processes has it already: then the trainer owns it)."""
+    env = DistEnv.from_env()
+    env.choose_device(device, field="device")
+    if env.world > 1:
+        env.init_process_group(timeout_s=None)
+    return env
 
 
 def eval_url(run_url: str, step: int | None, final_step: int) -> str:
@@ -609,15 +576,13 @@ def _repeated_windows(
     return _gather(train, offsets, context + 1).numpy() if len(offsets) else None
 
 
-def evaluate_run(
-    run_url: str, step: int | None = None, log: Callable[[str], Any] = _log.info, device: str = "auto"
-) -> dict:
+def evaluate_run(run_url: str, step: int | None = None, device: str = "auto") -> dict:
     """Evaluate the run's final (or given) checkpoint, write eval.json atomically (rank 0) and return its content."""
     started = time.time()
     run = layout.Run(run_url)
     point_record = Point.read(run.point)
     point = point_record.to_json()
-    dist, created = _setup_dist(device)
+    dist = _dist_env(device)
     try:
         model, used_step = load_model(run_url, point, step)
         model.to(dist.device)
@@ -635,8 +600,9 @@ def evaluate_run(
 
         repeated = _repeated_windows(run, point_record, train, cfg.eval_tokens // context, context)
         notes = short_split_warnings(test, ood, cfg.eval_tokens)
-        for note in notes:
-            log(f"evaluate: warning: {note}")
+        if dist.rank == 0:  # every rank finds the same
+            for note in notes:
+                log.warning("evaluate: %s", note)
         freqs = token_counts(train, int(point_record.model["vocab_size"]))
         metrics = evaluate_model(
             model,
@@ -665,7 +631,8 @@ def evaluate_run(
             out = eval_url(run_url, step, final_step)
             result = EvalRecord.from_json(integrity.seal_record(result), where=out).to_json()
             storage.write_json(out, result)
-            log(
+            log.info(
+                "%s",
                 json.dumps(
                     {
                         **headline(result),
@@ -674,14 +641,11 @@ def evaluate_run(
                         "output": out,
                     },
                     sort_keys=False,
-                )
+                ),
             )
         return result
     finally:
-        if created:
-            import torch.distributed as tdist
-
-            tdist.destroy_process_group()
+        dist.teardown()
 
 
 if __name__ == "__main__":  # `python -m repeatlab.evaluate` under torchrun: the `repeatlab evaluate` command

@@ -202,66 +202,15 @@ def build_trainjob(
     """
     from kubeflow_trainer_api import models
 
-    command = [
-        "python",
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={int(nproc_per_node)}",
-        "-m",
-        TRAIN_MODULE,
-        *(["--evaluate"] if evaluate else []),
-        "--run-url",
-        run_url,
-    ]
-    quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
-    env_vars: list[dict[str, Any]] = [{"name": "HOME", "value": HOME}]
-    env_vars += [{"name": str(k), "value": str(v)} for k, v in sorted((env or {}).items()) if k != "HOME"]
-    if storage_secret:
-        env_vars += [
-            {"name": var, "valueFrom": {"secretKeyRef": {"name": storage_secret, "key": key}}}
-            for key, var in sorted((storage_secret_keys or {}).items())
-        ]
     trainer = models.TrainerV1alpha1Trainer(
         image=image,
-        command=command,
+        command=_train_command(run_url, nproc_per_node, evaluate),
         numNodes=int(num_nodes),
         numProcPerNode=int(nproc_per_node),
-        env=[models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env_vars],
-        resourcesPerNode=models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)
-        if quantities
-        else None,
+        env=[models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in _env_vars(env, storage_secret, storage_secret_keys)],
+        resourcesPerNode=_resources_per_node(resources),
     )
-    pod, container = restricted_pod_patch(shm_size)
-    if service_account:
-        pod["serviceAccountName"] = service_account
-    if node_selector:
-        pod["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        pod["tolerations"] = [dict(t) for t in tolerations]
-    pod["containers"] = [{"name": "node", **container}]  # the torch runtime's trainer container
-    patches = [
-        models.TrainerV1alpha1RuntimePatch(
-            manager="repeatlab.io/launcher",
-            trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
-                template=models.TrainerV1alpha1JobSetTemplatePatch(
-                    spec=models.TrainerV1alpha1JobSetSpecPatch(
-                        replicatedJobs=[
-                            models.TrainerV1alpha1ReplicatedJobPatch(
-                                name="node",
-                                template=models.TrainerV1alpha1JobTemplatePatch(
-                                    spec=models.TrainerV1alpha1JobSpecPatch(
-                                        template=models.TrainerV1alpha1PodTemplatePatch(
-                                            spec=models.TrainerV1alpha1PodSpecPatch.from_dict(pod)
-                                        )
-                                    )
-                                ),
-                            )
-                        ]
-                    )
-                )
-            ),
-        )
-    ]
+    pod = _node_pod_spec(shm_size, service_account, node_selector, tolerations)
     job = models.TrainerV1alpha1TrainJob(
         apiVersion="trainer.kubeflow.org/v1alpha1",
         kind="TrainJob",
@@ -273,7 +222,90 @@ def build_trainjob(
                 name=runtime, kind=runtime_kind, apiGroup="trainer.kubeflow.org"
             ),
             trainer=trainer,
-            runtimePatches=patches,
+            runtimePatches=[_node_runtime_patch(pod)],
         ),
     )
     return job.to_dict()
+
+
+def _train_command(run_url: str, nproc_per_node: int, evaluate: bool) -> list[str]:
+    return [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={int(nproc_per_node)}",
+        "-m",
+        TRAIN_MODULE,
+        *(["--evaluate"] if evaluate else []),
+        "--run-url",
+        run_url,
+    ]
+
+
+def _env_vars(
+    env: dict[str, str] | None, storage_secret: str | None, storage_secret_keys: dict[str, str] | None
+) -> list[dict[str, Any]]:
+    """HOME, then `env` by name, then the storage secret's keys by reference (valueFrom)."""
+    env_vars: list[dict[str, Any]] = [{"name": "HOME", "value": HOME}]
+    env_vars += [{"name": str(k), "value": str(v)} for k, v in sorted((env or {}).items()) if k != "HOME"]
+    if storage_secret:
+        env_vars += [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": storage_secret, "key": key}}}
+            for key, var in sorted((storage_secret_keys or {}).items())
+        ]
+    return env_vars
+
+
+def _resources_per_node(resources: dict[str, Any]) -> Any:
+    """The same quantities as requests and limits; None when there are none."""
+    from kubeflow_trainer_api import models
+
+    quantities = {str(k): models.IoK8sApimachineryPkgApiResourceQuantity(str(v)) for k, v in (resources or {}).items()}
+    if not quantities:
+        return None
+    return models.IoK8sApiCoreV1ResourceRequirements(limits=quantities, requests=quantities)
+
+
+def _node_pod_spec(
+    shm_size: str | None,
+    service_account: str | None,
+    node_selector: dict[str, str] | None,
+    tolerations: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The pod spec patched into the runtime's "node" replicated job: restricted, with the placement asked for."""
+    pod, container = restricted_pod_patch(shm_size)
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod["tolerations"] = [dict(t) for t in tolerations]
+    pod["containers"] = [{"name": "node", **container}]  # the torch runtime's trainer container
+    return pod
+
+
+def _node_runtime_patch(pod: dict[str, Any]) -> Any:
+    """A runtime patch (spec.runtimePatches) that sets the pod spec of the "node" replicated job's pods."""
+    from kubeflow_trainer_api import models
+
+    return models.TrainerV1alpha1RuntimePatch(
+        manager="repeatlab.io/launcher",
+        trainingRuntimeSpec=models.TrainerV1alpha1TrainingRuntimeSpecPatch(
+            template=models.TrainerV1alpha1JobSetTemplatePatch(
+                spec=models.TrainerV1alpha1JobSetSpecPatch(
+                    replicatedJobs=[
+                        models.TrainerV1alpha1ReplicatedJobPatch(
+                            name="node",
+                            template=models.TrainerV1alpha1JobTemplatePatch(
+                                spec=models.TrainerV1alpha1JobSpecPatch(
+                                    template=models.TrainerV1alpha1PodTemplatePatch(
+                                        spec=models.TrainerV1alpha1PodSpecPatch.from_dict(pod)
+                                    )
+                                )
+                            ),
+                        )
+                    ]
+                )
+            )
+        ),
+    )

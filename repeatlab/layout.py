@@ -22,15 +22,17 @@ POINT, EXECUTION, DONE, EVAL, POINTS = "point.json", "execution.json", "done.jso
 MANIFEST, TOKENIZER = "manifest.json", "tokenizer.json"
 LEASE = "lease.json"
 PACKS = "packs.json"  # the study's training packs (repeatlab.packs): which points trained together
-MODEL_FILE = "model.pt"
+# A run's mixture plan (plan.json: its summary and hashes; the arrays of offsets) and its learning curve
+PLAN, PLAN_ARRAY, REPEATED_ARRAY, TRAIN_LOG = "plan.json", "plan.npy", "repeated.npy", "train.jsonl"
 AUDIT_PLAN = "plan.json"  # the audit fan-out's work folder: {work_url}/plan.json
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 # The files of one checkpoint; state.json is written last, so a checkpoint without it is incomplete.
-CHECKPOINT_FILES = (MODEL_FILE, "optim.pt", "rng.pt", "exposures.npy")
+MODEL_FILE, OPTIM_FILE, RNG_FILE, EXPOSURES_FILE = "model.pt", "optim.pt", "rng.pt", "exposures.npy"
+CHECKPOINT_FILES = (MODEL_FILE, OPTIM_FILE, RNG_FILE, EXPOSURES_FILE)
 CHECKPOINT_STATE = "state.json"
 # The records of a run and of a study that `repeatlab archive` keeps (no checkpoints, no plans' arrays).
-RUN_RECORDS = (POINT, "plan.json", DONE, EVAL, "train.jsonl")
+RUN_RECORDS = (POINT, PLAN, DONE, EVAL, TRAIN_LOG)
 STUDY_RECORDS = ("config.yaml", POINTS, PACKS, "analysis.json")
 
 
@@ -101,19 +103,19 @@ class Run:
 
     @property
     def plan_json(self) -> str:
-        return self.file("plan.json")
+        return self.file(PLAN)
 
     @property
     def plan_npy(self) -> str:
-        return self.file("plan.npy")
+        return self.file(PLAN_ARRAY)
 
     @property
     def repeated_npy(self) -> str:
-        return self.file("repeated.npy")
+        return self.file(REPEATED_ARRAY)
 
     @property
     def train_log(self) -> str:
-        return self.file("train.jsonl")
+        return self.file(TRAIN_LOG)
 
     @property
     def done(self) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +33,7 @@ from repeatlab import layout, storage
 from repeatlab.errors import PlanError
 from repeatlab.records import Point
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 PLAN_FORMAT_VERSION = 1
 UNEVEN_RULE = (
     "when R is not a multiple of n_rep, the first R mod n_rep repeated sequences (in random order) are seen "
@@ -197,7 +196,7 @@ def load_array(url: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
 
 
-def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
+def mix_run(run_url: str) -> dict:
     """Build and write the plan of the point described by `{run_url}/point.json`; reuse a complete plan."""
     from repeatlab.corpus import load_manifest
 
@@ -206,7 +205,7 @@ def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
     if storage.exists(run.plan_json):
         info = storage.read_json(run.plan_json)
         if info.get("point_id") == point.point_id and info.get("corpus_id") == point.corpus_id:
-            log(f"mix: plan for {point.point_id} already built; reusing it")
+            log.info(f"mix: plan for {point.point_id} already built; reusing it")
             return info
     manifest = load_manifest(point.corpus_url)
     if manifest["corpus_id"] != point.corpus_id:
@@ -225,7 +224,7 @@ def mix_run(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
         salt=point.point_id,
     )
     info = write_plan(run_url, plan, manifest["corpus_id"], point.point_id)
-    log(f"mix: {summarize(info)}")
+    log.info(f"mix: {summarize(info)}")
     return info
 
 

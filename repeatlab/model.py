@@ -477,6 +477,15 @@ def family_member(
     family, depth: int, vocab_size: int, context: int, attention_only: bool = False, name: str | None = None
 ) -> GPTConfig:
     n_layer, n_embd, n_head = family_shape(depth, family.aspect_ratio, family.head_dim)
+    shape = (n_layer, n_embd, n_head)
+    return _config(family, vocab_size, context, shape, attention_only, name or family_name(depth, attention_only))
+
+
+def _config(
+    family, vocab_size: int, context: int, shape: tuple[int, int, int], attention_only: bool, name: str
+) -> GPTConfig:
+    """A GPTConfig of the shape (n_layer, n_embd, n_head) with the family's MLP ratio."""
+    n_layer, n_embd, n_head = shape
     return GPTConfig(
         vocab_size=vocab_size,
         context=context,
@@ -485,7 +494,7 @@ def family_member(
         n_embd=n_embd,
         mlp_ratio=family.mlp_ratio,
         attention_only=attention_only,
-        name=name or family_name(depth, attention_only),
+        name=name,
     )
 
 
@@ -544,81 +553,81 @@ def resolve_model(spec, family, vocab_size: int, context: int, *, where: str = "
     - a name alone: 'd{depth}' (a family member) or 'L{n_layer}-E{n_embd}-H{n_head}' (an explicit shape).
     '-attn' on a parsed name, or spec.attention_only, makes the model attention-only. `where` prefixes error fields
     (e.g. 'models[2]'). Bad input raises ConfigError."""
-    attention_only = bool(spec.attention_only)
-    explicit = (spec.n_layer, spec.n_embd, spec.n_head)
-    name = spec.name
     try:
-        if any(x is not None for x in explicit):
-            if spec.target_params is not None:
-                raise ConfigError(
-                    f"{where}.target_params: {spec.target_params!r} is not allowed: "
-                    "either target_params or an explicit shape (n_layer, n_embd, n_head), not both"
-                )
-            if any(x is None for x in explicit):
-                given = {k: getattr(spec, k) for k in ("n_layer", "n_embd", "n_head")}
-                raise ConfigError(
-                    f"{where}: {given!r} is not allowed: an explicit shape needs n_layer, n_embd and "
-                    "n_head (or give target_params)"
-                )
-            cfg = GPTConfig(
-                vocab_size=vocab_size,
-                context=context,
-                n_layer=spec.n_layer,
-                n_head=spec.n_head,
-                n_embd=spec.n_embd,
-                mlp_ratio=family.mlp_ratio,
-                attention_only=attention_only,
-                name=name or shape_name(spec.n_layer, spec.n_embd, spec.n_head, attention_only),
-            )
-            match = SHAPE_NAME.fullmatch(name or "")
-            if match and (tuple(int(g) for g in match.groups()[:3]) != (cfg.n_layer, cfg.n_embd, cfg.n_head)):
-                raise ConfigError(
-                    f"{where}.name: {name!r} is not allowed: it names a different shape than "
-                    f"n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, n_head={cfg.n_head}"
-                )
-            return cfg
+        if any(x is not None for x in (spec.n_layer, spec.n_embd, spec.n_head)):
+            return _explicit_shape(spec, family, vocab_size, context, where)
         if spec.target_params is not None:
-            target = spec.target_params
-            if isinstance(target, bool) or not isinstance(target, numbers.Real) or not float(target) > 0:
-                raise ConfigError(f"{where}.target_params: {target!r} is not allowed: a positive parameter count")
-            depth = _nearest_depth(family, float(target), attention_only, where)
-            return family_member(family, depth, vocab_size, context, attention_only, name=name)
-        if name is None:
-            raise ConfigError(
-                f"{where}: no model given: set name ({NAME_FORMS}), an explicit shape "
-                "(n_layer, n_embd, n_head) or target_params"
-            )
-        if match := FAMILY_NAME.fullmatch(name):
-            depth = int(match.group(1))
-            if not 1 <= depth <= MAX_FAMILY_DEPTH:
-                raise ConfigError(f"{where}.name: {name!r} is not allowed: a family depth in [1, {MAX_FAMILY_DEPTH}]")
-            attention_only = attention_only or bool(match.group(2))
-            return family_member(family, depth, vocab_size, context, attention_only)
-        if match := SHAPE_NAME.fullmatch(name):
-            n_layer, n_embd, n_head = (int(g) for g in match.groups()[:3])
-            attention_only = attention_only or bool(match.group(4))
-            if min(n_layer, n_embd, n_head) < 1 or n_embd % n_head:
-                raise ConfigError(
-                    f"{where}.name: {name!r} is not allowed: L, E and H must be >= 1 and E (n_embd) "
-                    "a multiple of H (n_head)"
-                )
-            return GPTConfig(
-                vocab_size=vocab_size,
-                context=context,
-                n_layer=n_layer,
-                n_head=n_head,
-                n_embd=n_embd,
-                mlp_ratio=family.mlp_ratio,
-                attention_only=attention_only,
-                name=shape_name(n_layer, n_embd, n_head, attention_only),
-            )
-        raise ConfigError(
-            f"{where}.name: {name!r} is not allowed: {NAME_FORMS}; or give an explicit shape "
-            "(n_layer, n_embd, n_head) or target_params"
-        )
+            return _nearest_member(spec, family, vocab_size, context, where)
+        return _named_model(spec, family, vocab_size, context, where)
     except ConfigError as exc:
         # GPTConfig names its fields 'model.<field>'; say which model of the study it was
         message = str(exc)
         if where != "model" and message.startswith("model."):
             raise ConfigError(where + message[len("model") :]) from None
         raise
+
+
+def _explicit_shape(spec, family, vocab_size: int, context: int, where: str) -> GPTConfig:
+    """n_layer, n_embd and n_head as given (all three, and no target_params); a shape-like name must agree."""
+    if spec.target_params is not None:
+        raise ConfigError(
+            f"{where}.target_params: {spec.target_params!r} is not allowed: "
+            "either target_params or an explicit shape (n_layer, n_embd, n_head), not both"
+        )
+    if any(x is None for x in (spec.n_layer, spec.n_embd, spec.n_head)):
+        given = {k: getattr(spec, k) for k in ("n_layer", "n_embd", "n_head")}
+        raise ConfigError(
+            f"{where}: {given!r} is not allowed: an explicit shape needs n_layer, n_embd and "
+            "n_head (or give target_params)"
+        )
+    attention_only = bool(spec.attention_only)
+    name = spec.name
+    shape = (spec.n_layer, spec.n_embd, spec.n_head)
+    cfg = _config(family, vocab_size, context, shape, attention_only, name or shape_name(*shape, attention_only))
+    match = SHAPE_NAME.fullmatch(name or "")
+    if match and (tuple(int(g) for g in match.groups()[:3]) != (cfg.n_layer, cfg.n_embd, cfg.n_head)):
+        raise ConfigError(
+            f"{where}.name: {name!r} is not allowed: it names a different shape than "
+            f"n_layer={cfg.n_layer}, n_embd={cfg.n_embd}, n_head={cfg.n_head}"
+        )
+    return cfg
+
+
+def _nearest_member(spec, family, vocab_size: int, context: int, where: str) -> GPTConfig:
+    """The family member whose non-embedding N is nearest spec.target_params in log space."""
+    target = spec.target_params
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not float(target) > 0:
+        raise ConfigError(f"{where}.target_params: {target!r} is not allowed: a positive parameter count")
+    attention_only = bool(spec.attention_only)
+    depth = _nearest_depth(family, float(target), attention_only, where)
+    return family_member(family, depth, vocab_size, context, attention_only, name=spec.name)
+
+
+def _named_model(spec, family, vocab_size: int, context: int, where: str) -> GPTConfig:
+    """A model given by its name alone: 'd{depth}' (a family member) or 'L{n_layer}-E{n_embd}-H{n_head}'."""
+    name = spec.name
+    attention_only = bool(spec.attention_only)
+    if name is None:
+        raise ConfigError(
+            f"{where}: no model given: set name ({NAME_FORMS}), an explicit shape "
+            "(n_layer, n_embd, n_head) or target_params"
+        )
+    if match := FAMILY_NAME.fullmatch(name):
+        depth = int(match.group(1))
+        if not 1 <= depth <= MAX_FAMILY_DEPTH:
+            raise ConfigError(f"{where}.name: {name!r} is not allowed: a family depth in [1, {MAX_FAMILY_DEPTH}]")
+        return family_member(family, depth, vocab_size, context, attention_only or bool(match.group(2)))
+    if match := SHAPE_NAME.fullmatch(name):
+        n_layer, n_embd, n_head = (int(g) for g in match.groups()[:3])
+        attention_only = attention_only or bool(match.group(4))
+        if min(n_layer, n_embd, n_head) < 1 or n_embd % n_head:
+            raise ConfigError(
+                f"{where}.name: {name!r} is not allowed: L, E and H must be >= 1 and E (n_embd) "
+                "a multiple of H (n_head)"
+            )
+        shape = (n_layer, n_embd, n_head)
+        return _config(family, vocab_size, context, shape, attention_only, shape_name(*shape, attention_only))
+    raise ConfigError(
+        f"{where}.name: {name!r} is not allowed: {NAME_FORMS}; or give an explicit shape "
+        "(n_layer, n_embd, n_head) or target_params"
+    )

@@ -67,6 +67,7 @@ margin:1em 0}.partial{background:#fde8e8;border-left:4px solid #c00;padding:.5em
 code{background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}li,p{overflow-wrap:anywhere}
 .answer{background:#eef6ee;border-left:4px solid #2a7a2a;padding:.4em 1em;font-size:1.05em}
 .answer p{margin:.4em 0}"""
+Table = tuple[str, list[str], list[list[str]]]  # (caption, column headers, rows of cells)
 
 
 def _fmt(x: Any, spec: str = ".4g") -> str:
@@ -440,7 +441,7 @@ def _pm(value: Any, se: Any, spec: str = "+.3f") -> str:
     return _fmt(value, spec) + ("" if se is None else f" ± {se:.3f}")
 
 
-def _corpus_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+def _corpus_tables(analysis: dict) -> list[Table]:
     tables = []
     for c in analysis.get("corpus") or []:
         if not c.get("composition"):
@@ -466,7 +467,7 @@ def _corpus_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]
     return tables
 
 
-def _noise_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+def _noise_tables(analysis: dict) -> list[Table]:
     noise = analysis.get("noise") or {}
     rows = [
         [
@@ -525,7 +526,7 @@ def _noise_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]
     return tables
 
 
-def _mechanism_tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+def _mechanism_tables(analysis: dict) -> list[Table]:
     rows = [
         [
             f"{r['n_params']:.3g}",
@@ -572,10 +573,25 @@ def _mechanism_tables(analysis: dict) -> list[tuple[str, list[str], list[list[st
     return tables
 
 
-def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    from repeatlab.analyze import multiplier_text
+def _tables(analysis: dict) -> list[Table]:
+    return [
+        *_corpus_tables(analysis),
+        *_noise_tables(analysis),
+        _baseline_table(analysis),
+        _worst_table(analysis),
+        _damage_table(analysis),
+        _region_table(analysis),
+        _region_fit_table(analysis),
+        *_mechanism_tables(analysis),
+        *_missing_tables(analysis),
+    ]
 
-    tables = _corpus_tables(analysis) + _noise_tables(analysis)
+
+def _yes_no(value: Any) -> str:
+    return {True: "yes", False: "no"}.get(value, "unknown")
+
+
+def _baseline_table(analysis: dict) -> Table:
     rows = []
     for metric, b in analysis["baseline"].items():
         fit = b.get("fit")
@@ -592,125 +608,111 @@ def _tables(analysis: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 "" if fit else (b.get("fit_note") or ""),
             ]
         )
-    tables.append(
-        (
-            "Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha), "
-            "0 <= L_inf <= the smallest observed loss",
-            ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "usable", "note"],
-            rows,
-        )
+    return (
+        "Baseline fits (f = 0): L(N) = L_inf + A N^-alpha (scores: S_inf - A N^-alpha), "
+        "0 <= L_inf <= the smallest observed loss",
+        ["metric", "better", "sizes", "L_inf / S_inf", "A", "alpha", "rms residual", "usable", "note"],
+        rows,
     )
-    rows = []
-    for w in analysis["worst"].get("test_loss", []):
-        rows.append(
-            [
-                f"{w['n_params']:.3g}",
-                f"{w['fraction']:g}",
-                f"{w['epochs']:g}",
-                _fmt(w["interior"]),
-                _pm(w["damage"], w.get("damage_se"), "+.4f"),
-                _fmt(w.get("z"), ".1f"),
-                {True: "yes", False: "no"}.get(w.get("significant"), "unknown"),
-                {True: "yes", False: "no"}.get(w.get("interior_significant"), "unknown"),
-                _fmt(w.get("damage_pooled"), "+.4f"),
-                multiplier_text(w),
-                _fmt(w["repeated_loss"], ".4f"),
-                _fmt(w["test_loss"], ".4f"),
-            ]
-        )
-    tables.append(
-        (
-            "Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma",
-            [
-                "N",
-                "f",
-                "worst E",
-                "interior",
-                "damage (nats)",
-                "z",
-                "significant",
-                "peak above both grid ends",
-                "damage vs pooled baseline",
-                "effective size",
-                "repeated loss",
-                "test loss",
-            ],
-            rows,
-        )
-    )
+
+
+def _point_cells(row: dict) -> list[str]:
+    """N, f, E of a grid point."""
+    return [f"{row['n_params']:.3g}", f"{row['fraction']:g}", f"{row['epochs']:g}"]
+
+
+def _damage_cells(metric: dict) -> list[str]:
+    """Damage ± standard error, z, significant."""
+    return [
+        _pm(metric["damage"], metric.get("damage_se"), "+.4f"),
+        _fmt(metric.get("z"), ".1f"),
+        _yes_no(metric.get("significant")),
+    ]
+
+
+def _worst_table(analysis: dict) -> Table:
+    from repeatlab.analyze import multiplier_text
+
+    rows = [
+        [
+            *_point_cells(w),
+            _fmt(w["interior"]),
+            *_damage_cells(w),
+            _yes_no(w.get("interior_significant")),
+            _fmt(w.get("damage_pooled"), "+.4f"),
+            multiplier_text(w),
+            _fmt(w["repeated_loss"], ".4f"),
+            _fmt(w["test_loss"], ".4f"),
+        ]
+        for w in analysis["worst"].get("test_loss", [])
+    ]
+    header = ["N", "f", "worst E", "interior", "damage (nats)", "z", "significant", "peak above both grid ends"]
+    header += ["damage vs pooled baseline", "effective size", "repeated loss", "test loss"]
+    return ("Worst E per (N, f), test loss: damage ± standard error, significant beyond 3 sigma", header, rows)
+
+
+def _damage_table(analysis: dict) -> Table:
+    from repeatlab.analyze import multiplier_text
+
     rows = []
     for p in analysis["points"]:
         if p["kind"] != "repeated":
             continue
         m = p["metrics"]["test_loss"]
-        rows.append(
-            [
-                f"{p['n_params']:.3g}",
-                f"{p['fraction']:g}",
-                f"{p['epochs']:g}",
-                _fmt(p["n_seeds"]),
-                _pm(m["damage"], m.get("damage_se"), "+.4f"),
-                _fmt(m.get("z"), ".1f"),
-                {True: "yes", False: "no"}.get(m.get("significant"), "unknown"),
-                multiplier_text(m),
-            ]
-        )
-    tables.append(
-        (
-            "Damage at every repeated point (test loss)",
-            ["N", "f", "E", "seeds", "damage (nats)", "z", "significant", "effective size"],
-            rows,
-        )
+        rows.append([*_point_cells(p), _fmt(p["n_seeds"]), *_damage_cells(m), multiplier_text(m)])
+    return (
+        "Damage at every repeated point (test loss)",
+        ["N", "f", "E", "seeds", "damage (nats)", "z", "significant", "effective size"],
+        rows,
     )
-    rows = []
-    for reg in analysis["regions"]:
-        for m in reg["per_model"]:
-            rows.append(
-                [
-                    f"{reg['fraction']:g}",
-                    f"{m['n_params']:.3g}",
-                    _fmt(m.get("max_damage"), "+.4f"),
-                    _fmt(m.get("peak_epochs"), "g"),
-                    _fmt(m.get("left"), ".4g"),
-                    _fmt(m.get("right"), ".4g"),
-                    m.get("note") or "",
-                ]
-            )
-    tables.append(
-        (
-            "Poor-performance region per (f, N)",
-            ["f", "N", "max damage", "peak E", "left edge E", "right edge E", "note"],
-            rows,
-        )
+
+
+def _region_table(analysis: dict) -> Table:
+    rows = [
+        [
+            f"{reg['fraction']:g}",
+            f"{m['n_params']:.3g}",
+            _fmt(m.get("max_damage"), "+.4f"),
+            _fmt(m.get("peak_epochs"), "g"),
+            _fmt(m.get("left"), ".4g"),
+            _fmt(m.get("right"), ".4g"),
+            m.get("note") or "",
+        ]
+        for reg in analysis["regions"]
+        for m in reg["per_model"]
+    ]
+    return (
+        "Poor-performance region per (f, N)",
+        ["f", "N", "max damage", "peak E", "left edge E", "right edge E", "note"],
+        rows,
     )
-    rows = []
-    for reg in analysis["regions"]:
-        for side in ("left", "right"):
-            fe = reg["fits"][side]
-            rows.append(
-                [
-                    f"{reg['fraction']:g}",
-                    side,
-                    _fmt(fe.get("k")),
-                    _fmt(fe.get("alpha")),
-                    _fmt(fe.get("n_sizes")),
-                    "" if fe.get("ok") else fe.get("note", ""),
-                ]
-            )
-    tables.append(("Region edge fits E = k N^alpha", ["f", "edge", "k", "alpha", "sizes", "note"], rows))
-    tables += _mechanism_tables(analysis)
-    if analysis["missing"]:
-        tables.append(
-            (
-                "Missing eval files",
-                ["point_id", "model", "f", "E", "seed"],
-                [
-                    [str(m["point_id"]), str(m["model"]), _fmt(m["fraction"]), _fmt(m["epochs"]), _fmt(m["seed"])]
-                    for m in analysis["missing"]
-                ],
-            )
-        )
-    return tables
+
+
+def _region_fit_table(analysis: dict) -> Table:
+    rows = [
+        [
+            f"{reg['fraction']:g}",
+            side,
+            _fmt(reg["fits"][side].get("k")),
+            _fmt(reg["fits"][side].get("alpha")),
+            _fmt(reg["fits"][side].get("n_sizes")),
+            "" if reg["fits"][side].get("ok") else reg["fits"][side].get("note", ""),
+        ]
+        for reg in analysis["regions"]
+        for side in ("left", "right")
+    ]
+    return ("Region edge fits E = k N^alpha", ["f", "edge", "k", "alpha", "sizes", "note"], rows)
+
+
+def _missing_tables(analysis: dict) -> list[Table]:
+    """The eval files that were missing, as a table; none when nothing was missing."""
+    if not analysis["missing"]:
+        return []
+    rows = [
+        [str(m["point_id"]), str(m["model"]), _fmt(m["fraction"]), _fmt(m["epochs"]), _fmt(m["seed"])]
+        for m in analysis["missing"]
+    ]
+    return [("Missing eval files", ["point_id", "model", "f", "E", "seed"], rows)]
 
 
 def _n(n: float) -> str:

@@ -12,14 +12,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 
 from repeatlab import layout, logs, storage
 from repeatlab.config import StudyConfig, loads
 from repeatlab.errors import StorageError, TrainError
 from repeatlab.records import Done, EvalRecord, Execution, Point
 
-_log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def load_study(study_config: str) -> StudyConfig:
@@ -29,12 +28,12 @@ def load_study(study_config: str) -> StudyConfig:
     return cfg
 
 
-def prepare(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
+def prepare(study_config: str) -> dict:
     """Prepare (or reuse) the study's corpus; returns {corpus_id, corpus_url, manifest}."""
     from repeatlab.corpus import prepare_corpus
 
     cfg = load_study(study_config)
-    manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=log)
+    manifest = prepare_corpus(cfg.corpus, cfg.storage.root)
     return {
         "corpus_id": manifest["corpus_id"],
         "corpus_url": layout.corpus_url(cfg.storage.root, manifest["corpus_id"]),
@@ -53,11 +52,11 @@ def plan_grid(study_config: str, corpus_url: str) -> list[str]:
     return [layout.run_url(cfg.storage.root, p["point_id"]) for p in points]
 
 
-def mix(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
+def mix(run_url: str) -> dict:
     logs.ensure_configured()
     from repeatlab.mix import mix_run
 
-    return mix_run(run_url, log=log)
+    return mix_run(run_url)
 
 
 def is_trained(run_url: str) -> bool:
@@ -82,7 +81,6 @@ def execution_of(run: layout.Run) -> dict:
 def train(
     run_url: str,
     nproc_per_node: int | None = None,
-    log: Callable[[str], object] = _log.info,
     evaluate: bool = True,
     *,
     nnodes: int | None = None,
@@ -99,7 +97,7 @@ def train(
 
     run = layout.Run(run_url)
     if run.is_trained():
-        log(f"train: {run_url} already trained; skipping")
+        log.info(f"train: {run_url} already trained; skipping")
         return {"skipped": True, **Done.read(run.done).to_json()}
     if nproc_per_node is None or nnodes is None:
         execution = execution_of(run)
@@ -112,7 +110,7 @@ def train(
         max_steps=max_steps,
         evaluate=evaluate,
     )
-    _run_torchrun(command, run_url, log)
+    _run_torchrun(command, run_url)
     if not run.is_trained():
         if max_steps is not None:  # testing: stopped as if preempted
             return {"skipped": False, "stopped_at": max_steps}
@@ -120,12 +118,12 @@ def train(
     return {"skipped": False, **Done.read(run.done).to_json()}
 
 
-def _run_torchrun(command: list[str], what: str, log: Callable[[str], object]) -> None:
+def _run_torchrun(command: list[str], what: str) -> None:
     """Run a trainer command (tied to this process); a non-zero exit is a TrainError naming `what` was trained."""
     from repeatlab.launch import run_trainer
 
     started = time.time()
-    log("train: " + " ".join(command))
+    log.info("train: %s", " ".join(command))
     returncode = run_trainer(command, env=trainer_env(), stdout=sys.stdout, stderr=sys.stderr)
     if returncode != 0:
         raise TrainError(
@@ -150,23 +148,22 @@ def plan_packs(study_config: str) -> list[str]:
 def train_pack(
     run_urls: list[str],
     nproc_per_node: int | None = None,
-    log: Callable[[str], object] = _log.info,
     evaluate: bool = True,
 ) -> list[dict]:
     """Train the points of one pack together with torchrun as a subprocess; finished points are skipped (a pack
     whose points are all finished starts no process). One {"skipped", **done.json} per run URL."""
     if len(run_urls) == 1:
-        return [train(run_urls[0], nproc_per_node=nproc_per_node, log=log, evaluate=evaluate)]
+        return [train(run_urls[0], nproc_per_node=nproc_per_node, evaluate=evaluate)]
     logs.ensure_configured()
     from repeatlab.launch import torchrun_command
 
     todo = [url for url in run_urls if not is_trained(url)]
     for url in sorted(set(run_urls) - set(todo)):
-        log(f"train: {url} already trained; skipping")
+        log.info(f"train: {url} already trained; skipping")
     if todo:
         nproc = nproc_per_node or int(execution_of(layout.Run(todo[0])).get("nproc_per_node", 1))
         command = torchrun_command(todo, nproc_per_node=nproc, evaluate=evaluate)
-        _run_torchrun(command, " ".join(todo), log)
+        _run_torchrun(command, " ".join(todo))
     results = []
     for url in run_urls:
         run = layout.Run(url)
@@ -176,7 +173,7 @@ def train_pack(
     return results
 
 
-def evaluate(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
+def evaluate(run_url: str) -> dict:
     """Evaluate a trained point (reusing an eval.json of the same final checkpoint)."""
     logs.ensure_configured()
     run = layout.Run(run_url)
@@ -189,31 +186,31 @@ def evaluate(run_url: str, log: Callable[[str], object] = _log.info) -> dict:
                 check_record(run.eval, storage.read_json(run.eval)), where=run.eval
             ).to_json()
         except (IntegrityError, StorageError, RecordError) as exc:  # corrupt: evaluate again, never publish it
-            log(f"evaluate: {exc}; evaluating again")
+            log.info(f"evaluate: {exc}; evaluating again")
             record = None
         if record is not None and record.get("step") == Done.read(run.done).step:
-            log(f"evaluate: {run_url} already evaluated; reusing eval.json")
+            log.info(f"evaluate: {run_url} already evaluated; reusing eval.json")
             return record
     from repeatlab.evaluate import evaluate_run  # torch: only imported when there is something to evaluate
 
-    return evaluate_run(run_url, log=log)
+    return evaluate_run(run_url)
 
 
-def run_point(run_url: str, nproc_per_node: int = 1, log: Callable[[str], object] = _log.info) -> dict:
+def run_point(run_url: str, nproc_per_node: int = 1) -> dict:
     """mix -> train -> evaluate for one point (what one ParallelFor iteration does)."""
-    mix(run_url, log=log)
-    train(run_url, nproc_per_node=nproc_per_node, log=log)
-    return evaluate(run_url, log=log)
+    mix(run_url)
+    train(run_url, nproc_per_node=nproc_per_node)
+    return evaluate(run_url)
 
 
-def analyze(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
+def analyze(study_config: str) -> dict:
     """Fit the study from the eval records in storage; writes and returns analysis.json."""
     from repeatlab import analyze as analyze_lib
 
     cfg = load_study(study_config)
     analysis = analyze_lib.run_analysis(cfg.storage.root, cfg.name)
     if analysis.get("missing"):
-        log(f"analyze: {len(analysis['missing'])} points have no eval.json yet: the analysis is partial")
+        log.info(f"analyze: {len(analysis['missing'])} points have no eval.json yet: the analysis is partial")
     return analysis
 
 
@@ -222,7 +219,7 @@ def report_title(study: str) -> str:
     return f"repeatlab study: {study}"
 
 
-def report(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
+def report(study_config: str) -> dict:
     """Write the study report; returns the URLs of index.html, report.md and results.csv."""
     from repeatlab import analyze as analyze_lib
     from repeatlab.report import write_report
@@ -232,22 +229,22 @@ def report(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
     analysis = storage.read_json(study.analysis)
     records, _ = analyze_lib.load_records(cfg.storage.root, cfg.name)
     paths = write_report(analysis, records, study.report, title=report_title(cfg.name))
-    log(f"report: {paths['index.html']}")
+    log.info(f"report: {paths['index.html']}")
     return paths
 
 
-def run_study_directly(study_config: str, log: Callable[[str], object] = _log.info) -> dict:
+def run_study_directly(study_config: str) -> dict:
     """Every step in order in this process, no KFP: the baseline for the pipeline-overhead benchmark."""
     import json
 
-    prepared = prepare(study_config, log=log)
+    prepared = prepare(study_config)
     cfg = load_study(study_config)
     run_urls = plan_grid(study_config, prepared["corpus_url"])
     for run_url in run_urls:
-        mix(run_url, log=log)
+        mix(run_url)
     for pack in logs.progress(plan_packs(study_config), desc="study", unit="pack"):
-        train_pack(json.loads(pack), nproc_per_node=cfg.train.nproc_per_node, log=log)
+        train_pack(json.loads(pack), nproc_per_node=cfg.train.nproc_per_node)
     for run_url in run_urls:
-        evaluate(run_url, log=log)
-    analyze(study_config, log=log)
-    return report(study_config, log=log)
+        evaluate(run_url)
+    analyze(study_config)
+    return report(study_config)

@@ -55,15 +55,8 @@ from typing import Any
 import numpy as np
 
 from repeatlab import integrity, layout, storage
-from repeatlab.checkpoint import (  # noqa: F401 - write_torch as _write_torch: the old name, still imported by tests
-    CHECKPOINT_FORMAT_VERSION,
-    checkpoint_name,
-    checkpoint_steps,
-    checkpoint_url,
-    find_checkpoint,
-    save_checkpoint,
-)
-from repeatlab.checkpoint import write_torch as _write_torch  # noqa: F401
+from repeatlab.checkpoint import CHECKPOINT_FORMAT_VERSION, find_checkpoint, save_checkpoint
+from repeatlab.checkpoint import write_torch as _write_torch  # noqa: F401 - the old name, still imported by tests
 from repeatlab.config import BudgetConfig, TrainConfig, stable_hash
 from repeatlab.distributed import DistEnv
 from repeatlab.errors import CheckpointError, PlanError, RepeatlabError, TrainError
@@ -146,30 +139,73 @@ def _load_npy(url: str) -> np.ndarray:
 
 def _open_shard(corpus_url: str, manifest: dict, split: str, dtype: np.dtype) -> np.ndarray:
     """Memory map of a corpus shard, its sha256 checked against the manifest once per process."""
-    url = storage.join(corpus_url, f"{split}.bin")
-    path = storage.cached_local_copy(url)
-    info = (manifest.get("splits") or {}).get(split) or {"file": f"{split}.bin"}
+    path = storage.cached_local_copy(layout.Corpus(corpus_url).split(split))
+    info = (manifest.get("splits") or {}).get(split) or {"file": layout.Corpus.split_file(split)}
     integrity.verify_shard(corpus_url, info, path)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
 def load_inputs(run_url: str, world: int) -> Inputs:
     """Read and check everything before anything is written; every failure is one line."""
-    from repeatlab.model import GPTConfig
-
     run_url = run_url.rstrip("/")
-    point = storage.read_json(storage.join(run_url, "point.json"))
+    point, budget, tc = _point_settings(run_url)
+    context = int(budget.context)
+    model_cfg = _model_config(point["model"], context)
+    corpus_url = point["corpus_url"].rstrip("/")
+    corpus = layout.Corpus(corpus_url)
+    manifest = storage.read_json(corpus.manifest)
+    plan_info = _plan_info(run_url, point, manifest)
+    vocab = int((manifest.get("tokenizer") or {}).get("vocab_size", 0))
+    if vocab > model_cfg.vocab_size:
+        raise TrainError(
+            f"model.vocab_size: {model_cfg.vocab_size} is not allowed: the corpus tokenizer has "
+            f"{vocab} tokens (the model's vocabulary must be at least as large)"
+        )
+    dtype = np.dtype(manifest.get("dtype", "uint16"))
+    plan, repeated = _load_plan(run_url, plan_info)
+    train_data = _open_shard(corpus_url, manifest, "train", dtype)
+    _check_offsets(run_url, plan, repeated, len(train_data), context)
+    test_data = None
+    if storage.exists(corpus.split("test")):
+        test_data = _open_shard(corpus_url, manifest, "test", dtype)
+    batch = _global_batch(budget, tc, world)
+    return Inputs(
+        run_url=run_url,
+        point=point,
+        budget=budget,
+        tc=tc,
+        model_cfg=model_cfg,
+        context=context,
+        plan=plan,
+        repeated=repeated,
+        train_data=train_data,
+        test_data=test_data,
+        batch=batch,
+        steps=-(-len(plan) // batch),
+        config_hash=config_hash(point, plan_info),
+    )
+
+
+def _point_settings(run_url: str) -> tuple[dict, BudgetConfig, TrainConfig]:
+    """point.json, its budget, and its train settings updated by the execution-only settings (execution.json)."""
+    run = layout.Run(run_url)
+    point = storage.read_json(run.point)
     budget = _known(BudgetConfig, point.get("budget"))
     train = dict(point.get("train") or {})
-    execution_url = layout.Run(run_url).execution  # the execution-only settings, rewritten by every plan
+    execution_url = run.execution  # the execution-only settings, rewritten by every plan
     if storage.exists(execution_url):
         train.update(storage.read_json(execution_url).get("train") or {})
-    tc = _known(TrainConfig, train)
-    m = dict(point["model"])
-    context = int(budget.context)
+    return point, budget, _known(TrainConfig, train)
+
+
+def _model_config(model: dict, context: int) -> Any:
+    """The GPTConfig of point.json's model; its context must be the budget's."""
+    from repeatlab.model import GPTConfig
+
+    m = dict(model)
     if int(m.get("context", context)) != context:
         raise TrainError(f"model.context: {m.get('context')} is not allowed: must equal budget.context ({context})")
-    model_cfg = GPTConfig(
+    return GPTConfig(
         vocab_size=int(m["vocab_size"]),
         context=context,
         n_layer=int(m["n_layer"]),
@@ -180,9 +216,10 @@ def load_inputs(run_url: str, world: int) -> Inputs:
         name=str(m.get("name") or ""),
     )
 
-    corpus_url = point["corpus_url"].rstrip("/")
-    manifest = storage.read_json(storage.join(corpus_url, "manifest.json"))
-    plan_url = storage.join(run_url, "plan.json")
+
+def _plan_info(run_url: str, point: dict, manifest: dict) -> dict:
+    """plan.json, which must exist and name the same corpus as point.json and the corpus manifest."""
+    plan_url = layout.Run(run_url).plan_json
     if not storage.exists(plan_url):
         raise PlanError(
             f"{plan_url}: not found: the point has no mixture plan yet; build it first "
@@ -190,9 +227,9 @@ def load_inputs(run_url: str, world: int) -> Inputs:
         )
     plan_info = storage.read_json(plan_url)
     ids = {
-        "plan.json": plan_info.get("corpus_id"),
-        "point.json": point.get("corpus_id"),
-        "manifest.json": manifest.get("corpus_id"),
+        layout.PLAN: plan_info.get("corpus_id"),
+        layout.POINT: point.get("corpus_id"),
+        layout.MANIFEST: manifest.get("corpus_id"),
     }
     if len(set(ids.values())) != 1:
         raise PlanError(
@@ -200,37 +237,39 @@ def load_inputs(run_url: str, world: int) -> Inputs:
             + ", ".join(f"{k} {v}" for k, v in ids.items())
             + "; rebuild the plan (repeatlab mix) for this corpus"
         )
-    vocab = int((manifest.get("tokenizer") or {}).get("vocab_size", 0))
-    if vocab > model_cfg.vocab_size:
-        raise TrainError(
-            f"model.vocab_size: {model_cfg.vocab_size} is not allowed: the corpus tokenizer has "
-            f"{vocab} tokens (the model's vocabulary must be at least as large)"
-        )
-    dtype = np.dtype(manifest.get("dtype", "uint16"))
+    return plan_info
 
+
+def _load_plan(run_url: str, plan_info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(plan.npy memory-mapped, repeated.npy as int64), their hashes checked against plan.json."""
     integrity.verify_plan(run_url, plan_info)  # a flipped byte would silently train on other windows
-    plan = _load_npy(storage.join(run_url, "plan.npy"))
-    repeated = np.asarray(_load_npy(storage.join(run_url, "repeated.npy")), dtype=np.int64)
+    run = layout.Run(run_url)
+    plan = _load_npy(run.plan_npy)
+    repeated = np.asarray(_load_npy(run.repeated_npy), dtype=np.int64)
     if plan.ndim != 1 or len(plan) == 0:
         raise PlanError(f"{run_url}/plan.npy: expected a non-empty 1-D array of offsets, got shape {plan.shape}")
     if "sequences" in plan_info and int(plan_info["sequences"]) != len(plan):
         raise PlanError(f"{run_url}/plan.npy: {len(plan)} entries but plan.json says {plan_info['sequences']}")
+    return plan, repeated
 
-    train_data = _open_shard(corpus_url, manifest, "train", dtype)
+
+def _check_offsets(run_url: str, plan: np.ndarray, repeated: np.ndarray, tokens: int, context: int) -> None:
+    """Every window (context + 1 tokens) of the plan and of the repeated set lies inside the train shard."""
     hi = int(plan.max())
     if (
         int(plan.min()) < 0
-        or hi + context + 1 > len(train_data)
-        or (len(repeated) and (int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > len(train_data)))
+        or hi + context + 1 > tokens
+        or (len(repeated) and (int(repeated.min()) < 0 or int(repeated.max()) + context + 1 > tokens))
     ):
         raise PlanError(
-            f"{run_url}/plan.npy: offsets run past the train shard ({len(train_data)} tokens, windows of "
+            f"{run_url}/plan.npy: offsets run past the train shard ({tokens} tokens, windows of "
             f"{context + 1}); the plan was built for another corpus or context"
         )
-    test_data = None
-    if storage.exists(storage.join(corpus_url, "test.bin")):
-        test_data = _open_shard(corpus_url, manifest, "test", dtype)
 
+
+def _global_batch(budget: BudgetConfig, tc: TrainConfig, world: int) -> int:
+    """B, sequences per global batch: it must split evenly over `world` ranks and their micro-batches."""
+    context = int(budget.context)
     batch = int(budget.batch_tokens) // context
     if batch < 1 or int(budget.batch_tokens) % context:
         raise TrainError(
@@ -244,22 +283,7 @@ def load_inputs(run_url: str, world: int) -> Inputs:
             f"{tc.micro_batch_sequences or 'the whole per-rank batch'}: choose nproc so that it divides "
             f"the batch, or change train.micro_batch_sequences"
         )
-    steps = -(-len(plan) // batch)
-    return Inputs(
-        run_url=run_url,
-        point=point,
-        budget=budget,
-        tc=tc,
-        model_cfg=model_cfg,
-        context=context,
-        plan=plan,
-        repeated=repeated,
-        train_data=train_data,
-        test_data=test_data,
-        batch=batch,
-        steps=steps,
-        config_hash=config_hash(point, plan_info),
-    )
+    return batch
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -546,7 +570,7 @@ class PointRun:
     def start(cls, inputs: Inputs, resume: dict | None) -> PointRun:
         state = resume["state"] if resume else {}
         rows: list[dict] = []
-        jsonl = storage.join(inputs.run_url, "train.jsonl")
+        jsonl = layout.Run(inputs.run_url).train_log
         if resume and storage.exists(jsonl):
             rows = [json.loads(line) for line in storage.read_text(jsonl).splitlines() if line.strip()]
             rows = [r for r in rows if r.get("step", 0) <= resume["step"]]
@@ -759,7 +783,7 @@ class Trainer:
             run.rows.append(run.last_row)
             if self.env.rank == 0:
                 storage.write_text(
-                    storage.join(run.inputs.run_url, "train.jsonl"), "".join(json.dumps(r) + "\n" for r in run.rows)
+                    layout.Run(run.inputs.run_url).train_log, "".join(json.dumps(r) + "\n" for r in run.rows)
                 )
                 if not self._tty():
                     tl = "n/a" if test_loss is None else f"{test_loss:.4f}"
@@ -906,7 +930,7 @@ class Trainer:
             "parallelism": self.tc.parallelism,
             "pack_size": len(self.runs),
             "wall_time_s": run.base_elapsed + time.time() - self.session_start,
-            "checkpoint": checkpoint_name(steps),
+            "checkpoint": layout.checkpoint_name(steps),
             "test_loss": last.get("test_loss"),
             "repeated_loss": last.get("repeated_loss"),
             "repeated_exposures": {
@@ -918,7 +942,7 @@ class Trainer:
         }
         if self.env.rank == 0:
             inputs.check_lease()
-            storage.write_json(storage.join(inputs.run_url, "done.json"), done)
+            storage.write_json(layout.Run(inputs.run_url).done, done)
             log.info(
                 "train: done: %s: %d steps, test loss %s, repeated loss %s, repeated exposures %s",
                 inputs.run_url,
@@ -940,11 +964,12 @@ def _progress_line(step: int, steps: int, loss: float, tok_s: float, eta_s: floa
 
 
 def already_trained(run_url: str) -> dict | None:
-    done_url = storage.join(run_url.rstrip("/"), "done.json")
+    run = layout.Run(run_url.rstrip("/"))
+    done_url = run.done
     if not storage.exists(done_url):
         return None
     done = storage.read_json(done_url)
-    point = storage.read_json(storage.join(run_url.rstrip("/"), "point.json"))
+    point = storage.read_json(run.point)
     if done.get("point_id") != point.get("point_id"):
         raise CheckpointError(
             f"{done_url} belongs to another point ({done.get('point_id')}, not "
@@ -1141,7 +1166,7 @@ def evaluate_here(run_url: str, env: DistEnv) -> None:
     from repeatlab.evaluate import evaluate_run
 
     try:
-        evaluate_run(run_url, log=lambda msg: log.info("%s", msg) if env.rank == 0 else None, device=env.device.type)
+        evaluate_run(run_url, device=env.device.type)  # its INFO lines: rank 0 only (_configure_logging)
     except Exception as exc:  # noqa: BLE001 - see the docstring: the evaluate step retries and reports
         log.error(
             "train: rank %d: evaluation in the training process failed (%s: %s); the evaluate step will "

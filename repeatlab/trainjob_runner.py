@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+from repeatlab import logs
 from repeatlab.errors import TrainError
+
+log = logging.getLogger(__name__)
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -252,12 +256,11 @@ def run_trainjob(
     trainjob: dict,
     namespace: str,
     *,
-    api_client=None,
+    api_client: Any = None,
     timeout_s: float,
     poll_s: float = 5,
     backoff: float = 1.5,
     max_poll_s: float = 60,
-    log: Callable[[str], Any] = print,
     delete_on_success: bool = False,
     request_timeout_s: float = 30,
     max_api_errors: int = 5,
@@ -268,15 +271,36 @@ def run_trainjob(
     it is on KeyboardInterrupt (re-raised) and SIGTERM (TrainError). Polls every poll_s seconds, growing by `backoff`
     up to max_poll_s. Up to max_api_errors consecutive failed status reads are tolerated (API server restarts).
     """
-    from kubernetes import client as k8s
+    logs.ensure_configured()  # the launcher step's pod log shows every status change
+    polling = _Polling(timeout_s, poll_s, backoff, max_poll_s, max_api_errors)
+    polling.check()
+    body = _trainjob_body(trainjob, namespace)
+    job = _TrainJobRun(body, api_client or load_api_client(), request_timeout_s)
+    return job.run(polling, delete_on_success)
 
-    if timeout_s <= 0:
-        raise TrainError(f"timeout_s {timeout_s!r}: must be > 0 seconds")
-    if poll_s <= 0 or backoff < 1 or max_poll_s < poll_s:
-        raise TrainError(
-            f"poll_s={poll_s!r}, backoff={backoff!r}, max_poll_s={max_poll_s!r}: "
-            "need poll_s > 0, backoff >= 1 and max_poll_s >= poll_s"
-        )
+
+@dataclasses.dataclass(frozen=True)
+class _Polling:
+    """How long and how often a TrainJob is waited on."""
+
+    timeout_s: float
+    poll_s: float
+    backoff: float
+    max_poll_s: float
+    max_api_errors: int
+
+    def check(self) -> None:
+        if self.timeout_s <= 0:
+            raise TrainError(f"timeout_s {self.timeout_s!r}: must be > 0 seconds")
+        if self.poll_s <= 0 or self.backoff < 1 or self.max_poll_s < self.poll_s:
+            raise TrainError(
+                f"poll_s={self.poll_s!r}, backoff={self.backoff!r}, max_poll_s={self.max_poll_s!r}: "
+                "need poll_s > 0, backoff >= 1 and max_poll_s >= poll_s"
+            )
+
+
+def _trainjob_body(trainjob: dict, namespace: str) -> dict:
+    """A copy of the TrainJob with its namespace, apiVersion and kind filled in (a namespace of its own must agree)."""
     body = copy.deepcopy(trainjob)
     metadata = body.setdefault("metadata", {})
     name = metadata.get("name")
@@ -290,153 +314,195 @@ def run_trainjob(
     metadata["namespace"] = namespace
     body.setdefault("apiVersion", f"{GROUP}/{VERSION}")
     body.setdefault("kind", KIND)
-    where = f"{KIND} {namespace}/{name}"
+    return body
 
-    api_client = api_client or load_api_client()
-    custom = k8s.CustomObjectsApi(api_client)
-    core = k8s.CoreV1Api(api_client)
-    errors = _api_errors()
-    from kubernetes.client.exceptions import ApiException
 
-    def get() -> dict:
-        return custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=request_timeout_s
+class _TrainJobRun:
+    """One TrainJob's life: create (or adopt) it, wait on it, report it, and delete it when we stop early."""
+
+    def __init__(self, body: dict, api_client: Any, request_timeout_s: float) -> None:
+        from kubernetes import client as k8s
+        from kubernetes.client.exceptions import ApiException
+
+        self.body = body
+        self.name: str = body["metadata"]["name"]
+        self.namespace: str = body["metadata"]["namespace"]
+        self.where = f"{KIND} {self.namespace}/{self.name}"
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+        self.delete_options = k8s.V1DeleteOptions(propagation_policy="Foreground")
+        self.api_exception = ApiException
+        self.errors = _api_errors()
+        self.request_timeout_s = request_timeout_s
+        self.owned = False  # we created or adopted a TrainJob that has not finished: it must go when we stop early
+
+    def run(self, polling: _Polling, delete_on_success: bool) -> dict:
+        start = time.monotonic()
+        deadline = start + polling.timeout_s
+        try:
+            with _sigterm_raises():
+                self._create_or_adopt(deadline, polling.poll_s)
+                return self._wait(polling, start, deadline, delete_on_success)
+        except KeyboardInterrupt:
+            self._abandon("interrupted; deleting it", "interrupted")
+            raise
+        except _Terminated:
+            self._abandon("SIGTERM; deleting it", "terminated")
+            raise TrainError(f"{self.where}: cancelled by SIGTERM; the TrainJob was deleted") from None
+        finally:
+            if self.owned:
+                self._delete("failed or timed out")
+
+    # ---- Kubernetes calls
+
+    def _get(self) -> dict:
+        return self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, _request_timeout=self.request_timeout_s
         )
 
-    def delete(why: str) -> None:
+    def _create(self) -> None:
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.body, _request_timeout=self.request_timeout_s
+        )
+
+    def _delete(self, why: str) -> None:
+        """Delete the TrainJob (foreground: its JobSet and pods go with it); a failure is logged, never raised."""
         try:
-            custom.delete_namespaced_custom_object(
+            self.custom.delete_namespaced_custom_object(
                 GROUP,
                 VERSION,
-                namespace,
+                self.namespace,
                 PLURAL,
-                name,
-                body=k8s.V1DeleteOptions(propagation_policy="Foreground"),
-                _request_timeout=request_timeout_s,
+                self.name,
+                body=self.delete_options,
+                _request_timeout=self.request_timeout_s,
             )
-            log(f"{where}: deleted ({why})")
-        except ApiException as exc:
+            log.info(f"{self.where}: deleted ({why})")
+        except self.api_exception as exc:
             if exc.status != 404:
-                log(f"{where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
-        except errors as exc:
-            log(f"{where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
+                log.warning(f"{self.where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
+        except self.errors as exc:
+            log.warning(f"{self.where}: could not be deleted ({why}): {_api_reason(exc)}; delete it by hand")
 
-    def report(status: str, conditions: list[dict]) -> tuple[list[dict], list[str]]:
-        events, exits = collect_events(core, namespace, name, request_timeout_s)
+    def _abandon(self, message: str, why: str) -> None:
+        if self.owned:
+            log.info(f"{self.where}: {message}")
+            self._delete(why)
+            self.owned = False
+
+    def _report(self) -> tuple[list[dict], list[str]]:
+        """Log and return the job's recent events and its pods' container exit reasons."""
+        events, exits = collect_events(self.core, self.namespace, self.name, self.request_timeout_s)
         for e in events:
-            log(f"{where}: event {_format_event(e)}")
+            log.info(f"{self.where}: event {_format_event(e)}")
         for line in exits:
-            log(f"{where}: {line}")
+            log.info(f"{self.where}: {line}")
         return events, exits
 
-    def result(status: str, obj: dict, events: list[dict], exits: list[str]) -> dict:
+    # ---- create (or adopt)
+
+    def _create_or_adopt(self, deadline: float, poll_s: float) -> None:
+        try:
+            self._create()
+            self.owned = True
+            log.info(f"{self.where}: created")
+        except self.api_exception as exc:
+            if exc.status != 409:
+                raise TrainError(f"{self.where} cannot be created: {_api_reason(exc)}") from None
+            self._adopt(deadline, poll_s)
+        except self.errors as exc:
+            raise TrainError(f"{self.where} cannot be created: {_api_reason(exc)}") from None
+
+    def _adopt(self, deadline: float, poll_s: float) -> None:
+        """A TrainJob of this name exists (a retried launcher step): wait on it, or replace it if it failed."""
+        status, _ = trainjob_status(self._get())
+        if status == FAILED:
+            log.info(f"{self.where}: exists already and failed; deleting it and creating it again")
+            self._delete("replacing a failed attempt")
+            _wait_gone(self._get, self.api_exception, deadline, poll_s, self.where)
+            self._create()
+            log.info(f"{self.where}: created")
+        else:
+            log.info(f"{self.where}: exists already ({status}); waiting on it")
+        self.owned = True
+
+    # ---- wait
+
+    def _wait(self, polling: _Polling, start: float, deadline: float, delete_on_success: bool) -> dict:
+        interval = polling.poll_s
+        last: str | None = None  # the status line logged last
+        api_failures = 0
+        while True:
+            obj, failure = self._read()
+            if obj is None:
+                api_failures += 1
+                self._tolerate(failure, api_failures, polling.max_api_errors)
+            else:
+                api_failures = 0
+                last, outcome = self._observe(obj, last, start, delete_on_success)
+                if outcome is not None:
+                    return outcome
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._time_out(polling.timeout_s, last)
+            time.sleep(min(interval, remaining))
+            interval = min(interval * polling.backoff, polling.max_poll_s)
+
+    def _read(self) -> tuple[dict | None, str]:
+        """(the TrainJob, "") or (None, why its read failed); a TrainJob deleted under us raises TrainError."""
+        try:
+            return self._get(), ""
+        except self.api_exception as exc:
+            if exc.status == 404:
+                self.owned = False
+                raise TrainError(f"{self.where} disappeared while running (deleted by someone else?)") from None
+            return None, _api_reason(exc)
+        except self.errors as exc:
+            return None, _api_reason(exc)
+
+    def _tolerate(self, failure: str, api_failures: int, max_api_errors: int) -> None:
+        log.warning(f"{self.where}: status read failed ({failure}); attempt {api_failures} of {max_api_errors}")
+        if api_failures >= max_api_errors:
+            raise TrainError(
+                f"{self.where}: the Kubernetes API failed {api_failures} times in a row "
+                f"({failure}); the TrainJob is being deleted"
+            )
+
+    def _observe(self, obj: dict, last: str | None, start: float, delete_on_success: bool) -> tuple[str, dict | None]:
+        """Log a status change; (the status line, the result once Complete); raise TrainError once Failed."""
+        status, condition = trainjob_status(obj)
+        text = _describe(status, condition, obj)
+        if text != last:
+            log.info(f"{self.where}: {text} after {time.monotonic() - start:.0f}s")
+        if status == COMPLETE:
+            events, exits = self._report()
+            self.owned = False  # finished: it stays for inspection unless delete_on_success
+            if delete_on_success:
+                self._delete("complete")
+            return text, self._result(status, obj, events, exits)
+        if status == FAILED:
+            events, exits = self._report()
+            raise TrainError(_failure_line(self.where, condition, events, exits))
+        return text, None
+
+    def _time_out(self, timeout_s: float, last: str | None) -> NoReturn:
+        events, _ = self._report()
+        warning = _last_warning(events)
+        raise TrainError(
+            f"{self.where} did not finish within {timeout_s:g}s (last status: {last or 'unknown'})"
+            + (f"; last warning: {warning}" if warning else "")
+            + "; the TrainJob is being deleted"
+        )
+
+    def _result(self, status: str, obj: dict, events: list[dict], exits: list[str]) -> dict:
         return {
             "status": status,
             "conditions": _conditions(obj),
             "events": events,
             "exits": exits,
-            "name": name,
-            "namespace": namespace,
+            "name": self.name,
+            "namespace": self.namespace,
         }
-
-    created = False  # we own a TrainJob that must go when we stop early
-    finished = False
-    start = time.monotonic()
-    deadline = start + timeout_s
-    try:
-        with _sigterm_raises():
-            # ---- create (or adopt)
-            try:
-                custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, body, _request_timeout=request_timeout_s
-                )
-                created = True
-                log(f"{where}: created")
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise TrainError(f"{where} cannot be created: {_api_reason(exc)}") from None
-                existing = get()
-                status, _ = trainjob_status(existing)
-                if status == FAILED:
-                    log(f"{where}: exists already and failed; deleting it and creating it again")
-                    delete("replacing a failed attempt")
-                    _wait_gone(get, ApiException, deadline, poll_s, where)
-                    custom.create_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, body, _request_timeout=request_timeout_s
-                    )
-                    log(f"{where}: created")
-                else:
-                    log(f"{where}: exists already ({status}); waiting on it")
-                created = True
-            except errors as exc:
-                raise TrainError(f"{where} cannot be created: {_api_reason(exc)}") from None
-
-            # ---- wait
-            interval = poll_s
-            last = None
-            api_failures = 0
-            while True:
-                obj = None
-                try:
-                    obj = get()
-                    api_failures = 0
-                except ApiException as exc:
-                    if exc.status == 404:
-                        created = False
-                        raise TrainError(f"{where} disappeared while running (deleted by someone else?)") from None
-                    api_failures += 1
-                    failure = _api_reason(exc)
-                except errors as exc:
-                    api_failures += 1
-                    failure = _api_reason(exc)
-                if obj is None:
-                    log(f"{where}: status read failed ({failure}); attempt {api_failures} of {max_api_errors}")
-                    if api_failures >= max_api_errors:
-                        raise TrainError(
-                            f"{where}: the Kubernetes API failed {api_failures} times in a row "
-                            f"({failure}); the TrainJob is being deleted"
-                        )
-                else:
-                    status, condition = trainjob_status(obj)
-                    text = _describe(status, condition, obj)
-                    if text != last:
-                        log(f"{where}: {text} after {time.monotonic() - start:.0f}s")
-                        last = text
-                    if status == COMPLETE:
-                        events, exits = report(status, _conditions(obj))
-                        finished = True
-                        if delete_on_success:
-                            delete("complete")
-                        return result(status, obj, events, exits)
-                    if status == FAILED:
-                        events, exits = report(status, _conditions(obj))
-                        raise TrainError(_failure_line(where, condition, events, exits))
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    events, exits = report(last or PENDING, _conditions(obj or {}))
-                    warning = _last_warning(events)
-                    raise TrainError(
-                        f"{where} did not finish within {timeout_s:g}s (last status: {last or 'unknown'})"
-                        + (f"; last warning: {warning}" if warning else "")
-                        + "; the TrainJob is being deleted"
-                    )
-                time.sleep(min(interval, remaining))
-                interval = min(interval * backoff, max_poll_s)
-    except KeyboardInterrupt:
-        if created and not finished:
-            log(f"{where}: interrupted; deleting it")
-            delete("interrupted")
-            created = False
-        raise
-    except _Terminated:
-        if created and not finished:
-            log(f"{where}: SIGTERM; deleting it")
-            delete("terminated")
-            created = False
-        raise TrainError(f"{where}: cancelled by SIGTERM; the TrainJob was deleted") from None
-    finally:
-        if created and not finished:
-            delete("failed or timed out")
 
 
 def _wait_gone(get, api_exception, deadline: float, poll_s: float, where: str) -> None:

@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import logging
 import os
 import random
 
@@ -51,10 +52,6 @@ def cfg_(url, **kw) -> CorpusConfig:
     return CorpusConfig(url=str(url), **{**FRACTIONS, **kw})
 
 
-def quiet(*_):
-    pass
-
-
 def shard_docs(url, split, manifest) -> list[str]:
     tok = load_tokenizer(url, manifest)
     arr = np.asarray(open_split(url, split, manifest))
@@ -76,7 +73,7 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
     dupes = [texts[0], "  " + texts[1].replace(" ", "\n  ") + "\n", texts[2]]  # exact and whitespace-only variants
     src = write_jsonl(tmp_path / "in.jsonl", texts + dupes + ["", "   \n\t"])
     root = tmp_path / "root"
-    m = prepare_corpus(cfg_(src), str(root), log=quiet)
+    m = prepare_corpus(cfg_(src), str(root))
 
     assert m["documents_read"] == 65 and m["duplicates_dropped"] == 3 and m["empty_dropped"] == 2
     assert set(m) == {
@@ -127,10 +124,10 @@ def test_jsonl_dedup_split_manifest_and_shards(tmp_path):
 def test_split_is_deterministic_and_salted(tmp_path):
     texts = docs_(80, seed=3)
     src = write_jsonl(tmp_path / "a.jsonl", texts)
-    m1 = prepare_corpus(cfg_(src), str(tmp_path / "r1"), log=quiet)
+    m1 = prepare_corpus(cfg_(src), str(tmp_path / "r1"))
     # same documents, another order and another file name: same split membership
     src2 = write_jsonl(tmp_path / "b.jsonl", list(reversed(texts)))
-    m2 = prepare_corpus(cfg_(src2), str(tmp_path / "r2"), log=quiet)
+    m2 = prepare_corpus(cfg_(src2), str(tmp_path / "r2"))
     for s in ("train", "test", "probe"):
         assert m1["splits"][s]["documents"] == m2["splits"][s]["documents"]
         assert set(shard_docs(corpus_url(str(tmp_path / "r1"), m1["corpus_id"]), s, m1)) == set(
@@ -139,26 +136,26 @@ def test_split_is_deterministic_and_salted(tmp_path):
     # exactly what split_of says
     for t in texts[:10]:
         assert corpus.split_of(corpus.normalize(t), "repeatlab", 0.2, 0.2) in ("train", "test", "probe")
-    m3 = prepare_corpus(cfg_(src, split_salt="other"), str(tmp_path / "r1"), log=quiet)
+    m3 = prepare_corpus(cfg_(src, split_salt="other"), str(tmp_path / "r1"))
     assert m3["corpus_id"] != m1["corpus_id"]
     assert m3["splits"]["test"]["sha256"] != m1["splits"]["test"]["sha256"]
     # a fresh prepare of the same input in another root gives the same id and identical shards
-    m4 = prepare_corpus(cfg_(src), str(tmp_path / "r4"), log=quiet)
+    m4 = prepare_corpus(cfg_(src), str(tmp_path / "r4"))
     assert m4["corpus_id"] == m1["corpus_id"] and m4["splits"] == m1["splits"]
 
 
-def test_second_prepare_reuses_without_rewriting(tmp_path, monkeypatch):
+def test_second_prepare_reuses_without_rewriting(tmp_path, monkeypatch, caplog):
     src = write_jsonl(tmp_path / "in.jsonl", docs_(40))
     root = str(tmp_path / "root")
-    m1 = prepare_corpus(cfg_(src), root, log=quiet)
+    m1 = prepare_corpus(cfg_(src), root)
     folder = storage.local_path(corpus_url(root, m1["corpus_id"]))
     mtimes = {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
     calls = []
     monkeypatch.setattr(corpus, "tokens_of", lambda *a, **k: calls.append(1))
-    logs = []
-    m2 = prepare_corpus(cfg_(src), root, log=logs.append)
+    caplog.set_level(logging.INFO, logger="repeatlab")
+    m2 = prepare_corpus(cfg_(src), root)
     assert m2 == m1 and not calls
-    assert any("reusing" in line for line in logs)
+    assert any("reusing" in r.getMessage() for r in caplog.records if r.name == corpus.__name__)
     assert {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)} == mtimes
 
 
@@ -169,7 +166,7 @@ def test_text_files_glob_folder_and_blank_line_split(tmp_path):
     for i, t in enumerate(texts):
         (d / f"doc{i:03d}.txt").write_text(t + "\n")
     (d / "notes.md.skip").write_text("not matched by the glob")
-    m = prepare_corpus(cfg_(str(d / "*.txt")), str(tmp_path / "r"), log=quiet)
+    m = prepare_corpus(cfg_(str(d / "*.txt")), str(tmp_path / "r"))
     assert m["documents_read"] == 30 and len(m["source"]["files"]) == 30 and m["source"]["format"] == "text"
     assert [f["path"] for f in m["source"]["files"]] == sorted(str(p) for p in d.glob("*.txt"))
     url = corpus_url(str(tmp_path / "r"), m["corpus_id"])
@@ -178,10 +175,10 @@ def test_text_files_glob_folder_and_blank_line_split(tmp_path):
 
     one = tmp_path / "one.txt"
     one.write_text("\n\n".join(texts) + "\n \n\n" + texts[0])  # a whitespace-only separator and a duplicate paragraph
-    m2 = prepare_corpus(cfg_(one, split_on_blank_lines=True), str(tmp_path / "r"), log=quiet)
+    m2 = prepare_corpus(cfg_(one, split_on_blank_lines=True), str(tmp_path / "r"))
     assert m2["documents_read"] == 31 and m2["duplicates_dropped"] == 1
     with pytest.raises(CorpusError, match="split is empty"):  # the same file as one document: too few
-        prepare_corpus(cfg_(one), str(tmp_path / "r"), log=quiet)
+        prepare_corpus(cfg_(one), str(tmp_path / "r"))
 
 
 def test_gzip_zstd_parquet_give_the_same_shards(tmp_path):
@@ -195,21 +192,21 @@ def test_gzip_zstd_parquet_give_the_same_shards(tmp_path):
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(raw))
     (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
     pq.write_table(pa.table({"body": texts, "n": list(range(50))}), tmp_path / "c.parquet")
-    ref = prepare_corpus(cfg_(plain), str(tmp_path / "r"), log=quiet)
+    ref = prepare_corpus(cfg_(plain), str(tmp_path / "r"))
     for url, extra in [
         (tmp_path / "c.jsonl.gz", {}),
         (tmp_path / "c.jsonl.zst", {}),
         (tmp_path / "c.parquet", {"text_field": "body"}),
     ]:
-        m = prepare_corpus(cfg_(url, **extra), str(tmp_path / "r"), log=quiet)
+        m = prepare_corpus(cfg_(url, **extra), str(tmp_path / "r"))
         assert m["corpus_id"] != ref["corpus_id"]
         assert {s: v["sha256"] for s, v in m["splits"].items()} == {s: v["sha256"] for s, v in ref["splits"].items()}
     # zstd text file, explicit format on an unknown extension
     (tmp_path / "t.txt.zst").write_bytes(zstandard.ZstdCompressor().compress("\n\n".join(texts).encode()))
-    m = prepare_corpus(cfg_(tmp_path / "t.txt.zst", split_on_blank_lines=True), str(tmp_path / "r"), log=quiet)
+    m = prepare_corpus(cfg_(tmp_path / "t.txt.zst", split_on_blank_lines=True), str(tmp_path / "r"))
     assert m["documents_read"] == 50 and m["source"]["format"] == "text"
     (tmp_path / "data.dat").write_bytes(raw)
-    m = prepare_corpus(cfg_(tmp_path / "data.dat", format="jsonl"), str(tmp_path / "r"), log=quiet)
+    m = prepare_corpus(cfg_(tmp_path / "data.dat", format="jsonl"), str(tmp_path / "r"))
     assert m["splits"]["train"]["sha256"] == ref["splits"]["train"]["sha256"]
 
 
@@ -220,9 +217,7 @@ def test_bpe_corpus_ood_and_memory_root(tmp_path, monkeypatch):
     ood = tmp_path / "ood.txt"
     ood.write_text("def f(x):\n    return x + 1\n\nclass A:\n    pass\n")
     root = "memory://rl-test-root"
-    m = prepare_corpus(
-        cfg_(src, tokenizer="bpe", vocab_size=512, ood_url=str(ood), split_on_blank_lines=True), root, log=quiet
-    )
+    m = prepare_corpus(cfg_(src, tokenizer="bpe", vocab_size=512, ood_url=str(ood), split_on_blank_lines=True), root)
     assert m["tokenizer"]["kind"] == "bpe" and m["tokenizer"]["file"] == "tokenizer.json"
     assert m["tokenizer"]["vocab_size"] <= 512 and m["dtype"] == "uint16"
     assert m["splits"]["ood"]["documents"] == 2 and m["source"]["ood_files"][0]["path"] == str(ood)
@@ -279,7 +274,7 @@ def test_cli_flags_json_and_config(tmp_path, capsys):
 def _fails(tmp_path, cfg, exc, match, root=None):
     root = root or str(tmp_path / "root")
     with pytest.raises(exc, match=match) as info:
-        prepare_corpus(cfg, root, log=quiet)
+        prepare_corpus(cfg, root)
     assert "\n" not in str(info.value)
     assert no_manifest_under(tmp_path)
     return str(info.value)
@@ -323,12 +318,12 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "afile").write_text("x")
     _fails(tmp_path, cfg_(good), StorageError, "afile/root", root=str(tmp_path / "afile" / "root"))
     with pytest.raises(ConfigError, match="corpus.vocab_size: 300 is not allowed"):
-        prepare_corpus(cfg_(good, vocab_size=300), str(tmp_path / "root"), log=quiet)
+        prepare_corpus(cfg_(good, vocab_size=300), str(tmp_path / "root"))
     with pytest.raises(CorpusError, match="manifest.json: not found"):
         load_manifest(corpus_url(str(tmp_path / "root"), "0123456789abcdef"))
 
 
-def test_interrupted_prepare_leaves_no_manifest_and_reruns(tmp_path, monkeypatch):
+def test_interrupted_prepare_leaves_no_manifest_and_reruns(tmp_path, monkeypatch, caplog):
     src = write_jsonl(tmp_path / "in.jsonl", docs_(40))
     root = str(tmp_path / "root")
     real = storage.write_json
@@ -340,11 +335,12 @@ def test_interrupted_prepare_leaves_no_manifest_and_reruns(tmp_path, monkeypatch
 
     monkeypatch.setattr(storage, "write_json", boom)
     with pytest.raises(StorageError, match="simulated crash"):
-        prepare_corpus(cfg_(src), root, log=quiet)
+        prepare_corpus(cfg_(src), root)
     assert no_manifest_under(root)
     assert not [n for _, _, files in os.walk(root) for n in files if n.startswith(".tmp")]
     monkeypatch.setattr(storage, "write_json", real)
-    logs = []
-    m = prepare_corpus(cfg_(src), root, log=logs.append)
-    assert not any("reusing" in line for line in logs)
+    caplog.set_level(logging.INFO, logger="repeatlab")
+    m = prepare_corpus(cfg_(src), root)
+    assert any("prepared at" in r.getMessage() for r in caplog.records if r.name == corpus.__name__)
+    assert not any("reusing" in r.getMessage() for r in caplog.records)
     assert load_manifest(corpus_url(root, m["corpus_id"])) == m

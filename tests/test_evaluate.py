@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 
 from repeatlab import evaluate, storage
 from repeatlab.config import BudgetConfig, EvalConfig, TrainConfig
-from repeatlab.errors import CheckpointError
+from repeatlab.errors import CheckpointError, TrainError
 from repeatlab.model import GPT, GPTConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -275,10 +276,11 @@ def make_run(tmp_path, fraction=0.5, ood=False, model_cfg=None) -> str:
 
 
 @pytest.mark.parametrize("fraction, ood", [(0.5, False), (0.0, True)])
-def test_evaluate_run_writes_eval_json(tmp_path, fraction, ood):
+def test_evaluate_run_writes_eval_json(tmp_path, fraction, ood, caplog):
     run_url = make_run(tmp_path, fraction=fraction, ood=ood)
-    lines = []
-    result = evaluate.evaluate_run(run_url, log=lines.append, device="cpu")
+    caplog.set_level(logging.INFO, logger="repeatlab")
+    result = evaluate.evaluate_run(run_url, device="cpu")
+    lines = [r.getMessage() for r in caplog.records if r.name == evaluate.__name__ and r.levelno == logging.INFO]
     written = storage.read_json(storage.join(run_url, "eval.json"))
     assert written == json.loads(json.dumps(result))
     assert set(written) == EVAL_KEYS
@@ -327,7 +329,7 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path, capsys):
         match=r"^checkpoint .*step-0000030/model.pt does not match the config: .*"
         r"lm_head.weight has shape \[64, 48\], the config needs \[64, 32\]",
     ):
-        evaluate.evaluate_run(run_url, log=lambda _: None, device="cpu")
+        evaluate.evaluate_run(run_url, device="cpu")
     save_checkpoint(run_url, 40, GPT(GPTConfig(**{**TINY, "n_layer": 1})))
     assert main(["evaluate", "--run-url", run_url]) == 2
     err = capsys.readouterr().err.strip()
@@ -339,12 +341,12 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
     run_url = make_run(tmp_path)
     storage.remove(storage.join(run_url, "checkpoints"), recursive=True)
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        evaluate.evaluate_run(run_url, log=lambda _: None, device="cpu")
+        evaluate.evaluate_run(run_url, device="cpu")
 
 
 def test_evaluate_under_torchrun_matches_one_process(tmp_path):
     run_url = make_run(tmp_path)
-    single = evaluate.evaluate_run(run_url, log=lambda _: None, device="cpu")
+    single = evaluate.evaluate_run(run_url, device="cpu")
     storage.remove(storage.join(run_url, "eval.json"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -377,3 +379,12 @@ def test_evaluate_under_torchrun_matches_one_process(tmp_path):
     assert np.allclose(distributed["copying"]["per_copy_loss"], single["copying"]["per_copy_loss"], rtol=1e-5)
     for name in ("prefix_matching", "previous_token", "copying"):
         assert np.allclose(distributed["heads"][name], single["heads"][name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda_is_a_one_line_error(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(TrainError, match=r"^device: 'cuda' is not allowed here: no CUDA device is available$"):
+        evaluate._dist_env("cuda")
+    env = evaluate._dist_env("cpu")  # one process: no process group is made, so there is nothing to tear down
+    assert (env.rank, env.world, env.device.type, env.owns_group) == (0, 1, "cpu", False)

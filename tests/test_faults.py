@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -488,7 +489,7 @@ def test_bit_flip_in_a_checkpoint_is_detected_by_evaluate(trained, tmp_path):
     _one_line_error(proc, "model.pt", "sha256", "state.json")
 
 
-def test_bit_flip_in_an_eval_record_is_detected(trained, tmp_path):
+def test_bit_flip_in_an_eval_record_is_detected(trained, tmp_path, caplog):
     import shutil
 
     from repeatlab import steps
@@ -502,7 +503,8 @@ def test_bit_flip_in_an_eval_record_is_detected(trained, tmp_path):
     loss = f"{record['test_loss']!r}"
     flipped = loss[:-1] + ("1" if loss[-1] != "1" else "2")
     (copy / "eval.json").write_text(text.replace(loss, flipped, 1))
-    messages = []
-    out = steps.evaluate("file://" + str(copy), log=messages.append)
+    caplog.set_level(logging.INFO, logger="repeatlab")
+    out = steps.evaluate("file://" + str(copy))
+    messages = [r.getMessage() for r in caplog.records if r.name == steps.__name__]
     assert any("record_sha256" in m and "evaluating again" in m for m in messages)
     assert out["test_loss"] == record["test_loss"]  # evaluated again, not the flipped value

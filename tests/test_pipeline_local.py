@@ -253,7 +253,7 @@ def test_s3_root_with_a_failing_point_then_a_rerun_completes(tmp_path, s3_env, c
     # Break one point before the run: its point.json names a shape the model rejects, so its training fails.
     from repeatlab.corpus import corpus_url, prepare_corpus
 
-    manifest = prepare_corpus(cfg.corpus, cfg.storage.root, log=lambda m: None)
+    manifest = prepare_corpus(cfg.corpus, cfg.storage.root)
     points = grid_points(
         cfg,
         manifest["corpus_id"],

@@ -2,6 +2,7 @@
 and warnings for splits that are a few documents (small generated corpora; the default corpus where it is cached)."""
 
 import json
+import logging
 import os
 import random
 
@@ -40,7 +41,6 @@ def test_chunked_split_samples_every_source_like_train(tmp_path):
     m = prepare_corpus(
         CorpusConfig(url=url, source_field="collection", chunk_tokens=1024, test_fraction=0.1),
         str(tmp_path / "root"),
-        log=lambda *_: None,
     )
     assert m["chunk_tokens"] == 1024 and m["documents_read"] == 10 and m["chunks"] > 1000
     assert m["splits"]["test"]["documents"] >= 50 and m["splits"]["test"]["largest_document_tokens"] <= 1025
@@ -53,19 +53,19 @@ def test_chunked_split_samples_every_source_like_train(tmp_path):
     assert not [w for w in m["warnings"] if "test" in w]
 
 
-def test_few_large_documents_warn_and_name_chunk_tokens(tmp_path):
+def test_few_large_documents_warn_and_name_chunk_tokens(tmp_path, caplog):
     url = _corpus(tmp_path)
-    logged = []
+    caplog.set_level(logging.INFO, logger="repeatlab")
     m = prepare_corpus(
         CorpusConfig(url=url, source_field="collection", test_fraction=0.3, probe_fraction=0.1),
         str(tmp_path / "root"),
-        log=logged.append,
     )
     assert m["chunk_tokens"] == 0 and m["chunks"] == 10
     assert any("train split has only" in w for w in m["warnings"])
     assert any("% of the train split's tokens" in w for w in m["warnings"]) or m["splits"]["train"]["documents"] > 5
     assert all("corpus.chunk_tokens" in w for w in m["warnings"])
-    assert any(line.startswith("warning: ") for line in logged)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == m["warnings"]
 
 
 def test_source_defaults_to_the_input_file(tmp_path):
@@ -74,7 +74,6 @@ def test_source_defaults_to_the_input_file(tmp_path):
     m = prepare_corpus(
         CorpusConfig(url=str(tmp_path / "*.txt"), chunk_tokens=512, test_fraction=0.2),
         str(tmp_path / "root"),
-        log=lambda *_: None,
     )
     assert set(m["composition"]["train"]) == {"a.txt", "b.txt"}
 
@@ -101,7 +100,7 @@ def test_default_corpus_test_split_represents_every_collection(tmp_path, monkeyp
     cache = os.environ.get("REPEATLAB_TEST_CACHE")
     if cache:
         monkeypatch.setenv("REPEATLAB_CACHE", cache)
-    m = prepare_corpus(CorpusConfig(), str(tmp_path / "root"), log=lambda *_: None)
+    m = prepare_corpus(CorpusConfig(), str(tmp_path / "root"))
     assert m["splits"]["test"]["documents"] >= 50 and not m["warnings"]
     train, test = _shares(m, "train"), _shares(m, "test")
     assert set(test) == set(train) == {"Shakespeare", "Milton", "King James Bible"}

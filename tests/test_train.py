@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -482,7 +483,7 @@ def test_checkpoint_of_another_config_is_refused(base, tmp_path):
     _assert_refused(run, proc, "belongs to another config", "step-0000020")
 
 
-def test_evaluate_in_the_training_processes_matches_the_evaluate_step(tmp_path):
+def test_evaluate_in_the_training_processes_matches_the_evaluate_step(tmp_path, caplog):
     """--evaluate: the 2 DDP ranks evaluate the final checkpoint before they exit; the record equals a separate
     one-process evaluation, and steps.evaluate reuses it instead of evaluating again."""
     from repeatlab import steps
@@ -503,11 +504,12 @@ def test_evaluate_in_the_training_processes_matches_the_evaluate_step(tmp_path):
     done = storage.read_json(storage.join(run, "done.json"))
     assert in_training["step"] == done["step"] == done["steps"]
     assert len([line for line in proc.stderr.splitlines() if line.startswith('{"event": "eval"')]) == 1  # rank 0 only
-    lines = []
-    assert steps.evaluate(run, log=lines.append) == in_training
+    caplog.set_level(logging.INFO, logger="repeatlab")
+    assert steps.evaluate(run) == in_training
+    lines = [r.getMessage() for r in caplog.records if r.name == steps.__name__]
     assert lines == [f"evaluate: {run} already evaluated; reusing eval.json"]
     storage.remove(storage.join(run, "eval.json"))
-    separate = evaluate_run(run, log=lambda _: None, device="cpu")
+    separate = evaluate_run(run, device="cpu")
     for key in ("test_loss", "repeated_loss", "icl_score"):
         assert in_training[key] == pytest.approx(separate[key], rel=1e-5)
     assert np.allclose(in_training["heads"]["prefix_matching"], separate["heads"]["prefix_matching"], rtol=1e-5)
@@ -524,7 +526,7 @@ def test_failed_evaluation_in_training_leaves_the_trained_run(base, tmp_path):
     assert storage.exists(storage.join(run, "done.json")) and not storage.exists(storage.join(run, "eval.json"))
     assert "evaluation in the training process failed" in proc.stderr and "probe" in proc.stderr
     with pytest.raises(CorpusError, match="probe"):
-        steps.evaluate(run, log=lambda _: None)
+        steps.evaluate(run)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

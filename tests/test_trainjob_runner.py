@@ -1,9 +1,12 @@
 """run_trainjob against a fake Kubernetes API on 127.0.0.1 (a thread that records requests and scripts TrainJob
 states)."""
 
+import contextlib
 import json
+import logging
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -211,8 +214,29 @@ class FakeKube:
 FAST = {"poll_s": 0.01, "backoff": 2.0, "max_poll_s": 0.05}
 
 
+@contextlib.contextmanager
+def runner_log(on_line: Callable[[str], object] | None = None) -> Iterator[list[str]]:
+    """The runner's log lines, as it logs them; on_line sees each line as it is logged (and may raise there)."""
+    lines: list[str] = []
+
+    class Tap(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if on_line is not None:
+                on_line(record.getMessage())
+
+    logger = logging.getLogger(runner.__name__)
+    tap, level = Tap(), logger.level
+    logger.addHandler(tap)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(tap)
+        logger.setLevel(level)
+
+
 def test_create_poll_running_complete():
-    logs: list[str] = []
     states = [
         None,
         state("Created", "JobsCreationSucceeded"),
@@ -220,8 +244,8 @@ def test_create_poll_running_complete():
         state(None, active=2),
         state("Complete", "JobsCompleted", "jobset completed successfully"),
     ]
-    with FakeKube(states) as kube:
-        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=logs.append, **FAST)
+    with FakeKube(states) as kube, runner_log() as logs:
+        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert out["status"] == "Complete"
     assert out["conditions"][0]["type"] == "Complete"
     assert out["name"] == NAME and out["namespace"] == NS
@@ -247,10 +271,9 @@ def test_create_poll_running_complete():
 
 
 def test_failed_reports_events_deletes_and_raises_one_line():
-    logs: list[str] = []
     states = [state(None, active=2), state("Failed", "JobsFailed", "jobset failed: node-0 backoff limit")]
-    with FakeKube(states) as kube, pytest.raises(TrainError) as info:
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=logs.append, **FAST)
+    with FakeKube(states) as kube, runner_log() as logs, pytest.raises(TrainError) as info:
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     message = str(info.value)
     assert "\n" not in message
     assert f"TrainJob {NS}/{NAME} failed: JobsFailed: jobset failed" in message
@@ -268,12 +291,11 @@ def test_failed_reports_events_deletes_and_raises_one_line():
 
 
 def test_timeout_deletes():
-    logs: list[str] = []
     with (
         FakeKube([state(None, active=1)]) as kube,
         pytest.raises(TrainError, match=r"did not finish within 0.3s \(last status: Running"),
     ):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=0.3, log=logs.append, **FAST)
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=0.3, **FAST)
     assert len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
     gets = kube.of("GET", f"{BASE}/{NAME}")
     assert 3 <= len(gets) <= 30  # backoff capped at max_poll_s, bounded by the timeout
@@ -292,7 +314,6 @@ def test_backoff_intervals(monkeypatch):
             poll_s=1,
             backoff=2,
             max_poll_s=5,
-            log=lambda s: None,
         )
     assert sleeps == [1, 2, 4, 5, 5, 5]
 
@@ -302,8 +323,8 @@ def test_keyboard_interrupt_deletes_and_reraises():
         if "Running" in line:
             raise KeyboardInterrupt
 
-    with FakeKube([state(None, active=1)]) as kube, pytest.raises(KeyboardInterrupt):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=log, **FAST)
+    with FakeKube([state(None, active=1)]) as kube, runner_log(log), pytest.raises(KeyboardInterrupt):
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
 
 
@@ -318,8 +339,12 @@ def test_sigterm_deletes_and_raises_train_error():
             seen.append(handler)
             signal.raise_signal(signal.SIGTERM)
 
-    with FakeKube([state(None, active=1)]) as kube, pytest.raises(TrainError, match="cancelled by SIGTERM"):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=log, **FAST)
+    with (
+        FakeKube([state(None, active=1)]) as kube,
+        runner_log(log),
+        pytest.raises(TrainError, match="cancelled by SIGTERM"),
+    ):
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert seen and len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
     assert signal.getsignal(signal.SIGTERM) is before  # restored
 
@@ -329,40 +354,34 @@ def test_create_forbidden_is_one_line_and_nothing_deleted():
         FakeKube([None], create_code=403) as kube,
         pytest.raises(TrainError, match=r"cannot be created: HTTP 403 .*no RBAC"),
     ):
-        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, **FAST)
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert kube.of("DELETE") == [] and kube.of("GET") == []
 
 
 def test_transient_api_errors_are_tolerated():
     states = [state(None, active=1), "500", "500", state("Complete", "JobsCompleted")]
-    logs: list[str] = []
-    with FakeKube(states) as kube:
-        out = runner.run_trainjob(
-            trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=logs.append, max_api_errors=3, **FAST
-        )
+    with FakeKube(states) as kube, runner_log() as logs:
+        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, max_api_errors=3, **FAST)
     assert out["status"] == "Complete"
     assert sum("status read failed" in line for line in logs) == 2
 
 
 def test_persistent_api_errors_fail_and_try_to_delete():
     with FakeKube(["500"]) as kube, pytest.raises(TrainError, match="failed 3 times in a row"):
-        runner.run_trainjob(
-            trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, max_api_errors=3, **FAST
-        )
+        runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, max_api_errors=3, **FAST)
     assert len(kube.of("DELETE", f"{BASE}/{NAME}")) == 1
 
 
 def test_existing_running_job_is_adopted():
-    logs: list[str] = []
     with FakeKube([state("Complete", "JobsCompleted")], existing=state(None, active=2)) as kube:
         kube_existing = kube.existing
 
         def log(line):
-            logs.append(line)
             if "waiting on it" in line:
                 kube.existing = None  # from now on the scripted states are served
 
-        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=log, **FAST)
+        with runner_log(log) as logs:
+            out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert kube_existing is not None and out["status"] == "Complete"
     assert len(kube.of("POST", BASE)) == 1 and kube.of("DELETE") == []
     assert any("exists already (Running)" in line for line in logs)
@@ -370,9 +389,7 @@ def test_existing_running_job_is_adopted():
 
 def test_existing_failed_job_is_replaced():
     with FakeKube([state("Complete", "JobsCompleted")], existing=state("Failed", "JobsFailed")) as kube:
-        out = runner.run_trainjob(
-            trainjob(), NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, **FAST
-        )
+        out = runner.run_trainjob(trainjob(), NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert out["status"] == "Complete"
     assert [r["method"] for r in kube.requests if r["path"].startswith(BASE)][:4] == ["POST", "GET", "DELETE", "GET"]
     assert len(kube.of("POST", BASE)) == 2
@@ -395,7 +412,7 @@ def test_kubeconfig_fallback(tmp_path, monkeypatch):
         )
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        out = runner.run_trainjob(trainjob(), NS, timeout_s=10, log=lambda s: None, **FAST)
+        out = runner.run_trainjob(trainjob(), NS, timeout_s=10, **FAST)
     assert out["status"] == "Complete"
 
 
@@ -439,7 +456,7 @@ def test_runs_a_trainjob_built_by_launch():
         {"OMP_NUM_THREADS": "1"},
     )
     with FakeKube([state(None, active=2), state("Complete", "JobsCompleted")]) as kube:
-        out = runner.run_trainjob(built, NS, api_client=kube.api_client(), timeout_s=10, log=lambda s: None, **FAST)
+        out = runner.run_trainjob(built, NS, api_client=kube.api_client(), timeout_s=10, **FAST)
     assert out["status"] == "Complete"
     sent = kube.of("POST", BASE)[0]["body"]
     assert sent["spec"] == json.loads(json.dumps(built["spec"]))
