@@ -3,8 +3,8 @@
     repeatlab archive --config pipelines/configs/demo.yaml --out docs/results/demo
 
 copies, from any storage root to any destination (both fsspec URLs or local paths):
-    study/config.yaml, points.json, packs.json, analysis.json, report/results.csv   (the study folder; the report's HTML,
-                                                    Markdown and figures are regenerated with `repeatlab report`)
+    study/config.yaml, points.json, packs.json, analysis.json, report/results.csv   (the study folder; the report's
+                                                    HTML, Markdown and figures are regenerated with `repeatlab report`)
     runs/{point_id}/point.json, plan.json, done.json, eval.json, train.jsonl   (per point; no plans, no checkpoints)
     corpora/{corpus_id}/manifest.json      (the split composition the report shows; no token shards)
 
