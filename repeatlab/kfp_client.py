@@ -33,6 +33,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tempfile
@@ -44,6 +45,8 @@ from typing import Any
 
 from repeatlab.config import StudyConfig, check_for_cluster
 from repeatlab.errors import ConfigError, RepeatlabError
+
+log = logging.getLogger(__name__)
 
 PIPELINE_PARAMETER = "study_config"
 ROOT_PARAMETER = "storage_root"  # the run's storage root, its own field in the UI's run form
@@ -194,8 +197,9 @@ def _ui_prefix(host: str) -> str:
     return (os.environ.get(UI_HOST_ENV) or host).rstrip("/")
 
 
-def _preflight(host: str, token: str | None) -> None:
-    """One bounded GET of /apis/v2beta1/healthz, so an unreachable host fails in seconds with one line.
+def _preflight(host: str, token: str | None) -> dict:
+    """One bounded GET of /apis/v2beta1/healthz, so an unreachable host fails in seconds with one line; returns its
+    JSON ({} when it is not JSON).
 
     (kfp.Client's own health check retries 5 times with 5 s sleeps, and urllib3 has no default timeout.)
     """
@@ -204,13 +208,55 @@ def _preflight(host: str, token: str | None) -> None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=PREFLIGHT_TIMEOUT_S) as response:
-            response.read()
+            body = response.read()
     except urllib.error.HTTPError as exc:
         hint = " (check --token-file / the service account's RBAC)" if exc.code in (401, 403) else ""
         raise KfpError(f"KFP API {host}: health check answered HTTP {exc.code} {exc.reason}{hint}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise KfpError(f"KFP API {host} cannot be reached: {reason}") from None
+    try:
+        health = json.loads(body)
+    except ValueError:
+        return {}
+    return health if isinstance(health, dict) else {}
+
+
+# The oldest KFP backend each fan-in runs on (docs/deploy.md, the support matrix): the 2.14 driver is the first to
+# resolve dsl.Collected over a ParallelFor (kubeflow/pipelines #11725); before 2.4.1 the Argo compiler names a loop's
+# task "<name>-loop", so the storage fan-in's `.after(loop)` fails validation (#11627).
+MIN_BACKEND = {"collected": (2, 14, 0), "storage": (2, 4, 1)}
+
+
+def _backend_version(tag: object) -> tuple[int, int, int] | None:
+    """KFP's release tag ("2.5.0", "v2.14.3", "2.15.0-rc.1") as numbers; None for "unknown" or a dev build."""
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", str(tag or ""))
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+
+
+def check_backend(host: str, health: dict, fan_in: str) -> None:
+    """Refuse a fan-in the backend cannot run, before anything is created. The API server's HTTP healthz reports
+    its release as `tag_name` (backend/src/apiserver/main.go, from the image's TAG_NAME; "unknown" when unset)."""
+    version, need = _backend_version(health.get("tag_name")), MIN_BACKEND[fan_in]
+    wanted = ".".join(map(str, need))
+    if version is None:
+        log.warning(
+            "KFP API %s does not report its release (tag_name %r): the %s fan-in needs KFP >= %s",
+            host,
+            health.get("tag_name"),
+            fan_in,
+            wanted,
+        )
+        return
+    if version < need:
+        hint = (
+            "; submit with --fan-in storage (KFP_FAN_IN=storage in the repeatlab-kfp ConfigMap), which runs on >= 2.4.1"
+            if fan_in == "collected" and version >= MIN_BACKEND["storage"]
+            else ""
+        )
+        raise KfpError(
+            f"KFP API {host} runs KFP {health.get('tag_name')}: --fan-in {fan_in} needs KFP >= {wanted}" + hint
+        )
 
 
 def _api_error(host: str, what: str, exc: BaseException) -> KfpError:
@@ -356,10 +402,10 @@ def _kfp_call(host: str, what: str):
         raise _api_error(host, what, exc) from None
 
 
-def _client(host: str, token: str | None, namespace: str | None):
+def _client(host: str, token: str | None, namespace: str | None, fan_in: str = "collected"):
     import kfp
 
-    _preflight(host, token)
+    check_backend(host, _preflight(host, token), fan_in)
     kwargs: dict[str, Any] = {"host": host, "existing_token": token}
     if namespace:
         kwargs["namespace"] = namespace
@@ -575,7 +621,7 @@ def submit(
     experiment = experiment or cfg.name
     run_name = run_name or f"{cfg.name}-{_utc_stamp()}"
     with _package(package_path, cfg, fan_in) as path:
-        client = _client(host, token, namespace)
+        client = _client(host, token, namespace, fan_in)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
         version = ensure_pipeline_version(client, host, cfg.name, cfg.description, path, namespace)
         run = _bounded(
@@ -632,7 +678,7 @@ def schedule(
     experiment = experiment or cfg.name
     job_name = job_name or f"{cfg.name}-scheduled"
     with _package(package_path, cfg, fan_in) as path:
-        client = _client(host, token, namespace)
+        client = _client(host, token, namespace, fan_in)
         experiment_id = _experiment_id(client, host, experiment, cfg.description, namespace)
         existing = _bounded(
             host,

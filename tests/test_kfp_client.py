@@ -28,7 +28,8 @@ TOKEN = "s3cr3t-t0ken-value-0123456789"
 class FakeKfp:
     """Answers like the KFP v2beta1 API: healthz, experiments list/create, runs create, recurring runs list/create."""
 
-    def __init__(self, status_override: dict[str, int] | None = None):
+    def __init__(self, status_override: dict[str, int] | None = None, tag_name: str = "2.14.0"):
+        self.tag_name = tag_name  # the release the real API server's HTTP healthz reports (apiserver/main.go)
         self.requests: list[dict] = []
         self.experiments: list[dict] = []
         self.recurring: list[dict] = []
@@ -86,7 +87,9 @@ class FakeKfp:
         if path in self.status_override:
             return self.status_override[path], {"error": "denied", "code": 16, "message": "no access"}
         if method == "GET" and path == "/apis/v2beta1/healthz":
-            return 200, {"multi_user": False, "pipeline_store": "database"}
+            # the real server hand-writes this JSON (backend/src/apiserver/main.go): tag_name is in it, though the
+            # v2beta1 swagger's GetHealthzResponse lists only multi_user and pipeline_store
+            return 200, {"commit_sha": "0" * 40, "tag_name": self.tag_name, "multi_user": False, "pipeline_store": "db"}
         if path == "/apis/v2beta1/experiments":
             if method == "GET":
                 flt = json.loads(query.get("filter", ["{}"])[0])
@@ -432,6 +435,41 @@ def test_rejected_token_is_one_line_without_the_token(study, tmp_path, capsys, c
     assert err.count("\n") == 1 and "401" in err and "Traceback" not in err
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     assert TOKEN not in out + err + logged
+
+
+@pytest.mark.parametrize(
+    ("tag", "fan_in", "refused"),
+    [
+        ("2.5.0", "collected", "runs KFP 2.5.0: --fan-in collected needs KFP >= 2.14.0; submit with --fan-in storage"),
+        ("v2.13.9", "collected", "needs KFP >= 2.14.0"),
+        ("2.4.0", "storage", "runs KFP 2.4.0: --fan-in storage needs KFP >= 2.4.1"),
+        ("2.4.0", "collected", "needs KFP >= 2.14.0"),
+        ("2.5.0", "storage", None),
+        ("2.15.0-rc.1", "collected", None),
+    ],
+)
+def test_a_backend_too_old_for_the_fan_in_is_refused_before_anything_is_created(study, capsys, tag, fan_in, refused):
+    _, cfg_path = study
+    with FakeKfp(tag_name=tag) as server:
+        rc = cli_main(["submit", "--host", server.host, "--config", cfg_path, "--fan-in", fan_in])
+    out, err = capsys.readouterr()
+    created = [r for r in server.requests if r["method"] == "POST"]
+    if refused:
+        assert rc == 2 and err.count("\n") == 1 and refused in err, err
+        assert created == []  # only the health check was sent
+        if fan_in == "storage" or tag == "2.4.0":
+            assert "submit with --fan-in storage" not in err  # no advice that would not work either
+    else:
+        assert rc == 0, err
+        assert any(r["path"] == "/apis/v2beta1/runs" for r in created)
+
+
+def test_a_backend_without_a_release_tag_is_warned_about_and_used(study, capsys, caplog):
+    _, cfg_path = study
+    with FakeKfp(tag_name="unknown") as server, caplog.at_level(logging.WARNING, logger="repeatlab.kfp_client"):
+        rc = cli_main(["submit", "--host", server.host, "--config", cfg_path])
+    assert rc == 0
+    assert any("does not report its release" in r.getMessage() for r in caplog.records)
 
 
 def test_server_error_on_run_create_is_one_line(study, capsys):
