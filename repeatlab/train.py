@@ -650,7 +650,8 @@ class Trainer:
             if r:
                 log.info("train: resuming from %s (step %d/%d)", r["url"], self.start_step, self.steps)
         if not resume:
-            what = first.run_url if len(self.points) == 1 else f"pack of {len(self.points)} points"
+            urls = " ".join(p.run_url for p in self.points)  # which points this process trains, by run URL
+            what = first.run_url if len(self.points) == 1 else f"pack of {len(self.points)} points ({urls})"
             log.info(
                 "train: %s: %d steps of %d sequences x %d tokens (%d sequences), world size %d, %s, device %s",
                 what,

@@ -14,6 +14,7 @@ docs/reliability.md tabulates what these inject and what survived.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -242,10 +243,11 @@ def test_two_concurrent_run_local_of_one_study(tmp_path):
     runs = storage.join(root, "runs")
     points = [p["point_id"] for p in storage.read_json(storage.join(root, "studies", "twice", "points.json"))]
     assert sorted(points) == storage.listdir(runs)
-    log = "\n".join(outs)
+    # the tasks' output is in each run's log file (<pipeline root>/logs/); a trainer names the points it starts
+    log = "\n".join(outs + [Path(f).read_text() for f in glob.glob(str(tmp_path / "kfp-*" / "logs" / "*.log"))])
     for pid in points:
         assert storage.exists(storage.join(runs, pid, "done.json"))
-        started = re.findall(rf"train: \S*/runs/{pid}: \d+ steps of", log)
+        started = re.findall(rf"train: [^\n]*/runs/{pid}\b[^\n]*: \d+ steps of", log)
         assert len(started) == 1, f"point {pid} trained {len(started)} times"
 
 
