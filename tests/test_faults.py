@@ -401,6 +401,18 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return last
 
 
+def _repeatlab_cli(command: str, run_url: str) -> subprocess.CompletedProcess:
+    """`repeatlab train|evaluate --run-url URL` in a subprocess, its output captured (for _one_line_error)."""
+    return subprocess.run(
+        [PY, "-m", "repeatlab", command, "--run-url", run_url],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def test_bit_flip_in_a_shard_is_detected(tmp_path):
     folder = tmp_path / "corpus"
     corpus = make_corpus(folder)
@@ -410,14 +422,7 @@ def test_bit_flip_in_a_shard_is_detected(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     _flip(folder / "train.bin")
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=40)
-    proc = subprocess.run(
-        [PY, "-m", "repeatlab", "train", "--run-url", run],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _repeatlab_cli("train", run)
     _one_line_error(proc, "train.bin", "sha256", "manifest.json")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -425,28 +430,14 @@ def test_bit_flip_in_a_shard_is_detected(tmp_path):
 def test_bit_flip_in_a_plan_is_detected(corpus, tmp_path):
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=40)
     _flip(tmp_path / "run" / "plan.npy", offset=-3)
-    proc = subprocess.run(
-        [PY, "-m", "repeatlab", "train", "--run-url", run],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _repeatlab_cli("train", run)
     _one_line_error(proc, "plan.npy", "plan.json", "repeatlab mix")
 
 
 def test_train_before_mix_says_mix(corpus, tmp_path):
     run = make_run(tmp_path / "run", corpus, point_id="p", sequences=40)
     (tmp_path / "run" / "plan.json").unlink()
-    proc = subprocess.run(
-        [PY, "-m", "repeatlab", "train", "--run-url", run],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _repeatlab_cli("train", run)
     _one_line_error(proc, "plan.json", "repeatlab mix")
 
 
@@ -480,14 +471,7 @@ def test_bit_flip_in_a_checkpoint_is_detected_by_evaluate(trained, tmp_path):
     shutil.copytree(src, copy)
     (model,) = sorted(copy.glob("checkpoints/*/model.pt"))[-1:]
     _flip(model)
-    proc = subprocess.run(
-        [PY, "-m", "repeatlab", "evaluate", "--run-url", "file://" + str(copy)],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _repeatlab_cli("evaluate", "file://" + str(copy))
     _one_line_error(proc, "model.pt", "sha256", "state.json")
 
 
