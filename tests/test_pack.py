@@ -22,6 +22,7 @@ import torch
 from test_train import (
     PY,
     REPO,
+    SMALL_EVAL,
     _env,
     assert_weights_close,
     final_weights,
@@ -36,14 +37,6 @@ from repeatlab import storage
 CURVE_ATOL = 2e-6  # nats; measured <= 3e-7 (see the module docstring)
 WEIGHT_REL = 1e-3
 EVAL_REL = 1e-4  # eval.json's losses and ICL score from the final weights; measured <= 1.2e-6
-SMALL_EVAL = {
-    "eval_tokens": 256,
-    "copy_repeats": 3,
-    "prefix_samples": 4,
-    "prefix_random_tokens": 5,
-    "prefix_repeats": 3,
-    "top_k_heads": 2,
-}  # sized for the 16-token context
 POINTS = (("a", {}), ("b", {"seed": 3, "fraction": 0.0}), ("c", {"seed": 1, "fraction": 0.5, "n_rep": 2}))
 
 

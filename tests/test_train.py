@@ -35,6 +35,16 @@ CORPUS_ID = "c0ffee"
 # Synthetic inputs
 
 
+SMALL_EVAL = {
+    "eval_tokens": 256,
+    "copy_repeats": 3,
+    "prefix_samples": 4,
+    "prefix_random_tokens": 5,
+    "prefix_repeats": 3,
+    "top_k_heads": 2,
+}  # evaluation settings sized for the 16-token context of make_run
+
+
 def make_corpus(
     folder: Path,
     train_tokens: int = 8192,
@@ -490,15 +500,7 @@ def test_evaluate_in_the_training_processes_matches_the_evaluate_step(tmp_path, 
     from repeatlab.evaluate import evaluate_run
 
     corpus = make_corpus(tmp_path / "corpus", probe_tokens=512)
-    small_eval = {
-        "eval_tokens": 256,
-        "copy_repeats": 3,
-        "prefix_samples": 4,
-        "prefix_random_tokens": 5,
-        "prefix_repeats": 3,
-        "top_k_heads": 2,
-    }  # sized for the 16-token context
-    run = make_run(tmp_path / "run", corpus, point_id="ev", sequences=48, eval_cfg=small_eval)
+    run = make_run(tmp_path / "run", corpus, point_id="ev", sequences=48, eval_cfg=SMALL_EVAL)
     proc = run_train(run, nproc=2, evaluate=True)
     in_training = storage.read_json(storage.join(run, "eval.json"))
     done = storage.read_json(storage.join(run, "done.json"))
