@@ -339,6 +339,8 @@ def _bounded(host: str, what: str, fn, *, creates: bool = False):
                 "(REPEATLAB_KFP_DEADLINE_S / --deadline)"
             )
         limit = min(READ_TIMEOUT_S + CONNECT_TIMEOUT_S, remaining)
+        # Name the deadline when it, not the per-call timeout, set the limit: the number alone reads as arbitrary.
+        capped = f", the rest of the command's {_deadline.seconds:.0f} s deadline" if limit == remaining else ""
         outcome: dict[str, Any] = {}
         worker = threading.Thread(target=_attempt, args=(host, what, fn, outcome), name=f"kfp-{what}", daemon=True)
         worker.start()
@@ -346,7 +348,7 @@ def _bounded(host: str, what: str, fn, *, creates: bool = False):
         tries = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
         if worker.is_alive():
             error = KfpError(
-                f"KFP API {host}: {what} stalled: no answer within {limit:.0f} s{tries}; check the API "
+                f"KFP API {host}: {what} stalled: no answer within {limit:.0f} s{capped}{tries}; check the API "
                 "server and the network (REPEATLAB_KFP_READ_TIMEOUT_S sets the limit)"
             )
             if creates:  # the request may have arrived: never create twice
