@@ -86,6 +86,8 @@ def plan_counts(*, total_tokens: int, context: int, fraction: float, epochs: flo
             )
     return {
         "sequences": sequences,
+        # the plan's length (what the trainer's step count comes from): a control leaves out the repeated exposures
+        "plan_sequences": sequences - repeated_exposures if control else sequences,
         "repeated_exposures": repeated_exposures,
         "n_repeated": n_repeated,
         "realized_epochs": repeated_exposures / n_repeated if n_repeated else 0.0,

@@ -1,11 +1,13 @@
 """Packs: grid points trained together in one process as one batched program (repeatlab.train.Trainer).
 
 Points can share a pack only when they train in lockstep: the same corpus, model shape, budget (context, batch,
-tokens, hence step schedule) and train settings; they differ in seed, f, E and control (their plans). Points of
-other shapes or schedules go to other packs, never to one trained with the wrong schedule. A pack holds at most
-`train.pack_size` points, and fewer when `pack_size` copies of the model (weights, gradients, AdamW state and the
-activations of one micro-batch) would not fit in the training pod's memory (`cluster.memory`, half of it kept for the
-data, evaluation and torch itself): such a pack is split, and `repeatlab grid` says so.
+tokens) and train settings, and plans of the same length, hence the same step schedule (a unique-only control trains
+on (1 - f) T tokens, so a control never shares a pack with points of another plan length); they differ in seed, f, E
+and control (their plans). Points of other shapes or schedules go to other packs, never to one trained with the wrong
+schedule. A pack holds at most `train.pack_size` points, and fewer when `pack_size` copies of the model (weights,
+gradients, AdamW state and the activations of one micro-batch) would not fit in the training pod's memory
+(`cluster.memory`, half of it kept for the data, evaluation and torch itself): such a pack is split, and
+`repeatlab grid` says so.
 
 Content addressing stays per point: the pack is only how points are scheduled. A pack whose points are all finished
 is skipped by the train step; one with some finished points trains only the others (repeatlab.train.train_pack).
@@ -18,6 +20,7 @@ import re
 from typing import Any
 
 from repeatlab.config import stable_hash
+from repeatlab.mix import plan_counts
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,21 @@ def pack_key(point: dict) -> str:
     shared = {k: v for k, v in point.items() if k not in PER_POINT_FIELDS}
     shared["model"] = {k: v for k, v in point["model"].items() if k != "name"}
     shared["train"] = {k: v for k, v in point["train"].items() if k != "pack_size"}
+    shared["plan_sequences"] = plan_sequences(point)
     return stable_hash(shared)
+
+
+def plan_sequences(point: dict) -> int:
+    """The length of the point's plan in sequences, which sets its number of steps (repeatlab.mix.plan_counts)."""
+    b = point["budget"]
+    counts = plan_counts(
+        total_tokens=int(b["total_tokens"]),
+        context=int(b["context"]),
+        fraction=float(point["fraction"]),
+        epochs=float(point["epochs"]),
+        control=bool(point["control"]),
+    )
+    return int(counts["plan_sequences"])
 
 
 def point_train_bytes(point: dict) -> int:

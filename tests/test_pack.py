@@ -308,6 +308,49 @@ def test_packs_group_by_shape_and_schedule_and_respect_pack_size():
     assert not any(p["split"] for p in packs)
 
 
+def test_controls_pack_only_with_points_of_their_plan_length():
+    """A unique-only control trains on (1 - f) T tokens: fewer steps than the repeated points and the baseline, and
+    a different count for each f. Packing it with them made the trainer refuse the pack (paper-small, 2026-11-30)."""
+    from repeatlab.packs import plan_packs
+
+    points = [
+        _point("base", fraction=0.0, epochs=0.0),
+        _point("r01", fraction=0.1),
+        _point("r05", fraction=0.5),
+        _point("c01", fraction=0.1, epochs=0.0, control=True),
+        _point("c05", fraction=0.5, epochs=0.0, control=True),
+        _point("c05s1", fraction=0.5, epochs=0.0, control=True, seed=1),
+    ]
+    packs = plan_packs(points, pack_size=8, pod_memory="8Gi")
+    assert sorted(sorted(p["point_ids"]) for p in packs) == [["base", "r01", "r05"], ["c01"], ["c05", "c05s1"]]
+
+
+@pytest.mark.parametrize("study", ["demo", "paper-small"])
+def test_every_planned_pack_has_one_step_schedule(study):
+    """Each pack of the checked-in studies, checked with the plans the mix step builds and the trainer's step count:
+    every point of a pack has the same number of sequences and steps (what check_pack demands)."""
+    from repeatlab import config, grid, mix
+
+    cfg = config.load(str(REPO / "pipelines" / "configs" / f"{study}.yaml"))
+    points = {p["point_id"]: p for p in grid.grid_points(cfg, "cid", "file:///c", 256)}
+    for pack in grid.study_packs(cfg, list(points.values())):
+        schedules = set()
+        for pid in pack["point_ids"]:
+            p, b = points[pid], points[pid]["budget"]
+            plan = mix.build_plan(
+                train_tokens=4 * int(b["total_tokens"]),
+                total_tokens=int(b["total_tokens"]),
+                context=int(b["context"]),
+                fraction=p["fraction"],
+                epochs=p["epochs"],
+                seed=p["seed"],
+                control=p["control"],
+            )
+            batch = int(b["batch_tokens"]) // int(b["context"])
+            schedules.add((len(plan.offsets), -(-len(plan.offsets) // batch)))
+        assert len(schedules) == 1, (pack["point_ids"], schedules)
+
+
 def test_a_pack_too_big_for_memory_is_split_and_grid_says_so(caplog):
     from repeatlab.packs import plan_packs, point_train_bytes
 
