@@ -325,7 +325,7 @@ def test_controls_pack_only_with_points_of_their_plan_length():
     assert sorted(sorted(p["point_ids"]) for p in packs) == [["base", "r01", "r05"], ["c01"], ["c05", "c05s1"]]
 
 
-@pytest.mark.parametrize("study", ["demo", "paper-small"])
+@pytest.mark.parametrize("study", sorted(p.stem for p in (REPO / "pipelines" / "configs").glob("*.yaml")))
 def test_every_planned_pack_has_one_step_schedule(study):
     """Each pack of the checked-in studies, checked with the plans the mix step builds and the trainer's step count:
     every point of a pack has the same number of sequences and steps (what check_pack demands)."""
