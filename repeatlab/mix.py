@@ -125,7 +125,7 @@ def build_plan(
     pool = np.arange(windows, dtype=index_dtype)
     rng.shuffle(pool)
     repeated_windows = pool[:n_repeated].copy()
-    slots = np.empty(n_unique + (0 if control else repeated_exposures), dtype=index_dtype)
+    slots = np.empty(counts["plan_sequences"], dtype=index_dtype)  # a control's plan has no repeated exposures
     slots[:n_unique] = pool[n_repeated:needed]
     del pool
     if n_repeated:
