@@ -103,11 +103,7 @@ def place(rows: list[dict], n_params: float, analysis: dict | None, passes: floa
             continue
         epochs = max(row["epochs"] * passes, 1.0)  # fewer than one expected sighting: read as seen once
         r = danger.assess(n_params, min(row["fraction"], 0.999999), epochs, analysis)
-        damage = (
-            danger.predicted_damage(analysis, r["study_fraction"], n_params, epochs)
-            if analysis is not None and r["study_fraction"]
-            else None
-        )
+        damage = r["damage"]  # the study's predicted damage; None from the paper's region
         per_removed = (
             max(damage, 0.0) / row["removable_tokens"] * 1e6 if damage is not None and row["removable_tokens"] else None
         )

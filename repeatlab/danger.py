@@ -1,9 +1,13 @@
 """Is repeating a data subset E times, as a fraction f of the tokens, dangerous for a model of N parameters?
 
 With a fitted study (analysis.json): whether (N, f, E) falls in the study's poor-performance region (its fitted edges
-E = k * N^alpha at this N, for the study fraction nearest to f) and the predicted effective-size multiplier N / N_eff,
-interpolated linearly in (log N, log E) from the study's points (log of the multiplier), with flags when N or E lies
-outside the study's range. Without a study: the paper's published region (Hernandez et al. 2022, T = 100B tokens,
+E = k * N^alpha at this N, for the study fraction nearest to f; an edge without a fit is the nearest measured size's,
+or a bound where that size's E grid does not reach it), the predicted effective-size multiplier N / N_eff,
+interpolated linearly in (log N, log E) from the study's points (log of the multiplier), and the predicted test-loss
+damage in nats with the study's nearest point, its standard error and significance as the report gives them (the
+number to read where the multiplier is not meaningful). Flags when N or E lies outside the study's range.
+Attention-only models are left out: N alone does not place another shape family between the GPT sizes.
+Without a study: the paper's published region (Hernandez et al. 2022, T = 100B tokens,
 f = 10 %, GPT-2 BPE): left edge E = 4.2e6 * N^-0.56, right edge E = 5.1e7 * N^-0.50; its constants depend on T and
 the tokenizer.
 """
@@ -55,13 +59,41 @@ def _check_inputs(n_params: Any, fraction: Any, epochs: Any) -> tuple[float, flo
     return n, f, e
 
 
-def _edge_at(fit: dict | None, per_model: list[dict], side: str, n: float) -> tuple[float | None, str]:
+def _edge_at(fit: dict | None, per_model: list[dict], side: str, n: float) -> tuple[float | None, float | None, str]:
+    """(edge, bound, basis) of one side of the region at N. The fitted law where there is one; otherwise the edge
+    of the nearest measured size (in log N) whose damage is significant, or, where that size's grid does not reach
+    the edge (censored), the grid's end as a bound: the right edge is at or above it, the left at or below it."""
     if fit and fit.get("ok"):
-        return fit["k"] * n ** fit["alpha"], f"fitted E = {fit['k']:.3g} * N^{fit['alpha']:.3f}"
-    known = sorted((r["n_params"], r[side]) for r in per_model if r.get(side) is not None)
-    if len(known) == 1:
-        return known[0][1], f"measured at the single size N = {known[0][0]:.3g} only (no slope)"
-    return None, (fit or {}).get("note") or f"the {side} edge is outside the study's E grid at every size"
+        return fit["k"] * n ** fit["alpha"], None, f"fitted E = {fit['k']:.3g} * N^{fit['alpha']:.3f}"
+    why = (fit or {}).get("note") or "no fitted law"
+    rows = [
+        r
+        for r in per_model
+        if not r.get("attention_only")
+        and r.get("significant") is not False
+        and (r.get(side) is not None or r.get(f"{side}_censored"))
+    ]
+    if not rows:
+        return None, None, f"{why}; no size measures it"
+    row = min(rows, key=lambda r: (abs(math.log(r["n_params"]) - math.log(n)), r["n_params"]))
+    at = f"the nearest measured size N = {row['n_params']:.3g} ({why})"
+    if row.get(side) is not None:
+        return row[side], None, f"measured at {at}"
+    grid = row.get("epochs") or []
+    if not grid:
+        return None, None, f"censored at {at}"
+    bound = max(grid) if side == "right" else min(grid)
+    where = "at or above" if side == "right" else "at or below"
+    return None, bound, f"{where} E = {bound:g}, the end of the grid at {at}"
+
+
+def _side_holds(edge: float | None, bound: float | None, side: str, e: float) -> bool | None:
+    """Whether E is on the region's side of one edge: True, False, or None where only a bound beyond E is known."""
+    if edge is not None:
+        return e >= edge if side == "left" else e <= edge
+    if bound is not None and (e >= bound if side == "left" else e <= bound):
+        return True
+    return None
 
 
 def _interp_1d(x: np.ndarray, y: np.ndarray, t: float) -> tuple[float, bool]:
@@ -85,15 +117,44 @@ def _bracket(xs: list[float], t: float, tol: float = 1e-9) -> list[int]:
     return [j - 1, j]
 
 
+def _study_points(analysis: dict, fraction: float) -> list[dict]:
+    """The study's repeated-data points at one fraction with a test-loss damage, attention-only models left out:
+    they are another shape family, so N alone does not place them between the GPT sizes."""
+    other_family = {m["model"] for m in (analysis.get("summary") or {}).get("models", []) if m.get("attention_only")}
+    return [
+        p
+        for p in analysis.get("points", [])
+        if p.get("kind") == "repeated"
+        and p["fraction"] == fraction
+        and p["model"] not in other_family
+        and ((p.get("metrics") or {}).get("test_loss") or {}).get("damage") is not None
+    ]
+
+
+def _nearest_point(analysis: dict, fraction: float, n: float, e: float) -> dict | None:
+    """The study's measured point nearest to (N, E) in (log N, log E), with its damage and standard error as the
+    report states them."""
+    pts = _study_points(analysis, fraction)
+    if not pts:
+        return None
+    p = min(pts, key=lambda p: math.hypot(math.log(p["n_params"] / n), math.log(p["epochs"] / e)))
+    t = p["metrics"]["test_loss"]
+    return {
+        "model": p["model"],
+        "n_params": p["n_params"],
+        "epochs": p["epochs"],
+        "damage": t["damage"],
+        "damage_se": t.get("damage_se"),
+        "z": t.get("z"),
+        "significant": t.get("significant"),
+    }
+
+
 def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> dict:
     """N / N_eff at (N, E), interpolated in (log N, log E) between the study's points that enclose it. The same
     numbers as the report: where an enclosing point has no meaningful multiplier (worse than every baseline, or no
     usable baseline law), the answer is that note, not a number from points further away."""
-    pts = [
-        p
-        for p in analysis.get("points", [])
-        if p.get("kind") == "repeated" and p["fraction"] == fraction and "test_loss" in (p.get("metrics") or {})
-    ]
+    pts = _study_points(analysis, fraction)
     out: dict[str, Any] = {
         "multiplier": None,
         "n_eff": None,
@@ -120,10 +181,10 @@ def _predict_multiplier(analysis: dict, fraction: float, n: float, e: float) -> 
         e_out = e_out or math.log(e) < log_es[0] or math.log(e) > log_es[-1]
         missing = [p for p in used if p["metrics"]["test_loss"].get("multiplier") is None]
         if missing:
-            m = missing[0]
-            note = m["metrics"]["test_loss"].get("multiplier_note") or "not meaningful for this study"
+            first = missing[0]
+            note = first["metrics"]["test_loss"].get("multiplier_note") or "not meaningful for this study"
             out["multiplier_note"] = (
-                f"effective size {note} (the study's point N = {m['n_params']:.3g}, E = {m['epochs']:g})"
+                f"effective size {note} (the study's point N = {first['n_params']:.3g}, E = {first['epochs']:g})"
             )
             return out
         val, _ = _interp_1d(
@@ -156,13 +217,7 @@ def predicted_damage(analysis: dict, fraction: float, n: float, e: float) -> flo
     (assess() reports that as extrapolated). None when the study measured no damage at this fraction. Used by
     `repeatlab audit` to rank a corpus's repetition by the damage it would do.
     """
-    pts = [
-        p
-        for p in analysis.get("points", [])
-        if p.get("kind") == "repeated"
-        and p["fraction"] == fraction
-        and (p["metrics"].get("test_loss") or {}).get("damage") is not None
-    ]
+    pts = _study_points(analysis, fraction)
     if not pts:
         return None
     sizes = sorted({p["n_params"] for p in pts})
@@ -223,17 +278,18 @@ def _from_study(out: dict[str, Any], analysis: dict, n: float, f: float, e: floa
     if not math.isclose(reg["fraction"], f):
         out["fraction_note"] = f"the study has no f = {f:g}; using its nearest fraction f = {reg['fraction']:g}"
     per_model = reg.get("per_model", [])
-    left, lb = _edge_at(reg["fits"].get("left"), per_model, "left", n)
-    right, rb = _edge_at(reg["fits"].get("right"), per_model, "right", n)
+    left, left_bound, lb = _edge_at(reg["fits"].get("left"), per_model, "left", n)
+    right, right_bound, rb = _edge_at(reg["fits"].get("right"), per_model, "right", n)
     out.update(left_edge=left, right_edge=right, left_basis=lb, right_basis=rb)
-    if left is not None and right is not None:
-        out["in_region"] = bool(left <= e <= right)
-    elif left is not None and e < left or right is not None and e > right:
-        out["in_region"] = False
+    out.update(left_edge_bound=left_bound, right_edge_bound=right_bound)
+    sides = (_side_holds(left, left_bound, "left", e), _side_holds(right, right_bound, "right", e))
+    out["in_region"] = False if False in sides else True if sides == (True, True) else None
     sizes = [r["n_params"] for r in per_model]
     n_out = bool(sizes) and not min(sizes) * (1 - 1e-9) <= n <= max(sizes) * (1 + 1e-9)
     pred = _predict_multiplier(analysis, reg["fraction"], n, e)
     out.update(multiplier=pred["multiplier"], n_eff=pred["n_eff"], multiplier_note=pred["multiplier_note"])
+    out.update(damage=predicted_damage(analysis, reg["fraction"], n, e))
+    out.update(nearest_point=_nearest_point(analysis, reg["fraction"], n, e))
     out["extrapolated"] = bool(n_out or pred["e_extrapolated"] or pred["n_extrapolated"])
     if n_out:
         out["notes"].append(
@@ -257,12 +313,16 @@ def assess(n_params: float, fraction: float, epochs: float, analysis: dict | Non
         "fraction_note": None,
         "left_edge": None,
         "right_edge": None,
+        "left_edge_bound": None,
+        "right_edge_bound": None,
         "left_basis": None,
         "right_basis": None,
         "in_region": None,
         "multiplier": None,
         "n_eff": None,
         "multiplier_note": None,
+        "damage": None,
+        "nearest_point": None,
         "extrapolated": None,
         "notes": [],
         "answer": None,
@@ -289,7 +349,7 @@ def _answer(r: dict) -> str:
         False: "outside the poor-performance region",
         None: "of unknown danger (an edge of the region is not known here)",
     }[r["in_region"]]
-    edges = " to ".join("?" if x is None else f"{x:.3g}" for x in (r["left_edge"], r["right_edge"]))
+    edges = " to ".join(_edge_text(r[f"{side}_edge"], r.get(f"{side}_edge_bound"), side) for side in ("left", "right"))
     src = (
         "the paper's published region"
         if r["source"] == "paper"
@@ -303,9 +363,30 @@ def _answer(r: dict) -> str:
         text += f"; predicted effective model {r['multiplier']:.2f}x smaller (N_eff = {r['n_eff']:.3g})"
     elif r.get("multiplier_note"):
         text += f"; {r['multiplier_note']}"
+    if r.get("damage") is not None:
+        text += f"; predicted test-loss damage {r['damage']:+.3f} nats"
+        if r.get("nearest_point"):
+            text += f" ({_point_text(r['nearest_point'])})"
     if r["extrapolated"]:
         text += "; EXTRAPOLATED beyond the data"
     return text + "."
+
+
+def _edge_text(edge: float | None, bound: float | None, side: str) -> str:
+    if edge is not None:
+        return f"{edge:.3g}"
+    if bound is not None:
+        return f"{'at least' if side == 'right' else 'at most'} {bound:g}"
+    return "?"
+
+
+def _point_text(p: dict) -> str:
+    """'the study's nearest point N = 1e+05, E = 256: +0.200 +- 0.007 nats, 27.0 sigma, significant'."""
+    text = f"the study's nearest point N = {p['n_params']:.3g}, E = {p['epochs']:g}: {p['damage']:+.3f}"
+    if p.get("damage_se") is None:
+        return text + " nats"
+    verdict = "significant" if p.get("significant") else "within the noise"
+    return text + f" +- {p['damage_se']:.3f} nats, {p['z']:.1f} sigma, {verdict}"
 
 
 def load_analysis(study: str | None, config: str | None) -> dict | None:

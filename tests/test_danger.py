@@ -174,3 +174,69 @@ def test_missing_or_wrong_study_file(tmp_path, capsys):
     rc = repeatlab_main(["danger", "--params", "1e6", "--fraction", "0.1", "--epochs", "30", "--study", str(other)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "not an analysis.json" in err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Against the archived paper-small analysis: edges the grid does not reach, the nearest size's edge, damage in nats
+
+PAPER_SMALL = os.path.join(
+    os.path.dirname(__file__), "..", "docs", "results", "paper-small", "studies", "paper-small", "analysis.json"
+)
+
+
+@pytest.fixture(scope="module")
+def paper_small():
+    with open(PAPER_SMALL) as f:
+        return json.load(f)
+
+
+def _point(analysis, model, fraction, epochs):
+    return next(
+        p
+        for p in analysis["points"]
+        if p["kind"] == "repeated" and p["model"] == model and p["fraction"] == fraction and p["epochs"] == epochs
+    )
+
+
+def test_a_right_edge_beyond_the_grid_is_a_bound_not_unknown(paper_small):
+    # f = 0.1: the damage is still above half its peak at E = 2048 at every size, so the right edge is >= 2048
+    assert all(r["right_censored"] for r in paper_small["regions"][0]["per_model"] if not r["attention_only"])
+    r = danger.assess(1e5, 0.1, 512.0, paper_small)
+    assert r["right_edge"] is None and r["right_edge_bound"] == 2048.0
+    assert r["in_region"] is True and "E from 220 to at least 2048" in r["answer"]
+    beyond = danger.assess(1e5, 0.1, 4096.0, paper_small)
+    assert beyond["in_region"] is None and "unknown danger" in beyond["answer"]
+    assert danger.assess(1e5, 0.1, 64.0, paper_small)["in_region"] is False  # below the fitted left edge
+
+
+def test_an_edge_without_a_fit_comes_from_the_nearest_size(paper_small):
+    # f = 0.5: the right edge is inside the grid at 100k only (E = 1250); at 336k it is >= 2048
+    near_100k = danger.assess(1.1e5, 0.5, 1500.0, paper_small)
+    assert near_100k["right_edge"] == pytest.approx(1250.3, abs=0.1) and near_100k["in_region"] is False
+    near_336k = danger.assess(3e5, 0.5, 1500.0, paper_small)
+    assert near_336k["right_edge_bound"] == 2048.0 and near_336k["in_region"] is True
+    assert "N = 3.36e+05" in near_336k["right_basis"]
+    assert _point(paper_small, "L3-E96-H6", 0.5, 1024.0)["metrics"]["test_loss"]["significant"]
+
+
+def test_the_answer_gives_the_damage_in_nats_with_the_reports_error(paper_small):
+    r = danger.assess(100096.0, 0.5, 256.0, paper_small)
+    t = _point(paper_small, "L2-E64-H4", 0.5, 256.0)["metrics"]["test_loss"]
+    assert r["multiplier"] is None and "not meaningful" in r["answer"]
+    assert r["damage"] == pytest.approx(t["damage"])
+    assert r["nearest_point"]["damage_se"] == pytest.approx(t["damage_se"])
+    assert f"predicted test-loss damage {t['damage']:+.3f} nats" in r["answer"]
+    assert f"+- {t['damage_se']:.3f} nats, {t['z']:.1f} sigma, significant" in r["answer"]
+    quiet = danger.assess(335712.0, 0.1, 16.0, paper_small)
+    assert "within the noise" in quiet["answer"]
+
+
+def test_attention_only_models_are_not_placed_between_the_gpt_sizes(paper_small):
+    n = 33664.0  # the attention-only model's size, between the 12.8k and 56.6k GPTs
+    attn = _point(paper_small, "L2-E64-H4-attn", 0.5, 1024.0)["metrics"]["test_loss"]["damage"]
+    lo = _point(paper_small, "L1-E32-H2", 0.5, 1024.0)["metrics"]["test_loss"]["damage"]
+    hi = _point(paper_small, "L2-E48-H3", 0.5, 1024.0)["metrics"]["test_loss"]["damage"]
+    t = math.log(n / 12768.0) / math.log(56640.0 / 12768.0)
+    damage = danger.predicted_damage(paper_small, 0.5, n, 1024.0)
+    assert damage == pytest.approx(lo + t * (hi - lo)) and damage != pytest.approx(attn)
+    assert danger.assess(n, 0.5, 1024.0, paper_small)["nearest_point"]["model"] != "L2-E64-H4-attn"
