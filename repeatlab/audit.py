@@ -118,6 +118,8 @@ def place(rows: list[dict], n_params: float, analysis: dict | None, passes: floa
                 "in_region": r["in_region"],
                 "left_edge": r["left_edge"],
                 "right_edge": r["right_edge"],
+                "left_edge_bound": r["left_edge_bound"],
+                "right_edge_bound": r["right_edge_bound"],
                 "multiplier": r["multiplier"],
                 "n_eff": r["n_eff"],
                 "damage": damage,

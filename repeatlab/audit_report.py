@@ -113,6 +113,8 @@ def render_figures(audit: dict) -> dict:
 
 def _placement_tables(p: dict | None) -> list[tuple[str, list[str], list[list[str]]]]:
     """The danger reading per bucket and the deduplication ranking (with --params only)."""
+    from repeatlab import danger
+
     if not p:
         return []
     tables: list[tuple[str, list[str], list[list[str]]]] = []
@@ -136,8 +138,8 @@ def _placement_tables(p: dict | None) -> list[tuple[str, list[str], list[list[st
                     _fmt(b["epochs"], ".1f"),
                     f"{b['fraction']:.4%}",
                     _fmt(b["in_region"]),
-                    _fmt(b["left_edge"], ".4g"),
-                    _fmt(b["right_edge"], ".4g"),
+                    danger.edge_text(b["left_edge"], b.get("left_edge_bound"), "left"),
+                    danger.edge_text(b["right_edge"], b.get("right_edge_bound"), "right"),
                     _fmt(b["multiplier"], ".3f"),
                     _fmt(b["damage"], "+.4f"),
                     _fmt(b["extrapolated"]),

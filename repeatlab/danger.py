@@ -349,7 +349,7 @@ def _answer(r: dict) -> str:
         False: "outside the poor-performance region",
         None: "of unknown danger (an edge of the region is not known here)",
     }[r["in_region"]]
-    edges = " to ".join(_edge_text(r[f"{side}_edge"], r.get(f"{side}_edge_bound"), side) for side in ("left", "right"))
+    edges = " to ".join(edge_text(r[f"{side}_edge"], r.get(f"{side}_edge_bound"), side) for side in ("left", "right"))
     src = (
         "the paper's published region"
         if r["source"] == "paper"
@@ -372,7 +372,8 @@ def _answer(r: dict) -> str:
     return text + "."
 
 
-def _edge_text(edge: float | None, bound: float | None, side: str) -> str:
+def edge_text(edge: float | None, bound: float | None, side: str) -> str:
+    """'220', 'at least 2048' (an edge beyond the E grid), or '?'."""
     if edge is not None:
         return f"{edge:.3g}"
     if bound is not None:
