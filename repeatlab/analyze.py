@@ -958,6 +958,14 @@ def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
             and r["epochs"] == w["epochs"]
             and not r["control"]
         ]
+        control = [
+            r["mechanism"]
+            for r in run_list
+            if r["model"] == w["model"]
+            and r["n_params"] == w["n_params"]
+            and r["fraction"] == w["fraction"]
+            and r["control"]
+        ]
         if base and worst:
             at_worst.append(
                 {
@@ -965,7 +973,7 @@ def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
                     "n_params": w["n_params"],
                     "fraction": w["fraction"],
                     "epochs": w["epochs"],
-                    **mechanism_lib.damage_at_worst(base, worst),
+                    **mechanism_lib.damage_at_worst(base, worst, control),
                 }
             )
     return {
@@ -1150,7 +1158,8 @@ def _mechanism_sentence(row: dict) -> str:
         m = row[key]
         if m["baseline"] is None:
             return "n/a"
-        return f"{m['baseline']:.3f} -> {m['worst']:.3f}" if m["worst"] is not None else f"{m['baseline']:.3f}"
+        text = f"{m['baseline']:.3f} -> {m['worst']:.3f}" if m["worst"] is not None else f"{m['baseline']:.3f}"
+        return text + (f" (control {m['control']:.3f})" if m.get("control") is not None else "")
 
     def verdicts(names: list[str]) -> str:
         return " / ".join(names) + " (the seeds disagree)" if len(names) > 1 else (names[0] if names else "unknown")
@@ -1164,6 +1173,9 @@ def _mechanism_sentence(row: dict) -> str:
     )
     if base_v == worst_v and base_v in ("no copying mechanism", "previous-token head, no copying"):
         text += " (no induction mechanism to damage: read copying and prefix-matching damage as noise)"
+    against_control = mechanism_lib.head_loss_against_control(row)
+    if against_control:
+        text += f"; {against_control}"
     return text + "."
 
 

@@ -113,12 +113,52 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def damage_at_worst(base: list[dict], worst: list[dict]) -> dict:
-    """Baseline vs worst-E evidence (means over seeds); damage > 0 means the worst point has less of it."""
+def damage_at_worst(base: list[dict], worst: list[dict], control: list[dict] | None = None) -> dict:
+    """Baseline vs worst-E evidence (means over seeds); damage > 0 means the worst point has less of it. With the
+    unique-only control of the same fraction, its evidence too: a head the control also lacks is lost to the
+    missing unique tokens, not to repetition."""
+    control = control or []
     out: dict[str, Any] = {}
     for key in ("previous_token_max", "prefix_matching_max", "copy_gain"):
         b, w = _mean([e[key] for e in base]), _mean([e[key] for e in worst])
-        out[key] = {"baseline": b, "worst": w, "damage": None if b is None or w is None else b - w}
+        c = _mean([e[key] for e in control]) if control else None
+        out[key] = {"baseline": b, "worst": w, "damage": None if b is None or w is None else b - w, "control": c}
     out["baseline_verdicts"] = sorted({e["verdict"] for e in base if e["verdict"]})
     out["worst_verdicts"] = sorted({e["verdict"] for e in worst if e["verdict"]})
+    out["control_verdicts"] = sorted({e["verdict"] for e in control if e["verdict"]})
     return out
+
+
+def head_loss_against_control(row: dict) -> str | None:
+    """For each head the baseline has and the worst E lacks: how much of it the unique-only control (the same unique
+    tokens, no repeats) lacks too. That share is the missing unique tokens' doing, the rest repetition's. None when
+    no head was lost or there is no control. One number per run: no standard error is claimed."""
+    phrases = []
+    for head, key in (
+        ("induction head", "prefix_matching_max"),
+        ("previous-token head, no copying", "previous_token_max"),
+    ):
+        if head not in row["baseline_verdicts"] or head in row["worst_verdicts"]:
+            continue
+        m = row[key]
+        if m.get("control") is not None and m["baseline"] is not None and m["worst"] is not None:
+            phrases.append(_against_control(head.split(",")[0], m["baseline"], m["worst"], m["control"]))
+    return "; ".join(phrases) or None
+
+
+def _against_control(name: str, baseline: float, worst: float, control: float) -> str:
+    drop, by_control = baseline - worst, baseline - control
+    if by_control >= 0.9 * drop:
+        return (
+            f"the unique-only control lacks the {name} as well ({control:.3f}): the missing unique tokens, "
+            "not repetition, explain its loss"
+        )
+    if by_control <= 0.1 * drop:
+        return (
+            f"the unique-only control keeps the {name} ({control:.3f}): repetition, not the missing unique "
+            "tokens, takes it away"
+        )
+    return (
+        f"the unique-only control keeps part of the {name} ({control:.3f}): the missing unique tokens account "
+        f"for {by_control:.3f} of the {drop:.3f} drop, repetition for the rest"
+    )

@@ -547,7 +547,10 @@ def _mechanism_tables(analysis: dict) -> list[Table]:
     mech = analysis.get("mechanism") or {}
 
     def pair(m: dict) -> str:
-        return "" if m["baseline"] is None else f"{m['baseline']:.3f} -> {_fmt(m['worst'], '.3f')}"
+        if m["baseline"] is None:
+            return ""
+        control = f" (control {m['control']:.3f})" if m.get("control") is not None else ""
+        return f"{m['baseline']:.3f} -> {_fmt(m['worst'], '.3f')}{control}"
 
     rows = [
         [
@@ -565,7 +568,7 @@ def _mechanism_tables(analysis: dict) -> list[Table]:
     tables.append(
         (
             "Mechanism evidence: f = 0 baseline -> the worst E (best previous-token head, best "
-            "prefix-matching head, copy gain = copy 1 minus copies 2..n in nats)",
+            "prefix-matching head, copy gain = copy 1 minus copies 2..n in nats), and the unique-only control",
             ["N", "f", "worst E", "previous-token", "prefix-matching", "copy gain", "baseline", "worst E"],
             rows,
         )

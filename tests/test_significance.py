@@ -181,6 +181,35 @@ def test_mechanism_damage_at_the_worst_e_is_reported():
     assert any(x.startswith("Mechanism at N = 1e+05") and "0.140 -> 0.030" in x for x in a["findings"])
 
 
+@pytest.mark.parametrize(
+    "control_head, says",
+    [
+        (0.03, "the unique-only control lacks the previous-token head as well (0.030): the missing unique tokens"),
+        (
+            0.17,
+            "the unique-only control keeps part of the previous-token head (0.170): the missing unique tokens "
+            "account for 0.130 of the 0.270 drop, repetition for the rest",
+        ),
+        (0.3, "the unique-only control keeps the previous-token head (0.300): repetition, not the missing unique"),
+    ],
+)
+def test_a_head_lost_at_the_worst_e_is_weighed_against_the_unique_only_control(control_head, says):
+    recs = study()
+    recs.append(syn.make_record(1e5, 0.5, 0.0, control=True, ood=False, epochwise_bump=False))
+    for r in recs:  # no prefix-matching head and no copying anywhere: only a previous-token head to lose
+        head = 0.3 if r["point"]["fraction"] == 0 else 0.2  # clear: 5x uniform attention is 0.17 here
+        r["aggregates"].update(prefix_matching_max=0.03, previous_token_max=head)
+        r["copying"]["per_copy_loss"] = [2.5] * 11
+    recs[-2]["aggregates"]["previous_token_max"] = 0.03  # the worst E (E = 512) loses its previous-token head
+    recs[-1]["aggregates"]["previous_token_max"] = control_head
+    a = analyze.analyze_study(recs)
+    (row,) = a["mechanism"]["at_worst"]
+    assert row["baseline_verdicts"] == ["previous-token head, no copying"]
+    assert row["previous_token_max"]["control"] == pytest.approx(control_head)
+    (sentence,) = [x for x in a["findings"] if x.startswith("Mechanism at N = 1e+05")]
+    assert f"0.300 -> 0.030 (control {control_head:.3f})" in sentence and says in sentence
+
+
 def test_split_composition_reaches_the_findings_and_old_corpora_are_named():
     recs = study()
     cid = recs[0]["point"]["corpus_id"]
