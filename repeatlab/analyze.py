@@ -933,6 +933,18 @@ def _icl_section(run_list: list[dict]) -> list[dict]:
     return out
 
 
+def _evidence_of(
+    run_list: list[dict], w: dict, fraction: float, epochs: float | None = None, control: bool = False
+) -> list[dict]:
+    """The mechanism evidence of the runs of w's model at one fraction (and E), controls or not."""
+    return [
+        r["mechanism"]
+        for r in run_list
+        if (r["model"], r["n_params"], r["fraction"], r["control"]) == (w["model"], w["n_params"], fraction, control)
+        and (epochs is None or r["epochs"] == epochs)
+    ]
+
+
 def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
     """Per run evidence, and baseline vs worst-E evidence per (N, f)."""
     per_run = [
@@ -944,28 +956,8 @@ def _mechanism_section(run_list: list[dict], worst_rows: list[dict]) -> dict:
     ]
     at_worst = []
     for w in worst_rows:
-        base = [
-            r["mechanism"]
-            for r in run_list
-            if r["model"] == w["model"] and r["n_params"] == w["n_params"] and r["fraction"] == 0 and not r["control"]
-        ]
-        worst = [
-            r["mechanism"]
-            for r in run_list
-            if r["model"] == w["model"]
-            and r["n_params"] == w["n_params"]
-            and r["fraction"] == w["fraction"]
-            and r["epochs"] == w["epochs"]
-            and not r["control"]
-        ]
-        control = [
-            r["mechanism"]
-            for r in run_list
-            if r["model"] == w["model"]
-            and r["n_params"] == w["n_params"]
-            and r["fraction"] == w["fraction"]
-            and r["control"]
-        ]
+        base, worst = _evidence_of(run_list, w, 0.0), _evidence_of(run_list, w, w["fraction"], w["epochs"])
+        control = _evidence_of(run_list, w, w["fraction"], control=True)
         if base and worst:
             at_worst.append(
                 {
