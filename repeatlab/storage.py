@@ -298,10 +298,15 @@ def listdir(url: str) -> list[str]:
 
 
 def remove(url: str, recursive: bool = False) -> None:
+    """Remove url. What is not there is not an error, including what another process removes between our check and
+    our call (contenders taking over one stale lease all remove it)."""
     fs, path = filesystem(url)
     with _translate(url, "remove"):
-        if fs.exists(path):
-            fs.rm(path, recursive=recursive)
+        try:
+            if fs.exists(path):
+                fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            pass
 
 
 @contextlib.contextmanager

@@ -315,7 +315,7 @@ def test_contenders_for_a_stale_lease_get_exactly_one_owner(tmp_path, monkeypatc
     record.update(host="elsewhere", expires=time.time() - 1)
     storage.write_json(storage.join(run, "lease.json"), record)
     leases = [Lease(run) for _ in range(8)]
-    results = [None] * 8
+    results: list = ["did not finish"] * 8  # a contender that raises must not count as a winner
     barrier = threading.Barrier(8)
 
     def contend(i):
@@ -327,6 +327,7 @@ def test_contenders_for_a_stale_lease_get_exactly_one_owner(tmp_path, monkeypatc
         t.start()
     for t in threads:
         t.join()
+    assert "did not finish" not in results  # every contender ends with a verdict, none with an error
     holder = storage.read_json(storage.join(run, "lease.json"))["token"]
     winners = [lease for lease, r in zip(leases, results, strict=True) if r is None]
     # whoever won last holds the file; every other "winner" sees a foreign token at its first heartbeat

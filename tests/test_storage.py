@@ -98,6 +98,15 @@ def test_exists_size_remove(root):
     storage.remove(url)
     assert not storage.exists(url)
     storage.remove(url)  # removing what is not there is not an error
+    storage.write_bytes(url, b"12345")
+    fs, path = storage.filesystem(url)
+    fs.rm(path)  # ... nor what another process removed after our exists() said it was there:
+    real_exists = type(fs).exists
+    try:
+        type(fs).exists = lambda self, p, **kw: True if p == path else real_exists(self, p, **kw)
+        storage.remove(url)
+    finally:
+        type(fs).exists = real_exists
 
     storage.write_bytes(storage.join(root, "tree", "a"), b"a")
     storage.write_bytes(storage.join(root, "tree", "sub", "b"), b"b")
