@@ -1151,7 +1151,7 @@ def _mechanism_sentence(row: dict) -> str:
         if m["baseline"] is None:
             return "n/a"
         text = f"{m['baseline']:.3f} -> {m['worst']:.3f}" if m["worst"] is not None else f"{m['baseline']:.3f}"
-        return text + (f" (control {m['control']:.3f})" if m.get("control") is not None else "")
+        return text + mechanism_lib.control_note(m)
 
     def verdicts(names: list[str]) -> str:
         return " / ".join(names) + " (the seeds disagree)" if len(names) > 1 else (names[0] if names else "unknown")

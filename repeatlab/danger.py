@@ -280,16 +280,16 @@ def _from_study(out: dict[str, Any], analysis: dict, n: float, f: float, e: floa
     per_model = reg.get("per_model", [])
     left, left_bound, lb = _edge_at(reg["fits"].get("left"), per_model, "left", n)
     right, right_bound, rb = _edge_at(reg["fits"].get("right"), per_model, "right", n)
-    out.update(left_edge=left, right_edge=right, left_basis=lb, right_basis=rb)
-    out.update(left_edge_bound=left_bound, right_edge_bound=right_bound)
+    out.update(left_edge=left, right_edge=right, left_edge_bound=left_bound, right_edge_bound=right_bound)
+    out.update(left_basis=lb, right_basis=rb)
     sides = (_side_holds(left, left_bound, "left", e), _side_holds(right, right_bound, "right", e))
     out["in_region"] = False if False in sides else True if sides == (True, True) else None
     sizes = [r["n_params"] for r in per_model]
     n_out = bool(sizes) and not min(sizes) * (1 - 1e-9) <= n <= max(sizes) * (1 + 1e-9)
     pred = _predict_multiplier(analysis, reg["fraction"], n, e)
     out.update(multiplier=pred["multiplier"], n_eff=pred["n_eff"], multiplier_note=pred["multiplier_note"])
-    out.update(damage=predicted_damage(analysis, reg["fraction"], n, e))
-    out.update(nearest_point=_nearest_point(analysis, reg["fraction"], n, e))
+    damage, nearest = predicted_damage(analysis, reg["fraction"], n, e), _nearest_point(analysis, reg["fraction"], n, e)
+    out.update(damage=damage, nearest_point=nearest)
     out["extrapolated"] = bool(n_out or pred["e_extrapolated"] or pred["n_extrapolated"])
     if n_out:
         out["notes"].append(

@@ -120,13 +120,17 @@ def damage_at_worst(base: list[dict], worst: list[dict], control: list[dict] | N
     control = control or []
     out: dict[str, Any] = {}
     for key in ("previous_token_max", "prefix_matching_max", "copy_gain"):
-        b, w = _mean([e[key] for e in base]), _mean([e[key] for e in worst])
-        c = _mean([e[key] for e in control]) if control else None
+        b, w, c = (_mean([e[key] for e in runs]) for runs in (base, worst, control))
         out[key] = {"baseline": b, "worst": w, "damage": None if b is None or w is None else b - w, "control": c}
     out["baseline_verdicts"] = sorted({e["verdict"] for e in base if e["verdict"]})
     out["worst_verdicts"] = sorted({e["verdict"] for e in worst if e["verdict"]})
     out["control_verdicts"] = sorted({e["verdict"] for e in control if e["verdict"]})
     return out
+
+
+def control_note(change: dict) -> str:
+    """' (control 0.027)' after a baseline -> worst pair of damage_at_worst, or '' without a control."""
+    return f" (control {change['control']:.3f})" if change.get("control") is not None else ""
 
 
 def head_loss_against_control(row: dict) -> str | None:

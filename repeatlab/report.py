@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from repeatlab.errors import AnalysisError
+from repeatlab.mechanism import control_note
 
 CSV_COLUMNS = [
     "point_id",
@@ -547,10 +548,7 @@ def _mechanism_tables(analysis: dict) -> list[Table]:
     mech = analysis.get("mechanism") or {}
 
     def pair(m: dict) -> str:
-        if m["baseline"] is None:
-            return ""
-        control = f" (control {m['control']:.3f})" if m.get("control") is not None else ""
-        return f"{m['baseline']:.3f} -> {_fmt(m['worst'], '.3f')}{control}"
+        return "" if m["baseline"] is None else f"{m['baseline']:.3f} -> {_fmt(m['worst'], '.3f')}{control_note(m)}"
 
     rows = [
         [

@@ -23,13 +23,20 @@ def analysis():
     return analyze.analyze_study(syn.synthetic_records(), study="synthetic")
 
 
-def worst_multiplier(analysis, n, f, e):
-    p = next(
+def study_point(analysis, fraction, epochs, **match):
+    """The study's repeated-data point at (f, E) whose fields equal `match` (n_params=..., model=...)."""
+    return next(
         p
         for p in analysis["points"]
-        if p["kind"] == "repeated" and p["n_params"] == n and p["fraction"] == f and p["epochs"] == e
+        if p["kind"] == "repeated"
+        and p["fraction"] == fraction
+        and p["epochs"] == epochs
+        and all(p[k] == v for k, v in match.items())
     )
-    return p["metrics"]["test_loss"]["multiplier"]
+
+
+def worst_multiplier(analysis, n, f, e):
+    return study_point(analysis, f, e, n_params=n)["metrics"]["test_loss"]["multiplier"]
 
 
 def test_inside_the_fitted_region(analysis):
@@ -191,11 +198,7 @@ def paper_small():
 
 
 def _point(analysis, model, fraction, epochs):
-    return next(
-        p
-        for p in analysis["points"]
-        if p["kind"] == "repeated" and p["model"] == model and p["fraction"] == fraction and p["epochs"] == epochs
-    )
+    return study_point(analysis, fraction, epochs, model=model)
 
 
 def test_a_right_edge_beyond_the_grid_is_a_bound_not_unknown(paper_small):
